@@ -1,0 +1,22 @@
+"""Store and search vectors and their records."""
+
+from index.errors import DuplicateIdError, ItemNotFoundError, ModelMismatchError, SnapshotError, StorageError
+from index.records import KINDS, Kind, Record
+from index.store import Hit, ItemStore, NewItem
+from index.vectors import FaissVectorIndex
+
+__all__ = [
+    "KINDS",
+    "DuplicateIdError",
+    "FaissVectorIndex",
+    "Hit",
+    "ItemNotFoundError",
+    "ItemStore",
+    "Kind",
+    "ModelMismatchError",
+    "NewItem",
+    "Record",
+    "SnapshotError",
+    "StorageError",
+]
+

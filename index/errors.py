@@ -1,0 +1,29 @@
+"""Errors of the index layer. They know nothing of HTTP."""
+
+
+class IndexError_(Exception):
+    """Base class for index-layer errors."""
+
+
+class ItemNotFoundError(IndexError_):
+    """No item has this id."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"no item with id {item_id!r}")
+        self.item_id = item_id
+
+
+class ModelMismatchError(IndexError_):
+    """The stored vectors were made by another model than the one loaded."""
+
+
+class SnapshotError(IndexError_):
+    """An index snapshot file is missing, truncated, corrupt or describes other data."""
+
+
+class StorageError(IndexError_):
+    """Writing to disk failed (disk full, permissions); nothing acknowledged was lost."""
+
+
+class DuplicateIdError(IndexError_):
+    """One write names the same id twice."""

@@ -1,0 +1,214 @@
+"""ItemStore: records, vectors and image bytes of one data directory, kept consistent.
+
+SQLite is the source of truth and every write commits there first; the two FAISS indexes
+(images, texts) follow in memory and are snapshotted to disk now and then. At start-up a
+snapshot is loaded and brought up to date from the records, or rebuilt when it is missing,
+corrupt or made by another model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.blobs import BlobStore
+from index.errors import DuplicateIdError, ModelMismatchError, SnapshotError, StorageError
+from index.files import remove_stale_temporaries
+from index.records import KINDS, Kind, Record, RecordInput, RecordStore, WriteResult
+from index.snapshots import load_snapshot, save_snapshot
+from index.vectors import FaissVectorIndex, check_vectors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to index: its vector plus what to keep beside it."""
+
+    id: str
+    kind: Kind
+    vector: np.ndarray
+    metadata: dict[str, Any] | None = None
+    text: str | None = None
+    content: bytes | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    record: Record
+    score: float
+
+
+class ItemStore:
+    """Upsert, delete, get and search items under one data directory."""
+
+    def __init__(self, data_dir: Path, model_id: str, dim: int) -> None:
+        self.data_dir = data_dir
+        self.model_id = model_id
+        self.dim = dim
+        data_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(data_dir)
+        self._records = RecordStore(data_dir / "records.sqlite3")
+        try:
+            self._records.bind_model(model_id, dim)
+        except ModelMismatchError:
+            self._records.close()
+            raise
+        self._blobs = BlobStore(data_dir / "blobs")
+        self._snapshot_dir = data_dir / "index"
+        self._write_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._saved_seq: dict[Kind, int] = {}
+        self._indexes: dict[Kind, FaissVectorIndex] = {k: self._open_index(k) for k in KINDS}
+        self._blobs.remove_unreferenced(self._records.blob_paths())
+
+    # -- writes ---------------------------------------------------------------------------
+    def upsert(self, items: Sequence[NewItem]) -> list[str]:
+        """Store items durably and make them searchable; an existing id is replaced."""
+        if not items:
+            return []
+        _check_unique_ids(items)
+        with self._write_lock:
+            inputs = [self._record_input(item) for item in items]
+            result = self._records.upsert(inputs, self.model_id)
+            self._apply(result)
+        return [item.id for item in items]
+
+    def delete(self, item_id: str) -> None:
+        """Remove an item; it is gone from search when this returns."""
+        with self._write_lock:
+            self._apply(self._records.delete(item_id))
+
+    def _record_input(self, item: NewItem) -> RecordInput:
+        vector = check_vectors(np.asarray(item.vector, dtype=np.float32).reshape(1, -1), self.dim)
+        sha = path = None
+        if item.content is not None:
+            sha, path = self._blobs.put(item.content, item.content_type or "")
+        return RecordInput(
+            id=item.id,
+            kind=item.kind,
+            vector=vector[0],
+            metadata=item.metadata,
+            text=item.text,
+            content_path=path,
+            content_type=item.content_type,
+            content_sha256=sha,
+        )
+
+    def _apply(self, result: WriteResult) -> None:
+        for kind in KINDS:
+            index = self._indexes[kind]
+            index.remove(result.removed[kind])
+            added = result.added[kind]
+            if added:
+                index.add([label for label, _ in added], np.stack([v for _, v in added]))
+        for _, path in result.released_blobs:
+            self._blobs.remove(path)
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, item_id: str) -> Record:
+        return self._records.get(item_id)
+
+    def read_content(self, record: Record) -> bytes:
+        if record.content_path is None:
+            raise StorageError(f"item {record.id!r} has no stored content")
+        return self._blobs.read(record.content_path)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        return self._records.existing_ids(ids)
+
+    def search(self, kind: Kind, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k items of `kind` for each query vector, best first, scores are cosines."""
+        scores, labels = self._indexes[kind].search(queries, k)
+        wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
+        records = self._records.get_by_labels(wanted)
+        return [
+            [
+                Hit(records[int(label)], float(score))
+                for score, label in zip(row_scores, row_labels, strict=True)
+                if int(label) in records
+            ]
+            for row_scores, row_labels in zip(scores, labels, strict=True)
+        ]
+
+    def counts(self) -> dict[Kind, int]:
+        return {kind: len(self._indexes[kind]) for kind in KINDS}
+
+    def record_counts(self) -> dict[Kind, int]:
+        return {kind: self._records.count(kind) for kind in KINDS}
+
+    # -- persistence ----------------------------------------------------------------------
+    def is_dirty(self) -> bool:
+        seq = self._records.current_seq()
+        return any(self._saved_seq[kind] < seq for kind in KINDS)
+
+    def snapshot(self) -> bool:
+        """Write both FAISS indexes to disk if the records moved on; True if anything was saved."""
+        with self._snapshot_lock:
+            with self._write_lock:
+                seq = self._records.current_seq()
+                stale = [kind for kind in KINDS if self._saved_seq[kind] < seq]
+                payloads = {kind: self._indexes[kind].serialize() for kind in stale}
+                sizes = {kind: len(self._indexes[kind]) for kind in stale}
+            for kind in stale:
+                try:
+                    save_snapshot(
+                        self._snapshot_dir, kind, payloads[kind], seq, sizes[kind],
+                        self.model_id, self.dim,
+                    )
+                except OSError as e:
+                    raise StorageError(
+                        f"could not save the {kind} index snapshot: {e.strerror or e}; "
+                        "the previous snapshot and all records are intact"
+                    ) from e
+                self._saved_seq[kind] = seq
+            if stale:
+                self._records.prune_tombstones(min(self._saved_seq.values()))
+            return bool(stale)
+
+    def close(self) -> None:
+        try:
+            self.snapshot()
+        finally:
+            self._records.close()
+
+    def _open_index(self, kind: Kind) -> FaissVectorIndex:
+        try:
+            loaded = load_snapshot(self._snapshot_dir, kind, self.model_id, self.dim)
+        except (SnapshotError, ModelMismatchError) as e:
+            logger.warning("rebuilding the %s index from the records: %s", kind, e)
+            loaded = None
+        if loaded is None:
+            return self._rebuild(kind)
+        index, info = loaded
+        index.remove(self._records.tombstones_after(kind, info.seq))
+        for labels, vectors in self._records.vectors_after(kind, info.seq, self.dim):
+            index.add(labels, vectors)
+        if len(index) != self._records.count(kind):
+            logger.warning("the %s snapshot disagrees with the records; rebuilding", kind)
+            return self._rebuild(kind)
+        self._saved_seq[kind] = info.seq
+        return index
+
+    def _rebuild(self, kind: Kind) -> FaissVectorIndex:
+        index = FaissVectorIndex(self.dim)
+        for labels, vectors in self._records.vectors_after(kind, 0, self.dim):
+            index.add(labels, vectors)
+        self._saved_seq[kind] = -1
+        logger.info("built the %s index from %d records", kind, len(index))
+        return index
+
+
+def _check_unique_ids(items: Sequence[NewItem]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise DuplicateIdError(f"id {item.id!r} appears twice in one request")
+        seen.add(item.id)

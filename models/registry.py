@@ -1,0 +1,156 @@
+"""Which model configs exist and where their weights come from, resolved before any loading.
+
+Weights are looked up the way open_clip does it (pretrained tags on the Hugging Face hub or a
+URL cache, or a local file). What cannot be had fails here, in seconds, with a message that
+says what to set, instead of hanging in download retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import open_clip
+
+from models.errors import ModelLoadError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_CONFIG_DIR = PACKAGE_DIR / "configs"
+BUNDLED_WEIGHTS_DIR = PACKAGE_DIR / "weights"
+DEFAULT_PRETRAINED_TAG = "laion2b_s34b_b79k"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+HUB_PROBE_TIMEOUT_S = 3.0
+
+WeightsKind = Literal["random", "file", "tag"]
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's weights come from. `value` is a tag, an absolute path, or '' for random."""
+
+    kind: WeightsKind
+    value: str
+    cached: bool = True
+
+    @property
+    def label(self) -> str:
+        if self.kind == "random":
+            return "random-init"
+        if self.kind == "file":
+            return Path(self.value).name
+        return self.value
+
+
+def register_bundled_configs() -> None:
+    """Make the model configs shipped in models/configs known to open_clip (idempotent)."""
+    known = set(open_clip.list_models())
+    if not all(p.stem in known for p in BUNDLED_CONFIG_DIR.glob("*.json")):
+        open_clip.add_model_config(BUNDLED_CONFIG_DIR)
+
+
+def bundled_weights(model_name: str) -> Path | None:
+    """The weights file shipped with the package for `model_name`, if there is one."""
+    path = BUNDLED_WEIGHTS_DIR / f"{model_name}.safetensors"
+    return path if path.is_file() else None
+
+
+def resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> WeightsSource:
+    """Decide where the weights for `model_name` come from, and check that they can be had."""
+    register_bundled_configs()
+    if model_name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown model {model_name!r}: set XMR_MODEL to one of open_clip's models "
+            "(e.g. ViT-B-32) or a bundled one (shapes-tiny)"
+        )
+    if pretrained is None:
+        shipped = bundled_weights(model_name)
+        if shipped is not None:
+            return WeightsSource("file", str(shipped))
+        pretrained = DEFAULT_PRETRAINED_TAG
+    if pretrained == "":
+        return WeightsSource("random", "")
+    if _looks_like_path(pretrained):
+        path = Path(pretrained).expanduser().resolve()
+        if not path.is_file():
+            raise ModelLoadError(f"XMR_PRETRAINED points to {path}, which is not a file")
+        return WeightsSource("file", str(path))
+    return _resolve_tag(model_name, pretrained, cache_dir)
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith(CHECKPOINT_SUFFIXES) or Path(value).is_file()
+
+
+def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> WeightsSource:
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        raise ModelLoadError(
+            f"{tag!r} is not a pretrained tag of {model_name} (known: {', '.join(tags) or 'none'}); "
+            "set XMR_PRETRAINED to one of them or to a local checkpoint file"
+        )
+    if _tag_is_cached(cfg, cache_dir):
+        return WeightsSource("tag", tag, cached=True)
+    host = _download_host(cfg)
+    if _offline_forced() or not _host_reachable(host):
+        raise ModelLoadError(
+            f"the weights {model_name}/{tag} are not in the local cache and {host} cannot be "
+            "reached. Put them in the Hugging Face cache (HF_HOME) on a machine with internet, "
+            "set XMR_PRETRAINED to a local checkpoint file (.pt/.bin/.safetensors), or use the "
+            "bundled offline model with XMR_MODEL=shapes-tiny"
+        )
+    return WeightsSource("tag", tag, cached=False)
+
+
+def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
+    repo_id, filename = os.path.split(hf_hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = [filename]
+    if filename == "open_clip_pytorch_model.bin":
+        names.insert(0, "open_clip_model.safetensors")
+    elif filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return repo_id, names
+
+
+def _tag_is_cached(cfg: dict, cache_dir: str | None) -> bool:
+    if cfg.get("file"):
+        return Path(cfg["file"]).is_file()
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, names = _hf_candidates(cfg["hf_hub"])
+        return any(
+            isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str)
+            for name in names
+        )
+    if cfg.get("url"):
+        clip_cache = Path(cache_dir or os.path.expanduser("~/.cache/clip"))
+        return (clip_cache / os.path.basename(cfg["url"])).is_file()
+    return False
+
+
+def _download_host(cfg: dict) -> str:
+    if cfg.get("hf_hub"):
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        return urlparse(endpoint).hostname or "huggingface.co"
+    return urlparse(cfg.get("url", "")).hostname or "the download host"
+
+
+def _offline_forced() -> bool:
+    return any(
+        os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _host_reachable(host: str, port: int = 443) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
