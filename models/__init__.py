@@ -7,6 +7,7 @@ from models.errors import (
     ImageTooLargeError,
     ModelError,
     ModelLoadError,
+    UnsupportedImageFormatError,
 )
 from models.images import decode_image
 from models.open_clip_encoder import OpenClipEncoder
@@ -19,5 +20,6 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "OpenClipEncoder",
+    "UnsupportedImageFormatError",
     "decode_image",
 ]

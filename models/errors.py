@@ -13,6 +13,10 @@ class ImageDecodeError(ModelError):
     """The bytes are not an image this service accepts."""
 
 
+class UnsupportedImageFormatError(ImageDecodeError):
+    """The bytes are an image, but of a format outside the allow-list."""
+
+
 class ImageTooLargeError(ImageDecodeError):
     """The image declares more pixels than allowed (decompression-bomb guard)."""
 

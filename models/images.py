@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.errors import ImageDecodeError, ImageTooLargeError
+from models.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageFormatError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 50_000_000  # about 7000x7000; larger images are refused before decoding
@@ -37,7 +37,9 @@ def sniff_image_format(data: bytes) -> str:
         raise ImageDecodeError("the file is not a recognised image") from e
     if image_format not in ALLOWED_FORMATS:
         allowed = ", ".join(sorted(ALLOWED_FORMATS - {"MPO"}))
-        raise ImageDecodeError(f"image format {image_format} is not accepted (allowed: {allowed})")
+        raise UnsupportedImageFormatError(
+            f"image format {image_format} is not accepted (allowed: {allowed})"
+        )
     return image_format
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from models.errors import EmptyTextError, ModelLoadError
-from models.registry import WeightsSource, resolve_weights
+from models.registry import WeightsSource, model_id_for, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class OpenClipEncoder:
         except (RuntimeError, OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"could not load {model_name} with {source.label}: {e}") from e
         tokenizer = open_clip.get_tokenizer(model_name)
-        model_id = f"{model_name}/{source.label}"
+        model_id = model_id_for(model_name, source)
         logger.info("loaded %s on %s", model_id, torch_device)
         return cls(model, preprocess, tokenizer, model_id, torch_device)
 

@@ -45,6 +45,11 @@ class WeightsSource:
         return self.value
 
 
+def model_id_for(model_name: str, source: WeightsSource) -> str:
+    """The identity stored with every vector: `<model>/<weights label>`."""
+    return f"{model_name}/{source.label}"
+
+
 def register_bundled_configs() -> None:
     """Make the model configs shipped in models/configs known to open_clip (idempotent)."""
     known = set(open_clip.list_models())

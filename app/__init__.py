@@ -1,0 +1,1 @@
+"""xmr's HTTP service."""

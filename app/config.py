@@ -1,0 +1,43 @@
+"""All configuration, read from the environment with the prefix XMR_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings; every field is set by `XMR_<NAME>` (e.g. XMR_MODEL, XMR_DATA_DIR)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XMR_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    model: str = Field("ViT-B-32", description="open_clip model name, or a bundled one")
+    pretrained: str | None = Field(
+        None,
+        description=(
+            "open_clip pretrained tag, or a local checkpoint path, or '' for random weights. "
+            "Unset: the bundled weights of a bundled model, else laion2b_s34b_b79k."
+        ),
+    )
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda:0")
+    model_cache_dir: str | None = Field(None, description="open_clip cache_dir; default HF cache")
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    import_root: Path | None = Field(
+        None, description="batch items may name image_path files under this folder only"
+    )
+    max_upload_mb: float = Field(50.0, gt=0)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    max_k: int = Field(1000, ge=1)
+    encode_batch_size: int = Field(32, ge=1, le=4096)
+    snapshot_interval_s: float = Field(
+        30.0, gt=0, description="how often changed FAISS indexes are saved to disk"
+    )

@@ -1,0 +1,65 @@
+"""The one place where domain errors become HTTP status codes."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.services.errors import (
+    InvalidInputError,
+    JobNotFoundError,
+    JobStateError,
+    NotReadyError,
+)
+from index import DuplicateIdError, ItemNotFoundError, StorageError
+from models import (
+    EmptyTextError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageFormatError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Most specific first: the first matching class decides the status.
+STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (ItemNotFoundError, 404),
+    (JobNotFoundError, 404),
+    (JobStateError, 409),
+    (ImageTooLargeError, 413),
+    (UnsupportedImageFormatError, 415),
+    (ImageDecodeError, 422),
+    (EmptyTextError, 422),
+    (DuplicateIdError, 422),
+    (InvalidInputError, 422),
+    (NotReadyError, 503),
+    (StorageError, 507),
+)
+
+
+def status_for(error: Exception) -> int | None:
+    for error_type, status in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return status
+    return None
+
+
+async def _domain_error(request: Request, error: Exception) -> JSONResponse:
+    status = status_for(error) or 500
+    if status >= 500:
+        logger.error("%s %s -> %d: %s", request.method, request.url.path, status, error)
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for error_type, _ in STATUS_BY_ERROR:
+        app.add_exception_handler(error_type, _domain_error)
+    app.add_exception_handler(Exception, _unexpected_error)

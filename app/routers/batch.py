@@ -1,0 +1,103 @@
+"""Batch indexing jobs: submit many items, follow their progress, resume after a restart."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app.deps import JobsDep
+from app.routers.common import parse_ids, parse_metadata
+from app.schemas import BatchRequest, JobAccepted, JobItemError, JobResponse
+from app.services.errors import InvalidInputError
+from app.services.job_store import JobView
+from app.services.jobs import BatchEntry
+
+router = APIRouter(prefix="/v1", tags=["batch"])
+
+MAX_BATCH_FILES = 100_000
+
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": BatchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "ids": {"type": "string", "description": "JSON list, one id per file"},
+                        "metadata": {"type": "string", "description": "JSON list of objects"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def job_response(view: JobView) -> JobResponse:
+    return JobResponse(
+        job_id=view.id,
+        status=view.status,
+        total=view.total,
+        done=view.done,
+        failed=view.failed,
+        errors=[JobItemError(position=e.position, id=e.id, error=e.error) for e in view.errors],
+        error=view.error,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+    )
+
+
+@router.post(
+    "/batch",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    openapi_extra=_BATCH_BODY,
+    summary="Index many items in the background (JSON items or multipart files)",
+)
+async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=MAX_BATCH_FILES, max_fields=100) as form:
+            uploads = [f for f in form.getlist("files") if not isinstance(f, str)]
+            if not uploads:
+                raise InvalidInputError("a multipart batch needs one or more 'files' parts")
+            ids = parse_ids(_text_field(form.get("ids")), len(uploads))
+            metadata = parse_metadata(_text_field(form.get("metadata")), len(uploads))
+            entries = [
+                BatchEntry(id=i, metadata=m, upload=u.file)
+                for u, i, m in zip(uploads, ids, metadata, strict=True)
+            ]
+            job_id = await jobs.submit(entries)
+    elif content_type.startswith("application/json"):
+        try:
+            body = BatchRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise RequestValidationError(e.errors(include_url=False)) from e
+        job_id = await jobs.submit([BatchEntry(**item.model_dump()) for item in body.items])
+    else:
+        raise InvalidInputError("send application/json items or multipart/form-data files")
+    return JobAccepted(job_id=job_id)
+
+
+def _text_field(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@router.get("/jobs/{job_id}", response_model=JobResponse, summary="A batch job's progress")
+async def get_job(job_id: str, jobs: JobsDep) -> JobResponse:
+    return job_response(await jobs.get(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobResponse,
+    summary="Resume an interrupted or failed job; items already done are skipped",
+)
+async def resume_job(job_id: str, jobs: JobsDep) -> JobResponse:
+    return job_response(await jobs.resume(job_id))

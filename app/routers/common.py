@@ -1,0 +1,86 @@
+"""Helpers shared by routes: reading multipart fields and shaping records for responses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import UploadFile
+
+from app.schemas import ItemResponse, SearchHit
+from app.services.errors import InvalidInputError
+from index import Hit, Record
+
+
+def content_url(item_id: str) -> str:
+    return f"/v1/items/{quote(item_id, safe='')}/content"
+
+
+def item_response(record: Record) -> ItemResponse:
+    return ItemResponse(
+        id=record.id,
+        kind=record.kind,
+        metadata=record.metadata,
+        text=record.text,
+        content_type=record.content_type if record.kind == "image" else "text/plain",
+        content_url=content_url(record.id),
+        model=record.model,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def search_hit(hit: Hit) -> SearchHit:
+    record = hit.record
+    return SearchHit(
+        id=record.id,
+        kind=record.kind,
+        score=hit.score,
+        metadata=record.metadata,
+        text=record.text,
+        content_url=content_url(record.id),
+    )
+
+
+def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | None:
+    """A form field holding a JSON list with one entry per uploaded file."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"{field} must be a JSON list: {e.msg}") from e
+    if not isinstance(value, list):
+        raise InvalidInputError(f"{field} must be a JSON list, one entry per file")
+    if len(value) != expected:
+        raise InvalidInputError(f"{field} has {len(value)} entries for {expected} files")
+    return value
+
+
+def parse_ids(raw: str | None, expected: int) -> list[str | None]:
+    ids = parse_json_list(raw, "ids", expected)
+    if ids is None:
+        return [None] * expected
+    for position, item_id in enumerate(ids):
+        if item_id is not None and not isinstance(item_id, str):
+            raise InvalidInputError(f"ids[{position}] must be a string or null")
+    return ids
+
+
+def parse_metadata(raw: str | None, expected: int) -> list[dict[str, Any] | None]:
+    metadata = parse_json_list(raw, "metadata", expected)
+    if metadata is None:
+        return [None] * expected
+    for position, entry in enumerate(metadata):
+        if entry is not None and not isinstance(entry, dict):
+            raise InvalidInputError(f"metadata[{position}] must be a JSON object or null")
+    return metadata
+
+
+async def read_upload(upload: UploadFile, position: int | None = None) -> bytes:
+    data = await upload.read()
+    if not data:
+        where = f"files[{position}]" if position is not None else "file"
+        raise InvalidInputError(f"{where} ({upload.filename or 'unnamed'}) is empty")
+    return data

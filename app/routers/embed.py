@@ -1,0 +1,27 @@
+"""The raw vectors: exactly what the index stores for an image or a text."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, UploadFile
+
+from app.deps import ServicesDep
+from app.routers.common import read_upload
+from app.schemas import EmbedResponse, EmbedTextRequest
+
+router = APIRouter(prefix="/v1/embed", tags=["embed"])
+
+
+@router.post("/text", response_model=EmbedResponse, summary="L2-normalized text embeddings")
+async def embed_text(body: EmbedTextRequest, services: ServicesDep) -> EmbedResponse:
+    vectors = await services.encoding.encode_texts(body.texts)
+    return EmbedResponse(embeddings=vectors.tolist(), dim=services.encoding.dim)
+
+
+@router.post("/image", response_model=EmbedResponse, summary="L2-normalized image embeddings")
+async def embed_image(
+    services: ServicesDep, files: list[UploadFile] = File(..., description="the images")
+) -> EmbedResponse:
+    encoding = services.encoding
+    images = [await encoding.decode(await read_upload(f, i)) for i, f in enumerate(files)]
+    vectors = await encoding.encode_images(images)
+    return EmbedResponse(embeddings=vectors.tolist(), dim=encoding.dim)

@@ -1,0 +1,74 @@
+"""Index images and texts; read, fetch and delete items."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+
+from app.deps import ItemsDep
+from app.routers.common import item_response, parse_ids, parse_metadata, read_upload
+from app.schemas import IndexedResponse, IndexTextsRequest, ItemResponse
+from app.services.items import ImageInput, TextInput
+
+router = APIRouter(prefix="/v1", tags=["items"])
+
+
+@router.post(
+    "/images",
+    status_code=status.HTTP_201_CREATED,
+    response_model=IndexedResponse,
+    summary="Index one or more images (an existing id is replaced)",
+)
+async def index_images(
+    items: ItemsDep,
+    files: list[UploadFile] = File(..., description="the images"),
+    ids: str | None = Form(None, description='JSON list of ids, e.g. ["a", null]'),
+    metadata: str | None = Form(None, description='JSON list of objects, e.g. [{"tag": "x"}]'),
+) -> IndexedResponse:
+    id_list = parse_ids(ids, len(files))
+    metadata_list = parse_metadata(metadata, len(files))
+    inputs = [
+        ImageInput(await read_upload(upload, position), item_id, meta)
+        for position, (upload, item_id, meta) in enumerate(zip(files, id_list, metadata_list))
+    ]
+    return IndexedResponse(ids=await items.index_images(inputs))
+
+
+@router.post(
+    "/texts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=IndexedResponse,
+    summary="Index texts (an existing id is replaced)",
+)
+async def index_texts(body: IndexTextsRequest, items: ItemsDep) -> IndexedResponse:
+    inputs = [TextInput(item.text, item.id, item.metadata) for item in body.items]
+    return IndexedResponse(ids=await items.index_texts(inputs))
+
+
+@router.get(
+    "/items/{item_id:path}/content",
+    summary="The stored image bytes with their content type, or the text",
+    response_class=Response,
+)
+async def get_item_content(item_id: str, items: ItemsDep) -> Response:
+    data, media_type = await items.content(item_id)
+    return Response(
+        content=data,
+        media_type=media_type,
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/items/{item_id:path}", response_model=ItemResponse, summary="An item's record")
+async def get_item(item_id: str, items: ItemsDep) -> ItemResponse:
+    return item_response(await items.get(item_id))
+
+
+@router.delete(
+    "/items/{item_id:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete an item; it is gone from search at once",
+)
+async def delete_item(item_id: str, items: ItemsDep) -> Response:
+    await items.delete(item_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,168 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Target = Literal["images", "texts"]
+JSONObject = dict[str, Any]
+
+TARGET_KIND: dict[str, Literal["image", "text"]] = {"images": "image", "texts": "text"}
+
+
+class TextItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., min_length=1, description="the text to index; cut to the model's context")
+    id: str | None = Field(None, min_length=1, max_length=256)
+    metadata: JSONObject | None = None
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> TextItem:
+        if not self.text.strip():
+            raise ValueError("text must not be empty or only whitespace")
+        return self
+
+
+class IndexTextsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"text": "a red circle", "id": "caption-1", "metadata": {"lang": "en"}},
+                        {"text": "a blue square and a yellow star"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    items: list[TextItem] = Field(..., min_length=1, max_length=10_000)
+
+
+class IndexedResponse(BaseModel):
+    ids: list[str]
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, min_length=1, max_length=256)
+    metadata: JSONObject | None = None
+    text: str | None = None
+    image_base64: str | None = None
+    image_path: str | None = Field(None, description="relative to XMR_IMPORT_ROOT")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BatchItem:
+        given = [n for n in ("text", "image_base64", "image_path") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("each item needs exactly one of text, image_base64, image_path")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text must not be empty or only whitespace")
+        return self
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"id": "p1", "image_path": "holiday/beach.jpg", "metadata": {"album": "2024"}},
+                        {"text": "a dog on a beach"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    items: list[BatchItem] = Field(..., min_length=1, max_length=1_000_000)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str = "queued"
+
+
+class JobItemError(BaseModel):
+    position: int
+    id: str
+    error: str
+
+
+class JobResponse(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "done", "failed", "interrupted"]
+    total: int
+    done: int
+    failed: int
+    errors: list[JobItemError]
+    error: str | None = None
+    created_at: float
+    updated_at: float
+
+
+class SearchHit(BaseModel):
+    id: str
+    kind: Literal["image", "text"]
+    score: float = Field(..., description="cosine similarity in [-1, 1]")
+    metadata: JSONObject | None = None
+    text: str | None = None
+    content_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    took_ms: float
+
+
+class ItemResponse(BaseModel):
+    id: str
+    kind: Literal["image", "text"]
+    metadata: JSONObject | None = None
+    text: str | None = None
+    content_type: str | None = None
+    content_url: str
+    model: str
+    created_at: float
+    updated_at: float
+
+
+class EmbedTextRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": ["a red circle", "a dog"]}]}
+    )
+
+    texts: list[str] = Field(..., min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> EmbedTextRequest:
+        for position, text in enumerate(self.texts):
+            if not text.strip():
+                raise ValueError(f"texts[{position}] is empty or only whitespace")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    dim: int
+
+
+class InfoResponse(BaseModel):
+    model: str
+    pretrained: str
+    model_id: str
+    dim: int
+    device: str
+    images: int
+    texts: int
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,1 @@
+"""What requests do, without HTTP: decode, encode, store, search, run batch jobs."""

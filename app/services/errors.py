@@ -1,0 +1,26 @@
+"""Errors raised by the services for requests they cannot carry out. No HTTP here."""
+
+
+class ServiceError(Exception):
+    """Base class for service-layer errors."""
+
+
+class InvalidInputError(ServiceError):
+    """The request is well-formed but its content cannot be used (says which part and why)."""
+
+
+class ImportPathError(InvalidInputError):
+    """A batch item names a file outside XMR_IMPORT_ROOT, or no import root is configured."""
+
+
+class JobNotFoundError(ServiceError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class JobStateError(ServiceError):
+    """The job is not in a state that allows the action (e.g. resuming a finished job)."""
+
+
+class NotReadyError(ServiceError):
+    """The model and indexes are not loaded yet, or the service is shutting down."""

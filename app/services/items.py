@@ -1,0 +1,135 @@
+"""Indexing and item access: decode, encode, store; look up, read back, delete."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from app.services.encoding import EncodingService
+from app.services.errors import InvalidInputError
+from index import ItemStore, NewItem, Record
+from models import ImageDecodeError
+from models.images import CONTENT_TYPES, sniff_image_format
+
+MAX_ID_LENGTH = 256
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    data: bytes
+    id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TextInput:
+    text: str
+    id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def new_item_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_item_id(item_id: str) -> str:
+    """Ids are 1-256 characters without control characters."""
+    if not item_id or len(item_id) > MAX_ID_LENGTH:
+        raise InvalidInputError(f"an id must be 1 to {MAX_ID_LENGTH} characters long")
+    if _CONTROL_CHARS.search(item_id):
+        raise InvalidInputError("an id must not contain control characters")
+    return item_id
+
+
+def image_content_type(data: bytes) -> str:
+    return CONTENT_TYPES[sniff_image_format(data)]
+
+
+class ItemService:
+    """What the item routes and the batch jobs do with items."""
+
+    def __init__(self, store: ItemStore, encoding: EncodingService) -> None:
+        self.store = store
+        self.encoding = encoding
+
+    async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
+        """Decode, encode and store images; any undecodable image rejects the whole request."""
+        decoded = await self.encoding.decode_many([item.data for item in inputs])
+        for position, result in enumerate(decoded):
+            if isinstance(result, ImageDecodeError):
+                raise type(result)(f"files[{position}]: {result}") from result
+            if isinstance(result, Exception):
+                raise result
+        images = [r for r in decoded if not isinstance(r, Exception)]
+        return await self._encode_and_store_images(inputs, images)
+
+    async def index_images_skipping_bad(
+        self, inputs: Sequence[ImageInput]
+    ) -> tuple[list[str], dict[int, str]]:
+        """Like index_images, but an undecodable image is reported by position and skipped."""
+        decoded = await self.encoding.decode_many([item.data for item in inputs])
+        failures: dict[int, str] = {}
+        good_inputs: list[ImageInput] = []
+        images: list[Image.Image] = []
+        for position, (item, result) in enumerate(zip(inputs, decoded, strict=True)):
+            if isinstance(result, ImageDecodeError):
+                failures[position] = str(result)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                good_inputs.append(item)
+                images.append(result)
+        ids = await self._encode_and_store_images(good_inputs, images) if images else []
+        return ids, failures
+
+    async def _encode_and_store_images(
+        self, inputs: Sequence[ImageInput], images: Sequence[Image.Image]
+    ) -> list[str]:
+        vectors = await self.encoding.encode_images(images)
+        items = [
+            NewItem(
+                id=check_item_id(item.id) if item.id is not None else new_item_id(),
+                kind="image",
+                vector=vector,
+                metadata=item.metadata,
+                content=item.data,
+                content_type=image_content_type(item.data),
+            )
+            for item, vector in zip(inputs, vectors, strict=True)
+        ]
+        return await run_in_threadpool(self.store.upsert, items)
+
+    async def index_texts(self, inputs: Sequence[TextInput]) -> list[str]:
+        vectors = await self.encoding.encode_texts([item.text for item in inputs])
+        items = [
+            NewItem(
+                id=check_item_id(item.id) if item.id is not None else new_item_id(),
+                kind="text",
+                vector=vector,
+                metadata=item.metadata,
+                text=item.text,
+            )
+            for item, vector in zip(inputs, vectors, strict=True)
+        ]
+        return await run_in_threadpool(self.store.upsert, items)
+
+    async def get(self, item_id: str) -> Record:
+        return await run_in_threadpool(self.store.get, item_id)
+
+    async def content(self, item_id: str) -> tuple[bytes, str]:
+        """The stored bytes and their media type: the image, or the text as UTF-8."""
+        record = await self.get(item_id)
+        if record.kind == "text":
+            return (record.text or "").encode("utf-8"), "text/plain; charset=utf-8"
+        data = await run_in_threadpool(self.store.read_content, record)
+        return data, record.content_type or "application/octet-stream"
+
+    async def delete(self, item_id: str) -> None:
+        await run_in_threadpool(self.store.delete, item_id)

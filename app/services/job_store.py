@@ -1,0 +1,203 @@
+"""Durable batch jobs: one SQLite file with each job and the state of each of its items."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+JobStatus = Literal["queued", "running", "done", "failed", "interrupted"]
+ItemStatus = Literal["pending", "done", "failed"]
+MAX_ERRORS_SHOWN = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT,
+    source TEXT,
+    staged INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (job_id, position)
+);
+CREATE INDEX IF NOT EXISTS job_items_pending ON job_items (job_id, status, position);
+"""
+
+
+@dataclass(frozen=True)
+class JobItem:
+    """One unit of a batch job. Images have `source` (a file path); texts have `text`."""
+
+    position: int
+    item_id: str
+    kind: Literal["image", "text"]
+    text: str | None = None
+    source: str | None = None
+    staged: bool = False
+    metadata: dict[str, Any] | None = None
+    status: ItemStatus = "pending"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemError:
+    position: int
+    id: str
+    error: str
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    status: JobStatus
+    total: int
+    done: int
+    failed: int
+    errors: list[ItemError]
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def create(self, job_id: str, items: Sequence[JobItem]) -> None:
+        now = time.time()
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO jobs (id, status, created_at, updated_at) VALUES (?, 'queued', ?, ?)",
+                (job_id, now, now),
+            )
+            self._conn.executemany(
+                "INSERT INTO job_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job_id, item.position, item.item_id, item.kind, item.text, item.source,
+                        int(item.staged),
+                        None if item.metadata is None else json.dumps(item.metadata),
+                        item.status, item.error,
+                    )
+                    for item in items
+                ],
+            )
+
+    def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+                (status, error, time.time(), job_id),
+            )
+
+    def record_results(
+        self, job_id: str, done: Sequence[int], failed: dict[int, str]
+    ) -> None:
+        """Mark items done or failed, in one transaction."""
+        with self._transaction():
+            self._conn.executemany(
+                "UPDATE job_items SET status = 'done', error = NULL "
+                "WHERE job_id = ? AND position = ?",
+                [(job_id, p) for p in done],
+            )
+            self._conn.executemany(
+                "UPDATE job_items SET status = 'failed', error = ? WHERE job_id = ? AND position = ?",
+                [(error, job_id, p) for p, error in failed.items()],
+            )
+            self._conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
+
+    def pending(self, job_id: str, limit: int) -> list[JobItem]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT position, item_id, kind, text, source, staged, metadata, status, error "
+                "FROM job_items WHERE job_id = ? AND status = 'pending' ORDER BY position LIMIT ?",
+                (job_id, limit),
+            ).fetchall()
+        return [
+            JobItem(
+                position=r[0], item_id=r[1], kind=r[2], text=r[3], source=r[4], staged=bool(r[5]),
+                metadata=None if r[6] is None else json.loads(r[6]), status=r[7], error=r[8],
+            )
+            for r in rows
+        ]
+
+    def get(self, job_id: str) -> JobView | None:
+        with self._lock:
+            job = self._conn.execute(
+                "SELECT id, status, error, created_at, updated_at FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if job is None:
+                return None
+            counts = dict(
+                self._conn.execute(
+                    "SELECT status, COUNT(*) FROM job_items WHERE job_id = ? GROUP BY status",
+                    (job_id,),
+                ).fetchall()
+            )
+            errors = self._conn.execute(
+                "SELECT position, item_id, error FROM job_items "
+                "WHERE job_id = ? AND status = 'failed' ORDER BY position LIMIT ?",
+                (job_id, MAX_ERRORS_SHOWN),
+            ).fetchall()
+        return JobView(
+            id=job[0],
+            status=job[1],
+            total=sum(counts.values()),
+            done=counts.get("done", 0),
+            failed=counts.get("failed", 0),
+            errors=[ItemError(position=e[0], id=e[1], error=e[2]) for e in errors],
+            error=job[2],
+            created_at=job[3],
+            updated_at=job[4],
+        )
+
+    def interrupt_unfinished(self) -> list[str]:
+        """At start-up: jobs left queued or running by the last process become `interrupted`."""
+        with self._transaction():
+            rows = self._conn.execute(
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
+            ).fetchall()
+            self._conn.execute(
+                "UPDATE jobs SET status = 'interrupted', updated_at = ? "
+                "WHERE status IN ('queued', 'running')",
+                (time.time(),),
+            )
+        return [row[0] for row in rows]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise

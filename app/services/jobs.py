@@ -1,0 +1,226 @@
+"""Batch indexing jobs: accepted at once, run in the background in batches, resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from starlette.concurrency import run_in_threadpool
+
+from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
+from app.services.items import ImageInput, ItemService, TextInput, check_item_id, new_item_id
+from app.services.job_store import JobItem, JobStore, JobView
+from index import StorageError
+from index.files import write_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One item of a batch request: exactly one of text, image_base64, image_path or upload."""
+
+    id: str | None = None
+    metadata: dict[str, Any] | None = None
+    text: str | None = None
+    image_base64: str | None = None
+    image_path: str | None = None
+    upload: BinaryIO | None = None
+
+
+def resolve_import_path(root: Path | None, raw: str) -> Path:
+    """The real path of `raw` under `root`; anything that leads outside it is refused."""
+    if root is None:
+        raise ImportPathError("image_path items need XMR_IMPORT_ROOT to be set on the server")
+    if "\x00" in raw:
+        raise ImportPathError("image_path contains a NUL byte")
+    real_root = root.resolve()
+    resolved = (real_root / raw).resolve()
+    if not resolved.is_relative_to(real_root):
+        raise ImportPathError(f"image_path {raw!r} is outside the import root")
+    return resolved
+
+
+class JobRunner:
+    """Owns the batch-job queue and the background task that works through it."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        items: ItemService,
+        staging_dir: Path,
+        import_root: Path | None,
+        batch_size: int,
+        max_file_bytes: int,
+    ) -> None:
+        self._store = store
+        self._items = items
+        self._staging_dir = staging_dir
+        self._import_root = import_root
+        self._batch_size = batch_size
+        self._max_file_bytes = max_file_bytes
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.interrupted_at_start = store.interrupt_unfinished()
+
+    # -- control --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._work(), name="xmr-batch-jobs")
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        """Let the batch in progress finish, then mark its job `interrupted` and stop."""
+        self._stopping = True
+        if self._task is None:
+            return
+        self._queue.put_nowait("")  # wake the worker if it is idle
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, entries: Sequence[BatchEntry]) -> str:
+        """Validate, stage and queue a job; returns its id. Bad paths reject the whole request."""
+        if not entries:
+            raise InvalidInputError("a batch needs at least one item")
+        job_id = new_item_id()
+        job_items = await run_in_threadpool(self._prepare, job_id, entries)
+        await run_in_threadpool(self._store.create, job_id, job_items)
+        self._queue.put_nowait(job_id)
+        return job_id
+
+    async def resume(self, job_id: str) -> JobView:
+        view = await self.get(job_id)
+        if view.status not in ("interrupted", "failed"):
+            raise JobStateError(f"job {job_id} is {view.status}; only interrupted or failed jobs resume")
+        await run_in_threadpool(self._store.set_status, job_id, "queued")
+        self._queue.put_nowait(job_id)
+        return await self.get(job_id)
+
+    async def get(self, job_id: str) -> JobView:
+        view = await run_in_threadpool(self._store.get, job_id)
+        if view is None:
+            raise JobNotFoundError(job_id)
+        return view
+
+    # -- submission -----------------------------------------------------------------------
+    def _prepare(self, job_id: str, entries: Sequence[BatchEntry]) -> list[JobItem]:
+        seen: set[str] = set()
+        prepared: list[JobItem] = []
+        for position, entry in enumerate(entries):
+            item_id = check_item_id(entry.id) if entry.id is not None else new_item_id()
+            if item_id in seen:
+                raise InvalidInputError(f"items[{position}]: id {item_id!r} appears twice")
+            seen.add(item_id)
+            prepared.append(self._prepare_one(job_id, position, item_id, entry))
+        return prepared
+
+    def _prepare_one(self, job_id: str, position: int, item_id: str, entry: BatchEntry) -> JobItem:
+        common: dict[str, Any] = {"position": position, "item_id": item_id, "metadata": entry.metadata}
+        if entry.text is not None:
+            if not entry.text.strip():
+                raise InvalidInputError(f"items[{position}]: text is empty")
+            return JobItem(kind="text", text=entry.text, **common)
+        if entry.image_path is not None:
+            try:
+                path = resolve_import_path(self._import_root, entry.image_path)
+            except ImportPathError as e:
+                raise ImportPathError(f"items[{position}]: {e}") from e
+            return JobItem(kind="image", source=str(path), **common)
+        staged = self._staging_dir / job_id / str(position)
+        if entry.upload is not None:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            with open(staged, "wb") as out:
+                shutil.copyfileobj(entry.upload, out, 1 << 20)
+            return JobItem(kind="image", source=str(staged), staged=True, **common)
+        if entry.image_base64 is not None:
+            try:
+                data = base64.b64decode(entry.image_base64, validate=True)
+            except (binascii.Error, ValueError):
+                return JobItem(kind="image", status="failed", error="image_base64 is not valid base64", **common)
+            write_atomic(staged, data)
+            return JobItem(kind="image", source=str(staged), staged=True, **common)
+        raise InvalidInputError(
+            f"items[{position}] needs one of text, image_base64 or image_path"
+        )
+
+    # -- execution ------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while not self._stopping:
+            job_id = await self._queue.get()
+            if self._stopping or not job_id:
+                continue
+            try:
+                await self._run_job(job_id)
+            except Exception as e:  # a job must never take the worker down with it
+                logger.exception("batch job %s failed", job_id)
+                await run_in_threadpool(self._store.set_status, job_id, "failed", _public(e))
+
+    async def _run_job(self, job_id: str) -> None:
+        await run_in_threadpool(self._store.set_status, job_id, "running")
+        while True:
+            if self._stopping:
+                await run_in_threadpool(self._store.set_status, job_id, "interrupted")
+                return
+            batch = await run_in_threadpool(self._store.pending, job_id, self._batch_size)
+            if not batch:
+                break
+            done, failed = await self._run_batch(batch)
+            await run_in_threadpool(self._store.record_results, job_id, done, failed)
+        await run_in_threadpool(self._store.set_status, job_id, "done")
+        await run_in_threadpool(shutil.rmtree, self._staging_dir / job_id, True)
+
+    async def _run_batch(self, batch: Sequence[JobItem]) -> tuple[list[int], dict[int, str]]:
+        failed: dict[int, str] = {}
+        texts = [item for item in batch if item.kind == "text"]
+        if texts:
+            await self._items.index_texts(
+                [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts]
+            )
+        images: list[tuple[JobItem, bytes]] = []
+        for item in (i for i in batch if i.kind == "image"):
+            try:
+                images.append((item, await run_in_threadpool(self._read_source, item)))
+            except InvalidInputError as e:
+                failed[item.position] = str(e)
+        if images:
+            inputs = [ImageInput(data, item.item_id, item.metadata) for item, data in images]
+            _, decode_failures = await self._items.index_images_skipping_bad(inputs)
+            for slot, reason in decode_failures.items():
+                failed[images[slot][0].position] = reason
+        done = [item.position for item in batch if item.position not in failed]
+        return done, failed
+
+    def _read_source(self, item: JobItem) -> bytes:
+        source = Path(item.source or "")
+        if not item.staged:
+            # checked again at read time: a symlink may have changed since submission
+            source = resolve_import_path(self._import_root, str(source))
+        try:
+            size = source.stat().st_size
+            if size > self._max_file_bytes:
+                raise InvalidInputError(f"the file is larger than {self._max_file_bytes} bytes")
+            return source.read_bytes()
+        except FileNotFoundError as e:
+            raise InvalidInputError("the file does not exist") from e
+        except IsADirectoryError as e:
+            raise InvalidInputError("the path is a directory, not a file") from e
+        except PermissionError as e:
+            raise InvalidInputError("the file cannot be read (permission denied)") from e
+
+
+def _public(error: Exception) -> str:
+    """A message safe to show to clients: the domain errors' own text, else only the type."""
+    if isinstance(error, StorageError | InvalidInputError):
+        return str(error)
+    return f"internal error ({type(error).__name__}); see the server log"

@@ -1,0 +1,60 @@
+"""Everything a running service holds, built once at start-up and kept on app.state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.services.encoding import EncodingService
+from app.services.items import ItemService
+from app.services.job_store import JobStore
+from app.services.jobs import JobRunner
+from app.services.search import SearchService
+from index import ItemStore
+from models import Encoder, OpenClipEncoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    encoder: Encoder
+    store: ItemStore
+    encoding: EncodingService
+    items: ItemService
+    search: SearchService
+    jobs: JobRunner
+    job_store: JobStore
+
+    @classmethod
+    def build(cls, settings: Settings, encoder: Encoder | None = None) -> Services:
+        """Load the model (unless given) and open the data directory; raises on any mismatch."""
+        encoder = encoder or OpenClipEncoder.load(
+            settings.model, settings.pretrained, settings.device, settings.model_cache_dir
+        )
+        store = ItemStore(settings.data_dir, encoder.model_id, encoder.dim)
+        encoding = EncodingService(encoder, settings.max_image_pixels)
+        items = ItemService(store, encoding)
+        job_store = JobStore(settings.data_dir / "jobs.sqlite3")
+        jobs = JobRunner(
+            job_store,
+            items,
+            staging_dir=settings.data_dir / "staging",
+            import_root=settings.import_root,
+            batch_size=settings.encode_batch_size,
+            max_file_bytes=int(settings.max_upload_mb * 1024 * 1024),
+        )
+        if jobs.interrupted_at_start:
+            logger.warning("batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start)
+        search = SearchService(store, encoding, settings.max_k)
+        return cls(settings, encoder, store, encoding, items, search, jobs, job_store)
+
+    def close(self) -> None:
+        """Save the indexes and release files and threads."""
+        try:
+            self.encoding.close()
+            self.store.close()
+        finally:
+            self.job_store.close()
