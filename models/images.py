@@ -31,8 +31,12 @@ def sniff_image_format(data: bytes) -> str:
     if not data:
         raise ImageDecodeError("the file is empty")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or "unknown"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image_format = image.format or "unknown"
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"the image declares too many pixels to decode safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError("the file is not a recognised image") from e
     if image_format not in ALLOWED_FORMATS:

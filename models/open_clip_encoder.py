@@ -66,7 +66,7 @@ class OpenClipEncoder:
             model, preprocess = _create(model_name, source, torch_device, cache_dir)
         except (RuntimeError, OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"could not load {model_name} with {source.label}: {e}") from e
-        tokenizer = open_clip.get_tokenizer(model_name)
+        tokenizer = open_clip.get_tokenizer(source.open_clip_name or model_name)
         model_id = model_id_for(model_name, source)
         logger.info("loaded %s on %s", model_id, torch_device)
         return cls(model, preprocess, tokenizer, model_id, torch_device)
@@ -117,10 +117,11 @@ class OpenClipEncoder:
 def _create(
     model_name: str, source: WeightsSource, device: torch.device, cache_dir: str | None
 ) -> tuple[torch.nn.Module, Any]:
-    pretrained = source.value or None
-    with _seeded_init(), _hub_offline(source.kind == "tag" and source.cached):
+    name = source.open_clip_name or model_name
+    pretrained = None if source.open_clip_name or source.kind == "random" else source.value
+    with _seeded_init(), _hub_offline(source.kind in ("tag", "hub") and source.cached):
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, cache_dir=cache_dir
+            name, pretrained=pretrained, device=device, cache_dir=cache_dir
         )
     return model, preprocess
 

@@ -7,6 +7,7 @@ says what to set, instead of hanging in download retries.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -19,30 +20,45 @@ import open_clip
 from models.errors import ModelLoadError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLED_CONFIG_DIR = PACKAGE_DIR / "configs"
-BUNDLED_WEIGHTS_DIR = PACKAGE_DIR / "weights"
+BUNDLED_CONFIG_DIR = PACKAGE_DIR / "configs"  # architectures only (random init, for tests)
+BUNDLED_MODELS_DIR = PACKAGE_DIR / "bundled"  # open_clip local-dir folders: config + weights
+LOCAL_DIR_PREFIX = "local-dir:"
+HF_HUB_PREFIX = "hf-hub:"
 DEFAULT_PRETRAINED_TAG = "laion2b_s34b_b79k"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HUB_PROBE_TIMEOUT_S = 3.0
 
-WeightsKind = Literal["random", "file", "tag"]
+WeightsKind = Literal["random", "file", "tag", "folder", "hub"]
 
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a model's weights come from. `value` is a tag, an absolute path, or '' for random."""
+    """Where a model's weights come from.
+
+    `value` is a pretrained tag, an absolute checkpoint path, '' for random weights, or for
+    `folder`/`hub` the full open_clip model name (`local-dir:/path`, `hf-hub:org/repo`), which
+    carries its own config and weights.
+    """
 
     kind: WeightsKind
     value: str
     cached: bool = True
+    fingerprint: str = ""
 
     @property
     def label(self) -> str:
         if self.kind == "random":
             return "random-init"
         if self.kind == "file":
-            return Path(self.value).name
+            return f"{Path(self.value).name}@{self.fingerprint}"
+        if self.kind == "folder":
+            return f"local@{self.fingerprint}"
         return self.value
+
+    @property
+    def open_clip_name(self) -> str | None:
+        """The model name to hand open_clip when the source names the model itself."""
+        return self.value if self.kind in ("folder", "hub") else None
 
 
 def model_id_for(model_name: str, source: WeightsSource) -> str:
@@ -57,24 +73,32 @@ def register_bundled_configs() -> None:
         open_clip.add_model_config(BUNDLED_CONFIG_DIR)
 
 
-def bundled_weights(model_name: str) -> Path | None:
-    """The weights file shipped with the package for `model_name`, if there is one."""
-    path = BUNDLED_WEIGHTS_DIR / f"{model_name}.safetensors"
-    return path if path.is_file() else None
+def bundled_model_dir(model_name: str) -> Path | None:
+    """The open_clip folder (config + weights) shipped with the package, if there is one."""
+    folder = BUNDLED_MODELS_DIR / model_name
+    return folder if (folder / "open_clip_config.json").is_file() else None
+
+
+def list_bundled_models() -> list[str]:
+    return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/open_clip_config.json"))
 
 
 def resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> WeightsSource:
     """Decide where the weights for `model_name` come from, and check that they can be had."""
     register_bundled_configs()
+    bundled = bundled_model_dir(model_name)
+    if bundled is not None:
+        return _resolve_folder(bundled)
+    if model_name.startswith(LOCAL_DIR_PREFIX):
+        return _resolve_folder(Path(model_name[len(LOCAL_DIR_PREFIX):]).expanduser())
+    if model_name.startswith(HF_HUB_PREFIX):
+        return _resolve_hub(model_name, cache_dir)
     if model_name not in open_clip.list_models():
         raise ModelLoadError(
             f"unknown model {model_name!r}: set XMR_MODEL to one of open_clip's models "
             "(e.g. ViT-B-32) or a bundled one (shapes-tiny)"
         )
     if pretrained is None:
-        shipped = bundled_weights(model_name)
-        if shipped is not None:
-            return WeightsSource("file", str(shipped))
         pretrained = DEFAULT_PRETRAINED_TAG
     if pretrained == "":
         return WeightsSource("random", "")
@@ -82,8 +106,45 @@ def resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | No
         path = Path(pretrained).expanduser().resolve()
         if not path.is_file():
             raise ModelLoadError(f"XMR_PRETRAINED points to {path}, which is not a file")
-        return WeightsSource("file", str(path))
+        return WeightsSource("file", str(path), fingerprint=file_fingerprint(path))
     return _resolve_tag(model_name, pretrained, cache_dir)
+
+
+def file_fingerprint(path: Path) -> str:
+    """Short SHA-256 of a checkpoint, so that other weights under the same name are told apart."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _resolve_folder(folder: Path) -> WeightsSource:
+    folder = folder.resolve()
+    if not (folder / "open_clip_config.json").is_file():
+        raise ModelLoadError(f"{folder} has no open_clip_config.json; it is not an open_clip model folder")
+    checkpoints = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
+    if not checkpoints:
+        raise ModelLoadError(f"{folder} holds no weights file (.safetensors/.bin/.pt)")
+    fingerprint = hashlib.sha256(
+        "".join(file_fingerprint(p) for p in checkpoints).encode()
+    ).hexdigest()[:12]
+    return WeightsSource("folder", f"{LOCAL_DIR_PREFIX}{folder}", fingerprint=fingerprint)
+
+
+def _resolve_hub(model_name: str, cache_dir: str | None) -> WeightsSource:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id = model_name[len(HF_HUB_PREFIX):]
+    if isinstance(try_to_load_from_cache(repo_id, "open_clip_config.json", cache_dir=cache_dir), str):
+        return WeightsSource("hub", model_name, cached=True)
+    host = _download_host({"hf_hub": repo_id})
+    if _offline_forced() or not _host_reachable(host):
+        raise ModelLoadError(
+            f"{model_name} is not in the local Hugging Face cache and {host} cannot be reached; "
+            "download it once on a machine with internet (HF_HOME), or use XMR_MODEL=local-dir:PATH"
+        )
+    return WeightsSource("hub", model_name, cached=False)
 
 
 def _looks_like_path(value: str) -> bool:

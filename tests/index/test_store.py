@@ -1,0 +1,122 @@
+"""ItemStore: upsert/delete semantics, persistence, replay, recovery and the model check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import ItemNotFoundError, ItemStore, ModelMismatchError, NewItem
+from index.errors import DuplicateIdError
+
+DIM = 8
+
+
+def vec(i: int) -> np.ndarray:
+    v = np.zeros(DIM, np.float32)
+    v[i % DIM] = 1.0
+    return v
+
+
+def text(item_id: str, i: int, **extra: object) -> NewItem:
+    return NewItem(id=item_id, kind="text", vector=vec(i), text=f"text {item_id}", **extra)  # type: ignore[arg-type]
+
+
+def image(item_id: str, i: int, content: bytes = b"png-bytes") -> NewItem:
+    return NewItem(id=item_id, kind="image", vector=vec(i), content=content, content_type="image/png")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ItemStore:
+    return ItemStore(tmp_path / "data", "m/1", DIM)
+
+
+def test_upsert_replaces_without_duplicates(store: ItemStore) -> None:
+    store.upsert([text("a", 0, metadata={"v": 1}), text("b", 1)])
+    store.upsert([text("a", 2, metadata={"v": 2})])
+    assert store.counts() == {"image": 0, "text": 2}
+    hits = store.search("text", vec(2)[None], 5)[0]
+    assert [h.record.id for h in hits][0] == "a"
+    assert hits[0].record.metadata == {"v": 2}
+    assert hits[0].score == pytest.approx(1.0)
+    assert "a" not in [h.record.id for h in store.search("text", vec(0)[None], 5)[0] if h.score > 0.5]
+
+
+def test_an_id_can_change_kind(store: ItemStore) -> None:
+    store.upsert([text("x", 0)])
+    store.upsert([image("x", 0)])
+    assert store.counts() == {"image": 1, "text": 0}
+    assert store.get("x").kind == "image"
+
+
+def test_duplicate_ids_in_one_write_are_refused(store: ItemStore) -> None:
+    with pytest.raises(DuplicateIdError):
+        store.upsert([text("a", 0), text("a", 1)])
+    assert store.counts() == {"image": 0, "text": 0}
+
+
+def test_delete_removes_from_search_at_once(store: ItemStore) -> None:
+    store.upsert([image("p", 3), image("q", 4, b"other")])
+    store.delete("p")
+    assert [h.record.id for h in store.search("image", vec(3)[None], 5)[0]] == ["q"]
+    with pytest.raises(ItemNotFoundError):
+        store.get("p")
+    with pytest.raises(ItemNotFoundError):
+        store.delete("p")
+
+
+def test_image_bytes_are_kept_and_released_when_unused(store: ItemStore) -> None:
+    store.upsert([image("p", 0, b"same"), image("q", 1, b"same")])
+    record = store.get("p")
+    assert store.read_content(record) == b"same"
+    store.delete("p")
+    assert store.read_content(store.get("q")) == b"same"  # still used by q
+    store.delete("q")
+    assert not list((store.data_dir / "blobs").glob("*/*"))
+
+
+def test_restart_restores_everything_from_snapshot_and_replay(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = ItemStore(data, "m/1", DIM)
+    first.upsert([text(f"t{i}", i) for i in range(5)] + [image("img", 2)])
+    first.snapshot()
+    first.upsert([text("late", 7)])  # after the snapshot: must be replayed from the records
+    first.delete("t1")
+    first._records.close()  # a crash: no final snapshot
+    second = ItemStore(data, "m/1", DIM)
+    assert second.counts() == {"image": 1, "text": 5}
+    assert second.search("text", vec(7)[None], 1)[0][0].record.id == "late"
+    assert "t1" not in {h.record.id for h in second.search("text", vec(1)[None], 10)[0]}
+    second.close()
+
+
+def test_corrupt_snapshot_is_rebuilt_from_records(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = ItemStore(data, "m/1", DIM)
+    first.upsert([text(f"t{i}", i) for i in range(4)])
+    first.close()
+    snapshot = next((data / "index").glob("text-*.faiss"))
+    snapshot.write_bytes(snapshot.read_bytes()[:20])  # truncated
+    second = ItemStore(data, "m/1", DIM)
+    assert second.counts()["text"] == 4
+    assert second.search("text", vec(3)[None], 1)[0][0].record.id == "t3"
+    second.close()
+
+
+def test_snapshot_files_do_not_accumulate(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path / "data", "m/1", DIM)
+    for i in range(5):
+        store.upsert([text(f"t{i}", i)])
+        store.snapshot()
+    names = sorted(p.name for p in (tmp_path / "data" / "index").iterdir())
+    assert names == ["image-5.faiss", "image.json", "text-5.faiss", "text.json"]
+    store.close()
+
+
+def test_other_model_is_refused(tmp_path: Path) -> None:
+    ItemStore(tmp_path / "data", "m/1", DIM).close()
+    with pytest.raises(ModelMismatchError, match="m/1"):
+        ItemStore(tmp_path / "data", "m/2", DIM)
+    with pytest.raises(ModelMismatchError):
+        ItemStore(tmp_path / "data", "m/1", DIM * 2)

@@ -1,0 +1,1 @@
+"""User-side tools of xmr: the shapes demo data, the evaluation command."""
