@@ -13,7 +13,9 @@ from app.preflight import preflight
 
 def main() -> int:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     problem = preflight(settings)
     if problem:
         print(f"xmr: cannot start: {problem}", file=sys.stderr)

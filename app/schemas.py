@@ -15,7 +15,9 @@ TARGET_KIND: dict[str, Literal["image", "text"]] = {"images": "image", "texts": 
 class TextItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(..., min_length=1, description="the text to index; cut to the model's context")
+    text: str = Field(
+        ..., min_length=1, description="the text to index; cut to the model's context"
+    )
     id: str | None = Field(None, min_length=1, max_length=256)
     metadata: JSONObject | None = None
 
@@ -74,7 +76,11 @@ class BatchRequest(BaseModel):
             "examples": [
                 {
                     "items": [
-                        {"id": "p1", "image_path": "holiday/beach.jpg", "metadata": {"album": "2024"}},
+                        {
+                            "id": "p1",
+                            "image_path": "holiday/beach.jpg",
+                            "metadata": {"album": "2024"},
+                        },
                         {"text": "a dog on a beach"},
                     ]
                 }

@@ -47,7 +47,9 @@ class Services:
             max_file_bytes=int(settings.max_upload_mb * 1024 * 1024),
         )
         if jobs.interrupted_at_start:
-            logger.warning("batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start)
+            logger.warning(
+                "batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start
+            )
         search = SearchService(store, encoding, settings.max_k)
         return cls(settings, encoder, store, encoding, items, search, jobs, job_store)
 

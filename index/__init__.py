@@ -1,6 +1,12 @@
 """Store and search vectors and their records."""
 
-from index.errors import DuplicateIdError, ItemNotFoundError, ModelMismatchError, SnapshotError, StorageError
+from index.errors import (
+    DuplicateIdError,
+    ItemNotFoundError,
+    ModelMismatchError,
+    SnapshotError,
+    StorageError,
+)
 from index.records import KINDS, Kind, Record
 from index.store import Hit, ItemStore, NewItem
 from index.vectors import FaissVectorIndex
@@ -19,4 +25,3 @@ __all__ = [
     "SnapshotError",
     "StorageError",
 ]
-

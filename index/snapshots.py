@@ -69,7 +69,9 @@ def load_snapshot(
     except (RuntimeError, ValueError) as e:
         raise SnapshotError(f"{kind} index file {info.file} cannot be parsed: {e}") from e
     if len(index) != info.ntotal:
-        raise SnapshotError(f"{kind} index holds {len(index)} vectors, its sidecar says {info.ntotal}")
+        raise SnapshotError(
+            f"{kind} index holds {len(index)} vectors, its sidecar says {info.ntotal}"
+        )
     return index, info
 
 

@@ -160,8 +160,13 @@ class ItemStore:
             for kind in stale:
                 try:
                     save_snapshot(
-                        self._snapshot_dir, kind, payloads[kind], seq, sizes[kind],
-                        self.model_id, self.dim,
+                        self._snapshot_dir,
+                        kind,
+                        payloads[kind],
+                        seq,
+                        sizes[kind],
+                        self.model_id,
+                        self.dim,
                     )
                 except OSError as e:
                     raise StorageError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -37,7 +38,8 @@ class FaissVectorIndex:
 
     def __init__(self, d: int, index: faiss.Index | None = None) -> None:
         self.d = d
-        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        # faiss's SWIG signatures do not type numpy arguments; Any keeps mypy honest elsewhere
+        self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         if self._index.d != d:
             raise ValueError(f"index has dimension {self._index.d}, expected {d}")
         self._lock = threading.RLock()

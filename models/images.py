@@ -27,7 +27,7 @@ _BACKGROUND = (255, 255, 255)
 
 
 def sniff_image_format(data: bytes) -> str:
-    """Return the Pillow format name of `data` without decoding pixels, or raise ImageDecodeError."""
+    """The Pillow format name of `data`, read without decoding pixels; else ImageDecodeError."""
     if not data:
         raise ImageDecodeError("the file is empty")
     try:
@@ -36,7 +36,9 @@ def sniff_image_format(data: bytes) -> str:
             with Image.open(io.BytesIO(data)) as image:
                 image_format = image.format or "unknown"
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"the image declares too many pixels to decode safely ({e})") from e
+        raise ImageTooLargeError(
+            f"the image declares too many pixels to decode safely ({e})"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError("the file is not a recognised image") from e
     if image_format not in ALLOWED_FORMATS:

@@ -44,7 +44,7 @@ class OpenClipEncoder:
         model_id: str,
         device: torch.device,
     ) -> None:
-        self._model = model.eval()
+        self._model: Any = model.eval()  # open_clip's CLIP / CustomTextCLIP
         self._preprocess = preprocess
         self._tokenizer = tokenizer
         self._model_id = model_id
@@ -149,7 +149,7 @@ def _hub_offline(enabled: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = previous
 
 
-def _embedding_dim(model: torch.nn.Module) -> int:
+def _embedding_dim(model: Any) -> int:
     projection = getattr(model, "text_projection", None)
     if isinstance(projection, torch.Tensor):
         return int(projection.shape[-1])

@@ -83,14 +83,16 @@ def list_bundled_models() -> list[str]:
     return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/open_clip_config.json"))
 
 
-def resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | None = None) -> WeightsSource:
+def resolve_weights(
+    model_name: str, pretrained: str | None, cache_dir: str | None = None
+) -> WeightsSource:
     """Decide where the weights for `model_name` come from, and check that they can be had."""
     register_bundled_configs()
     bundled = bundled_model_dir(model_name)
     if bundled is not None:
         return _resolve_folder(bundled)
     if model_name.startswith(LOCAL_DIR_PREFIX):
-        return _resolve_folder(Path(model_name[len(LOCAL_DIR_PREFIX):]).expanduser())
+        return _resolve_folder(Path(model_name[len(LOCAL_DIR_PREFIX) :]).expanduser())
     if model_name.startswith(HF_HUB_PREFIX):
         return _resolve_hub(model_name, cache_dir)
     if model_name not in open_clip.list_models():
@@ -122,7 +124,9 @@ def file_fingerprint(path: Path) -> str:
 def _resolve_folder(folder: Path) -> WeightsSource:
     folder = folder.resolve()
     if not (folder / "open_clip_config.json").is_file():
-        raise ModelLoadError(f"{folder} has no open_clip_config.json; it is not an open_clip model folder")
+        raise ModelLoadError(
+            f"{folder} has no open_clip_config.json; it is not an open_clip model folder"
+        )
     checkpoints = sorted(p for p in folder.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
     if not checkpoints:
         raise ModelLoadError(f"{folder} holds no weights file (.safetensors/.bin/.pt)")
@@ -135,8 +139,10 @@ def _resolve_folder(folder: Path) -> WeightsSource:
 def _resolve_hub(model_name: str, cache_dir: str | None) -> WeightsSource:
     from huggingface_hub import try_to_load_from_cache
 
-    repo_id = model_name[len(HF_HUB_PREFIX):]
-    if isinstance(try_to_load_from_cache(repo_id, "open_clip_config.json", cache_dir=cache_dir), str):
+    repo_id = model_name[len(HF_HUB_PREFIX) :]
+    if isinstance(
+        try_to_load_from_cache(repo_id, "open_clip_config.json", cache_dir=cache_dir), str
+    ):
         return WeightsSource("hub", model_name, cached=True)
     host = _download_host({"hf_hub": repo_id})
     if _offline_forced() or not _host_reachable(host):
@@ -156,7 +162,8 @@ def _resolve_tag(model_name: str, tag: str, cache_dir: str | None) -> WeightsSou
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         raise ModelLoadError(
-            f"{tag!r} is not a pretrained tag of {model_name} (known: {', '.join(tags) or 'none'}); "
+            f"{tag!r} is not a pretrained tag of {model_name} "
+            f"(known: {', '.join(tags) or 'none'}); "
             "set XMR_PRETRAINED to one of them or to a local checkpoint file"
         )
     if _tag_is_cached(cfg, cache_dir):

@@ -79,15 +79,14 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() / 255.0 - mean) / std
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor,
-              keys: list) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor, keys: list
+) -> torch.Tensor:
     """The symmetric CLIP loss, with every pair that shows the same shapes counted as positive."""
     logits = scale * image_features @ text_features.T
     same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
     targets = same / same.sum(dim=1, keepdim=True)
-    return 0.5 * (
-        F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)
-    )
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
 def train(args: argparse.Namespace) -> None:
@@ -104,10 +103,17 @@ def train(args: argparse.Namespace) -> None:
         model = open_clip.create_model(f"local-dir:{tmp}")
         tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp}")
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98)
+    )
     rng = np.random.default_rng(args.seed)
     for step in range(args.steps):
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        lr = (
+            args.lr
+            * min(1.0, (step + 1) / args.warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * step / args.steps))
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = rng.choice(len(scenes), size=args.batch_size, replace=False)
@@ -115,16 +121,25 @@ def train(args: argparse.Namespace) -> None:
         texts = tokenizer([caption(scenes[i], rng) for i in batch])
         image_features = model.encode_image(images, normalize=True)
         text_features = model.encode_text(texts, normalize=True)
-        loss = clip_loss(image_features, text_features, model.logit_scale.exp(), [keys[i] for i in batch])
+        loss = clip_loss(
+            image_features, text_features, model.logit_scale.exp(), [keys[i] for i in batch]
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  lr {lr:.2e}  {time.time() - started:.0f}s", flush=True)
+            elapsed = time.time() - started
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  lr {lr:.2e}  {elapsed:.0f}s",
+                flush=True,
+            )
         if time.time() - started > args.max_minutes * 60:
-            print(f"stopping at step {step}: time budget of {args.max_minutes} min reached", flush=True)
+            print(
+                f"stopping at step {step}: time budget of {args.max_minutes} min reached",
+                flush=True,
+            )
             break
 
     write_config(out)
@@ -134,7 +149,9 @@ def train(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(REPO / "models" / "bundled" / "shapes-tiny"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=120_000)

@@ -63,8 +63,11 @@ def random_scene(
     """A scene of `n_shapes` distinct (colour, shape) pairs, or exactly `pairs` if given."""
     side = int(rng.integers(min_side, max_side + 1))
     aspect = float(rng.uniform(0.75, 1.33))
-    width, height = (side, max(min_side, int(side / aspect))) if aspect >= 1 else (
-        max(min_side, int(side * aspect)), side)
+    width, height = (
+        (side, max(min_side, int(side / aspect)))
+        if aspect >= 1
+        else (max(min_side, int(side * aspect)), side)
+    )
     chosen = list(pairs) if pairs is not None else _distinct_pairs(rng, n_shapes)
     background = _background(rng)
     slots = _slots(rng, len(chosen))
@@ -99,7 +102,9 @@ def _slots(rng: np.random.Generator, n: int) -> list[tuple[float, float, float]]
     if n == 1:
         radius = float(rng.uniform(0.16, 0.38))
         margin = radius + 0.02
-        return [(float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)), radius)]
+        return [
+            (float(rng.uniform(margin, 1 - margin)), float(rng.uniform(margin, 1 - margin)), radius)
+        ]
     if n == 2:
         radius = float(rng.uniform(0.1, 0.2))
         margin = radius + 0.02
@@ -136,7 +141,9 @@ def render(scene: Scene, rng: np.random.Generator | None = None) -> Image.Image:
     return image
 
 
-def _polygon(kind: str, centre: tuple[float, float], radius: float, rotation: float) -> list[tuple[float, float]]:
+def _polygon(
+    kind: str, centre: tuple[float, float], radius: float, rotation: float
+) -> list[tuple[float, float]]:
     if kind == "square":
         points = [(radius, 45 + 90 * i) for i in range(4)]
     elif kind == "triangle":
@@ -147,7 +154,10 @@ def _polygon(kind: str, centre: tuple[float, float], radius: float, rotation: fl
         raise ValueError(f"unknown shape {kind!r}")
     cx, cy = centre
     return [
-        (cx + r * math.cos(math.radians(a + rotation)), cy - r * math.sin(math.radians(a + rotation)))
+        (
+            cx + r * math.cos(math.radians(a + rotation)),
+            cy - r * math.sin(math.radians(a + rotation)),
+        )
         for r, a in points
     ]
 
@@ -239,9 +249,7 @@ def write_eval_set(folder: Path, seed: int, n_two: int = 200, split: str = "test
     """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    scenes: list[Scene] = [
-        random_scene(rng, 1, pairs=[(c, s)]) for c in COLORS for s in SHAPES
-    ]
+    scenes: list[Scene] = [random_scene(rng, 1, pairs=[(c, s)]) for c in COLORS for s in SHAPES]
     seen: set[tuple[tuple[str, str], ...]] = set()
     while len(seen) < n_two:
         scene = random_scene(rng, 2)

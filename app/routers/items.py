@@ -28,7 +28,9 @@ async def index_images(
     metadata_list = parse_metadata(metadata, len(files))
     inputs = [
         ImageInput(await read_upload(upload, position), item_id, meta)
-        for position, (upload, item_id, meta) in enumerate(zip(files, id_list, metadata_list))
+        for position, (upload, item_id, meta) in enumerate(
+            zip(files, id_list, metadata_list, strict=True)
+        )
     ]
     return IndexedResponse(ids=await items.index_images(inputs))
 

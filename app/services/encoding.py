@@ -22,7 +22,9 @@ class EncodingService:
         self.encoder = encoder
         self._max_image_pixels = max_image_pixels
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmr-infer")
-        self._decode = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="xmr-decode")
+        self._decode = ThreadPoolExecutor(
+            max_workers=decode_workers, thread_name_prefix="xmr-decode"
+        )
 
     @property
     def dim(self) -> int:

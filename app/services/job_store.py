@@ -101,10 +101,16 @@ class JobStore:
                 "INSERT INTO job_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        job_id, item.position, item.item_id, item.kind, item.text, item.source,
+                        job_id,
+                        item.position,
+                        item.item_id,
+                        item.kind,
+                        item.text,
+                        item.source,
                         int(item.staged),
                         None if item.metadata is None else json.dumps(item.metadata),
-                        item.status, item.error,
+                        item.status,
+                        item.error,
                     )
                     for item in items
                 ],
@@ -117,9 +123,7 @@ class JobStore:
                 (status, error, time.time(), job_id),
             )
 
-    def record_results(
-        self, job_id: str, done: Sequence[int], failed: dict[int, str]
-    ) -> None:
+    def record_results(self, job_id: str, done: Sequence[int], failed: dict[int, str]) -> None:
         """Mark items done or failed, in one transaction."""
         with self._transaction():
             self._conn.executemany(
@@ -128,7 +132,8 @@ class JobStore:
                 [(job_id, p) for p in done],
             )
             self._conn.executemany(
-                "UPDATE job_items SET status = 'failed', error = ? WHERE job_id = ? AND position = ?",
+                "UPDATE job_items SET status = 'failed', error = ? "
+                "WHERE job_id = ? AND position = ?",
                 [(error, job_id, p) for p, error in failed.items()],
             )
             self._conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
@@ -142,8 +147,15 @@ class JobStore:
             ).fetchall()
         return [
             JobItem(
-                position=r[0], item_id=r[1], kind=r[2], text=r[3], source=r[4], staged=bool(r[5]),
-                metadata=None if r[6] is None else json.loads(r[6]), status=r[7], error=r[8],
+                position=r[0],
+                item_id=r[1],
+                kind=r[2],
+                text=r[3],
+                source=r[4],
+                staged=bool(r[5]),
+                metadata=None if r[6] is None else json.loads(r[6]),
+                status=r[7],
+                error=r[8],
             )
             for r in rows
         ]

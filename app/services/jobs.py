@@ -102,7 +102,9 @@ class JobRunner:
     async def resume(self, job_id: str) -> JobView:
         view = await self.get(job_id)
         if view.status not in ("interrupted", "failed"):
-            raise JobStateError(f"job {job_id} is {view.status}; only interrupted or failed jobs resume")
+            raise JobStateError(
+                f"job {job_id} is {view.status}; only interrupted or failed jobs resume"
+            )
         await run_in_threadpool(self._store.set_status, job_id, "queued")
         self._queue.put_nowait(job_id)
         return await self.get(job_id)
@@ -126,7 +128,11 @@ class JobRunner:
         return prepared
 
     def _prepare_one(self, job_id: str, position: int, item_id: str, entry: BatchEntry) -> JobItem:
-        common: dict[str, Any] = {"position": position, "item_id": item_id, "metadata": entry.metadata}
+        common: dict[str, Any] = {
+            "position": position,
+            "item_id": item_id,
+            "metadata": entry.metadata,
+        }
         if entry.text is not None:
             if not entry.text.strip():
                 raise InvalidInputError(f"items[{position}]: text is empty")
@@ -147,12 +153,15 @@ class JobRunner:
             try:
                 data = base64.b64decode(entry.image_base64, validate=True)
             except (binascii.Error, ValueError):
-                return JobItem(kind="image", status="failed", error="image_base64 is not valid base64", **common)
+                return JobItem(
+                    kind="image",
+                    status="failed",
+                    error="image_base64 is not valid base64",
+                    **common,
+                )
             write_atomic(staged, data)
             return JobItem(kind="image", source=str(staged), staged=True, **common)
-        raise InvalidInputError(
-            f"items[{position}] needs one of text, image_base64 or image_path"
-        )
+        raise InvalidInputError(f"items[{position}] needs one of text, image_base64 or image_path")
 
     # -- execution ------------------------------------------------------------------------
     async def _work(self) -> None:

@@ -43,7 +43,9 @@ def test_health_ready_and_info(client: TestClient) -> None:
     assert (info["images"], info["texts"]) == (0, 0)
 
 
-def test_readyz_is_503_outside_the_lifespan(settings: Settings, tiny_encoder: OpenClipEncoder) -> None:
+def test_readyz_is_503_outside_the_lifespan(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
     app = create_app(settings, encoder=tiny_encoder)
     client = TestClient(app)  # not entered: the lifespan has not loaded anything
     assert client.get("/readyz").status_code == 503
@@ -71,29 +73,42 @@ def test_index_images_with_ids_and_metadata(client: TestClient) -> None:
 
 
 def test_text_search_ranks_by_cosine_and_scores_match_embeddings(client: TestClient) -> None:
-    client.post("/v1/images", files=[png_file(f"{c}.png", c) for c in ("red", "green", "blue")],
-                data={"ids": '["red", "green", "blue"]'})
+    client.post(
+        "/v1/images",
+        files=[png_file(f"{c}.png", c) for c in ("red", "green", "blue")],
+        data={"ids": '["red", "green", "blue"]'},
+    )
     results = client.get("/v1/search/text", params={"q": "a red circle", "k": 3}).json()
     assert [r["kind"] for r in results["results"]] == ["image"] * 3
-    query = np.array(client.post("/v1/embed/text", json={"texts": ["a red circle"]}).json()["embeddings"][0])
-    image_vectors = np.array(client.post(
-        "/v1/embed/image", files=[png_file(f"{c}.png", c) for c in ("red", "green", "blue")]
-    ).json()["embeddings"])
-    expected = sorted(zip(image_vectors @ query, ["red", "green", "blue"]), reverse=True)
+    query = np.array(
+        client.post("/v1/embed/text", json={"texts": ["a red circle"]}).json()["embeddings"][0]
+    )
+    image_vectors = np.array(
+        client.post(
+            "/v1/embed/image", files=[png_file(f"{c}.png", c) for c in ("red", "green", "blue")]
+        ).json()["embeddings"]
+    )
+    expected = sorted(
+        zip(image_vectors @ query, ["red", "green", "blue"], strict=True), reverse=True
+    )
     assert [r["id"] for r in results["results"]] == [name for _, name in expected]
-    for result, (score, _) in zip(results["results"], expected):
+    for result, (score, _) in zip(results["results"], expected, strict=True):
         assert result["score"] == pytest.approx(score, abs=1e-4)
     assert results["took_ms"] > 0
 
 
 def test_image_search_finds_texts_and_images(client: TestClient) -> None:
-    index_texts(client, {"text": "first", "id": "t1"}, {"text": "second", "id": "t2", "metadata": {"n": 2}})
+    index_texts(
+        client, {"text": "first", "id": "t1"}, {"text": "second", "id": "t2", "metadata": {"n": 2}}
+    )
     client.post("/v1/images", files=[png_file("r.png", "red")], data={"ids": '["red"]'})
     query = {"file": ("q.png", image_bytes("red"), "image/png")}
     texts = client.post("/v1/search/image", files=query, data={"k": "5"}).json()["results"]
     assert {r["id"] for r in texts} == {"t1", "t2"}
     assert all(r["kind"] == "text" and r["text"] for r in texts)
-    images = client.post("/v1/search/image", files=query, data={"k": "1", "target": "images"}).json()
+    images = client.post(
+        "/v1/search/image", files=query, data={"k": "1", "target": "images"}
+    ).json()
     assert images["results"][0]["id"] == "red"
     assert images["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
 
@@ -125,7 +140,9 @@ def test_ids_with_slashes_and_unicode_round_trip(client: TestClient) -> None:
     assert client.get(record.json()["content_url"]).text == "a path id"
 
 
-def test_embeddings_equal_open_clip_through_the_api(client: TestClient, tiny_encoder: OpenClipEncoder) -> None:
+def test_embeddings_equal_open_clip_through_the_api(
+    client: TestClient, tiny_encoder: OpenClipEncoder
+) -> None:
     import open_clip
     import torch
 
@@ -138,39 +155,59 @@ def test_embeddings_equal_open_clip_through_the_api(client: TestClient, tiny_enc
     buffer = io.BytesIO()
     picture.save(buffer, "PNG")
     with torch.no_grad():
-        expected_image = model.encode_image(preprocess(picture).unsqueeze(0), normalize=True)[0].numpy()
+        expected_image = model.encode_image(preprocess(picture).unsqueeze(0), normalize=True)[
+            0
+        ].numpy()
         expected_text = model.encode_text(tokenizer(["two dogs"]), normalize=True)[0].numpy()
-    got_image = client.post("/v1/embed/image", files={"files": ("p.png", buffer.getvalue(), "image/png")}).json()
+    got_image = client.post(
+        "/v1/embed/image", files={"files": ("p.png", buffer.getvalue(), "image/png")}
+    ).json()
     got_text = client.post("/v1/embed/text", json={"texts": ["two dogs"]}).json()
     assert got_image["dim"] == got_text["dim"] == 64
     assert float(np.dot(got_image["embeddings"][0], expected_image)) >= 0.9999
     assert float(np.dot(got_text["embeddings"][0], expected_text)) >= 0.9999
 
 
-def test_restart_keeps_every_item_searchable(settings: Settings, tiny_encoder: OpenClipEncoder) -> None:
+def test_restart_keeps_every_item_searchable(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         index_texts(client, *({"text": f"caption {i}", "id": f"t{i}"} for i in range(20)))
         client.post("/v1/images", files=[png_file("r.png", "red")], data={"ids": '["red"]'})
-        before = client.get("/v1/search/text", params={"q": "caption 7", "target": "texts", "k": 5}).json()
+        before = client.get(
+            "/v1/search/text", params={"q": "caption 7", "target": "texts", "k": 5}
+        ).json()
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         info = client.get("/v1/info").json()
         assert (info["texts"], info["images"]) == (20, 1)
-        after = client.get("/v1/search/text", params={"q": "caption 7", "target": "texts", "k": 5}).json()
+        after = client.get(
+            "/v1/search/text", params={"q": "caption 7", "target": "texts", "k": 5}
+        ).json()
         assert [r["id"] for r in after["results"]] == [r["id"] for r in before["results"]]
         assert client.get("/v1/items/red/content").content == image_bytes("red")
 
 
-def test_restart_with_another_model_is_refused(settings: Settings, tiny_encoder: OpenClipEncoder, tmp_path: Path) -> None:
+def test_restart_with_another_model_is_refused(
+    settings: Settings, tiny_encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         index_texts(client, {"text": "hello"})
     checkpoint = tmp_path / "other.pt"
     import torch
 
-    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in tiny_encoder._model.state_dict().items()}, checkpoint)
+    torch.save(
+        {
+            k: v + 0.01 if v.is_floating_point() else v
+            for k, v in tiny_encoder._model.state_dict().items()
+        },
+        checkpoint,
+    )
     other = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), device="cpu")
-    with pytest.raises(ModelMismatchError, match="random-init"):
-        with TestClient(create_app(settings, encoder=other)):
-            pass
+    with (
+        pytest.raises(ModelMismatchError, match="random-init"),
+        TestClient(create_app(settings, encoder=other)),
+    ):
+        pass
 
 
 def test_batch_job_with_good_and_bad_items(client: TestClient, settings: Settings) -> None:
@@ -200,8 +237,12 @@ def test_batch_job_with_good_and_bad_items(client: TestClient, settings: Setting
 
 
 def test_batch_multipart_files(client: TestClient) -> None:
-    files = [png_file(f"{i}.png", (i * 20, 0, 0)) for i in range(10)] + [("files", ("x.png", b"junk", "image/png"))]
-    response = client.post("/v1/batch", files=files, data={"ids": str([f"f{i}" for i in range(11)]).replace("'", '"')})
+    files = [png_file(f"{i}.png", (i * 20, 0, 0)) for i in range(10)] + [
+        ("files", ("x.png", b"junk", "image/png"))
+    ]
+    response = client.post(
+        "/v1/batch", files=files, data={"ids": str([f"f{i}" for i in range(11)]).replace("'", '"')}
+    )
     assert response.status_code == 202
     job = wait_for_job(client, response.json()["job_id"])
     assert (job["status"], job["done"], job["failed"]) == ("done", 10, 1)
@@ -216,7 +257,9 @@ def test_batch_paths_outside_the_import_root_are_refused(client: TestClient, pat
     assert "outside the import root" in response.json()["detail"]
 
 
-def test_batch_symlink_escaping_the_import_root_is_refused(client: TestClient, settings: Settings, tmp_path: Path) -> None:
+def test_batch_symlink_escaping_the_import_root_is_refused(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
     assert settings.import_root is not None
     settings.import_root.mkdir(parents=True)
     (tmp_path / "outside.png").write_bytes(image_bytes())
@@ -234,23 +277,60 @@ def test_batch_symlink_escaping_the_import_root_is_refused(client: TestClient, s
         ("get", "/v1/search/text", {"params": {}}, 422),
         ("post", "/v1/texts", {"json": {"items": [{"text": "   "}]}}, 422),
         ("post", "/v1/texts", {"json": {"items": []}}, 422),
-        ("post", "/v1/texts", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
-        ("post", "/v1/texts", {"json": {"items": [{"text": "a", "id": "d"}, {"text": "b", "id": "d"}]}}, 422),
-        ("post", "/v1/images", {"files": [("files", ("a.txt", b"not an image", "text/plain"))]}, 422),
+        (
+            "post",
+            "/v1/texts",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            422,
+        ),
+        (
+            "post",
+            "/v1/texts",
+            {"json": {"items": [{"text": "a", "id": "d"}, {"text": "b", "id": "d"}]}},
+            422,
+        ),
+        (
+            "post",
+            "/v1/images",
+            {"files": [("files", ("a.txt", b"not an image", "text/plain"))]},
+            422,
+        ),
         ("post", "/v1/images", {"files": [("files", ("a.png", b"", "image/png"))]}, 422),
-        ("post", "/v1/images", {"files": [png_file("a.png", "red")], "data": {"ids": '["a", "b"]'}}, 422),
-        ("post", "/v1/images", {"files": [png_file("a.png", "red")], "data": {"metadata": "[1]"}}, 422),
+        (
+            "post",
+            "/v1/images",
+            {"files": [png_file("a.png", "red")], "data": {"ids": '["a", "b"]'}},
+            422,
+        ),
+        (
+            "post",
+            "/v1/images",
+            {"files": [png_file("a.png", "red")], "data": {"metadata": "[1]"}},
+            422,
+        ),
         ("post", "/v1/images", {"data": {"ids": "[]"}}, 422),
-        ("post", "/v1/search/image", {"files": {"file": ("a.ppm", image_bytes(fmt="PPM"), "image/x-ppm")}}, 415),
+        (
+            "post",
+            "/v1/search/image",
+            {"files": {"file": ("a.ppm", image_bytes(fmt="PPM"), "image/x-ppm")}},
+            415,
+        ),
         ("post", "/v1/batch", {"json": {"items": [{"text": "a", "image_path": "b"}]}}, 422),
-        ("post", "/v1/batch", {"content": b"plain", "headers": {"content-type": "text/plain"}}, 422),
+        (
+            "post",
+            "/v1/batch",
+            {"content": b"plain", "headers": {"content-type": "text/plain"}},
+            422,
+        ),
         ("post", "/v1/embed/text", {"json": {"texts": [""]}}, 422),
         ("get", "/v1/jobs/nope", {}, 404),
         ("post", "/v1/jobs/nope/resume", {}, 404),
         ("get", "/v1/items/nope/content", {}, 404),
     ],
 )
-def test_bad_requests_get_a_clear_4xx(client: TestClient, method: str, url: str, kwargs: dict, status: int) -> None:
+def test_bad_requests_get_a_clear_4xx(
+    client: TestClient, method: str, url: str, kwargs: dict, status: int
+) -> None:
     response = getattr(client, method)(url, **kwargs)
     assert response.status_code == status, response.text
     assert response.json()["detail"]
@@ -259,7 +339,16 @@ def test_bad_requests_get_a_clear_4xx(client: TestClient, method: str, url: str,
 def test_openapi_docs_are_served_with_examples(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/images", "/v1/texts", "/v1/batch", "/v1/search/text", "/v1/search/image",
-                 "/v1/items/{item_id}", "/v1/jobs/{job_id}", "/v1/embed/text", "/v1/embed/image"):
+    for path in (
+        "/v1/images",
+        "/v1/texts",
+        "/v1/batch",
+        "/v1/search/text",
+        "/v1/search/image",
+        "/v1/items/{item_id}",
+        "/v1/jobs/{job_id}",
+        "/v1/embed/text",
+        "/v1/embed/image",
+    ):
         assert path in spec["paths"], path
     assert "a red circle" in str(spec)

@@ -24,7 +24,9 @@ def text(item_id: str, i: int, **extra: object) -> NewItem:
 
 
 def image(item_id: str, i: int, content: bytes = b"png-bytes") -> NewItem:
-    return NewItem(id=item_id, kind="image", vector=vec(i), content=content, content_type="image/png")
+    return NewItem(
+        id=item_id, kind="image", vector=vec(i), content=content, content_type="image/png"
+    )
 
 
 @pytest.fixture
@@ -40,7 +42,9 @@ def test_upsert_replaces_without_duplicates(store: ItemStore) -> None:
     assert [h.record.id for h in hits][0] == "a"
     assert hits[0].record.metadata == {"v": 2}
     assert hits[0].score == pytest.approx(1.0)
-    assert "a" not in [h.record.id for h in store.search("text", vec(0)[None], 5)[0] if h.score > 0.5]
+    assert "a" not in [
+        h.record.id for h in store.search("text", vec(0)[None], 5)[0] if h.score > 0.5
+    ]
 
 
 def test_an_id_can_change_kind(store: ItemStore) -> None:
@@ -120,3 +124,48 @@ def test_other_model_is_refused(tmp_path: Path) -> None:
         ItemStore(tmp_path / "data", "m/2", DIM)
     with pytest.raises(ModelMismatchError):
         ItemStore(tmp_path / "data", "m/1", DIM * 2)
+
+
+def test_concurrent_writes_and_searches_stay_consistent(store: ItemStore) -> None:
+    """Writers upsert and delete while readers search: no errors, no stale or foreign records."""
+    import threading
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(worker: int) -> None:
+        try:
+            for i in range(150):
+                item_id = f"w{worker}-{i % 20}"
+                store.upsert([text(item_id, i, metadata={"owner": item_id})])
+                if i % 7 == 0:
+                    store.delete(item_id)
+        except BaseException as e:  # collected and re-raised in the main thread
+            errors.append(e)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for hits in store.search("text", np.eye(DIM, dtype=np.float32), 10):
+                    for hit in hits:
+                        assert hit.record.metadata == {"owner": hit.record.id}
+        except BaseException as e:
+            errors.append(e)
+
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in writers + readers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert not errors, errors[0]
+    assert store.counts()["text"] == store.record_counts()["text"]
+    indexed = {
+        h.record.id for row in store.search("text", np.eye(DIM, dtype=np.float32), 100) for h in row
+    }
+    last_write = {n: max(i for i in range(150) if i % 20 == n) for n in range(20)}
+    alive = {n for n, i in last_write.items() if i % 7 != 0}  # the last write was not a delete
+    assert indexed == {f"w{w}-{n}" for w in range(3) for n in alive}

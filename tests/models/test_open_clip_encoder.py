@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import EmptyTextError, ModelLoadError, OpenClipEncoder
-from models import registry
+from models import EmptyTextError, ModelLoadError, OpenClipEncoder, registry
 from models.registry import resolve_weights
 from tests.conftest import TINY_MODEL
 
@@ -28,7 +27,7 @@ def test_vectors_are_float32_unit_rows_of_model_dim(tiny_encoder: OpenClipEncode
 
 
 def test_matches_open_clip_encode_calls_exactly(tiny_encoder: OpenClipEncoder) -> None:
-    """Same weights: our vectors are open_clip's encode_image(preprocess(x)) / encode_text(tok(x))."""
+    """Same weights: we return open_clip's encode_image(preprocess(x)), encode_text(tok(x))."""
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=None)
     model.load_state_dict(tiny_encoder._model.state_dict())
@@ -58,7 +57,10 @@ def test_empty_text_is_refused(tiny_encoder: OpenClipEncoder) -> None:
 
 def test_local_checkpoint_file_is_loaded(tiny_encoder: OpenClipEncoder, tmp_path: Path) -> None:
     checkpoint = tmp_path / "tiny.pt"
-    state = {k: v * 0.5 if v.is_floating_point() else v for k, v in tiny_encoder._model.state_dict().items()}
+    state = {
+        k: v * 0.5 if v.is_floating_point() else v
+        for k, v in tiny_encoder._model.state_dict().items()
+    }
     torch.save(state, checkpoint)
     loaded = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), device="cpu")
     assert loaded.model_id.startswith(f"{TINY_MODEL}/tiny.pt@")

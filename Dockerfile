@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# xmr service image. CPU by default; for NVIDIA GPUs build with
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+FROM python:3.11-slim AS build
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch and torchvision first, from the index that matches the target hardware
+RUN pip install --index-url "${TORCH_INDEX_URL}" torch torchvision
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY models ./models
+COPY index ./index
+COPY xmr ./xmr
+RUN pip install .
+
+FROM python:3.11-slim
+RUN groupadd --system --gid 10001 xmr \
+    && useradd --system --uid 10001 --gid xmr --home-dir /home/xmr --create-home xmr \
+    && mkdir -p /data /cache && chown xmr:xmr /data /cache
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    XMR_HOST=0.0.0.0 \
+    XMR_PORT=8000 \
+    XMR_DATA_DIR=/data \
+    HF_HOME=/cache/huggingface
+USER xmr
+WORKDIR /home/xmr
+VOLUME ["/data", "/cache"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "app"]

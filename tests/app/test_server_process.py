@@ -1,0 +1,132 @@
+"""The real server as a process (`python -m app` under uvicorn): start-up, serving, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL
+from xmr.client import XmrClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")}
+    return (
+        env
+        | {
+            "XMR_MODEL": TINY_MODEL,
+            "XMR_PRETRAINED": "",
+            "XMR_DEVICE": "cpu",
+            "XMR_DATA_DIR": str(data_dir),
+            "XMR_PORT": str(port),
+            "XMR_LOG_LEVEL": "warning",
+        }
+        | extra
+    )
+
+
+def start_server(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], XmrClient, dict[str, str]]]:
+    port = free_port()
+    env = server_env(tmp_path / "data", port)
+    process = start_server(env)
+    client = XmrClient(f"http://127.0.0.1:{port}")
+    try:
+        client.wait_ready(60)
+        yield process, client, env
+    finally:
+        client.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_missing_weights_fail_fast_with_a_message(tmp_path: Path) -> None:
+    env = server_env(
+        tmp_path / "data",
+        free_port(),
+        XMR_MODEL="ViT-B-32",
+        XMR_PRETRAINED="laion2b_s34b_b79k",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=REPO, env=env, text=True, capture_output=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert time.monotonic() - started < 30
+    assert "XMR_PRETRAINED" in result.stderr and "shapes-tiny" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_serves_searches_and_stops_cleanly_on_sigterm(
+    running: tuple[subprocess.Popen[str], XmrClient, dict[str, str]],
+) -> None:
+    process, client, env = running
+    client.index_texts([{"text": f"caption number {i}", "id": f"c{i}"} for i in range(10)])
+    hits = client.search_text("caption number 3", k=1, target="texts")["results"]
+    assert hits[0]["id"] == "c3"
+    process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
+    assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    data_dir = Path(env["XMR_DATA_DIR"])
+    assert (data_dir / "index" / "text.json").is_file()  # the final snapshot was written
+    restarted = start_server(env)
+    try:
+        client.wait_ready(60)
+        assert client.info()["texts"] == 10
+        assert (
+            client.search_text("caption number 3", k=1, target="texts")["results"][0]["id"] == "c3"
+        )
+    finally:
+        restarted.kill()
+        restarted.wait()
+
+
+def test_restart_with_other_model_refuses_the_data(tmp_path: Path) -> None:
+    port = free_port()
+    env = server_env(tmp_path / "data", port)
+    process = start_server(env)
+    with XmrClient(f"http://127.0.0.1:{port}") as client:
+        client.wait_ready(60)
+        client.index_texts([{"text": "hello"}])
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        env=env | {"XMR_MODEL": "shapes-tiny", "XMR_PRETRAINED": ""},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "was indexed with xmr-test-tiny/random-init" in result.stderr

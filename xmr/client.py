@@ -1,0 +1,131 @@
+"""A Python client for the xmr HTTP API (httpx), with one method per endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class XmrError(Exception):
+    """The server answered with an error status; `status` and the server's `detail` are kept."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+ImageArg = bytes | str | Path
+
+
+class XmrClient:
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> XmrClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- calls ------------------------------------------------------------------------------
+    def health(self) -> bool:
+        return self._http.get("/healthz").status_code == 200
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.ready():
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"xmr at {self._http.base_url} was not ready within {timeout_s:.0f}s")
+
+    def info(self) -> dict[str, Any]:
+        return self._json(self._http.get("/v1/info"))
+
+    def index_images(
+        self,
+        images: Sequence[ImageArg],
+        ids: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[str]:
+        data: dict[str, str] = {}
+        if ids is not None:
+            data["ids"] = json.dumps(list(ids))
+        if metadata is not None:
+            data["metadata"] = json.dumps(list(metadata))
+        files = [("files", _file_part(image, n)) for n, image in enumerate(images)]
+        return self._json(self._http.post("/v1/images", files=files, data=data))["ids"]
+
+    def index_texts(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        return self._json(self._http.post("/v1/texts", json={"items": list(items)}))["ids"]
+
+    def submit_batch(self, items: Sequence[dict[str, Any]]) -> str:
+        return self._json(self._http.post("/v1/batch", json={"items": list(items)}))["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/jobs/{job_id}"))
+
+    def search_text(self, query: str, k: int = 10, target: str = "images") -> dict[str, Any]:
+        params: dict[str, str | int] = {"q": query, "k": k, "target": target}
+        return self._json(self._http.get("/v1/search/text", params=params))
+
+    def search_image(self, image: ImageArg, k: int = 10, target: str = "texts") -> dict[str, Any]:
+        response = self._http.post(
+            "/v1/search/image",
+            files={"file": _file_part(image, 0)},
+            data={"k": str(k), "target": target},
+        )
+        return self._json(response)
+
+    def get_item(self, item_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/items/{item_id}"))
+
+    def delete_item(self, item_id: str) -> None:
+        response = self._http.delete(f"/v1/items/{item_id}")
+        if response.status_code != 204:
+            self._json(response)
+
+    def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
+        return self._json(self._http.post("/v1/embed/text", json={"texts": list(texts)}))[
+            "embeddings"
+        ]
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise XmrError(
+                response.status_code, detail if isinstance(detail, str) else json.dumps(detail)
+            )
+        return response.json()
+
+
+def _file_part(image: ImageArg, position: int) -> tuple[str, bytes, str]:
+    if isinstance(image, bytes):
+        return (f"image-{position}", image, "application/octet-stream")
+    path = Path(image)
+    return (path.name, path.read_bytes(), "application/octet-stream")
