@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,7 +34,14 @@ class Settings(BaseSettings):
     import_root: Path | None = Field(
         None, description="batch items may name image_path files under this folder only"
     )
-    max_upload_mb: float = Field(50.0, gt=0)
+    api_key: SecretStr | None = Field(
+        None, description="when set, every route but /healthz and /readyz needs this key"
+    )
+    docs_public: bool = Field(False, description="serve /docs and /openapi.json without the key")
+    max_upload_mb: float = Field(
+        50.0, gt=0, description="largest request body, and largest file a batch job reads"
+    )
+    max_batch_upload_mb: float = Field(2048.0, gt=0, description="largest body of POST /v1/batch")
     max_image_pixels: int = Field(50_000_000, gt=0)
     max_k: int = Field(1000, ge=1)
     encode_batch_size: int = Field(32, ge=1, le=4096)

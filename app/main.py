@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.errors import install_error_handlers
+from app.middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
 from app.routers import api_router
 from app.state import Services
 from index import StorageError
@@ -50,7 +51,28 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(api_router)
+    install_middleware(app, settings)
     return app
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Body limits inside, authentication outermost (a stranger's upload is never read)."""
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        default_limit=megabytes(settings.max_upload_mb),
+        limits_by_prefix={"/v1/batch": megabytes(settings.max_batch_upload_mb)},
+    )
+    if settings.api_key is not None and settings.api_key.get_secret_value():
+        public = {"/healthz", "/readyz"}
+        if settings.docs_public:
+            public |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+        app.add_middleware(
+            ApiKeyMiddleware, api_key=settings.api_key.get_secret_value(), public_paths=public
+        )
+
+
+def megabytes(value: float) -> int:
+    return int(value * 1024 * 1024)
 
 
 async def _snapshot_periodically(services: Services) -> None:

@@ -44,7 +44,7 @@ class Services:
             staging_dir=settings.data_dir / "staging",
             import_root=settings.import_root,
             batch_size=settings.encode_batch_size,
-            max_file_bytes=int(settings.max_upload_mb * 1024 * 1024),
+            max_file_bytes=int(settings.max_upload_mb * 1024 * 1024),  # one file, not a request
         )
         if jobs.interrupted_at_start:
             logger.warning(

@@ -29,9 +29,11 @@ class XmrClient:
         base_url: str = "http://127.0.0.1:8000",
         api_key: str | None = None,
         timeout: float = 120.0,
+        http: httpx.Client | None = None,
     ) -> None:
+        """Talk to `base_url`, or through `http` (any httpx.Client, e.g. a FastAPI TestClient)."""
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = http or httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
     def __enter__(self) -> XmrClient:
         return self

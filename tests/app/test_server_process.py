@@ -130,3 +130,35 @@ def test_restart_with_other_model_refuses_the_data(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "was indexed with xmr-test-tiny/random-init" in result.stderr
+
+
+def test_chunked_upload_is_cut_off_without_being_read_whole(tmp_path: Path) -> None:
+    port = free_port()
+    process = start_server(server_env(tmp_path / "data", port, XMR_MAX_UPLOAD_MB="1"))
+    try:
+        XmrClient(f"http://127.0.0.1:{port}").wait_ready(60)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/texts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+            sent = 0
+            conn.settimeout(0.05)
+            answer = b""
+            while sent < 200 * 2**20 and not answer:  # would be 200 MB
+                try:
+                    conn.sendall(chunk)
+                    sent += 65536
+                    answer = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            conn.settimeout(10)
+            answer = answer or conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert sent < 20 * 2**20
+    finally:
+        process.kill()
+        process.wait()
