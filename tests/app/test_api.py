@@ -352,3 +352,18 @@ def test_openapi_docs_are_served_with_examples(client: TestClient) -> None:
     ):
         assert path in spec["paths"], path
     assert "a red circle" in str(spec)
+
+
+def test_disk_full_is_a_507_with_a_clear_message(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from index import blobs
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(blobs, "write_atomic", disk_full)
+    response = client.post("/v1/images", files=[png_file("a.png", "red")])
+    assert response.status_code == 507
+    assert "No space left on device" in response.json()["detail"]
+    assert client.get("/v1/info").json()["images"] == 0

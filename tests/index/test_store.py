@@ -169,3 +169,41 @@ def test_concurrent_writes_and_searches_stay_consistent(store: ItemStore) -> Non
     last_write = {n: max(i for i in range(150) if i % 20 == n) for n in range(20)}
     alive = {n for n, i in last_write.items() if i % 7 != 0}  # the last write was not a delete
     assert indexed == {f"w{w}-{n}" for w in range(3) for n in alive}
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_disk_full_during_snapshot_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from index import StorageError, snapshots
+
+    data = tmp_path / "data"
+    store = ItemStore(data, "m/1", DIM)
+    store.upsert([text("a", 0)])
+    store.snapshot()
+    before = {p.name: p.read_bytes() for p in (data / "index").iterdir()}
+    store.upsert([text("b", 1)])
+    monkeypatch.setattr(snapshots, "write_atomic", _disk_full)
+    with pytest.raises(StorageError, match="No space left"):
+        store.snapshot()
+    assert {p.name: p.read_bytes() for p in (data / "index").iterdir()} == before
+    monkeypatch.undo()
+    store._records.close()
+    reopened = ItemStore(data, "m/1", DIM)  # old snapshot + replay of "b"
+    assert reopened.counts()["text"] == 2
+    reopened.close()
+
+
+def test_disk_full_while_storing_an_image_changes_nothing(
+    store: ItemStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from index import StorageError, blobs
+
+    monkeypatch.setattr(blobs, "write_atomic", _disk_full)
+    with pytest.raises(StorageError, match="No space left"):
+        store.upsert([text("t", 0), image("i", 1, b"new bytes")])
+    assert store.counts() == {"image": 0, "text": 0}
+    assert store.record_counts() == {"image": 0, "text": 0}

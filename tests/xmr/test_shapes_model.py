@@ -1,4 +1,4 @@
-"""The bundled shapes-tiny model: it loads like any open_clip model and its searches mean something."""
+"""The bundled shapes-tiny model loads like any open_clip model, and its searches mean something."""
 
 from __future__ import annotations
 
