@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     max_batch_upload_mb: float = Field(2048.0, gt=0, description="largest body of POST /v1/batch")
     max_image_pixels: int = Field(50_000_000, gt=0)
     max_k: int = Field(1000, ge=1)
-    encode_batch_size: int = Field(32, ge=1, le=4096)
+    encode_batch_size: int = Field(32, ge=1, le=4096, description="items per batch-job step")
+    max_batch: int = Field(64, ge=1, le=4096, description="most items in one model call")
+    max_queue: int = Field(
+        1024, ge=1, description="items waiting per encoder before requests get 429"
+    )
     snapshot_interval_s: float = Field(
         30.0, gt=0, description="how often changed FAISS indexes are saved to disk"
     )

@@ -12,6 +12,7 @@ from app.services.errors import (
     JobNotFoundError,
     JobStateError,
     NotReadyError,
+    OverloadedError,
 )
 from index import DuplicateIdError, ItemNotFoundError, StorageError
 from models import (
@@ -34,9 +35,13 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (EmptyTextError, 422),
     (DuplicateIdError, 422),
     (InvalidInputError, 422),
+    (OverloadedError, 429),
     (NotReadyError, 503),
     (StorageError, 507),
 )
+
+
+RETRY_AFTER = {429: "1", 503: "5"}
 
 
 def status_for(error: Exception) -> int | None:
@@ -50,7 +55,7 @@ async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     status = status_for(error) or 500
     if status >= 500:
         logger.error("%s %s -> %d: %s", request.method, request.url.path, status, error)
-    headers = {"Retry-After": "5"} if status == 503 else None
+    headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
     return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
 
 

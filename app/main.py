@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await asyncio.to_thread(Services.build, settings, encoder)
         app.state.services = services
+        services.encoding.start()
         services.jobs.start()
         snapshots = asyncio.create_task(_snapshot_periodically(services), name="xmr-snapshots")
         app.state.ready = True
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             with contextlib.suppress(asyncio.CancelledError):
                 await snapshots
             await services.jobs.stop()
+            await services.encoding.stop()
             await asyncio.to_thread(services.close)
 
     app = FastAPI(

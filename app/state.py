@@ -35,7 +35,9 @@ class Services:
             settings.model, settings.pretrained, settings.device, settings.model_cache_dir
         )
         store = ItemStore(settings.data_dir, encoder.model_id, encoder.dim)
-        encoding = EncodingService(encoder, settings.max_image_pixels)
+        encoding = EncodingService(
+            encoder, settings.max_image_pixels, settings.max_batch, settings.max_queue
+        )
         items = ItemService(store, encoding)
         job_store = JobStore(settings.data_dir / "jobs.sqlite3")
         jobs = JobRunner(

@@ -32,7 +32,7 @@ from xmr.shapes import caption, random_scene, render  # noqa: E402
 MODEL_CFG = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 48, "layers": 3, "width": 96, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
 PREPROCESS_CFG = {
     "mean": [0.48145466, 0.4578275, 0.40821073],
@@ -155,8 +155,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "models" / "bundled" / "shapes-tiny"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=120_000)
-    parser.add_argument("--steps", type=int, default=1600)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3200)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)

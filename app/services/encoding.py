@@ -10,31 +10,57 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from app.services.batcher import Batcher
 from models import Encoder, decode_image
 
 T = TypeVar("T")
 
 
 class EncodingService:
-    """Async facade over an Encoder: model calls are serialized on one thread."""
+    """Async facade over an Encoder: one inference thread fed by a batcher per modality."""
 
-    def __init__(self, encoder: Encoder, max_image_pixels: int, decode_workers: int = 2) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        max_image_pixels: int,
+        max_batch: int = 64,
+        max_queue: int = 1024,
+        decode_workers: int = 2,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> None:
         self.encoder = encoder
         self._max_image_pixels = max_image_pixels
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmr-infer")
         self._decode = ThreadPoolExecutor(
             max_workers=decode_workers, thread_name_prefix="xmr-decode"
         )
+        self.texts: Batcher[str] = Batcher(
+            "text", encoder.encode_texts, self._inference, max_batch, max_queue, on_batch
+        )
+        self.images: Batcher[Image.Image] = Batcher(
+            "image", encoder.encode_images, self._inference, max_batch, max_queue, on_batch
+        )
 
     @property
     def dim(self) -> int:
         return self.encoder.dim
 
-    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return await self._run(self._inference, self.encoder.encode_texts, list(texts))
+    def start(self) -> None:
+        self.texts.start()
+        self.images.start()
 
-    async def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return await self._run(self._inference, self.encoder.encode_images, list(images))
+    async def stop(self) -> None:
+        await self.texts.stop()
+        await self.images.stop()
+
+    async def encode_texts(self, texts: Sequence[str], background: bool = False) -> np.ndarray:
+        """Vectors for `texts`; `background` work waits for room instead of being refused."""
+        return await self.texts.submit(list(texts), wait_for_room=background)
+
+    async def encode_images(
+        self, images: Sequence[Image.Image], background: bool = False
+    ) -> np.ndarray:
+        return await self.images.submit(list(images), wait_for_room=background)
 
     async def decode(self, data: bytes) -> Image.Image:
         """Decode one upload to RGB in the decode pool (raises ImageDecodeError)."""

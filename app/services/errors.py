@@ -24,3 +24,7 @@ class JobStateError(ServiceError):
 
 class NotReadyError(ServiceError):
     """The model and indexes are not loaded yet, or the service is shutting down."""
+
+
+class OverloadedError(ServiceError):
+    """The encode queue is full; the client should retry after a short wait."""

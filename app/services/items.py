@@ -71,7 +71,7 @@ class ItemService:
         return await self._encode_and_store_images(inputs, images)
 
     async def index_images_skipping_bad(
-        self, inputs: Sequence[ImageInput]
+        self, inputs: Sequence[ImageInput], background: bool = False
     ) -> tuple[list[str], dict[int, str]]:
         """Like index_images, but an undecodable image is reported by position and skipped."""
         decoded = await self.encoding.decode_many([item.data for item in inputs])
@@ -86,13 +86,13 @@ class ItemService:
             else:
                 good_inputs.append(item)
                 images.append(result)
-        ids = await self._encode_and_store_images(good_inputs, images) if images else []
+        ids = await self._encode_and_store_images(good_inputs, images, background) if images else []
         return ids, failures
 
     async def _encode_and_store_images(
-        self, inputs: Sequence[ImageInput], images: Sequence[Image.Image]
+        self, inputs: Sequence[ImageInput], images: Sequence[Image.Image], background: bool = False
     ) -> list[str]:
-        vectors = await self.encoding.encode_images(images)
+        vectors = await self.encoding.encode_images(images, background)
         items = [
             NewItem(
                 id=check_item_id(item.id) if item.id is not None else new_item_id(),
@@ -106,8 +106,8 @@ class ItemService:
         ]
         return await run_in_threadpool(self.store.upsert, items)
 
-    async def index_texts(self, inputs: Sequence[TextInput]) -> list[str]:
-        vectors = await self.encoding.encode_texts([item.text for item in inputs])
+    async def index_texts(self, inputs: Sequence[TextInput], background: bool = False) -> list[str]:
+        vectors = await self.encoding.encode_texts([item.text for item in inputs], background)
         items = [
             NewItem(
                 id=check_item_id(item.id) if item.id is not None else new_item_id(),

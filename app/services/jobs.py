@@ -194,7 +194,8 @@ class JobRunner:
         texts = [item for item in batch if item.kind == "text"]
         if texts:
             await self._items.index_texts(
-                [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts]
+                [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts],
+                background=True,
             )
         images: list[tuple[JobItem, bytes]] = []
         for item in (i for i in batch if i.kind == "image"):
@@ -204,7 +205,9 @@ class JobRunner:
                 failed[item.position] = str(e)
         if images:
             inputs = [ImageInput(data, item.item_id, item.metadata) for item, data in images]
-            _, decode_failures = await self._items.index_images_skipping_bad(inputs)
+            _, decode_failures = await self._items.index_images_skipping_bad(
+                inputs, background=True
+            )
             for slot, reason in decode_failures.items():
                 failed[images[slot][0].position] = reason
         done = [item.position for item in batch if item.position not in failed]

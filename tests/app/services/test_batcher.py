@@ -1,0 +1,114 @@
+"""Dynamic batching: gathering, per-caller results, isolation of failures, bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from app.services.batcher import Batcher
+from app.services.errors import OverloadedError
+
+
+class SlowModel:
+    """Encodes text t to [len(t), call number]; takes `delay_s` per call; refuses 'boom'."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.calls: list[int] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if "boom" in texts:
+            raise ValueError("boom")
+        time.sleep(self.delay_s)
+        with self._lock:
+            self.calls.append(len(texts))
+            call = len(self.calls)
+        return np.array([[len(t), call] for t in texts], dtype=np.float32)
+
+
+def run(coro_factory, model: SlowModel, max_batch: int = 64, max_queue: int = 1000):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        batcher: Batcher[str] = Batcher("text", model, ThreadPoolExecutor(1), max_batch, max_queue)
+        batcher.start()
+        try:
+            return await coro_factory(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows() -> None:
+    model = SlowModel(0.05)
+
+    async def scenario(batcher: Batcher[str]) -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.submit(["x" * (i + 1)]) for i in range(32)))
+
+    results = run(scenario, model)
+    assert [int(r[0, 0]) for r in results] == list(range(1, 33))
+    assert sum(model.calls) == 32
+    assert len(model.calls) <= 3  # the first alone, the rest gathered while it ran
+
+
+def test_max_batch_caps_each_model_call() -> None:
+    model = SlowModel(0.01)
+
+    async def scenario(batcher: Batcher[str]) -> list[np.ndarray]:
+        return await asyncio.gather(batcher.submit(["a"] * 10), batcher.submit(["b"] * 7))
+
+    first, second = run(scenario, model, max_batch=4)
+    assert first.shape == (10, 2) and second.shape == (7, 2)
+    assert max(model.calls) <= 4
+
+
+def test_a_lone_request_is_not_held_back() -> None:
+    model = SlowModel(0.0)
+
+    async def scenario(batcher: Batcher[str]) -> float:
+        await batcher.submit(["warm"])
+        started = time.perf_counter()
+        await batcher.submit(["solo"])
+        return time.perf_counter() - started
+
+    assert run(scenario, model) < 0.02
+
+
+def test_one_failing_request_does_not_fail_its_neighbours() -> None:
+    model = SlowModel(0.02)
+
+    async def scenario(batcher: Batcher[str]) -> list[object]:
+        blocker = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.005)
+        rest = [batcher.submit(["ok-1"]), batcher.submit(["boom"]), batcher.submit(["ok-2"])]
+        return [await blocker, *await asyncio.gather(*rest, return_exceptions=True)]
+
+    _, ok1, boom, ok2 = run(scenario, model)
+    assert isinstance(boom, ValueError)
+    assert isinstance(ok1, np.ndarray) and isinstance(ok2, np.ndarray)
+
+
+def test_full_queue_refuses_at_once_but_background_work_waits() -> None:
+    model = SlowModel(0.1)
+
+    async def scenario(batcher: Batcher[str]) -> tuple[float, np.ndarray]:
+        running = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(batcher.submit(["b", "c"]))  # fills the queue of 2
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        with pytest.raises(OverloadedError, match="queue is full"):
+            await batcher.submit(["d"])
+        refused_after = time.perf_counter() - started
+        background = await batcher.submit(["e"], wait_for_room=True)
+        await asyncio.gather(running, queued)
+        return refused_after, background
+
+    refused_after, background = run(scenario, model, max_queue=2)
+    assert refused_after < 0.01
+    assert background.shape == (1, 2)
