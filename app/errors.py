@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.services.errors import (
@@ -64,7 +65,22 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    """422 naming each bad field; the offending input is not echoed (it may be huge or not JSON)."""
+    assert isinstance(error, RequestValidationError)
+    details = [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in error.errors()
+    ]
+    return JSONResponse({"detail": details}, status_code=422)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     for error_type, _ in STATUS_BY_ERROR:
         app.add_exception_handler(error_type, _domain_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Target = Literal["images", "texts"]
 JSONObject = dict[str, Any]
+
+
+def finite_json(value: Any) -> Any:
+    """Refuse NaN and infinities anywhere in a JSON value: they cannot be sent back as JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    if isinstance(value, dict):
+        for item in value.values():
+            finite_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            finite_json(item)
+    return value
+
+
+Metadata = Annotated[JSONObject | None, AfterValidator(finite_json)]
 
 TARGET_KIND: dict[str, Literal["image", "text"]] = {"images": "image", "texts": "text"}
 
@@ -19,7 +36,7 @@ class TextItem(BaseModel):
         ..., min_length=1, description="the text to index; cut to the model's context"
     )
     id: str | None = Field(None, min_length=1, max_length=256)
-    metadata: JSONObject | None = None
+    metadata: Metadata = None
 
     @model_validator(mode="after")
     def _not_blank(self) -> TextItem:
@@ -54,7 +71,7 @@ class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, min_length=1, max_length=256)
-    metadata: JSONObject | None = None
+    metadata: Metadata = None
     text: str | None = None
     image_base64: str | None = None
     image_path: str | None = Field(None, description="relative to XMR_IMPORT_ROOT")

@@ -48,14 +48,19 @@ def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | N
     if raw is None or raw == "":
         return None
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InvalidInputError(f"{field} must be a JSON list: {e.msg}") from e
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InvalidInputError(f"{field} must be a JSON list: {message}") from e
     if not isinstance(value, list):
         raise InvalidInputError(f"{field} must be a JSON list, one entry per file")
     if len(value) != expected:
         raise InvalidInputError(f"{field} has {len(value)} entries for {expected} files")
     return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed; numbers must be finite")
 
 
 def parse_ids(raw: str | None, expected: int) -> list[str | None]:

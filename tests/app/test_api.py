@@ -323,6 +323,21 @@ def test_batch_symlink_escaping_the_import_root_is_refused(
             422,
         ),
         ("post", "/v1/embed/text", {"json": {"texts": [""]}}, 422),
+        (
+            "post",
+            "/v1/texts",
+            {
+                "content": b'{"items": [{"text": "a", "metadata": {"x": NaN}}]}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+        ),
+        (
+            "post",
+            "/v1/images",
+            {"files": [png_file("a.png", "red")], "data": {"metadata": '[{"x": Infinity}]'}},
+            422,
+        ),
         ("get", "/v1/jobs/nope", {}, 404),
         ("post", "/v1/jobs/nope/resume", {}, 404),
         ("get", "/v1/items/nope/content", {}, 404),
@@ -367,3 +382,18 @@ def test_disk_full_is_a_507_with_a_clear_message(
     assert response.status_code == 507
     assert "No space left on device" in response.json()["detail"]
     assert client.get("/v1/info").json()["images"] == 0
+
+
+def test_any_text_is_accepted_and_long_text_is_truncated(client: TestClient) -> None:
+    texts = {
+        "nul": "before\x00after",
+        "unicode": "日本語のテキスト 🐈 ñandú Ελληνικά",
+        "long": "word " * 5000,
+        "control": "tab\tnew\nline\r",
+    }
+    ids = index_texts(client, *({"text": t, "id": i} for i, t in texts.items()))
+    assert ids == list(texts)
+    for item_id, text in texts.items():
+        assert client.get(f"/v1/items/{item_id}").json()["text"] == text
+        hits = client.get("/v1/search/text", params={"q": text[:2000], "target": "texts", "k": 1})
+        assert hits.status_code == 200
