@@ -18,6 +18,7 @@ from models.registry import WeightsSource, model_id_for, resolve_weights
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0  # random weights are seeded so that a restart yields the same model
+SHORT_TEXT_MIN_COSINE = 0.99999
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -50,6 +51,7 @@ class OpenClipEncoder:
         self._model_id = model_id
         self._device = device
         self._dim = _embedding_dim(model)
+        self.short_text = _supports_short_text(self._model) and self._short_text_matches()
 
     @classmethod
     def load(
@@ -110,8 +112,25 @@ class OpenClipEncoder:
             raise EmptyTextError("a text to encode is empty or only whitespace")
         tokens = self._tokenizer(list(texts))
         with torch.inference_mode():
-            features = self._model.encode_text(tokens.to(self._device))
+            if self.short_text:
+                features = _encode_text_trimmed(self._model, tokens.to(self._device))
+            else:
+                features = self._model.encode_text(tokens.to(self._device))
             return _normalized_numpy(features)
+
+    def _short_text_matches(self) -> bool:
+        """Check on probe texts that the trimmed path reproduces encode_text; else never use it."""
+        probes = ["a", "a photo of a dog on the beach at sunset", "x " * 200]
+        tokens = self._tokenizer(probes).to(self._device)
+        with torch.inference_mode():
+            full = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
+            trimmed = _encode_text_trimmed(self._model, tokens).float()
+            trimmed = torch.nn.functional.normalize(trimmed, dim=-1)
+        agreement = float((full * trimmed).sum(dim=-1).min())
+        if agreement < SHORT_TEXT_MIN_COSINE:
+            logger.warning("short-query text encoding disabled: cosine %.6f", agreement)
+            return False
+        return True
 
 
 def _create(
@@ -163,3 +182,33 @@ def _normalized_numpy(features: torch.Tensor) -> np.ndarray:
     features = features.float()
     features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _supports_short_text(model: Any) -> bool:
+    """open_clip's own text tower with a causal mask, pooled at the end-of-text token."""
+    return (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+    )
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """encode_text over the real tokens only (the batch cut to its longest, not the context).
+
+    Under the causal mask no position attends to a later one, so cutting the padding after the
+    longest text leaves every kept position, the end-of-text token included, unchanged.
+    """
+    length = max(int((tokens != 0).sum(dim=1).max()), 1)
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = open_clip.transformer.text_global_pool(
+        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+    )
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection if model.text_projection is not None else x

@@ -98,3 +98,28 @@ def test_cpu_device_and_bad_device(tiny_encoder: OpenClipEncoder) -> None:
     assert tiny_encoder.device == "cpu"
     with pytest.raises(ModelLoadError, match="XMR_DEVICE"):
         OpenClipEncoder.load(TINY_MODEL, "", device="not-a-device")
+
+
+def test_short_query_path_equals_open_clip_encode_text(tiny_encoder: OpenClipEncoder) -> None:
+    assert tiny_encoder.short_text
+    texts = ["a", "a red circle", "a much longer caption " * 4, "x " * 300, "日本語 🐈"]
+    tokens = open_clip.get_tokenizer(TINY_MODEL)(texts)
+    with torch.no_grad():
+        expected = tiny_encoder._model.encode_text(tokens, normalize=True).numpy()
+    got = tiny_encoder.encode_texts(texts)
+    assert (got * expected).sum(axis=1).min() >= 0.99999
+    single = np.stack([tiny_encoder.encode_texts([t])[0] for t in texts])  # other trim lengths
+    assert (single * expected).sum(axis=1).min() >= 0.99999
+
+
+def test_models_without_a_causal_text_tower_use_the_full_path() -> None:
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        TINY_MODEL, pretrained=None, force_custom_text=True
+    )
+    encoder = OpenClipEncoder(
+        model, preprocess, open_clip.get_tokenizer(TINY_MODEL), "custom", torch.device("cpu")
+    )
+    assert not encoder.short_text
+    with torch.no_grad():
+        expected = model.encode_text(open_clip.tokenize(["two cats"]), normalize=True).numpy()
+    assert float(encoder.encode_texts(["two cats"])[0] @ expected[0]) >= 0.99999
