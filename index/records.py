@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from index.errors import ItemNotFoundError, ModelMismatchError, StorageError
+from index.errors import ItemNotFoundError, ModelMismatchError
+from index.sqlite import open_database, transaction
 
 Kind = Literal["image", "text"]
 KINDS: tuple[Kind, Kind] = ("image", "text")
@@ -105,13 +105,8 @@ class RecordStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn = open_database(path, _SCHEMA)
         self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -298,18 +293,8 @@ class RecordStore:
         return {row[0] for row in rows}
 
     # -- helpers --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; disk errors become StorageError."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._conn.execute("COMMIT")
-        except BaseException as e:
-            self._conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.OperationalError):
-                raise StorageError(f"could not write to the record store: {e}") from e
-            raise
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._conn, self._lock)
 
 
 def _dump_metadata(metadata: dict[str, Any] | None) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import open_clip
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -38,6 +40,13 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestClient]:
     with TestClient(create_app(settings, encoder=tiny_encoder)) as test_client:
         yield test_client
+
+
+def reference_open_clip(encoder: OpenClipEncoder) -> tuple[Any, Any, Any]:
+    """open_clip's own model, transform and tokenizer for TINY_MODEL, with `encoder`'s weights."""
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=None)
+    model.load_state_dict(encoder._model.state_dict())
+    return model.eval(), preprocess, open_clip.get_tokenizer(TINY_MODEL)
 
 
 def image_bytes(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from index.sqlite import open_database, transaction
 
 JobStatus = Literal["queued", "running", "done", "failed", "interrupted"]
 ItemStatus = Literal["pending", "done", "failed"]
@@ -78,13 +79,8 @@ class JobView:
 
 class JobStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn = open_database(path, _SCHEMA)
         self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -203,13 +199,5 @@ class JobStore:
             )
         return [row[0] for row in rows]
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._conn, self._lock)

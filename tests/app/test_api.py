@@ -16,7 +16,7 @@ from app.config import Settings
 from app.main import create_app
 from index import ModelMismatchError
 from models import OpenClipEncoder
-from tests.conftest import TINY_MODEL, image_bytes, png_file
+from tests.conftest import TINY_MODEL, image_bytes, png_file, reference_open_clip
 
 
 def index_texts(client: TestClient, *items: dict) -> list[str]:
@@ -143,13 +143,9 @@ def test_ids_with_slashes_and_unicode_round_trip(client: TestClient) -> None:
 def test_embeddings_equal_open_clip_through_the_api(
     client: TestClient, tiny_encoder: OpenClipEncoder
 ) -> None:
-    import open_clip
     import torch
 
-    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=None)
-    model.load_state_dict(tiny_encoder._model.state_dict())
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(TINY_MODEL)
+    model, preprocess, tokenizer = reference_open_clip(tiny_encoder)
     rng = np.random.default_rng(3)
     picture = Image.fromarray(rng.integers(0, 255, (50, 80, 3), dtype=np.uint8))
     buffer = io.BytesIO()

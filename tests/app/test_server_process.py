@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_MODEL
-from xmr.client import XmrClient
+from xmr.client import XmrClient, XmrError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,3 +162,57 @@ def test_chunked_upload_is_cut_off_without_being_read_whole(tmp_path: Path) -> N
     finally:
         process.kill()
         process.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def test_decompression_bombs_are_refused_with_little_memory(
+    running: tuple[subprocess.Popen[str], XmrClient, dict[str, str]],
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from tests.models.test_images import _png_header_only
+
+    process, client, env = running
+    real_bomb = io.BytesIO()
+    Image.new("L", (12_000, 12_000), 0).save(real_bomb, "PNG")  # 144 Mpx that compress to ~150 KB
+    client.index_texts([{"text": "warm up"}])
+    before = peak_rss_mb(process.pid)
+    for name, data in (
+        ("header.png", _png_header_only(20_000, 20_000)),
+        ("zeros.png", real_bomb.getvalue()),
+    ):
+        for route, field in (("/v1/images", "files"), ("/v1/search/image", "file")):
+            response = client._http.post(route, files={field: (name, data, "image/png")})
+            assert response.status_code == 413, response.text
+            assert "pixels" in response.json()["detail"]
+    assert peak_rss_mb(process.pid) - before < 200
+    assert client.search_text("warm up", target="texts", k=1)["results"]  # still serving
+
+
+def test_api_key_is_never_logged(tmp_path: Path) -> None:
+    port = free_port()
+    key = "never-log-this-0123456789"
+    env = server_env(tmp_path / "data", port, XMR_API_KEY=key, XMR_LOG_LEVEL="debug")
+    process = start_server(env)
+    try:
+        with XmrClient(f"http://127.0.0.1:{port}", api_key=key) as client:
+            client.wait_ready(60)
+            client.index_texts([{"text": "secret test"}])
+            client.search_text("secret test")
+        with XmrClient(f"http://127.0.0.1:{port}", api_key="wrong-key-value") as stranger:
+            with pytest.raises(XmrError) as refused:
+                stranger.info()
+            assert refused.value.status == 401
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert "GET /v1/search/text" in output or "search" in output  # the log did record requests
+    assert key not in output and "wrong-key-value" not in output

@@ -13,7 +13,7 @@ from PIL import Image
 
 from models import EmptyTextError, ModelLoadError, OpenClipEncoder, registry
 from models.registry import resolve_weights
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, reference_open_clip
 
 
 def test_vectors_are_float32_unit_rows_of_model_dim(tiny_encoder: OpenClipEncoder) -> None:
@@ -28,11 +28,7 @@ def test_vectors_are_float32_unit_rows_of_model_dim(tiny_encoder: OpenClipEncode
 
 def test_matches_open_clip_encode_calls_exactly(tiny_encoder: OpenClipEncoder) -> None:
     """Same weights: we return open_clip's encode_image(preprocess(x)), encode_text(tok(x))."""
-    torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=None)
-    model.load_state_dict(tiny_encoder._model.state_dict())
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(TINY_MODEL)
+    model, preprocess, tokenizer = reference_open_clip(tiny_encoder)
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
     with torch.no_grad():

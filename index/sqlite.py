@@ -1,0 +1,44 @@
+"""SQLite as xmr uses it: one connection per file, WAL, full fsync, explicit transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from index.errors import StorageError
+
+
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (creating) `path` in WAL mode with synchronous=FULL: a commit survives power loss."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(schema)
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, lock: threading.RLock) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT under `lock`, rolled back on any error.
+
+    SQLite's operational errors (disk full, I/O errors) become StorageError.
+    """
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException as e:
+            conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.OperationalError):
+                raise StorageError(f"could not write to {_name(conn)}: {e}") from e
+            raise
+
+
+def _name(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return Path(row[2]).name if row and row[2] else "the database"
