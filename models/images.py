@@ -54,7 +54,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     sniff_image_format(data)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width <= 0 or height <= 0:
@@ -70,8 +70,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                 return to_rgb(oriented)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageTooLargeError("the image is too large to decode safely") from e
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(
+            f"the image declares too many pixels to decode safely ({e})"
+        ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt ({e})") from e
 

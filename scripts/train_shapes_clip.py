@@ -31,7 +31,7 @@ from xmr.shapes import caption, random_scene, render  # noqa: E402
 
 MODEL_CFG = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 48, "layers": 3, "width": 96, "head_width": 32, "patch_size": 8},
+    "vision_cfg": {"image_size": 64, "layers": 3, "width": 96, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
 PREPROCESS_CFG = {
@@ -56,7 +56,7 @@ def _make_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list]:
     pixels = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     scenes = []
     for i in range(count):
-        scene = random_scene(rng, 1 if rng.random() < 0.45 else 2, min_side=40, max_side=160)
+        scene = random_scene(rng, 1 if rng.random() < 0.55 else 2, min_side=40, max_side=160)
         image = render(scene, rng).resize((IMAGE_SIZE, IMAGE_SIZE), resample=3)  # bicubic
         pixels[i] = np.asarray(image)
         scenes.append(scene)

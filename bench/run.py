@@ -1,0 +1,266 @@
+"""End-to-end benchmark: xmr against the raw model and against a naive service, same model.
+
+    .venv/bin/python -m bench.run --images 128 --queries 200 --json-out bench/results.json
+
+1. Batch indexing: images/s through POST /v1/batch, against the model's raw encode_image on
+   pre-decoded tensors at the same batch size, and against the naive service (one request per
+   image).
+2. Text->image search: p50/p99 latency and QPS at concurrency 1, 8, 32 through HTTP, against the
+   model's text encode alone, and against the naive service.
+Servers run one at a time, so they never share the CPU with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from models import OpenClipEncoder
+from xmr.client import XmrClient
+from xmr.shapes import random_scene, render
+
+REPO = Path(__file__).resolve().parent.parent
+QUERIES = ["a red circle", "a photo of a dog", "two people walking on a beach at sunset", "cat"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(url)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def write_images(folder: Path, count: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(count):
+        scene = random_scene(rng, 1 + n % 2, min_side=200, max_side=640)
+        path = folder / f"{n:05d}.jpg"
+        render(scene, rng).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+# -- baselines in this process --------------------------------------------------------------
+def raw_image_throughput(encoder: OpenClipEncoder, paths: list[Path], batch: int) -> float:
+    from PIL import Image
+
+    tensors = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in paths])
+    encoder.encode_pixels(tensors[:batch])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(tensors), batch):
+        encoder.encode_pixels(tensors[start : start + batch])
+    return len(tensors) / (time.perf_counter() - started)
+
+
+def raw_text_ms(encoder: OpenClipEncoder, short: bool, repeats: int = 30) -> float:
+    encoder.short_text = short
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        encoder.encode_texts([QUERIES[i % len(QUERIES)]])
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+# -- load through HTTP ----------------------------------------------------------------------
+async def search_load(base: str, path: str, total: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        for n in counter:
+            started = time.perf_counter()
+            response = await http.get(path, params={"q": f"{QUERIES[n % 4]} {n}", "k": 10})
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        await worker_warmup(http, path)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "qps": round(total / elapsed, 1),
+    }
+
+
+async def worker_warmup(http: httpx.AsyncClient, path: str) -> None:
+    for query in QUERIES:
+        (await http.get(path, params={"q": query, "k": 10})).raise_for_status()
+
+
+def bench_xmr(args: argparse.Namespace, paths: list[Path], root: Path) -> dict:
+    port = free_port()
+    env = os.environ | {
+        "XMR_MODEL": args.model,
+        "XMR_PRETRAINED": args.pretrained,
+        "XMR_DEVICE": args.device,
+        "XMR_DATA_DIR": str(root / "xmr-data"),
+        "XMR_IMPORT_ROOT": str(paths[0].parent),
+        "XMR_PORT": str(port),
+        "XMR_LOG_LEVEL": "warning",
+        "XMR_ENCODE_BATCH_SIZE": str(args.batch),
+        "XMR_MAX_BATCH": str(args.batch),
+    }
+    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/readyz")
+        with XmrClient(base) as client:
+            started = time.perf_counter()
+            job_id = client.submit_batch([{"image_path": p.name} for p in paths])
+            while (job := client.job(job_id))["status"] in ("queued", "running"):
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            assert job["done"] == len(paths), job
+        search = {
+            c: asyncio.run(search_load(base, "/v1/search/text", args.queries, c))
+            for c in args.concurrency
+        }
+        return {"index_images_per_s": round(len(paths) / elapsed, 2), "search": search}
+    finally:
+        stop(process)
+
+
+def bench_naive(args: argparse.Namespace, paths: list[Path]) -> dict:
+    port = free_port()
+    env = os.environ | {"XMR_MODEL": args.model, "XMR_PRETRAINED": args.pretrained}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.naive_server:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/docs")
+        with httpx.Client(base_url=base, timeout=120) as http:
+            started = time.perf_counter()
+            for path in paths:
+                http.post(
+                    "/images", files={"file": (path.name, path.read_bytes(), "image/jpeg")}
+                ).raise_for_status()
+            elapsed = time.perf_counter() - started
+        search = {
+            c: asyncio.run(search_load(base, "/search", args.queries, c)) for c in args.concurrency
+        }
+        return {"index_images_per_s": round(len(paths) / elapsed, 2), "search": search}
+    finally:
+        stop(process)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="", help="'' = random weights (same cost)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = write_images(root / "images", args.images)
+        encoder = OpenClipEncoder.load(args.model, args.pretrained, device=args.device)
+        raw = {
+            "encode_image_per_s": round(raw_image_throughput(encoder, paths, args.batch), 2),
+            "encode_text_ms_77_tokens": round(raw_text_ms(encoder, short=False), 2),
+            "encode_text_ms_short": round(raw_text_ms(encoder, short=True), 2),
+        }
+        del encoder
+        xmr = bench_xmr(args, paths, root)
+        naive = bench_naive(args, paths)
+
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "device": "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu",
+        "model": f"{args.model}/{args.pretrained or 'random-init'}",
+        "images": args.images,
+        "batch": args.batch,
+        "queries": args.queries,
+        "raw": raw,
+        "xmr": xmr,
+        "naive": naive,
+        "ratios": {
+            "index_vs_raw": round(xmr["index_images_per_s"] / raw["encode_image_per_s"], 3),
+            "index_vs_naive": round(xmr["index_images_per_s"] / naive["index_images_per_s"], 2),
+            "search_overhead_ms_c1": round(
+                xmr["search"][1]["p50_ms"] - raw["encode_text_ms_short"], 1
+            )
+            if 1 in xmr["search"]
+            else None,
+            "search_qps_vs_naive": {
+                c: round(xmr["search"][c]["qps"] / naive["search"][c]["qps"], 2)
+                for c in args.concurrency
+            },
+            "search_p50_vs_naive": {
+                c: round(naive["search"][c]["p50_ms"] / xmr["search"][c]["p50_ms"], 2)
+                for c in args.concurrency
+            },
+        },
+    }
+    text = json.dumps(report, indent=2)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
