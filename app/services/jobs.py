@@ -71,6 +71,16 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.interrupted_at_start = store.interrupt_unfinished()
+        self._remove_orphaned_staging()
+
+    def _remove_orphaned_staging(self) -> None:
+        """Staged uploads of jobs that finished, or were never recorded (a crash at submit)."""
+        if not self._staging_dir.is_dir():
+            return
+        for folder in self._staging_dir.iterdir():
+            job = self._store.get(folder.name)
+            if job is None or job.status == "done":
+                shutil.rmtree(folder, ignore_errors=True)
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,8 +104,12 @@ class JobRunner:
         if not entries:
             raise InvalidInputError("a batch needs at least one item")
         job_id = new_item_id()
-        job_items = await run_in_threadpool(self._prepare, job_id, entries)
-        await run_in_threadpool(self._store.create, job_id, job_items)
+        try:
+            job_items = await run_in_threadpool(self._prepare, job_id, entries)
+            await run_in_threadpool(self._store.create, job_id, job_items)
+        except BaseException:
+            await run_in_threadpool(shutil.rmtree, self._staging_dir / job_id, True)
+            raise
         self._queue.put_nowait(job_id)
         return job_id
 
