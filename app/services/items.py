@@ -61,6 +61,7 @@ class ItemService:
 
     async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
         """Decode, encode and store images; any undecodable image rejects the whole request."""
+        _check_ids(inputs)
         decoded = await self.encoding.decode_many([item.data for item in inputs])
         for position, result in enumerate(decoded):
             if isinstance(result, ImageDecodeError):
@@ -107,6 +108,7 @@ class ItemService:
         return await run_in_threadpool(self.store.upsert, items)
 
     async def index_texts(self, inputs: Sequence[TextInput], background: bool = False) -> list[str]:
+        _check_ids(inputs)
         vectors = await self.encoding.encode_texts([item.text for item in inputs], background)
         items = [
             NewItem(
@@ -133,3 +135,10 @@ class ItemService:
 
     async def delete(self, item_id: str) -> None:
         await run_in_threadpool(self.store.delete, item_id)
+
+
+def _check_ids(inputs: Sequence[ImageInput] | Sequence[TextInput]) -> None:
+    """Refuse bad ids before any decoding or encoding is spent on the request."""
+    for item in inputs:
+        if item.id is not None:
+            check_item_id(item.id)
