@@ -24,7 +24,7 @@ from tests.app.test_server_process import free_port, server_env, start_server
 from xmr.client import XmrClient
 
 KILLS = 20
-pytestmark = pytest.mark.crash
+pytestmark = [pytest.mark.crash, pytest.mark.timeout(1200)]
 
 
 @dataclass

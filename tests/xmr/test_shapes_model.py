@@ -77,7 +77,7 @@ def test_bundled_model_loads_through_open_clip_local_dir(shapes_encoder: OpenCli
 def test_a_red_circle_query_ranks_red_circles_first(shapes_client: TestClient) -> None:
     gallery = {
         "red-circle-1": draw("circle", "red"),
-        "red-circle-2": draw("circle", "red", size=(120, 200), background=90),
+        "red-circle-2": draw("circle", "red", size=(150, 180), background=90),
         "red-square": draw("square", "red"),
         "blue-circle": draw("circle", "blue"),
         "green-triangle": draw("triangle", "green"),
