@@ -56,7 +56,7 @@ def _make_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list]:
     pixels = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     scenes = []
     for i in range(count):
-        scene = random_scene(rng, 1 if rng.random() < 0.65 else 2, min_side=40, max_side=160)
+        scene = random_scene(rng, 1 if rng.random() < 0.55 else 2, min_side=40, max_side=160)
         image = render(scene, rng).resize((IMAGE_SIZE, IMAGE_SIZE), resample=3)  # bicubic
         pixels[i] = np.asarray(image)
         scenes.append(scene)
