@@ -28,7 +28,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     XMR_PORT=8000 \
     XMR_DATA_DIR=/data \
     HF_HOME=/cache/huggingface
-USER xmr
+USER 10001:10001
 WORKDIR /home/xmr
 VOLUME ["/data", "/cache"]
 EXPOSE 8000

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
 
 from app.config import Settings
+from app.observability.logs import configure_logging
 from app.preflight import preflight
 
 
 def main() -> int:
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     problem = preflight(settings)
     if problem:
         print(f"xmr: cannot start: {problem}", file=sys.stderr)
@@ -26,6 +24,8 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # keep configure_logging's handler and format
+        access_log=False,  # the request middleware writes one line per request
         timeout_graceful_shutdown=25,
     )
     return 0

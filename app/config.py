@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from index import IndexOptions
 
 
 class Settings(BaseSettings):
@@ -25,11 +28,17 @@ class Settings(BaseSettings):
         ),
     )
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda:0")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="model weights and inputs: auto is fp16 on CUDA, fp32 on the CPU"
+    )
     model_cache_dir: str | None = Field(None, description="open_clip cache_dir; default HF cache")
     data_dir: Path = Path("./data")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object per line, with the request id"
+    )
 
     import_root: Path | None = Field(
         None, description="batch items may name image_path files under this folder only"
@@ -49,6 +58,36 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         1024, ge=1, description="items waiting per encoder before requests get 429"
     )
+    decode_workers: int = Field(
+        default_factory=lambda: min(8, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        description="threads that decode and preprocess images beside the inference thread",
+    )
+    jpeg_draft: bool = Field(
+        True, description="decode large JPEGs at a reduced scale (still >= 2x the model input)"
+    )
+    index: str = Field(
+        "auto",
+        description=(
+            "FAISS index structure: auto (exact below index_approx_threshold vectors, then HNSW32 "
+            "while it fits index_memory_mb, else IVF-PQ), or a factory string such as Flat, "
+            "HNSW32, IVF4096,PQ64"
+        ),
+    )
+    index_approx_threshold: int = Field(100_000, ge=1)
+    index_memory_mb: float = Field(4096.0, gt=0)
+    hnsw_ef_search: int = Field(128, ge=1, le=65_536)
+    ivf_nprobe: int = Field(32, ge=1, le=65_536)
     snapshot_interval_s: float = Field(
         30.0, gt=0, description="how often changed FAISS indexes are saved to disk"
     )
+
+    def index_options(self) -> IndexOptions:
+        return IndexOptions(
+            spec=self.index,
+            approx_threshold=self.index_approx_threshold,
+            memory_budget_mb=self.index_memory_mb,
+            ef_search=self.hnsw_ef_search,
+            nprobe=self.ivf_nprobe,
+        )

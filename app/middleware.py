@@ -99,13 +99,23 @@ class BodyTooLargeError(Exception):
 class ApiKeyMiddleware:
     """Require `X-API-Key: KEY` or `Authorization: Bearer KEY` on every path but the public ones."""
 
-    def __init__(self, app: ASGIApp, api_key: str, public_paths: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_key: str,
+        public_paths: Iterable[str],
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self._key = api_key.encode()
         self._public = frozenset(public_paths)
+        self._public_prefixes = public_prefixes
+
+    def _is_public(self, path: str) -> bool:
+        return path in self._public or path.startswith(self._public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self._public or self._authorized(scope):
+        if scope["type"] != "http" or self._is_public(scope["path"]) or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         await _send_json(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.config import Settings
 from index.records import RecordStore
+from index.vectors import new_faiss_index
 from models.errors import ModelLoadError
 from models.registry import model_id_for, resolve_weights
 
@@ -14,6 +15,11 @@ def preflight(settings: Settings) -> str | None:
         source = resolve_weights(settings.model, settings.pretrained, settings.model_cache_dir)
     except ModelLoadError as e:
         return str(e)
+    if settings.index != "auto":
+        try:
+            new_faiss_index(settings.index, 512)
+        except ValueError as e:
+            return f"XMR_INDEX: {e}"
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -67,6 +67,16 @@ class IndexedResponse(BaseModel):
     ids: list[str]
 
 
+class HashLookupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: list[str] = Field(..., min_length=1, max_length=10_000)
+
+
+class HashLookupResponse(BaseModel):
+    found: dict[str, str] = Field(..., description="digest -> id of an image with those bytes")
+
+
 class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -145,6 +155,34 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
+MAX_QUERIES = 256
+
+
+class TextQueriesRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"queries": ["a red circle", "a blue square"], "k": 5, "target": "images"}]
+        },
+    )
+
+    queries: list[str] = Field(..., min_length=1, max_length=MAX_QUERIES)
+    k: int = Field(10, ge=1)
+    target: Target = "images"
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> TextQueriesRequest:
+        for position, query in enumerate(self.queries):
+            if not query.strip():
+                raise ValueError(f"queries[{position}] is empty or only whitespace")
+        return self
+
+
+class MultiSearchResponse(BaseModel):
+    results: list[list[SearchHit]] = Field(..., description="one ranked list per query, in order")
+    took_ms: float
+
+
 class ItemResponse(BaseModel):
     id: str
     kind: Literal["image", "text"]
@@ -177,14 +215,22 @@ class EmbedResponse(BaseModel):
     dim: int
 
 
+class IndexDescription(BaseModel):
+    structure: str = Field(..., description="FAISS index structure, e.g. Flat or HNSW32")
+    size: int
+    building: str | None = Field(None, description="structure being built in the background")
+
+
 class InfoResponse(BaseModel):
     model: str
     pretrained: str
     model_id: str
     dim: int
     device: str
+    precision: str
     images: int
     texts: int
+    indexes: dict[Literal["image", "text"], IndexDescription]
 
 
 class ErrorResponse(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -29,14 +30,31 @@ class Services:
     job_store: JobStore
 
     @classmethod
-    def build(cls, settings: Settings, encoder: Encoder | None = None) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        encoder: Encoder | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> Services:
         """Load the model (unless given) and open the data directory; raises on any mismatch."""
         encoder = encoder or OpenClipEncoder.load(
-            settings.model, settings.pretrained, settings.device, settings.model_cache_dir
+            settings.model,
+            settings.pretrained,
+            settings.device,
+            settings.model_cache_dir,
+            precision=settings.precision,
         )
-        store = ItemStore(settings.data_dir, encoder.model_id, encoder.dim)
+        store = ItemStore(
+            settings.data_dir, encoder.model_id, encoder.dim, settings.index_options()
+        )
         encoding = EncodingService(
-            encoder, settings.max_image_pixels, settings.max_batch, settings.max_queue
+            encoder,
+            settings.max_image_pixels,
+            settings.max_batch,
+            settings.max_queue,
+            decode_workers=settings.decode_workers,
+            jpeg_draft=settings.jpeg_draft,
+            on_batch=on_batch,
         )
         items = ItemService(store, encoding)
         job_store = JobStore(settings.data_dir / "jobs.sqlite3")

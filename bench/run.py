@@ -245,6 +245,11 @@ def main() -> int:
             )
             if 1 in xmr["search"]
             else None,
+            "search_qps_c_max_vs_c1": round(
+                xmr["search"][max(args.concurrency)]["qps"]
+                / xmr["search"][min(args.concurrency)]["qps"],
+                2,
+            ),
             "search_qps_vs_naive": {
                 c: round(xmr["search"][c]["qps"] / naive["search"][c]["qps"], 2)
                 for c in args.concurrency

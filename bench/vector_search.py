@@ -3,8 +3,11 @@
     .venv/bin/python -m bench.vector_search --sizes 100000 1000000 --json-out bench/vectors.json
 
 The vectors are drawn around 2,000 random centres (embeddings cluster; pure noise would be a
-needlessly hard case). Queries are fresh draws from the same distribution. Recall@10 is measured
-against the exact Flat result of the same run; latency is per single query, QPS for batches of 64.
+needlessly hard case). Queries are fresh draws from the same distribution. Each index is built
+and searched through the service's own FaissVectorIndex with its default parameters (HNSW
+efSearch 128, IVF nprobe 32; IVF-PQ sized by the service's rule: about 4*sqrt(n) lists, d/8 codes).
+Recall@10 is measured against the exact Flat result of the same run; latency is per single
+query, QPS for batches of 64.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from index.planner import ivf_pq_spec
+from index.vectors import FaissVectorIndex
 
 DIM = 512
 K = 10
@@ -39,36 +45,30 @@ def clustered(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-def build(kind: str, xb: np.ndarray) -> tuple[faiss.Index, float]:
+def spec_for(kind: str, n: int) -> str:
+    """The FAISS description the service would use: its own IVF-PQ sizing rule for IVF-PQ."""
+    return ivf_pq_spec(n, DIM) if kind == "IVF-PQ" else kind
+
+
+def build(spec: str, xb: np.ndarray) -> tuple[FaissVectorIndex, float]:
+    """Built exactly as the service builds it (index.vectors), default search parameters."""
     started = time.perf_counter()
-    if kind == "Flat":
-        index = faiss.IndexFlatIP(DIM)
-    elif kind == "HNSW32":
-        index = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-    else:
-        nlist = 1024 if len(xb) >= 500_000 else 256
-        index = faiss.index_factory(DIM, f"IVF{nlist},PQ64", faiss.METRIC_INNER_PRODUCT)
-        sample = xb[
-            np.random.default_rng(1).choice(len(xb), min(len(xb), 64 * nlist), replace=False)
-        ]
-        index.train(sample)
-        index.nprobe = 32
-    index.add(xb)
+    labels = np.arange(len(xb), dtype=np.int64)
+    index = FaissVectorIndex.build(DIM, spec, [(labels, xb)])
     return index, time.perf_counter() - started
 
 
-def measure(index: faiss.Index, xq: np.ndarray, truth: np.ndarray | None) -> dict[str, float]:
-    if isinstance(index, faiss.IndexHNSWFlat):
-        index.hnsw.efSearch = 64
+def measure(index: FaissVectorIndex, xq: np.ndarray, truth: np.ndarray | None) -> dict[str, float]:
     singles = []
     for q in xq[:200]:
         started = time.perf_counter()
         index.search(q[None], K)
         singles.append((time.perf_counter() - started) * 1000)
     started = time.perf_counter()
-    _, labels = index.search(xq, K)
+    for start in range(0, len(xq), 64):
+        index.search(xq[start : start + 64], K)
     qps = len(xq) / (time.perf_counter() - started)
+    labels = index.search(xq, K)[1]
     recall = (
         1.0
         if truth is None
@@ -101,8 +101,9 @@ def main() -> int:
         xb = clustered(n, centres, rng)
         truth = None
         for kind in args.indexes:
-            index, build_s = build(kind, xb)
-            result = measure(index, xq, truth)
+            spec = spec_for(kind, n)
+            index, build_s = build(spec, xb)
+            result: dict[str, float | str] = {"spec": spec, **measure(index, xq, truth)}
             if kind == "Flat":
                 truth = index.search(xq, K)[1]
             result["build_s"] = round(build_s, 1)

@@ -7,8 +7,9 @@ from index.errors import (
     SnapshotError,
     StorageError,
 )
+from index.planner import IndexOptions
 from index.records import KINDS, Kind, Record
-from index.store import Hit, ItemStore, NewItem
+from index.store import Hit, IndexInfo, ItemStore, NewItem
 from index.vectors import FaissVectorIndex
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "DuplicateIdError",
     "FaissVectorIndex",
     "Hit",
+    "IndexInfo",
+    "IndexOptions",
     "ItemNotFoundError",
     "ItemStore",
     "Kind",

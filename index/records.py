@@ -249,22 +249,43 @@ class RecordStore:
             rows = self._conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", list(ids))
             return {row[0] for row in rows.fetchall()}
 
+    def ids_by_sha256(self, hashes: Sequence[str]) -> dict[str, str]:
+        """For each SHA-256 that some stored image has, the id of one such image."""
+        found: dict[str, str] = {}
+        for start in range(0, len(hashes), 500):  # SQLite caps the number of parameters
+            chunk = list(hashes[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT content_sha256, id FROM items WHERE content_sha256 IN ({marks})",
+                    chunk,
+                ).fetchall()
+            found.update({sha: item_id for sha, item_id in rows})
+        return found
+
     def count(self, kind: Kind) -> int:
         with self._lock:
             row = self._conn.execute("SELECT COUNT(*) FROM items WHERE kind = ?", (kind,))
             return int(row.fetchone()[0])
 
     def vectors_after(
-        self, kind: Kind, seq: int, dim: int, chunk: int = 10_000
+        self,
+        kind: Kind,
+        seq: int,
+        dim: int,
+        chunk: int = 10_000,
+        up_to_seq: int | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(labels, vectors) of `kind` written after `seq`, in chunks."""
+        """(labels, vectors) of `kind` written after `seq` and not after `up_to_seq`, in chunks."""
         last_label = -1
+        upper = up_to_seq if up_to_seq is not None else 2**62
         while True:
             with self._lock:
                 rows = self._conn.execute(
-                    "SELECT label, vector FROM items WHERE kind = ? AND seq > ? AND label > ? "
+                    "SELECT label, vector FROM items "
+                    "WHERE kind = ? AND seq > ? AND seq <= ? AND label > ? "
                     "ORDER BY label LIMIT ?",
-                    (kind, seq, last_label, chunk),
+                    (kind, seq, upper, last_label, chunk),
                 ).fetchall()
             if not rows:
                 return

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from index.errors import ModelMismatchError, SnapshotError
 from index.files import write_atomic
-from index.vectors import FaissVectorIndex
+from index.vectors import EXACT_SPEC, FaissVectorIndex
 
 FORMAT_VERSION = 1
 
@@ -30,15 +30,27 @@ class SnapshotInfo:
     ntotal: int
     file: str
     sha256: str
+    spec: str = EXACT_SPEC  # the FAISS factory string; sidecars before it held Flat indexes
 
 
 def save_snapshot(
-    folder: Path, kind: str, payload: bytes, seq: int, ntotal: int, model_id: str, dim: int
+    folder: Path,
+    kind: str,
+    payload: bytes,
+    seq: int,
+    ntotal: int,
+    model_id: str,
+    dim: int,
+    spec: str = EXACT_SPEC,
 ) -> SnapshotInfo:
-    """Write the serialized index `payload` taken at sequence `seq`, then retire older files."""
+    """Write the serialized index `payload` taken at sequence `seq`, then retire older files.
+
+    `ntotal` counts every vector in the payload, lazily deleted ones included.
+    """
     name = f"{kind}-{seq}.faiss"
     write_atomic(folder / name, payload)
-    info = SnapshotInfo(kind, seq, model_id, dim, ntotal, name, hashlib.sha256(payload).hexdigest())
+    digest = hashlib.sha256(payload).hexdigest()
+    info = SnapshotInfo(kind, seq, model_id, dim, ntotal, name, digest, spec)
     sidecar = {"format": FORMAT_VERSION, "created_at": time.time(), **info.__dict__}
     write_atomic(folder / f"{kind}.json", json.dumps(sidecar, indent=2).encode())
     _remove_other_snapshot_files(folder, kind, keep=name)
@@ -46,7 +58,7 @@ def save_snapshot(
 
 
 def load_snapshot(
-    folder: Path, kind: str, model_id: str, dim: int
+    folder: Path, kind: str, model_id: str, dim: int, **search_options: int
 ) -> tuple[FaissVectorIndex, SnapshotInfo] | None:
     """The saved index of `kind` and its description; None when there is none yet."""
     sidecar_path = folder / f"{kind}.json"
@@ -65,12 +77,12 @@ def load_snapshot(
     if hashlib.sha256(payload).hexdigest() != info.sha256:
         raise SnapshotError(f"{kind} index file {info.file} is truncated or corrupt (checksum)")
     try:
-        index = FaissVectorIndex.deserialize(payload, dim)
+        index = FaissVectorIndex.deserialize(payload, dim, info.spec, **search_options)
     except (RuntimeError, ValueError) as e:
         raise SnapshotError(f"{kind} index file {info.file} cannot be parsed: {e}") from e
-    if len(index) != info.ntotal:
+    if index.stored != info.ntotal:
         raise SnapshotError(
-            f"{kind} index holds {len(index)} vectors, its sidecar says {info.ntotal}"
+            f"{kind} index holds {index.stored} vectors, its sidecar says {info.ntotal}"
         )
     return index, info
 
@@ -86,6 +98,7 @@ def _read_sidecar(path: Path) -> SnapshotInfo:
             ntotal=int(raw["ntotal"]),
             file=str(raw["file"]),
             sha256=str(raw["sha256"]),
+            spec=str(raw.get("spec", EXACT_SPEC)),
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SnapshotError(f"index sidecar {path.name} is unreadable: {e}") from e

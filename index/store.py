@@ -4,6 +4,10 @@ SQLite is the source of truth and every write commits there first; the two FAISS
 (images, texts) follow in memory and are snapshotted to disk now and then. At start-up a
 snapshot is loaded and brought up to date from the records, or rebuilt when it is missing,
 corrupt or made by another model.
+
+When an index should change structure (it grew past the exact-search threshold, or too much of
+an approximate index is deleted), a new one is built from the records in a background thread
+while the old one keeps serving; the writes made meanwhile are replayed into it before the swap.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import numpy as np
 from index.blobs import BlobStore
 from index.errors import DuplicateIdError, ModelMismatchError, SnapshotError, StorageError
 from index.files import remove_stale_temporaries
+from index.planner import IndexOptions, planned_spec
 from index.records import KINDS, Kind, Record, RecordInput, RecordStore, WriteResult
 from index.snapshots import load_snapshot, save_snapshot
-from index.vectors import FaissVectorIndex, check_vectors
+from index.vectors import EXACT_SPEC, FaissVectorIndex, check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +51,27 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True)
+class IndexInfo:
+    """What one vector index is now: its FAISS structure, size, and a rebuild under way."""
+
+    spec: str
+    size: int
+    building: str | None
+
+
 class ItemStore:
     """Upsert, delete, get and search items under one data directory."""
 
-    def __init__(self, data_dir: Path, model_id: str, dim: int) -> None:
+    def __init__(
+        self, data_dir: Path, model_id: str, dim: int, options: IndexOptions | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.model_id = model_id
         self.dim = dim
+        self.options = options or IndexOptions()
+        if self.options.spec != "auto":
+            planned_spec(self.options, 0, dim)  # a bad XMR_INDEX fails here, at start-up
         data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(data_dir)
         self._records = RecordStore(data_dir / "records.sqlite3")
@@ -66,8 +85,13 @@ class ItemStore:
         self._write_lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._saved_seq: dict[Kind, int] = {}
+        self._builds: dict[Kind, tuple[str, int, threading.Thread]] = {}
+        self._closing = False
         self._indexes: dict[Kind, FaissVectorIndex] = {k: self._open_index(k) for k in KINDS}
         self._blobs.remove_unreferenced(self._records.blob_paths())
+        with self._write_lock:
+            for kind in KINDS:
+                self._maybe_rebuild(kind)
 
     # -- writes ---------------------------------------------------------------------------
     def upsert(self, items: Sequence[NewItem]) -> list[str]:
@@ -109,8 +133,69 @@ class ItemStore:
             added = result.added[kind]
             if added:
                 index.add([label for label, _ in added], np.stack([v for _, v in added]))
+            if added or result.removed[kind]:
+                self._maybe_rebuild(kind)
         for _, path in result.released_blobs:
             self._blobs.remove(path)
+
+    # -- index structure ------------------------------------------------------------------
+    def _maybe_rebuild(self, kind: Kind) -> None:
+        """Start a background rebuild if the index should change structure; write lock held."""
+        if kind in self._builds or self._closing:
+            return
+        index = self._indexes[kind]
+        spec = planned_spec(self.options, len(index), self.dim, index.spec)
+        too_deleted = index.deleted_fraction > self.options.rebuild_deleted_fraction
+        if spec == index.spec and not too_deleted:
+            return
+        seq = self._records.current_seq()
+        thread = threading.Thread(
+            target=self._rebuild_in_background,
+            args=(kind, spec, seq),
+            name=f"xmr-index-build-{kind}",
+            daemon=True,
+        )
+        self._builds[kind] = (spec, seq, thread)
+        logger.info("building a %s %s index of %d vectors", spec, kind, len(index))
+        thread.start()
+
+    def _rebuild_in_background(self, kind: Kind, spec: str, seq: int) -> None:
+        try:
+            chunks = self._records.vectors_after(kind, 0, self.dim, up_to_seq=seq)
+            built = FaissVectorIndex.build(
+                self.dim, spec, chunks, ef_search=self.options.ef_search, nprobe=self.options.nprobe
+            )
+            with self._write_lock:
+                if self._closing:
+                    return
+                # replay what was written while the new index was being built
+                built.remove(self._records.tombstones_after(kind, seq))
+                for labels, vectors in self._records.vectors_after(kind, seq, self.dim):
+                    built.add(labels, vectors)
+                self._indexes[kind] = built
+                self._saved_seq[kind] = -1
+                logger.info("the %s index is now %s (%d vectors)", kind, spec, len(built))
+        except Exception:  # a failed build leaves the working index in place
+            logger.exception("building the %s %s index failed", spec, kind)
+        finally:
+            with self._write_lock:
+                self._builds.pop(kind, None)
+
+    def wait_for_builds(self, timeout_s: float | None = None) -> None:
+        """Block until the background index builds started so far have finished."""
+        for _, _, thread in list(self._builds.values()):
+            thread.join(timeout_s)
+
+    def index_info(self) -> dict[Kind, IndexInfo]:
+        builds = dict(self._builds)
+        return {
+            kind: IndexInfo(
+                self._indexes[kind].spec,
+                len(self._indexes[kind]),
+                builds[kind][0] if kind in builds else None,
+            )
+            for kind in KINDS
+        }
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, item_id: str) -> Record:
@@ -123,6 +208,10 @@ class ItemStore:
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         return self._records.existing_ids(ids)
+
+    def ids_by_content_hash(self, hashes: Sequence[str]) -> dict[str, str]:
+        """SHA-256 of image bytes -> the id of a stored image with exactly those bytes."""
+        return self._records.ids_by_sha256(hashes)
 
     def search(self, kind: Kind, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k items of `kind` for each query vector, best first, scores are cosines."""
@@ -156,7 +245,8 @@ class ItemStore:
                 seq = self._records.current_seq()
                 stale = [kind for kind in KINDS if self._saved_seq[kind] < seq]
                 payloads = {kind: self._indexes[kind].serialize() for kind in stale}
-                sizes = {kind: len(self._indexes[kind]) for kind in stale}
+                sizes = {kind: self._indexes[kind].stored for kind in stale}
+                specs = {kind: self._indexes[kind].spec for kind in stale}
             for kind in stale:
                 try:
                     save_snapshot(
@@ -167,6 +257,7 @@ class ItemStore:
                         sizes[kind],
                         self.model_id,
                         self.dim,
+                        specs[kind],
                     )
                 except OSError as e:
                     raise StorageError(
@@ -175,10 +266,14 @@ class ItemStore:
                     ) from e
                 self._saved_seq[kind] = seq
             if stale:
-                self._records.prune_tombstones(min(self._saved_seq.values()))
+                # a background build replays the tombstones written after it started
+                keep_from = [seq for _, seq, _ in self._builds.values()]
+                self._records.prune_tombstones(min([*self._saved_seq.values(), *keep_from]))
             return bool(stale)
 
     def close(self) -> None:
+        with self._write_lock:
+            self._closing = True
         try:
             self.snapshot()
         finally:
@@ -186,14 +281,22 @@ class ItemStore:
 
     def _open_index(self, kind: Kind) -> FaissVectorIndex:
         try:
-            loaded = load_snapshot(self._snapshot_dir, kind, self.model_id, self.dim)
+            loaded = load_snapshot(
+                self._snapshot_dir,
+                kind,
+                self.model_id,
+                self.dim,
+                ef_search=self.options.ef_search,
+                nprobe=self.options.nprobe,
+            )
         except (SnapshotError, ModelMismatchError) as e:
             logger.warning("rebuilding the %s index from the records: %s", kind, e)
             loaded = None
         if loaded is None:
             return self._rebuild(kind)
         index, info = loaded
-        index.remove(self._records.tombstones_after(kind, info.seq))
+        # lazily deleted vectors are in the file but not in the records: drop them again
+        index.reconcile(self._records.all_labels(kind))
         for labels, vectors in self._records.vectors_after(kind, info.seq, self.dim):
             index.add(labels, vectors)
         if len(index) != self._records.count(kind):
@@ -203,7 +306,10 @@ class ItemStore:
         return index
 
     def _rebuild(self, kind: Kind) -> FaissVectorIndex:
-        index = FaissVectorIndex(self.dim)
+        """An exact index from the records; a better structure follows in the background."""
+        index = FaissVectorIndex(
+            self.dim, spec=EXACT_SPEC, ef_search=self.options.ef_search, nprobe=self.options.nprobe
+        )
         for labels, vectors in self._records.vectors_after(kind, 0, self.dim):
             index.add(labels, vectors)
         self._saved_seq[kind] = -1

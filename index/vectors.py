@@ -1,13 +1,28 @@
-"""A FAISS inner-product index over unit vectors, keyed by stable int64 labels."""
+"""A FAISS inner-product index over unit vectors, keyed by stable int64 labels.
+
+The index structure is any FAISS factory string (`Flat`, `HNSW32`, `IVF1024,PQ64`, ...), always
+wrapped in an IndexIDMap2 so that labels are the record store's. IndexIDMap2 can only remove
+from structures that compact like Flat does, so every other structure (HNSW, IVF, PQ) deletes
+lazily: removed labels are excluded from every search by an ID selector until the index is
+rebuilt.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+
+# faiss's SWIG wrappers take keyword arguments its type stubs do not know
+_faiss: Any = faiss
+EXACT_SPEC = "Flat"
+DEFAULT_EF_SEARCH = 128
+DEFAULT_NPROBE = 32
 
 
 def check_vectors(xb: np.ndarray, d: int) -> np.ndarray:
@@ -30,22 +45,102 @@ def check_labels(labels: np.ndarray | list[int], n: int | None = None) -> np.nda
     return ids
 
 
-class FaissVectorIndex:
-    """Exact cosine search (inner product on normalized vectors) with add/remove by label.
+def _factory(spec: str, d: int) -> Any:
+    try:
+        return faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"{spec!r} is not a FAISS index description for dimension {d}") from e
 
-    Searches may run concurrently; writes take the lock exclusively.
+
+def new_faiss_index(spec: str, d: int) -> Any:
+    """An empty IndexIDMap2 over `faiss.index_factory(d, spec)` with inner-product metric."""
+    return faiss.IndexIDMap2(_factory(spec, d))  # faiss's wrapper keeps the inner index alive
+
+
+@functools.lru_cache(maxsize=64)
+def min_training_vectors(spec: str, d: int) -> int:
+    """How many vectors `spec` needs before it can be trained (0 for structures without training).
+
+    FAISS asks for at least 39 points per IVF list; PQ and SQ codebooks want a few hundred.
+    """
+    inner = _factory(spec, d)
+    if inner.is_trained:
+        return 0
+    try:
+        return 39 * int(faiss.extract_index_ivf(inner).nlist)
+    except RuntimeError:
+        return 1_000
+
+
+class FaissVectorIndex:
+    """Cosine search (inner product on normalized vectors) with add/remove by label.
+
+    Searches and writes are serialized by one lock: FAISS parallelises each search itself.
     """
 
-    def __init__(self, d: int, index: faiss.Index | None = None) -> None:
+    def __init__(
+        self,
+        d: int,
+        index: faiss.Index | None = None,
+        spec: str = EXACT_SPEC,
+        ef_search: int = DEFAULT_EF_SEARCH,
+        nprobe: int = DEFAULT_NPROBE,
+    ) -> None:
         self.d = d
+        self.spec = spec
         # faiss's SWIG signatures do not type numpy arguments; Any keeps mypy honest elsewhere
-        self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        self._index: Any = index if index is not None else new_faiss_index(spec, d)
         if self._index.d != d:
             raise ValueError(f"index has dimension {self._index.d}, expected {d}")
+        if not isinstance(self._index, faiss.IndexIDMap2):
+            raise TypeError("the FAISS index must be an IndexIDMap2")
+        self._inner: Any = faiss.downcast_index(self._index.index)
+        self._lazy_delete = not isinstance(self._inner, faiss.IndexFlat)
+        self._deleted: set[int] = set()
+        self._selector: Any = None  # built from _deleted when first needed
+        self._max_label = -1
+        self._ef_search = ef_search
+        self._nprobe = nprobe
         self._lock = threading.RLock()
+        if self._index.ntotal:
+            self._max_label = int(self._all_labels().max())
+
+    @classmethod
+    def build(
+        cls,
+        d: int,
+        spec: str,
+        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+        ef_search: int = DEFAULT_EF_SEARCH,
+        nprobe: int = DEFAULT_NPROBE,
+        train_size: int = 100_000,
+    ) -> FaissVectorIndex:
+        """A new index of `spec` holding every (labels, vectors) chunk, trained on them first."""
+        parts = [(check_labels(ids), check_vectors(xb, d)) for ids, xb in chunks]
+        labels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        xb = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, d), np.float32)
+        index = cls(d, spec=spec, ef_search=ef_search, nprobe=nprobe)
+        if not index._index.is_trained:
+            if len(xb) < min_training_vectors(spec, d):
+                raise ValueError(f"{spec} needs more vectors to train than the {len(xb)} given")
+            sample = np.random.default_rng(0).permutation(len(xb))[:train_size]
+            index._index.train(xb[np.sort(sample)])
+        index.add(labels, xb)
+        return index
 
     def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self._deleted)
+
+    @property
+    def stored(self) -> int:
+        """Vectors held, lazily deleted ones included."""
         return int(self._index.ntotal)
+
+    @property
+    def deleted_fraction(self) -> float:
+        """Share of stored vectors that are deleted but still take space (lazy deletion)."""
+        total = int(self._index.ntotal)
+        return len(self._deleted) / total if total else 0.0
 
     def add(self, labels: np.ndarray | list[int], xb: np.ndarray) -> None:
         xb = check_vectors(xb, self.d)
@@ -53,15 +148,32 @@ class FaissVectorIndex:
         if ids.size == 0:
             return
         with self._lock:
-            self._index.remove_ids(ids)  # re-adding a label replaces it rather than duplicating it
+            # re-adding a label replaces it; labels above every stored one cannot be present
+            seen = ids[ids <= self._max_label]
+            if self._lazy_delete and any(int(x) in self._deleted for x in seen):
+                raise ValueError("a deleted label cannot be added again to a lazily deleting index")
+            if seen.size:
+                self._remove_locked(seen)
             self._index.add_with_ids(xb, ids)
+            self._max_label = max(self._max_label, int(ids.max()))
 
     def remove(self, labels: np.ndarray | list[int]) -> int:
+        """Remove labels; returns how many were present."""
         ids = check_labels(labels)
         if ids.size == 0:
             return 0
         with self._lock:
+            return self._remove_locked(ids)
+
+    def _remove_locked(self, ids: np.ndarray) -> int:
+        if not self._lazy_delete:
             return int(self._index.remove_ids(ids))
+        stored = ids[np.isin(ids, self._all_labels())]
+        present = {int(x) for x in stored} - self._deleted
+        self._deleted.update(present)
+        if present:
+            self._selector = None
+        return len(present)
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query: (scores, labels), each (nq, k); missing slots have label -1."""
@@ -69,29 +181,60 @@ class FaissVectorIndex:
         if k < 1:
             raise ValueError("k must be at least 1")
         with self._lock:
-            if self._index.ntotal == 0:
+            live = len(self)
+            if live == 0:
                 empty_scores = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
                 return empty_scores, np.full((xq.shape[0], k), -1, dtype=np.int64)
-            D, I = self._index.search(xq, min(k, int(self._index.ntotal)))
+            D, I = self._index.search(xq, min(k, live), params=self._search_params(k))
         if D.shape[1] < k:
             pad = k - D.shape[1]
             D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
             I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
         return D, I
 
+    def _search_params(self, k: int) -> Any:
+        if self._deleted and self._selector is None:
+            deleted = np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted))
+            batch = faiss.IDSelectorBatch(deleted)
+            self._selector = (faiss.IDSelectorNot(batch), batch)  # the Not keeps no reference
+        selector = self._selector[0] if self._deleted else None
+        if isinstance(self._inner, faiss.IndexHNSW):
+            return _faiss.SearchParametersHNSW(efSearch=max(self._ef_search, k), sel=selector)
+        try:
+            faiss.extract_index_ivf(self._inner)
+        except RuntimeError:
+            return _faiss.SearchParameters(sel=selector) if selector is not None else None
+        return _faiss.SearchParametersIVF(nprobe=self._nprobe, sel=selector)
+
     def labels(self) -> np.ndarray:
         with self._lock:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            labels = self._all_labels()
+            if self._deleted:
+                labels = labels[~np.isin(labels, list(self._deleted))]
+            return labels
+
+    def _all_labels(self) -> np.ndarray:
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
     def serialize(self) -> bytes:
+        """The FAISS index as bytes; lazily deleted vectors are still in it (see reconcile)."""
         with self._lock:
             return faiss.serialize_index(self._index).tobytes()
 
-    @classmethod
-    def deserialize(cls, data: bytes, d: int) -> FaissVectorIndex:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        return cls(d, index)
+    def reconcile(self, live_labels: np.ndarray) -> int:
+        """Remove every stored label not in `live_labels`; returns how many were removed."""
+        with self._lock:
+            stale = self._all_labels()
+            stale = stale[~np.isin(stale, live_labels)]
+            return self._remove_locked(stale) if stale.size else 0
 
     @classmethod
-    def read(cls, path: Path, d: int) -> FaissVectorIndex:
-        return cls.deserialize(path.read_bytes(), d)
+    def deserialize(
+        cls, data: bytes, d: int, spec: str = EXACT_SPEC, **options: int
+    ) -> FaissVectorIndex:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        return cls(d, index, spec=spec, **options)
+
+    @classmethod
+    def read(cls, path: Path, d: int, spec: str = EXACT_SPEC) -> FaissVectorIndex:
+        return cls.deserialize(path.read_bytes(), d, spec)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 
 class Encoder(Protocol):
-    """A dual encoder mapping images and texts into one space of `dim` dimensions."""
+    """A dual encoder mapping images and texts into one space of `dim` dimensions.
+
+    Images are encoded in two stages so that a server can overlap them: `prepare_image` is the
+    CPU work for one image (resize, normalize) and may run in any thread; `encode_prepared` runs
+    the model on a batch of prepared images.
+    """
 
     @property
     def model_id(self) -> str:
@@ -23,8 +28,26 @@ class Encoder(Protocol):
     @property
     def device(self) -> str: ...
 
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or bf16: the dtype of the weights and inputs."""
+        ...
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square input the image tower takes (decoders may stop above it)."""
+        ...
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        """The per-image CPU stage; its output goes to `encode_prepared`."""
+        ...
+
+    def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        """Encode prepared images to a float32 array of shape (n, dim) with unit-norm rows."""
+        ...
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Encode RGB images to a float32 array of shape (n, dim) with unit-norm rows."""
+        """Both stages at once: RGB images to a float32 (n, dim) array with unit-norm rows."""
         ...
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Train `shapes-tiny`, the small CLIP that ships with xmr, on procedurally drawn shapes.
 
-    python scripts/train_shapes_clip.py            # about 15 minutes on 2 CPU cores
+    python scripts/train_shapes_clip.py            # about 10 minutes on 2 CPU cores
 
 Writes models/bundled/shapes-tiny/{open_clip_config.json, open_clip_model.safetensors}: an
 open_clip `local-dir:` model folder, loaded by the service like any other open_clip model.
@@ -29,9 +29,12 @@ sys.path.insert(0, str(REPO))
 
 from xmr.shapes import caption, random_scene, render  # noqa: E402
 
+# A small ModifiedResNet image tower (open_clip's RN stem, one bottleneck per stage, attention
+# pooling): on 2 CPU cores it learns shape outlines far faster than a ViT with 8 px patches did
+# (single-shape image->text R@1 0.94 against 0.34 after the same 800 steps).
 MODEL_CFG = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 3, "width": 96, "head_width": 32, "patch_size": 8},
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
     "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
 }
 PREPROCESS_CFG = {
@@ -119,10 +122,14 @@ def train(args: argparse.Namespace) -> None:
         batch = rng.choice(len(scenes), size=args.batch_size, replace=False)
         images = normalize(pixels[torch.from_numpy(batch)])
         texts = tokenizer([caption(scenes[i], rng) for i in batch])
-        image_features = model.encode_image(images, normalize=True)
-        text_features = model.encode_text(texts, normalize=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            image_features = model.encode_image(images, normalize=True)
+            text_features = model.encode_text(texts, normalize=True)
         loss = clip_loss(
-            image_features, text_features, model.logit_scale.exp(), [keys[i] for i in batch]
+            image_features.float(),
+            text_features.float(),
+            model.logit_scale.exp(),
+            [keys[i] for i in batch],
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,7 +151,9 @@ def train(args: argparse.Namespace) -> None:
 
     write_config(out)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "open_clip_model.safetensors"))
+    weights = out / "open_clip_model.safetensors"
+    save_file(state, str(weights))
+    weights.chmod(0o644)  # readable by the service's own user once installed or in the image
     print(f"wrote {out} in {time.time() - started:.0f}s", flush=True)
 
 
@@ -161,6 +170,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, default=19.0)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bfloat16 autocast for the forward pass (about 1.8x faster on CPUs with AVX512-BF16)",
+    )
     train(parser.parse_args())
 
 

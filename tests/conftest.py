@@ -21,7 +21,8 @@ TINY_MODEL = "xmr-test-tiny"  # models/configs/xmr-test-tiny.json, seeded random
 
 @pytest.fixture(scope="session")
 def tiny_encoder() -> OpenClipEncoder:
-    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu")
+    """fp32 so that equality with open_clip's own calls can be asserted tightly."""
+    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32")
 
 
 @pytest.fixture
@@ -63,3 +64,30 @@ def image_bytes(
 def png_file(name: str, color: str | tuple[int, ...]) -> tuple[str, tuple[str, bytes, str]]:
     """A multipart `files` entry holding a solid-colour PNG."""
     return ("files", (name, image_bytes(color), "image/png"))
+
+
+@pytest.fixture
+def live_server(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[str]:
+    """The app under a real uvicorn server on a free loopback port, in a thread; yields its URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    config = uvicorn.Config(
+        create_app(settings, encoder=tiny_encoder), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -85,6 +86,34 @@ class XmrClient:
     def submit_batch(self, items: Sequence[dict[str, Any]]) -> str:
         return self._json(self._http.post("/v1/batch", json={"items": list(items)}))["job_id"]
 
+    def submit_batch_files(
+        self,
+        images: Sequence[ImageArg],
+        ids: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any] | None] | None = None,
+    ) -> str:
+        """Upload images as one background batch job; returns its job id."""
+        data: dict[str, str] = {}
+        if ids is not None:
+            data["ids"] = json.dumps(list(ids))
+        if metadata is not None:
+            data["metadata"] = json.dumps(list(metadata))
+        files = [("files", _file_part(image, n)) for n, image in enumerate(images)]
+        return self._json(self._http.post("/v1/batch", files=files, data=data))["job_id"]
+
+    def wait_for_job(self, job_id: str, poll_s: float = 0.2) -> dict[str, Any]:
+        """Poll a job until it is no longer queued or running; returns its final state."""
+        while (job := self.job(job_id))["status"] in ("queued", "running"):
+            time.sleep(poll_s)
+        return job
+
+    def lookup_hashes(self, digests: Sequence[str]) -> dict[str, str]:
+        """Which SHA-256 digests of image bytes are indexed already: digest -> id."""
+        if not digests:
+            return {}
+        body = {"sha256": list(digests)}
+        return self._json(self._http.post("/v1/items/lookup", json=body))["found"]
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
@@ -100,11 +129,27 @@ class XmrClient:
         )
         return self._json(response)
 
+    def search_texts(
+        self, queries: Sequence[str], k: int = 10, target: str = "images"
+    ) -> dict[str, Any]:
+        """Several text queries in one request: `results` holds one ranked list per query."""
+        body = {"queries": list(queries), "k": k, "target": target}
+        return self._json(self._http.post("/v1/search/text/batch", json=body))
+
+    def search_images(
+        self, images: Sequence[ImageArg], k: int = 10, target: str = "texts"
+    ) -> dict[str, Any]:
+        files = [("files", _file_part(image, n)) for n, image in enumerate(images)]
+        response = self._http.post(
+            "/v1/search/image/batch", files=files, data={"k": str(k), "target": target}
+        )
+        return self._json(response)
+
     def get_item(self, item_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/items/{item_id}"))
+        return self._json(self._http.get(f"/v1/items/{quote(item_id, safe='')}"))
 
     def delete_item(self, item_id: str) -> None:
-        response = self._http.delete(f"/v1/items/{item_id}")
+        response = self._http.delete(f"/v1/items/{quote(item_id, safe='')}")
         if response.status_code != 204:
             self._json(response)
 

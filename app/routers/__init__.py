@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.routers import batch, embed, health, items, search
+from app.routers import batch, embed, health, items, metrics, page, search
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -10,3 +10,5 @@ api_router.include_router(items.router)
 api_router.include_router(search.router)
 api_router.include_router(batch.router)
 api_router.include_router(embed.router)
+api_router.include_router(metrics.router)
+api_router.include_router(page.router)

@@ -22,6 +22,6 @@ async def embed_image(
     services: ServicesDep, files: list[UploadFile] = File(..., description="the images")
 ) -> EmbedResponse:
     encoding = services.encoding
-    images = [await encoding.decode(await read_upload(f, i)) for i, f in enumerate(files)]
-    vectors = await encoding.encode_images(images)
+    prepared = [await encoding.prepare(await read_upload(f, i)) for i, f in enumerate(files)]
+    vectors = await encoding.encode_prepared(prepared)
     return EmbedResponse(embeddings=vectors.tolist(), dim=encoding.dim)

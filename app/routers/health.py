@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.deps import ServicesDep
-from app.schemas import InfoResponse
+from app.schemas import IndexDescription, InfoResponse
 
 router = APIRouter(tags=["health"])
 
@@ -27,12 +27,18 @@ async def readyz(request: Request) -> JSONResponse:
 async def info(services: ServicesDep) -> InfoResponse:
     counts = services.store.counts()
     settings = services.settings
+    indexes = {
+        kind: IndexDescription(structure=i.spec, size=i.size, building=i.building)
+        for kind, i in services.store.index_info().items()
+    }
     return InfoResponse(
         model=settings.model,
         pretrained=services.encoder.model_id.split("/", 1)[-1],
         model_id=services.encoder.model_id,
         dim=services.encoder.dim,
         device=services.encoder.device,
+        precision=services.encoder.precision,
         images=counts["image"],
         texts=counts["text"],
+        indexes=indexes,
     )

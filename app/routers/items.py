@@ -6,7 +6,13 @@ from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
 from app.deps import ItemsDep
 from app.routers.common import item_response, parse_ids, parse_metadata, read_upload
-from app.schemas import IndexedResponse, IndexTextsRequest, ItemResponse
+from app.schemas import (
+    HashLookupRequest,
+    HashLookupResponse,
+    IndexedResponse,
+    IndexTextsRequest,
+    ItemResponse,
+)
 from app.services.items import ImageInput, TextInput
 
 router = APIRouter(prefix="/v1", tags=["items"])
@@ -44,6 +50,15 @@ async def index_images(
 async def index_texts(body: IndexTextsRequest, items: ItemsDep) -> IndexedResponse:
     inputs = [TextInput(item.text, item.id, item.metadata) for item in body.items]
     return IndexedResponse(ids=await items.index_texts(inputs))
+
+
+@router.post(
+    "/items/lookup",
+    response_model=HashLookupResponse,
+    summary="Which images (by SHA-256 of their bytes) are indexed already",
+)
+async def lookup_by_content_hash(body: HashLookupRequest, items: ItemsDep) -> HashLookupResponse:
+    return HashLookupResponse(found=await items.find_by_content_hash(body.sha256))
 
 
 @router.get(

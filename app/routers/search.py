@@ -6,14 +6,28 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from app.deps import SearchDep
 from app.routers.common import read_upload, search_hit
-from app.schemas import TARGET_KIND, SearchResponse, Target
-from app.services.search import SearchResult
+from app.schemas import (
+    MAX_QUERIES,
+    TARGET_KIND,
+    MultiSearchResponse,
+    SearchResponse,
+    Target,
+    TextQueriesRequest,
+)
+from app.services.errors import InvalidInputError
+from app.services.search import MultiSearchResult, SearchResult
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 
 
 def _response(result: SearchResult) -> SearchResponse:
     return SearchResponse(results=[search_hit(h) for h in result.hits], took_ms=result.took_ms)
+
+
+def _multi_response(result: MultiSearchResult) -> MultiSearchResponse:
+    return MultiSearchResponse(
+        results=[[search_hit(h) for h in hits] for hits in result.hits], took_ms=result.took_ms
+    )
 
 
 @router.get("/text", response_model=SearchResponse, summary="Search with a text query")
@@ -35,3 +49,27 @@ async def search_by_image(
 ) -> SearchResponse:
     data = await read_upload(file)
     return _response(await search.by_image(data, k, TARGET_KIND[target]))
+
+
+@router.post(
+    "/text/batch", response_model=MultiSearchResponse, summary="Search with several text queries"
+)
+async def search_by_texts(search: SearchDep, body: TextQueriesRequest) -> MultiSearchResponse:
+    return _multi_response(await search.by_texts(body.queries, body.k, TARGET_KIND[body.target]))
+
+
+@router.post(
+    "/image/batch",
+    response_model=MultiSearchResponse,
+    summary="Search with several image queries",
+)
+async def search_by_images(
+    search: SearchDep,
+    files: list[UploadFile] = File(..., description="the query images"),
+    k: int = Form(10, ge=1),
+    target: Target = Form("texts", description="what to search: texts or images"),
+) -> MultiSearchResponse:
+    if len(files) > MAX_QUERIES:
+        raise InvalidInputError(f"at most {MAX_QUERIES} query images per request")
+    blobs = [await read_upload(f, i) for i, f in enumerate(files)]
+    return _multi_response(await search.by_images(blobs, k, TARGET_KIND[target]))

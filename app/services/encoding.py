@@ -1,19 +1,24 @@
-"""Run the encoder off the event loop: one inference thread, decoding in a separate pool."""
+"""Run the encoder off the event loop: one inference thread, decoding in a separate pool.
+
+An image upload is decoded and preprocessed (the encoder's `prepare_image`) in the decode pool,
+so the inference thread only ever runs the model; batches of prepared images and of texts are
+gathered by one batcher per modality.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image
 
 from app.services.batcher import Batcher
 from models import Encoder, decode_image
 
 T = TypeVar("T")
+DRAFT_FACTOR = 2  # JPEGs are decoded at a reduced scale no smaller than twice the model input
 
 
 class EncodingService:
@@ -26,10 +31,12 @@ class EncodingService:
         max_batch: int = 64,
         max_queue: int = 1024,
         decode_workers: int = 2,
+        jpeg_draft: bool = True,
         on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
         self.encoder = encoder
         self._max_image_pixels = max_image_pixels
+        self._draft_size = encoder.image_size * DRAFT_FACTOR if jpeg_draft else None
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmr-infer")
         self._decode = ThreadPoolExecutor(
             max_workers=decode_workers, thread_name_prefix="xmr-decode"
@@ -37,13 +44,17 @@ class EncodingService:
         self.texts: Batcher[str] = Batcher(
             "text", encoder.encode_texts, self._inference, max_batch, max_queue, on_batch
         )
-        self.images: Batcher[Image.Image] = Batcher(
-            "image", encoder.encode_images, self._inference, max_batch, max_queue, on_batch
+        self.images: Batcher[Any] = Batcher(
+            "image", encoder.encode_prepared, self._inference, max_batch, max_queue, on_batch
         )
 
     @property
     def dim(self) -> int:
         return self.encoder.dim
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting per modality."""
+        return {"text": self.texts.queue_depth, "image": self.images.queue_depth}
 
     def start(self) -> None:
         self.texts.start()
@@ -57,24 +68,30 @@ class EncodingService:
         """Vectors for `texts`; `background` work waits for room instead of being refused."""
         return await self.texts.submit(list(texts), wait_for_room=background)
 
-    async def encode_images(
-        self, images: Sequence[Image.Image], background: bool = False
+    async def encode_prepared(
+        self, prepared: Sequence[Any], background: bool = False
     ) -> np.ndarray:
-        return await self.images.submit(list(images), wait_for_room=background)
+        """Vectors for images that went through `prepare`."""
+        return await self.images.submit(list(prepared), wait_for_room=background)
 
-    async def decode(self, data: bytes) -> Image.Image:
-        """Decode one upload to RGB in the decode pool (raises ImageDecodeError)."""
-        return await self._run(self._decode, decode_image, data, self._max_image_pixels)
+    async def prepare(self, data: bytes) -> Any:
+        """Decode one upload and run the encoder's CPU stage on it, in the decode pool.
 
-    async def decode_many(self, blobs: Sequence[bytes]) -> list[Image.Image | Exception]:
-        """Decode several uploads concurrently; a failure is returned in its slot, not raised."""
-        results = await asyncio.gather(*(self.decode(b) for b in blobs), return_exceptions=True)
-        out: list[Image.Image | Exception] = []
+        Raises ImageDecodeError (or a subclass) for bytes that are not an acceptable image.
+        """
+        return await self._run(self._decode, self._decode_and_prepare, data)
+
+    async def prepare_many(self, blobs: Sequence[bytes]) -> list[Any]:
+        """Prepare several uploads concurrently; a failure is returned in its slot, not raised."""
+        results = await asyncio.gather(*(self.prepare(b) for b in blobs), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
-            out.append(result)
-        return out
+        return list(results)
+
+    def _decode_and_prepare(self, data: bytes) -> Any:
+        image = decode_image(data, self._max_image_pixels, self._draft_size)
+        return self.encoder.prepare_image(image)
 
     def close(self) -> None:
         self._inference.shutdown(wait=True, cancel_futures=True)

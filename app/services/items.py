@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.services.encoding import EncodingService
@@ -19,6 +18,7 @@ from models.images import CONTENT_TYPES, sniff_image_format
 
 MAX_ID_LENGTH = 256
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -62,38 +62,46 @@ class ItemService:
     async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
         """Decode, encode and store images; any undecodable image rejects the whole request."""
         _check_ids(inputs)
-        decoded = await self.encoding.decode_many([item.data for item in inputs])
-        for position, result in enumerate(decoded):
+        prepared = await self.encoding.prepare_many([item.data for item in inputs])
+        for position, result in enumerate(prepared):
             if isinstance(result, ImageDecodeError):
                 raise type(result)(f"files[{position}]: {result}") from result
             if isinstance(result, Exception):
                 raise result
-        images = [r for r in decoded if not isinstance(r, Exception)]
-        return await self._encode_and_store_images(inputs, images)
+        return await self._encode_and_store_images(inputs, prepared)
 
     async def index_images_skipping_bad(
         self, inputs: Sequence[ImageInput], background: bool = False
     ) -> tuple[list[str], dict[int, str]]:
         """Like index_images, but an undecodable image is reported by position and skipped."""
-        decoded = await self.encoding.decode_many([item.data for item in inputs])
+        prepared = await self.encoding.prepare_many([item.data for item in inputs])
+        return await self.index_prepared_images(inputs, prepared, background)
+
+    async def index_prepared_images(
+        self, inputs: Sequence[ImageInput], prepared: Sequence[Any], background: bool = False
+    ) -> tuple[list[str], dict[int, str]]:
+        """Encode and store images already through `EncodingService.prepare_many`.
+
+        A slot holding an ImageDecodeError is reported by position and skipped.
+        """
         failures: dict[int, str] = {}
         good_inputs: list[ImageInput] = []
-        images: list[Image.Image] = []
-        for position, (item, result) in enumerate(zip(inputs, decoded, strict=True)):
+        good: list[Any] = []
+        for position, (item, result) in enumerate(zip(inputs, prepared, strict=True)):
             if isinstance(result, ImageDecodeError):
                 failures[position] = str(result)
             elif isinstance(result, Exception):
                 raise result
             else:
                 good_inputs.append(item)
-                images.append(result)
-        ids = await self._encode_and_store_images(good_inputs, images, background) if images else []
+                good.append(result)
+        ids = await self._encode_and_store_images(good_inputs, good, background) if good else []
         return ids, failures
 
     async def _encode_and_store_images(
-        self, inputs: Sequence[ImageInput], images: Sequence[Image.Image], background: bool = False
+        self, inputs: Sequence[ImageInput], prepared: Sequence[Any], background: bool = False
     ) -> list[str]:
-        vectors = await self.encoding.encode_images(images, background)
+        vectors = await self.encoding.encode_prepared(prepared, background)
         items = [
             NewItem(
                 id=check_item_id(item.id) if item.id is not None else new_item_id(),
@@ -132,6 +140,14 @@ class ItemService:
             return (record.text or "").encode("utf-8"), "text/plain; charset=utf-8"
         data = await run_in_threadpool(self.store.read_content, record)
         return data, record.content_type or "application/octet-stream"
+
+    async def find_by_content_hash(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Which of these SHA-256 digests of image bytes are indexed already, and as what id."""
+        wanted = [h.lower() for h in hashes]
+        for position, digest in enumerate(wanted):
+            if not _SHA256.fullmatch(digest):
+                raise InvalidInputError(f"sha256[{position}] is not a hex SHA-256 digest")
+        return await run_in_threadpool(self.store.ids_by_content_hash, wanted)
 
     async def delete(self, item_id: str) -> None:
         await run_in_threadpool(self.store.delete, item_id)

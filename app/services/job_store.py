@@ -134,12 +134,14 @@ class JobStore:
             )
             self._conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
 
-    def pending(self, job_id: str, limit: int) -> list[JobItem]:
+    def pending(self, job_id: str, limit: int, after_position: int = -1) -> list[JobItem]:
+        """The next `limit` pending items past `after_position`, in order."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT position, item_id, kind, text, source, staged, metadata, status, error "
-                "FROM job_items WHERE job_id = ? AND status = 'pending' ORDER BY position LIMIT ?",
-                (job_id, limit),
+                "FROM job_items WHERE job_id = ? AND status = 'pending' AND position > ? "
+                "ORDER BY position LIMIT ?",
+                (job_id, after_position, limit),
             ).fetchall()
         return [
             JobItem(

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,6 +47,15 @@ def resolve_import_path(root: Path | None, raw: str) -> Path:
     if not resolved.is_relative_to(real_root):
         raise ImportPathError(f"image_path {raw!r} is outside the import root")
     return resolved
+
+
+@dataclass
+class _LoadedBatch:
+    """A batch's images read and prepared ahead of encoding, and the items that failed."""
+
+    images: list[tuple[ImageInput, Any]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
 
 
 class JobRunner:
@@ -190,40 +199,67 @@ class JobRunner:
                 await run_in_threadpool(self._store.set_status, job_id, "failed", _public(e))
 
     async def _run_job(self, job_id: str) -> None:
+        """Work through the pending items; the next batch is read and decoded meanwhile."""
         await run_in_threadpool(self._store.set_status, job_id, "running")
-        while True:
-            if self._stopping:
-                await run_in_threadpool(self._store.set_status, job_id, "interrupted")
-                return
-            batch = await run_in_threadpool(self._store.pending, job_id, self._batch_size)
-            if not batch:
-                break
-            done, failed = await self._run_batch(batch)
-            await run_in_threadpool(self._store.record_results, job_id, done, failed)
+        batch = await run_in_threadpool(self._store.pending, job_id, self._batch_size)
+        loading = asyncio.ensure_future(self._load(batch))
+        try:
+            while batch:
+                if self._stopping:
+                    await run_in_threadpool(self._store.set_status, job_id, "interrupted")
+                    return
+                loaded = await loading
+                following = await run_in_threadpool(
+                    self._store.pending, job_id, self._batch_size, batch[-1].position
+                )
+                loading = asyncio.ensure_future(self._load(following))
+                done, failed = await self._index(batch, loaded)
+                await run_in_threadpool(self._store.record_results, job_id, done, failed)
+                batch = following
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
         await run_in_threadpool(self._store.set_status, job_id, "done")
         await run_in_threadpool(shutil.rmtree, self._staging_dir / job_id, True)
 
-    async def _run_batch(self, batch: Sequence[JobItem]) -> tuple[list[int], dict[int, str]]:
-        failed: dict[int, str] = {}
+    async def _load(self, batch: Sequence[JobItem]) -> _LoadedBatch:
+        """Read, decode and prepare the images of a batch; failures are kept by position."""
+        loaded = _LoadedBatch()
+        sources: list[JobItem] = []
+        blobs: list[bytes] = []
+        for item in (i for i in batch if i.kind == "image"):
+            try:
+                blobs.append(await run_in_threadpool(self._read_source, item))
+                sources.append(item)
+            except InvalidInputError as e:
+                loaded.failed[item.position] = str(e)
+        prepared = await self._items.encoding.prepare_many(blobs)
+        loaded.images = [
+            (ImageInput(data, item.item_id, item.metadata), result)
+            for item, data, result in zip(sources, blobs, prepared, strict=True)
+        ]
+        loaded.positions = [item.position for item in sources]
+        return loaded
+
+    async def _index(
+        self, batch: Sequence[JobItem], loaded: _LoadedBatch
+    ) -> tuple[list[int], dict[int, str]]:
+        failed = dict(loaded.failed)
         texts = [item for item in batch if item.kind == "text"]
         if texts:
             await self._items.index_texts(
                 [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts],
                 background=True,
             )
-        images: list[tuple[JobItem, bytes]] = []
-        for item in (i for i in batch if i.kind == "image"):
-            try:
-                images.append((item, await run_in_threadpool(self._read_source, item)))
-            except InvalidInputError as e:
-                failed[item.position] = str(e)
-        if images:
-            inputs = [ImageInput(data, item.item_id, item.metadata) for item, data in images]
-            _, decode_failures = await self._items.index_images_skipping_bad(
-                inputs, background=True
+        if loaded.images:
+            _, decode_failures = await self._items.index_prepared_images(
+                [inp for inp, _ in loaded.images],
+                [prepared for _, prepared in loaded.images],
+                background=True,
             )
             for slot, reason in decode_failures.items():
-                failed[images[slot][0].position] = reason
+                failed[loaded.positions[slot]] = reason
         done = [item.position for item in batch if item.position not in failed]
         return done, failed
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,11 +12,18 @@ from starlette.concurrency import run_in_threadpool
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from index import Hit, ItemStore, Kind
+from models import ImageDecodeError
 
 
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[Hit]
+    took_ms: float
+
+
+@dataclass(frozen=True)
+class MultiSearchResult:
+    hits: list[list[Hit]]  # one ranked list per query, in the order of the queries
     took_ms: float
 
 
@@ -34,16 +42,42 @@ class SearchService:
     async def by_image(self, data: bytes, k: int, target: Kind) -> SearchResult:
         started = time.perf_counter()
         self._check_k(k)
-        image = await self.encoding.decode(data)
-        vectors = await self.encoding.encode_images([image])
+        prepared = await self.encoding.prepare(data)
+        vectors = await self.encoding.encode_prepared([prepared])
         return await self._search(vectors, k, target, started)
+
+    async def by_texts(self, queries: Sequence[str], k: int, target: Kind) -> MultiSearchResult:
+        """Several text queries: encoded as one batch and searched in one FAISS call."""
+        started = time.perf_counter()
+        self._check_k(k)
+        vectors = await self.encoding.encode_texts(queries)
+        hits = await run_in_threadpool(self.store.search, target, vectors, k)
+        return MultiSearchResult(hits, _elapsed_ms(started))
+
+    async def by_images(self, blobs: Sequence[bytes], k: int, target: Kind) -> MultiSearchResult:
+        """Several image queries; an undecodable one fails the request, naming its position."""
+        started = time.perf_counter()
+        self._check_k(k)
+        prepared = await self.encoding.prepare_many(blobs)
+        for position, result in enumerate(prepared):
+            if isinstance(result, ImageDecodeError):
+                raise type(result)(f"files[{position}]: {result}") from result
+            if isinstance(result, Exception):
+                raise result
+        vectors = await self.encoding.encode_prepared(prepared)
+        hits = await run_in_threadpool(self.store.search, target, vectors, k)
+        return MultiSearchResult(hits, _elapsed_ms(started))
 
     async def _search(
         self, vectors: np.ndarray, k: int, target: Kind, started: float
     ) -> SearchResult:
         hits = await run_in_threadpool(self.store.search, target, vectors, k)
-        return SearchResult(hits[0], (time.perf_counter() - started) * 1000.0)
+        return SearchResult(hits[0], _elapsed_ms(started))
 
     def _check_k(self, k: int) -> None:
         if not 1 <= k <= self.max_k:
             raise InvalidInputError(f"k must be between 1 and {self.max_k}, got {k}")
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

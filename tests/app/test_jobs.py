@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -22,6 +23,8 @@ class SlowEncoder:
         self._inner = inner
         self._delay_s = delay_s
         self.model_id, self.dim, self.device = inner.model_id, inner.dim, inner.device
+        self.precision, self.image_size = inner.precision, inner.image_size
+        self.prepare_image = inner.prepare_image
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         time.sleep(self._delay_s)
@@ -30,6 +33,10 @@ class SlowEncoder:
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         time.sleep(self._delay_s)
         return self._inner.encode_images(images)
+
+    def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        time.sleep(self._delay_s)
+        return self._inner.encode_prepared(prepared)
 
 
 def test_interrupted_job_keeps_its_progress_and_resumes(

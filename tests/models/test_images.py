@@ -113,3 +113,22 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
         decode_image(_png_header_only(20000, 20000))
     with pytest.raises(ImageTooLargeError, match="9000x9000"):
         decode_image(_png_header_only(9000, 9000))  # under Pillow's own limit, over ours
+
+
+def test_jpeg_draft_decodes_smaller_but_never_below_the_asked_size() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    full = decode_image(buffer.getvalue())
+    drafted = decode_image(buffer.getvalue(), draft_size=448)
+    assert full.size == (1600, 1200)
+    assert drafted.size == (800, 600)  # libjpeg's 1/2 scale: 1/4 would give 300 < 448
+    assert drafted.mode == "RGB"
+    small = decode_image(buffer.getvalue(), draft_size=2000)
+    assert small.size == (1600, 1200)  # never upscaled, never below the asked size
+
+
+def test_draft_leaves_other_formats_alone() -> None:
+    data = image_bytes((10, 200, 10), "PNG", (900, 700))
+    assert decode_image(data, draft_size=100).size == (900, 700)

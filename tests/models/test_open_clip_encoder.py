@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models import EmptyTextError, ModelLoadError, OpenClipEncoder, registry
+from models import EmptyTextError, ModelLoadError, OpenClipEncoder, decode_image, registry
 from models.registry import resolve_weights
 from tests.conftest import TINY_MODEL, reference_open_clip
 
@@ -41,7 +42,7 @@ def test_matches_open_clip_encode_calls_exactly(tiny_encoder: OpenClipEncoder) -
 
 
 def test_random_weights_are_seeded_so_restarts_agree(tiny_encoder: OpenClipEncoder) -> None:
-    again = OpenClipEncoder.load(TINY_MODEL, "", device="cpu")
+    again = OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32")
     np.testing.assert_array_equal(again.encode_texts(["same"]), tiny_encoder.encode_texts(["same"]))
     assert again.model_id == tiny_encoder.model_id == f"{TINY_MODEL}/random-init"
 
@@ -119,3 +120,65 @@ def test_models_without_a_causal_text_tower_use_the_full_path() -> None:
     with torch.no_grad():
         expected = model.encode_text(open_clip.tokenize(["two cats"]), normalize=True).numpy()
     assert float(encoder.encode_texts(["two cats"])[0] @ expected[0]) >= 0.99999
+
+
+def test_two_stage_image_encoding_equals_one_stage(tiny_encoder: OpenClipEncoder) -> None:
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)) for _ in range(3)]
+    prepared = [tiny_encoder.prepare_image(image) for image in images]
+    np.testing.assert_allclose(
+        tiny_encoder.encode_prepared(prepared), tiny_encoder.encode_images(images), atol=1e-6
+    )
+    assert tiny_encoder.encode_prepared([]).shape == (0, tiny_encoder.dim)
+    assert tiny_encoder.image_size == prepared[0].shape[-1]
+
+
+def test_bf16_on_the_cpu_keeps_the_vectors(tiny_encoder: OpenClipEncoder) -> None:
+    bf16 = OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16")
+    assert (bf16.precision, tiny_encoder.precision) == ("bf16", "fp32")
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    texts = ["a red circle", "a photo of a dog on a beach", "x"]
+    for reduced, full in (
+        (bf16.encode_images(images), tiny_encoder.encode_images(images)),
+        (bf16.encode_texts(texts), tiny_encoder.encode_texts(texts)),
+    ):
+        assert reduced.dtype == np.float32
+        assert float((reduced * full).sum(axis=1).min()) >= 0.99
+    assert bf16.short_text  # the trimmed text path still holds within bf16 rounding
+
+
+def test_precision_is_checked_against_the_device() -> None:
+    with pytest.raises(ModelLoadError, match="fp16 is for CUDA"):
+        OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp16")
+    with pytest.raises(ModelLoadError, match="XMR_PRECISION"):
+        OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="int3")
+
+
+def test_jpeg_draft_decoding_keeps_the_image_vectors(tiny_encoder: OpenClipEncoder) -> None:
+    """A photo decoded at reduced scale (>= 2x the model input) embeds like the full decode."""
+    from xmr.shapes import random_scene, render
+
+    rng = np.random.default_rng(5)
+    draft = tiny_encoder.image_size * 2
+    worst = 1.0
+    for _ in range(4):
+        scene = random_scene(rng, 2, min_side=1500, max_side=1500)
+        buffer = io.BytesIO()
+        render(scene, rng).save(buffer, "JPEG", quality=90)
+        full = tiny_encoder.encode_images([decode_image(buffer.getvalue())])
+        drafted = tiny_encoder.encode_images([decode_image(buffer.getvalue(), draft_size=draft)])
+        worst = min(worst, float(full[0] @ drafted[0]))
+    assert worst >= 0.999
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from models import open_clip_encoder
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(open_clip_encoder, "cpu_has_native_bf16", lambda: True)
+    assert open_clip_encoder.resolve_precision("auto", cpu) == "bf16"
+    assert open_clip_encoder.resolve_precision("auto", cuda) == "fp16"
+    monkeypatch.setattr(open_clip_encoder, "cpu_has_native_bf16", lambda: False)
+    assert open_clip_encoder.resolve_precision("auto", cpu) == "fp32"
+    assert open_clip_encoder.resolve_precision("fp32", cuda) == "fp32"

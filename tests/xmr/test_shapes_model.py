@@ -95,8 +95,8 @@ def test_a_red_circle_query_ranks_red_circles_first(shapes_client: TestClient) -
         results = shapes_client.get("/v1/search/text", params={"q": query, "k": k}).json()
         return [r["id"] for r in results["results"]]
 
-    # colour is learnt firmly, shape less so (see BENCHMARKS.md): red circles beat other colours
-    assert set(top("a red circle", 3)) == {"red-circle-1", "red-circle-2", "red-square"}
+    assert set(top("a red circle", 2)) == {"red-circle-1", "red-circle-2"}
+    assert top("a red circle", 3)[2] == "red-square"  # the right colour before the right shape
     assert top("a red square", 1) == ["red-square"]
     assert top("a blue square", 1) == ["blue-square"]
     assert top("a yellow star", 1) == ["yellow-star"]
@@ -115,9 +115,9 @@ def test_held_out_recall_through_the_api(shapes_client: TestClient, tmp_path: Pa
     captions = write_eval_set(tmp_path / "eval", seed=999, n_two=40)
     images = load_karpathy(captions, None, "test")
     report = evaluate(XmrClient(http=shapes_client), images, (1, 5, 10), keep=False)
-    # floors under the measured figures (BENCHMARKS.md); the 0.9 R@1 is not reached yet
-    assert report["text_to_image"]["1-shape"]["R@1"] >= 0.8
-    assert report["image_to_text"]["1-shape"]["R@1"] >= 0.75
+    # the targets (measured on the full held-out set: 1.0, 1.0, 1.0, 1.0; BENCHMARKS.md)
+    assert report["text_to_image"]["1-shape"]["R@1"] >= 0.9
+    assert report["image_to_text"]["1-shape"]["R@1"] >= 0.9
     assert report["text_to_image"]["2-shape"]["R@5"] >= 0.9
     assert report["image_to_text"]["2-shape"]["R@5"] >= 0.9
     assert shapes_client.get("/v1/info").json()["images"] == 0  # the evaluation cleaned up

@@ -1,0 +1,1 @@
+"""What operators see of a running service: Prometheus metrics and structured logs."""

@@ -1,0 +1,106 @@
+"""Prometheus metrics of one app: requests, encoder batches and queues, index sizes.
+
+Each app has its own registry (no process globals), so tests and several apps in one process
+never share counters. Queue depths and index sizes are read from the services at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from index import IndexInfo, Kind
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "xmr_http_requests",
+            "HTTP requests by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "xmr_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "xmr_encode_batch_size",
+            "Items per model call, by modality",
+            ["modality"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "xmr_encode_batch_duration_seconds",
+            "Time of one model call, by modality",
+            ["modality"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._state: StateCollector | None = None
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_seconds.labels(method, route).observe(seconds)
+
+    def observe_batch(self, modality: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(modality).observe(size)
+        self.batch_seconds.labels(modality).observe(seconds)
+
+    def watch(
+        self,
+        queue_depths: Callable[[], dict[str, int]],
+        indexes: Callable[[], dict[Kind, IndexInfo]],
+    ) -> None:
+        """Report these live values at every scrape (until `unwatch`)."""
+        self.unwatch()
+        self._state = StateCollector(queue_depths, indexes)
+        self.registry.register(self._state)
+
+    def unwatch(self) -> None:
+        if self._state is not None:
+            self.registry.unregister(self._state)
+            self._state = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    def __init__(
+        self,
+        queue_depths: Callable[[], dict[str, int]],
+        indexes: Callable[[], dict[Kind, IndexInfo]],
+    ) -> None:
+        self._queue_depths = queue_depths
+        self._indexes = indexes
+
+    def collect(self) -> Iterator[Metric]:
+        queue = GaugeMetricFamily(
+            "xmr_encode_queue_depth", "Items waiting for the encoder", labels=["modality"]
+        )
+        for modality, depth in self._queue_depths().items():
+            queue.add_metric([modality], depth)
+        yield queue
+        vectors = GaugeMetricFamily(
+            "xmr_index_vectors", "Searchable vectors per index", labels=["kind", "structure"]
+        )
+        building = GaugeMetricFamily(
+            "xmr_index_building", "1 while an index is rebuilt in the background", labels=["kind"]
+        )
+        for kind, info in self._indexes().items():
+            vectors.add_metric([kind, info.spec], info.size)
+            building.add_metric([kind], 1 if info.building else 0)
+        yield vectors
+        yield building

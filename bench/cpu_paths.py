@@ -1,0 +1,144 @@
+"""Which encoder paths win on this machine, without changing results beyond cosine 0.999.
+
+    .venv/bin/python -m bench.cpu_paths --json-out bench/cpu_paths.json
+
+1. Precision: encode_image / encode_text in fp32 against bf16 (autocast-free: weights and inputs
+   in bf16), and against torch.compile of the fp32 model; time per batch and the worst cosine
+   between each variant's vectors and fp32's.
+2. JPEG draft decoding: decode + open_clip preprocessing of large photos with and without
+   Pillow's draft mode, per image, and the worst cosine between the resulting image vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models import OpenClipEncoder, decode_image
+from xmr.shapes import random_scene, render
+
+TEXTS = ["a red circle", "a photo of a dog on the beach", "two people walking at sunset", "cat"]
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(axis=1).min())
+
+
+def precision_report(args: argparse.Namespace) -> dict[str, Any]:
+    fp32 = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="fp32")
+    bf16 = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="bf16")
+    pixels = torch.randn(args.batch, 3, fp32.image_size, fp32.image_size)
+    texts = [TEXTS[i % len(TEXTS)] for i in range(args.batch)]
+    reference = (fp32.encode_pixels(pixels), fp32.encode_texts(texts))
+    report: dict[str, Any] = {}
+    variants: list[tuple[str, OpenClipEncoder]] = [("fp32", fp32), ("bf16", bf16)]
+    for name, encoder in variants:
+        report[name] = {
+            "image_batch_ms": round(timed(lambda e=encoder: e.encode_pixels(pixels), 3), 1),
+            "text_batch_ms": round(timed(lambda e=encoder: e.encode_texts(texts), 5), 1),
+            "image_min_cosine": round(worst_cosine(encoder.encode_pixels(pixels), reference[0]), 5),
+            "text_min_cosine": round(worst_cosine(encoder.encode_texts(texts), reference[1]), 5),
+        }
+    compiled = torch.compile(fp32._model.encode_image)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = compiled(pixels)
+    compile_s = time.perf_counter() - started
+
+    def run_compiled() -> None:
+        with torch.inference_mode():
+            compiled(pixels)
+
+    vectors = torch.nn.functional.normalize(out.float(), dim=-1).numpy()
+    report["fp32_compiled"] = {
+        "image_batch_ms": round(timed(run_compiled, 3), 1),
+        "first_call_s": round(compile_s, 1),
+        "image_min_cosine": round(worst_cosine(vectors, reference[0]), 5),
+    }
+    return report
+
+
+def photo_jpeg(rng: np.random.Generator, side: int) -> bytes:
+    """A large JPEG: a drawn scene with photographic noise, so that it compresses like a photo."""
+    scene = random_scene(rng, 2, min_side=side, max_side=side)
+    pixels = np.asarray(render(scene, rng), dtype=np.int16)
+    pixels = pixels + rng.normal(0, 6, pixels.shape).astype(np.int16)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def draft_report(args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    photos = [photo_jpeg(rng, args.photo_side) for _ in range(args.photos)]
+    report: dict[str, Any] = {"photo_side_px": args.photo_side}
+    for model, pretrained in ((args.model, args.pretrained), ("shapes-tiny", None)):
+        encoder = OpenClipEncoder.load(model, pretrained, device="cpu")
+        draft = encoder.image_size * 2
+        full_ms = timed(lambda e=encoder: [e.prepare_image(decode_image(p)) for p in photos], 2)
+        draft_ms = timed(
+            lambda e=encoder, d=draft: [
+                e.prepare_image(decode_image(p, draft_size=d)) for p in photos
+            ],
+            2,
+        )
+        full = encoder.encode_images([decode_image(p) for p in photos])
+        drafted = encoder.encode_images([decode_image(p, draft_size=draft) for p in photos])
+        report[model] = {
+            "full_decode_prepare_ms_per_image": round(full_ms / len(photos), 1),
+            "draft_decode_prepare_ms_per_image": round(draft_ms / len(photos), 1),
+            "speedup": round(full_ms / draft_ms, 2),
+            "min_cosine": round(worst_cosine(full, drafted), 5),
+        }
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="", help="'' = random weights (same cost)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--photo-side", type=int, default=2400)
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "model": f"{args.model}/{args.pretrained or 'random-init'}",
+        "precision": precision_report(args),
+        "jpeg_draft": draft_report(args),
+    }
+    text = json.dumps(report, indent=2)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Operations: Prometheus metrics, request ids, and JSON logs without secrets or bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from app.config import Settings
+from app.main import create_app
+from app.observability.logs import JsonFormatter, RequestIdFilter
+from models import OpenClipEncoder
+from tests.conftest import png_file
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{wanted}}}" if labels else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_batches_and_index_sizes(client: TestClient) -> None:
+    client.post("/v1/images", files=[png_file("a.png", "red"), png_file("b.png", "blue")])
+    client.post("/v1/texts", json={"items": [{"text": "one"}, {"text": "two"}, {"text": "3"}]})
+    for _ in range(3):
+        client.get("/v1/search/text", params={"q": "red", "k": 2})
+    client.get("/v1/items/nope")
+    client.get("/no/such/page")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    search = {"method": "GET", "route": "/v1/search/text", "status": "200"}
+    assert metric_value(text, "xmr_http_requests_total", **search) == 3
+    missing = {"method": "GET", "route": "/v1/items/{item_id:path}", "status": "404"}
+    assert metric_value(text, "xmr_http_requests_total", **missing) == 1
+    unmatched = {"method": "GET", "route": "unmatched", "status": "404"}
+    assert metric_value(text, "xmr_http_requests_total", **unmatched) == 1
+    latency = {"method": "GET", "route": "/v1/search/text"}
+    assert metric_value(text, "xmr_http_request_duration_seconds_count", **latency) == 3
+    assert metric_value(text, "xmr_encode_batch_size_sum", modality="image") == 2
+    assert metric_value(text, "xmr_encode_batch_size_sum", modality="text") == 3 + 3
+    assert metric_value(text, "xmr_encode_batch_duration_seconds_count", modality="text") >= 2
+    assert metric_value(text, "xmr_encode_queue_depth", modality="text") == 0
+    assert metric_value(text, "xmr_index_vectors", kind="image", structure="Flat") == 2
+    assert metric_value(text, "xmr_index_vectors", kind="text", structure="Flat") == 3
+    assert metric_value(text, "xmr_index_building", kind="text") == 0
+
+
+def test_request_ids_are_echoed_or_made_up(client: TestClient) -> None:
+    given = client.get("/healthz", headers={"X-Request-ID": "trace-42"})
+    assert given.headers["x-request-id"] == "trace-42"
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id; with spaces"})
+    assert made.headers["x-request-id"] != "bad id; with spaces"
+    assert len(made.headers["x-request-id"]) == 32
+    assert client.get("/healthz").headers["x-request-id"] != made.headers["x-request-id"]
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+def test_json_logs_carry_the_request_id_and_no_secrets_or_bytes(
+    settings: Settings, tiny_encoder: OpenClipEncoder, json_log: io.StringIO
+) -> None:
+    secret = "s3cret-key-value"
+    keyed = settings.model_copy(update={"api_key": SecretStr(secret)})
+    marker = b"\x89PNG-MARKER-BYTES"
+    with TestClient(create_app(keyed, encoder=tiny_encoder)) as client:
+        response = client.post(
+            "/v1/images",
+            files=[("files", ("x.png", marker, "image/png"))],
+            headers={"X-API-Key": secret, "X-Request-ID": "req-7"},
+        )
+        assert response.status_code == 422
+        assert client.get("/v1/info").status_code == 401
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    access = [e for e in lines if e["logger"] == "xmr.access"]
+    upload = next(e for e in access if e["path"] == "/v1/images")
+    assert upload["request_id"] == "req-7"
+    assert (upload["method"], upload["status"]) == ("POST", 422)
+    assert upload["duration_ms"] >= 0
+    assert any(e["path"] == "/v1/info" and e["status"] == 401 for e in access)
+    everything = json_log.getvalue()
+    assert secret not in everything
+    assert "PNG-MARKER" not in everything
+    assert all({"ts", "level", "logger", "message"} <= set(e) for e in lines)

@@ -1,0 +1,122 @@
+"""The search page in a real headless browser (Chromium driven by Playwright).
+
+It needs Debian's chromium (`make test` installs it where it can) and the playwright package;
+where either is missing the test is skipped and says why.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import image_bytes
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# the probe's flags: no sandbox as root, and no background calls to a network that is closed
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium); browser test skipped")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def indexed_server(live_server: str) -> str:
+    files = [
+        ("files", (f"{c}.png", image_bytes(c, size=(48, 48)), "image/png"))
+        for c in ("red", "green", "blue")
+    ]
+    ids = '["red", "green", "blue"]'
+    meta = '[{"album": "warm"}, {"album": "plants"}, {"album": "sky"}]'
+    httpx.post(
+        f"{live_server}/v1/images", files=files, data={"ids": ids, "metadata": meta}
+    ).raise_for_status()
+    texts = [{"text": f"a {c} thing", "id": f"t-{c}"} for c in ("red", "green", "blue")]
+    httpx.post(f"{live_server}/v1/texts", json={"items": texts}).raise_for_status()
+    return live_server
+
+
+def test_text_search_shows_loaded_thumbnails_scores_and_metadata(
+    browser: Any, indexed_server: str
+) -> None:
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(indexed_server + "/")
+    page.fill("#query", "a red circle")
+    page.press("#query", "Enter")
+    page.wait_for_selector("#results .hit.image img")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    cards = page.locator("#results .hit")
+    assert cards.count() == 3
+    assert sorted(page.locator("#results .hit .id").all_inner_texts()) == ["blue", "green", "red"]
+    scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
+    assert '"album"' in (cards.first.get_attribute("title") or "")
+    assert "3 results" in page.inner_text("#status")
+    assert not errors
+
+
+def test_dropping_an_image_finds_texts_and_more_like_this_finds_images(
+    browser: Any, indexed_server: str, tmp_path: Path
+) -> None:
+    query = tmp_path / "query.png"
+    Image.new("RGB", (48, 48), "blue").save(query)
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.check("input[name=target][value=texts]")
+    page.set_input_files("#query-file", str(query))
+    page.wait_for_selector("#results .hit.text")
+    texts = page.locator("#results .hit.text .text").all_inner_texts()
+    assert sorted(texts) == ["a blue thing", "a green thing", "a red thing"]
+    assert page.is_visible("#query-preview")
+
+    page.check("input[name=target][value=images]")
+    page.fill("#query", "anything")
+    page.press("#query", "Enter")
+    page.wait_for_selector("#results .hit.image")
+    page.locator(".hit[data-id=blue] .more-like-this").click()
+    page.wait_for_function(
+        "document.querySelector('#results .hit')?.dataset.id === 'blue'"
+        " && document.querySelector('#status').textContent.includes('the image')"
+    )
+    top_score = float(page.locator("#results .score").first.inner_text())
+    assert top_score == pytest.approx(1.0, abs=1e-3)  # the same image comes back first
+
+
+def test_images_can_be_indexed_from_the_page(
+    browser: Any, live_server: str, tmp_path: Path
+) -> None:
+    upload = tmp_path / "sunset.png"
+    Image.new("RGB", (40, 40), "orange").save(upload)
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    page.click("#tools summary")
+    page.set_input_files("#upload-files", str(upload))
+    page.click("#upload-form button")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('Indexed 1')")
+    assert httpx.get(f"{live_server}/v1/items/sunset.png").status_code == 200

@@ -1,0 +1,164 @@
+"""Approximate index structures: lazy deletion, the size-based plan, background rebuilds."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import FaissVectorIndex, IndexOptions, ItemStore, NewItem
+from index.planner import hnsw_bytes, planned_spec
+from index.vectors import min_training_vectors
+
+DIM = 32
+
+
+def clustered_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 50 centres, like embeddings (pure noise is needlessly hard)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, DIM))
+    x = centres[rng.integers(0, 50, n)] + rng.normal(0, 0.6, (n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at_10(index: FaissVectorIndex, xb: np.ndarray, labels: np.ndarray) -> float:
+    xq = clustered_rows(100, seed=9)
+    truth = labels[np.argsort(-(xq @ xb.T), axis=1)[:, :10]]
+    found = index.search(xq, 10)[1]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)]))
+
+
+@pytest.mark.parametrize(
+    ("spec", "floor"), [("HNSW16", 0.9), ("IVF16,Flat", 0.9), ("IVF16,PQ16", 0.75)]
+)
+def test_approximate_structures_find_the_true_neighbours(spec: str, floor: float) -> None:
+    xb = clustered_rows(3000)
+    labels = np.arange(3000, dtype=np.int64) * 7 + 1
+    index = FaissVectorIndex.build(DIM, spec, [(labels, xb)], nprobe=8)
+    assert index.spec == spec and len(index) == 3000
+    assert recall_at_10(index, xb, labels) >= floor  # measured: 1.0, 0.99, 0.83
+
+
+@pytest.mark.parametrize("spec", ["HNSW16", "IVF16,Flat"])
+def test_lazily_deleted_labels_never_come_back(spec: str) -> None:
+    xb = clustered_rows(1000)
+    labels = np.arange(1000, dtype=np.int64)
+    index = FaissVectorIndex.build(DIM, spec, [(labels, xb)])
+    gone = labels[:300]
+    assert index.remove(np.concatenate([gone, [5000]])) == 300
+    assert index.remove(gone[:10]) == 0  # removing twice counts nothing
+    assert len(index) == 700 and index.stored == 1000
+    assert index.deleted_fraction == pytest.approx(0.3)
+    _, found = index.search(xb[:300], 10)
+    assert not set(found.ravel().tolist()) & set(gone.tolist())
+    assert (found >= 0).all()  # the selector still fills every slot with live labels
+    assert set(index.labels().tolist()) == set(labels[300:].tolist())
+
+
+def test_a_serialized_lazy_index_is_reconciled_with_the_live_labels() -> None:
+    xb = clustered_rows(500)
+    index = FaissVectorIndex.build(DIM, "HNSW16", [(np.arange(500), xb)])
+    index.remove(np.arange(100))
+    copy = FaissVectorIndex.deserialize(index.serialize(), DIM, "HNSW16")
+    assert copy.stored == 500 and len(copy) == 500
+    assert copy.reconcile(np.arange(100, 500)) == 100
+    assert len(copy) == 400
+    assert not set(copy.search(xb[:100], 5)[1].ravel().tolist()) & set(range(100))
+
+
+def test_training_needs_enough_vectors() -> None:
+    assert min_training_vectors("Flat", DIM) == 0
+    assert min_training_vectors("HNSW32", DIM) == 0
+    assert min_training_vectors("IVF64,Flat", DIM) == 39 * 64
+    with pytest.raises(ValueError, match="needs more vectors"):
+        FaissVectorIndex.build(DIM, "IVF64,Flat", [(np.arange(100), clustered_rows(100))])
+    with pytest.raises(ValueError, match="not a FAISS index description"):
+        FaissVectorIndex(DIM, spec="Bogus99")
+
+
+def test_auto_plan_follows_size_and_memory() -> None:
+    options = IndexOptions(approx_threshold=1000, memory_budget_mb=1.0)
+    assert planned_spec(options, 999, DIM) == "Flat"
+    assert planned_spec(options, 1000, DIM) == "HNSW32"
+    assert hnsw_bytes(2000, DIM) < 1024 * 1024 < hnsw_bytes(8000, DIM)
+    assert planned_spec(options, 2000, DIM) == "HNSW32"
+    assert planned_spec(options, 8000, DIM) == "IVF128,PQ4"  # trainable lists, d/8 codes
+    assert planned_spec(options, 10**6, 512) == "IVF4096,PQ64"
+    # hysteresis: an HNSW index goes back to Flat only below half the threshold
+    assert planned_spec(options, 800, DIM, current="HNSW32") == "HNSW32"
+    assert planned_spec(options, 400, DIM, current="HNSW32") == "Flat"
+    fixed = IndexOptions(spec="IVF16,Flat")
+    assert planned_spec(fixed, 100, DIM) == "Flat"  # too few vectors to train yet
+    assert planned_spec(fixed, 39 * 16, DIM) == "IVF16,Flat"
+
+
+def items(start: int, rows: np.ndarray) -> list[NewItem]:
+    return [
+        NewItem(id=f"t{start + i}", kind="text", vector=v, text="x") for i, v in enumerate(rows)
+    ]
+
+
+def test_store_switches_to_hnsw_in_the_background_and_keeps_every_write(tmp_path: Path) -> None:
+    options = IndexOptions(approx_threshold=2000)
+    store = ItemStore(tmp_path / "data", "m/1", DIM, options)
+    xb = clustered_rows(2600)
+    store.upsert(items(0, xb[:1999]))
+    assert store.index_info()["text"].spec == "Flat"
+    store.upsert(items(1999, xb[1999:2000]))  # crosses the threshold: a build starts
+    # writes and searches go on while it builds, and are all in the new index after the swap
+    store.upsert(items(2000, xb[2000:2600]))
+    for i in range(50):
+        store.delete(f"t{i}")
+    store.wait_for_builds(60)
+    info = store.index_info()["text"]
+    assert (info.spec, info.size, info.building) == ("HNSW32", 2550, None)
+    hits = store.search("text", xb[2500:2510], 1)
+    assert [h[0].record.id for h in hits] == [f"t{i}" for i in range(2500, 2510)]
+    assert not {h.record.id for h in store.search("text", xb[:50], 10)[0]} & {
+        f"t{i}" for i in range(50)
+    }
+    store.close()
+    reopened = ItemStore(tmp_path / "data", "m/1", DIM, options)
+    assert reopened.index_info()["text"].spec == "HNSW32"
+    assert reopened.counts()["text"] == 2550
+    reopened.close()
+
+
+def test_searches_are_answered_while_a_build_runs(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path / "data", "m/1", DIM, IndexOptions(approx_threshold=10**9))
+    xb = clustered_rows(4000)
+    store.upsert(items(0, xb))
+    store.options = IndexOptions(approx_threshold=100)
+    started = threading.Event()
+    answered: list[int] = []
+
+    def search_while_building() -> None:
+        started.wait()
+        while store.index_info()["text"].building:
+            answered.append(len(store.search("text", xb[:1], 5)[0]))
+
+    watcher = threading.Thread(target=search_while_building)
+    watcher.start()
+    store.upsert(items(4000, xb[:1]))  # the next write notices the plan changed
+    started.set()
+    store.wait_for_builds(60)
+    watcher.join(10)
+    assert store.index_info()["text"].spec == "HNSW32"
+    assert all(n == 5 for n in answered)
+    store.close()
+
+
+def test_too_many_lazy_deletions_trigger_a_rebuild(tmp_path: Path) -> None:
+    options = IndexOptions(spec="HNSW16", rebuild_deleted_fraction=0.2)
+    store = ItemStore(tmp_path / "data", "m/1", DIM, options)
+    store.upsert(items(0, clustered_rows(1000)))
+    store.wait_for_builds(60)
+    assert store.index_info()["text"].spec == "HNSW16"
+    for i in range(250):
+        store.delete(f"t{i}")
+    store.wait_for_builds(60)
+    assert store._indexes["text"].deleted_fraction < 0.2
+    assert store.counts()["text"] == 750
+    store.close()

@@ -1,0 +1,93 @@
+"""The `xmr` command line against a real server: index with resume, search, info, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from tests.app.test_server_process import free_port
+from xmr.client import XmrClient
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def xmr(*args: str, server: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {"XMR_SERVER": server}
+    return subprocess.run(
+        [sys.executable, "-m", "xmr", *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def gallery(folder: Path) -> dict[str, str]:
+    colours = {"red.png": "red", "sub/blue.png": "blue", "sub/deeper/green.jpg": "green"}
+    for name, colour in colours.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), colour).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return colours
+
+
+def test_index_search_and_resume_by_content_hash(live_server: str, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    gallery(photos)
+    captions = tmp_path / "captions.csv"
+    captions.write_text("red.png,a red square\nblue.png,a blue square\nmissing.png,nothing\n")
+
+    flat = xmr("index", str(photos), server=live_server)
+    assert flat.returncode == 0, flat.stderr
+    assert "indexed 1 images, skipped 0" in flat.stdout
+
+    deep = xmr("index", str(photos), "-r", "--captions", str(captions), server=live_server)
+    assert deep.returncode == 0, deep.stderr
+    assert "indexed 2 images, skipped 1 already indexed, 0 failed, 2 captions" in deep.stdout
+
+    again = xmr("index", str(photos), "--recursive", server=live_server)
+    assert "indexed 0 images, skipped 3 already indexed" in again.stdout
+
+    with XmrClient(live_server) as client:
+        info = client.info()
+        assert (info["images"], info["texts"]) == (3, 2)
+        assert client.get_item("sub/blue.png")["metadata"] == {"path": "sub/blue.png"}
+        assert client.get_item("sub/blue.png#0")["metadata"] == {"image_id": "sub/blue.png"}
+
+    found = xmr("search", "a square", "-k", "2", "--json", server=live_server)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)["results"]) == 2
+    by_image = xmr(
+        "search", "--image", str(photos / "red.png"), "--target", "images", server=live_server
+    )
+    assert by_image.returncode == 0 and "red.png" in by_image.stdout
+    shown = xmr("info", server=live_server)
+    assert json.loads(shown.stdout)["images"] == 3
+
+
+def test_failed_images_are_listed_with_exit_code_1(live_server: str, tmp_path: Path) -> None:
+    (tmp_path / "good.png").write_bytes(b"")
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    result = xmr("index", str(tmp_path), server=live_server)
+    assert result.returncode == 1
+    assert "indexed 1 images, skipped 0 already indexed, 1 failed" in result.stdout
+    assert "broken.jpg:" in result.stderr
+
+
+def test_usage_errors_and_an_unreachable_server(tmp_path: Path) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    assert xmr("search", server=nobody).returncode == 2
+    missing = xmr("index", str(tmp_path / "nope"), server=nobody)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    down = xmr("info", server=nobody)
+    assert down.returncode == 3
+    assert "cannot reach the server" in down.stderr
+    assert xmr("--help", server=nobody).returncode == 0
+    assert "Recall" in xmr("eval", "--help", server=nobody).stdout

@@ -1,0 +1,329 @@
+"""`xmr`: serve, index folders with a progress bar, search, inspect, evaluate.
+
+Every command but `serve` talks to a running server over HTTP (`--server`, `XMR_SERVER`).
+Exit codes: 0 success, 1 the server refused something (or items failed), 2 bad usage or input,
+3 the server cannot be reached.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from xmr.client import XmrClient, XmrError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+LOOKUP_CHUNK = 1000
+TEXT_CHUNK = 256
+
+app = typer.Typer(
+    name="xmr",
+    help="Cross-modal retrieval: search images with text and texts with images.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+# soft_wrap: messages and paths are never broken across lines when output is not a terminal
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ServerOption = Annotated[
+    str, typer.Option("--server", envvar="XMR_SERVER", help="URL of the xmr server")
+]
+KeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="XMR_API_KEY", help="the server's API key")
+]
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class CliError(Exception):
+    """A failure to report in one line, with its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main() -> None:
+    """Console entry point: run the app and turn failures into a message and an exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except CliError as e:
+        err.print(f"xmr: {e}", markup=False)
+        sys.exit(e.code)
+    except XmrError as e:
+        err.print(f"xmr: the server answered {e.status}: {e.detail}", markup=False)
+        sys.exit(1)
+    except httpx.TransportError as e:
+        err.print(f"xmr: cannot reach the server ({e}); is it running? (xmr serve)", markup=False)
+        sys.exit(3)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("xmr: aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# -- serve ------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on (XMR_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (XMR_PORT)")] = None,
+) -> None:
+    """Run the service (configured by XMR_* variables, see the README)."""
+    from app.__main__ import main as serve_main
+
+    if host is not None:
+        os.environ["XMR_HOST"] = host
+    if port is not None:
+        os.environ["XMR_PORT"] = str(port)
+    code = serve_main()
+    if code:
+        raise typer.Exit(code)
+
+
+# -- index ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageFile:
+    path: Path
+    item_id: str  # the path relative to the folder it was found in, with / separators
+
+
+def find_images(paths: Sequence[Path], recursive: bool) -> list[ImageFile]:
+    """Image files named directly, or found in folders (their subfolders with `recursive`)."""
+    found: dict[Path, ImageFile] = {}
+    for given in paths:
+        if given.is_file():
+            found.setdefault(given.resolve(), ImageFile(given, given.name))
+        elif given.is_dir():
+            pattern = "**/*" if recursive else "*"
+            for path in sorted(given.glob(pattern)):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                    item_id = path.relative_to(given).as_posix()
+                    found.setdefault(path.resolve(), ImageFile(path, item_id))
+        else:
+            raise CliError(f"{given} does not exist", 2)
+    return list(found.values())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_captions(path: Path) -> dict[str, list[str]]:
+    """Captions by image file name, from a Karpathy JSON, a {name: caption(s)} JSON, or CSV/TSV."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read captions file {path}: {e.strerror or e}", 2) from e
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CliError(f"{path} is not valid JSON: {e}", 2) from e
+        if isinstance(data, dict) and isinstance(data.get("images"), list):
+            return {
+                entry["filename"]: [
+                    s["raw"] if isinstance(s, dict) else str(s) for s in entry["sentences"]
+                ]
+                for entry in data["images"]
+            }
+        if isinstance(data, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in data.items()}
+        raise CliError(f"{path}: expected a Karpathy file or an object of captions", 2)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    captions: dict[str, list[str]] = {}
+    for row in csv.reader(text.splitlines(), delimiter=delimiter):
+        if len(row) >= 2 and row[0].strip() and row[1].strip():
+            captions.setdefault(row[0].strip(), []).append(row[1].strip())
+    return captions
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and os.environ.get("XMR_PROGRESS") != "1",
+    )
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="go into subfolders")
+    ] = False,
+    captions: Annotated[
+        Path | None,
+        typer.Option(help="captions to index as texts: Karpathy JSON, {name: caption} or CSV"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="images per batch job")] = 64,
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Index images (and their captions) through the batch API; already indexed bytes are skipped.
+
+    Resumable: run it again after an interruption and only what is missing is sent.
+    """
+    files = find_images(paths, recursive)
+    if not files and captions is None:
+        raise CliError("no image files found (use --recursive for subfolders)", 2)
+    with XmrClient(server, api_key, timeout=600) as client:
+        client.wait_ready(10)
+        with progress_bar() as progress:
+            hashing = progress.add_task("hashing", total=len(files))
+            digests = []
+            for file in files:
+                digests.append(sha256_file(file.path))
+                progress.advance(hashing)
+        known: dict[str, str] = {}
+        for part in chunks(digests, LOOKUP_CHUNK):
+            known |= client.lookup_hashes(part)
+        todo = [(f, d) for f, d in zip(files, digests, strict=True) if d not in known]
+        failures = upload_images(client, todo, batch_size)
+        texts = index_captions(client, files, read_captions(captions)) if captions else 0
+    out.print(
+        f"indexed {len(todo) - len(failures)} images, skipped {len(files) - len(todo)} "
+        f"already indexed, {len(failures)} failed" + (f", {texts} captions" if captions else "")
+    )
+    for item_id, reason in failures[:20]:
+        err.print(f"  {item_id}: {reason}", markup=False)
+    if failures:
+        raise CliError(f"{len(failures)} images could not be indexed", 1)
+
+
+def upload_images(
+    client: XmrClient, todo: Sequence[tuple[ImageFile, str]], batch_size: int
+) -> list[tuple[str, str]]:
+    """Send `todo` as batch jobs of `batch_size`, following each job's progress."""
+    failures: list[tuple[str, str]] = []
+    with progress_bar() as progress:
+        task = progress.add_task("indexing", total=len(todo))
+        for part in chunks(todo, batch_size):
+            job_id = client.submit_batch_files(
+                [f.path for f, _ in part],
+                ids=[f.item_id for f, _ in part],
+                metadata=[{"path": f.item_id} for f, _ in part],
+            )
+            counted = 0
+            while True:
+                job = client.job(job_id)
+                finished = job["done"] + job["failed"]
+                progress.advance(task, finished - counted)
+                counted = finished
+                if job["status"] not in ("queued", "running"):
+                    break
+                time.sleep(0.2)
+            if job["status"] != "done":
+                raise CliError(f"batch job {job_id} ended {job['status']}: {job.get('error')}", 1)
+            failures += [(e["id"], e["error"]) for e in job["errors"]]
+    return failures
+
+
+def index_captions(
+    client: XmrClient, files: Sequence[ImageFile], captions: dict[str, list[str]]
+) -> int:
+    """Index each image's captions as texts `<image id>#<n>`, linked by metadata `image_id`."""
+    items = []
+    for file in files:
+        for key in (file.item_id, file.path.name):
+            if key in captions:
+                link = {"image_id": file.item_id}
+                items += [
+                    {"id": f"{file.item_id}#{n}", "text": text, "metadata": link}
+                    for n, text in enumerate(captions[key])
+                    if text.strip()
+                ]
+                break
+    for part in chunks(items, TEXT_CHUNK):
+        client.index_texts(part)
+    return len(items)
+
+
+# -- search, info, eval -----------------------------------------------------------------------
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="the text to search with")] = None,
+    image: Annotated[Path | None, typer.Option(help="search with this image instead")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="how many results")] = 10,
+    target: Annotated[
+        str | None, typer.Option(help="images or texts (default: the other modality)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Search images with a text, or texts (or images) with an image."""
+    if (query is None) == (image is None):
+        raise CliError("give either a text query or --image FILE", 2)
+    if target not in (None, "images", "texts"):
+        raise CliError("--target must be images or texts", 2)
+    if image is not None and not image.is_file():
+        raise CliError(f"{image} is not a file", 2)
+    with XmrClient(server, api_key) as client:
+        if image is not None:
+            result = client.search_image(image, k=k, target=target or "texts")
+        else:
+            result = client.search_text(query or "", k=k, target=target or "images")
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table("rank", "score", "id", "kind", "text / metadata")
+    for rank, hit in enumerate(result["results"], start=1):
+        detail = hit.get("text") or json.dumps(hit.get("metadata") or {})
+        table.add_row(str(rank), f"{hit['score']:.4f}", hit["id"], hit["kind"], detail)
+    out.print(table)
+    out.print(f"{len(result['results'])} results in {result['took_ms']:.1f} ms")
+
+
+@app.command()
+def info(server: ServerOption = DEFAULT_SERVER, api_key: KeyOption = None) -> None:
+    """The server's model, device, precision and index sizes."""
+    with XmrClient(server, api_key) as client:
+        out.print_json(json.dumps(client.info()))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def eval(ctx: typer.Context) -> None:  # noqa: A001 - the command is called eval
+    """Retrieval quality of a running server (Recall@K, latency); --help lists the options."""
+    from xmr.eval import main as eval_main
+
+    code = eval_main(ctx.args)
+    if code:
+        raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    main()
