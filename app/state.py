@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -12,6 +13,7 @@ from app.services.items import ItemService
 from app.services.job_store import JobStore
 from app.services.jobs import JobRunner
 from app.services.search import SearchService
+from app.services.threads import inference_pool, single_core_pool
 from index import ItemStore
 from models import Encoder, OpenClipEncoder
 
@@ -28,6 +30,7 @@ class Services:
     search: SearchService
     jobs: JobRunner
     job_store: JobStore
+    store_pool: ThreadPoolExecutor
 
     @classmethod
     def build(
@@ -36,17 +39,28 @@ class Services:
         encoder: Encoder | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
     ) -> Services:
-        """Load the model (unless given) and open the data directory; raises on any mismatch."""
-        encoder = encoder or OpenClipEncoder.load(
-            settings.model,
-            settings.pretrained,
-            settings.device,
-            settings.model_cache_dir,
-            precision=settings.precision,
-        )
-        store = ItemStore(
-            settings.data_dir, encoder.model_id, encoder.dim, settings.index_options()
-        )
+        """Load the model (unless given) and open the data directory; raises on any mismatch.
+
+        The model is loaded in the inference thread that will run it (app.services.threads).
+        """
+        inference = inference_pool()
+        try:
+            if encoder is None:
+                encoder = inference.submit(
+                    OpenClipEncoder.load,
+                    settings.model,
+                    settings.pretrained,
+                    settings.device,
+                    settings.model_cache_dir,
+                    settings.precision,
+                ).result()
+            store = ItemStore(
+                settings.data_dir, encoder.model_id, encoder.dim, settings.index_options()
+            )
+        except BaseException:
+            inference.shutdown(wait=False)
+            raise
+        store_pool = single_core_pool(settings.decode_workers, "xmr-store")
         encoding = EncodingService(
             encoder,
             settings.max_image_pixels,
@@ -55,8 +69,9 @@ class Services:
             decode_workers=settings.decode_workers,
             jpeg_draft=settings.jpeg_draft,
             on_batch=on_batch,
+            inference=inference,
         )
-        items = ItemService(store, encoding)
+        items = ItemService(store, encoding, store_pool)
         job_store = JobStore(settings.data_dir / "jobs.sqlite3")
         jobs = JobRunner(
             job_store,
@@ -70,13 +85,14 @@ class Services:
             logger.warning(
                 "batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start
             )
-        search = SearchService(store, encoding, settings.max_k)
-        return cls(settings, encoder, store, encoding, items, search, jobs, job_store)
+        search = SearchService(store, encoding, settings.max_k, store_pool)
+        return cls(settings, encoder, store, encoding, items, search, jobs, job_store, store_pool)
 
     def close(self) -> None:
         """Save the indexes and release files and threads."""
         try:
             self.encoding.close()
+            self.store_pool.shutdown(wait=True)
             self.store.close()
         finally:
             self.job_store.close()

@@ -102,6 +102,33 @@ def raw_text_ms(encoder: OpenClipEncoder, short: bool, repeats: int = 30) -> flo
     return statistics.median(times)
 
 
+def batcher_qps(encoder: OpenClipEncoder, concurrency: int, total: int = 320) -> float:
+    """Single-text queries per second through xmr's batcher alone (no HTTP), `concurrency` at once.
+
+    At concurrency 1 this is one-at-a-time encoding; the ratio isolates what batching gives.
+    """
+    from app.services.encoding import EncodingService
+
+    async def run() -> float:
+        service = EncodingService(encoder, max_image_pixels=10**8, max_batch=64)
+        service.start()
+        counter = iter(range(total))
+
+        async def worker() -> None:
+            for n in counter:
+                await service.encode_texts([f"{QUERIES[n % 4]} {n}"])
+
+        await service.encode_texts(QUERIES)  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        await service.stop()
+        service.close()
+        return total / elapsed
+
+    return asyncio.run(run())
+
+
 # -- load through HTTP ----------------------------------------------------------------------
 async def search_load(base: str, path: str, total: int, concurrency: int) -> dict[str, float]:
     latencies: list[float] = []
@@ -218,10 +245,12 @@ def main() -> int:
         root = Path(tmp)
         paths = write_images(root / "images", args.images)
         encoder = OpenClipEncoder.load(args.model, args.pretrained, device=args.device)
+        precision = encoder.precision  # the server picks the same for this machine
         raw = {
             "encode_image_per_s": round(raw_image_throughput(encoder, paths, args.batch), 2),
             "encode_text_ms_77_tokens": round(raw_text_ms(encoder, short=False), 2),
             "encode_text_ms_short": round(raw_text_ms(encoder, short=True), 2),
+            "batcher_qps": {c: round(batcher_qps(encoder, c), 1) for c in args.concurrency},
         }
         del encoder
         xmr = bench_xmr(args, paths, root)
@@ -229,6 +258,7 @@ def main() -> int:
 
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "precision": precision,
         "device": "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu",
         "model": f"{args.model}/{args.pretrained or 'random-init'}",
         "images": args.images,
@@ -245,6 +275,14 @@ def main() -> int:
             )
             if 1 in xmr["search"]
             else None,
+            "batcher_qps_c_max_vs_sequential_encode": round(
+                raw["batcher_qps"][max(args.concurrency)] * raw["encode_text_ms_short"] / 1000, 2
+            ),
+            "batcher_qps_c_max_vs_c1": round(
+                raw["batcher_qps"][max(args.concurrency)]
+                / raw["batcher_qps"][min(args.concurrency)],
+                2,
+            ),
             "search_qps_c_max_vs_c1": round(
                 xmr["search"][max(args.concurrency)]["qps"]
                 / xmr["search"][min(args.concurrency)]["qps"],

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from app.services.batcher import Batcher
+from app.services.threads import inference_pool, run_in, single_core_pool
 from models import Encoder, decode_image
 
-T = TypeVar("T")
 DRAFT_FACTOR = 2  # JPEGs are decoded at a reduced scale no smaller than twice the model input
 
 
@@ -33,14 +33,14 @@ class EncodingService:
         decode_workers: int = 2,
         jpeg_draft: bool = True,
         on_batch: Callable[[str, int, float], None] | None = None,
+        inference: ThreadPoolExecutor | None = None,
     ) -> None:
+        """`inference` is the thread that loaded the model, if any (see app.services.threads)."""
         self.encoder = encoder
         self._max_image_pixels = max_image_pixels
         self._draft_size = encoder.image_size * DRAFT_FACTOR if jpeg_draft else None
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmr-infer")
-        self._decode = ThreadPoolExecutor(
-            max_workers=decode_workers, thread_name_prefix="xmr-decode"
-        )
+        self._inference = inference or inference_pool()
+        self._decode = single_core_pool(decode_workers, "xmr-decode")
         self.texts: Batcher[str] = Batcher(
             "text", encoder.encode_texts, self._inference, max_batch, max_queue, on_batch
         )
@@ -79,7 +79,7 @@ class EncodingService:
 
         Raises ImageDecodeError (or a subclass) for bytes that are not an acceptable image.
         """
-        return await self._run(self._decode, self._decode_and_prepare, data)
+        return await run_in(self._decode, self._decode_and_prepare, data)
 
     async def prepare_many(self, blobs: Sequence[bytes]) -> list[Any]:
         """Prepare several uploads concurrently; a failure is returned in its slot, not raised."""
@@ -96,7 +96,3 @@ class EncodingService:
     def close(self) -> None:
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._decode.shutdown(wait=True, cancel_futures=True)
-
-    @staticmethod
-    async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
+from app.services.threads import run_in
 from index import ItemStore, NewItem, Record
 from models import ImageDecodeError
 from models.images import CONTENT_TYPES, sniff_image_format
@@ -55,9 +55,10 @@ def image_content_type(data: bytes) -> str:
 class ItemService:
     """What the item routes and the batch jobs do with items."""
 
-    def __init__(self, store: ItemStore, encoding: EncodingService) -> None:
+    def __init__(self, store: ItemStore, encoding: EncodingService, store_pool: Executor) -> None:
         self.store = store
         self.encoding = encoding
+        self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
 
     async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
         """Decode, encode and store images; any undecodable image rejects the whole request."""
@@ -113,7 +114,7 @@ class ItemService:
             )
             for item, vector in zip(inputs, vectors, strict=True)
         ]
-        return await run_in_threadpool(self.store.upsert, items)
+        return await run_in(self._store_pool, self.store.upsert, items)
 
     async def index_texts(self, inputs: Sequence[TextInput], background: bool = False) -> list[str]:
         _check_ids(inputs)
@@ -128,17 +129,17 @@ class ItemService:
             )
             for item, vector in zip(inputs, vectors, strict=True)
         ]
-        return await run_in_threadpool(self.store.upsert, items)
+        return await run_in(self._store_pool, self.store.upsert, items)
 
     async def get(self, item_id: str) -> Record:
-        return await run_in_threadpool(self.store.get, item_id)
+        return await run_in(self._store_pool, self.store.get, item_id)
 
     async def content(self, item_id: str) -> tuple[bytes, str]:
         """The stored bytes and their media type: the image, or the text as UTF-8."""
         record = await self.get(item_id)
         if record.kind == "text":
             return (record.text or "").encode("utf-8"), "text/plain; charset=utf-8"
-        data = await run_in_threadpool(self.store.read_content, record)
+        data = await run_in(self._store_pool, self.store.read_content, record)
         return data, record.content_type or "application/octet-stream"
 
     async def find_by_content_hash(self, hashes: Sequence[str]) -> dict[str, str]:
@@ -147,10 +148,10 @@ class ItemService:
         for position, digest in enumerate(wanted):
             if not _SHA256.fullmatch(digest):
                 raise InvalidInputError(f"sha256[{position}] is not a hex SHA-256 digest")
-        return await run_in_threadpool(self.store.ids_by_content_hash, wanted)
+        return await run_in(self._store_pool, self.store.ids_by_content_hash, wanted)
 
     async def delete(self, item_id: str) -> None:
-        await run_in_threadpool(self.store.delete, item_id)
+        await run_in(self._store_pool, self.store.delete, item_id)
 
 
 def _check_ids(inputs: Sequence[ImageInput] | Sequence[TextInput]) -> None:

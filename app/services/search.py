@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
+from app.services.threads import run_in
 from index import Hit, ItemStore, Kind
 from models import ImageDecodeError
 
@@ -28,10 +29,13 @@ class MultiSearchResult:
 
 
 class SearchService:
-    def __init__(self, store: ItemStore, encoding: EncodingService, max_k: int) -> None:
+    def __init__(
+        self, store: ItemStore, encoding: EncodingService, max_k: int, store_pool: Executor
+    ) -> None:
         self.store = store
         self.encoding = encoding
         self.max_k = max_k
+        self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
 
     async def by_text(self, query: str, k: int, target: Kind) -> SearchResult:
         started = time.perf_counter()
@@ -51,7 +55,7 @@ class SearchService:
         started = time.perf_counter()
         self._check_k(k)
         vectors = await self.encoding.encode_texts(queries)
-        hits = await run_in_threadpool(self.store.search, target, vectors, k)
+        hits = await run_in(self._store_pool, self.store.search, target, vectors, k)
         return MultiSearchResult(hits, _elapsed_ms(started))
 
     async def by_images(self, blobs: Sequence[bytes], k: int, target: Kind) -> MultiSearchResult:
@@ -65,13 +69,13 @@ class SearchService:
             if isinstance(result, Exception):
                 raise result
         vectors = await self.encoding.encode_prepared(prepared)
-        hits = await run_in_threadpool(self.store.search, target, vectors, k)
+        hits = await run_in(self._store_pool, self.store.search, target, vectors, k)
         return MultiSearchResult(hits, _elapsed_ms(started))
 
     async def _search(
         self, vectors: np.ndarray, k: int, target: Kind, started: float
     ) -> SearchResult:
-        hits = await run_in_threadpool(self.store.search, target, vectors, k)
+        hits = await run_in(self._store_pool, self.store.search, target, vectors, k)
         return SearchResult(hits[0], _elapsed_ms(started))
 
     def _check_k(self, k: int) -> None:

@@ -1,0 +1,53 @@
+"""Which threads may use several cores.
+
+PyTorch's OpenMP runtime (libgomp) lets idle worker threads spin between parallel regions only
+while it manages no more threads than there are cores; past that it puts them to sleep after
+every region. A text query is hundreds of tiny parallel regions, so a second thread pool of
+torch (or FAISS) workers anywhere in the process doubles its latency (6 ms to 12 ms for
+ViT-B-32 on 2 cores, BENCHMARKS.md). Hence: the inference thread loads and runs the model with
+all cores; every other thread that touches torch or FAISS is kept to one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TypeVar
+
+import faiss
+import torch
+
+T = TypeVar("T")
+
+
+def _inference_thread_setup(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _single_core_thread_setup() -> None:
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+
+
+def inference_pool(threads: int | None = None) -> ThreadPoolExecutor:
+    """The one thread that runs the model, with `threads` cores (default: all)."""
+    return ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix="xmr-infer",
+        initializer=_inference_thread_setup,
+        initargs=(threads or os.cpu_count() or 1,),
+    )
+
+
+def single_core_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """Threads for decoding, preprocessing and index work, one core each."""
+    return ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix=name, initializer=_single_core_thread_setup
+    )
+
+
+async def run_in(pool: Executor, fn: Callable[..., T], *args: object) -> T:
+    """Await `fn(*args)` run in `pool`."""
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
