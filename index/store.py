@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,14 +178,19 @@ class ItemStore:
                 logger.info("the %s index is now %s (%d vectors)", kind, spec, len(built))
         except Exception:  # a failed build leaves the working index in place
             logger.exception("building the %s %s index failed", spec, kind)
-        finally:
             with self._write_lock:
                 self._builds.pop(kind, None)
+            return
+        with self._write_lock:
+            self._builds.pop(kind, None)
+            self._maybe_rebuild(kind)  # the index may have grown past another plan meanwhile
 
-    def wait_for_builds(self, timeout_s: float | None = None) -> None:
-        """Block until the background index builds started so far have finished."""
-        for _, _, thread in list(self._builds.values()):
-            thread.join(timeout_s)
+    def wait_for_builds(self, timeout_s: float = 600.0) -> None:
+        """Block until no background index build is running (one may start the next)."""
+        deadline = time.monotonic() + timeout_s
+        while self._builds and time.monotonic() < deadline:
+            for _, _, thread in list(self._builds.values()):
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def index_info(self) -> dict[Kind, IndexInfo]:
         builds = dict(self._builds)

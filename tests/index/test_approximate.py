@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index import FaissVectorIndex, IndexOptions, ItemStore, NewItem
-from index.planner import hnsw_bytes, planned_spec
+from index.planner import planned_spec, sq8_bytes
 from index.vectors import min_training_vectors
 
 DIM = 32
@@ -82,15 +82,15 @@ def test_training_needs_enough_vectors() -> None:
 def test_auto_plan_follows_size_and_memory() -> None:
     options = IndexOptions(approx_threshold=1000, memory_budget_mb=1.0)
     assert planned_spec(options, 999, DIM) == "Flat"
-    assert planned_spec(options, 1000, DIM) == "HNSW32"
-    assert hnsw_bytes(2000, DIM) < 1024 * 1024 < hnsw_bytes(8000, DIM)
-    assert planned_spec(options, 2000, DIM) == "HNSW32"
-    assert planned_spec(options, 8000, DIM) == "IVF128,SQ8"  # trainable lists, 1 byte a dim
+    assert planned_spec(options, 1000, DIM) == "IVF16,SQ8"  # 39 training points a list
+    assert planned_spec(options, 8000, DIM) == "IVF128,SQ8"  # about 4*sqrt(n) lists
+    assert sq8_bytes(20_000, DIM) < 1024 * 1024 < sq8_bytes(40_000, DIM)
     assert planned_spec(options, 40_000, DIM) == "IVF1024,PQ4"  # SQ8 too big: d/8 PQ codes
-    assert planned_spec(IndexOptions(memory_budget_mb=4096), 2 * 10**6, 512) == "IVF4096,SQ8"
-    # hysteresis: an HNSW index goes back to Flat only below half the threshold
-    assert planned_spec(options, 800, DIM, current="HNSW32") == "HNSW32"
-    assert planned_spec(options, 400, DIM, current="HNSW32") == "Flat"
+    assert planned_spec(IndexOptions(), 10**6, 512) == "IVF4096,SQ8"
+    assert planned_spec(IndexOptions(), 10**7, 512) == "IVF16384,PQ64"  # 5 GB as SQ8
+    # hysteresis: an approximate index goes back to Flat only below half the threshold
+    assert planned_spec(options, 800, DIM, current="IVF16,SQ8") == "IVF16,SQ8"
+    assert planned_spec(options, 400, DIM, current="IVF16,SQ8") == "Flat"
     fixed = IndexOptions(spec="IVF16,Flat")
     assert planned_spec(fixed, 100, DIM) == "Flat"  # too few vectors to train yet
     assert planned_spec(fixed, 39 * 16, DIM) == "IVF16,Flat"
@@ -102,7 +102,7 @@ def items(start: int, rows: np.ndarray) -> list[NewItem]:
     ]
 
 
-def test_store_switches_to_hnsw_in_the_background_and_keeps_every_write(tmp_path: Path) -> None:
+def test_store_goes_approximate_in_the_background_and_keeps_every_write(tmp_path: Path) -> None:
     options = IndexOptions(approx_threshold=2000)
     store = ItemStore(tmp_path / "data", "m/1", DIM, options)
     xb = clustered_rows(2600)
@@ -115,7 +115,8 @@ def test_store_switches_to_hnsw_in_the_background_and_keeps_every_write(tmp_path
         store.delete(f"t{i}")
     store.wait_for_builds(60)
     info = store.index_info()["text"]
-    assert (info.spec, info.size, info.building) == ("HNSW32", 2550, None)
+    # the plan for 2,550 vectors: a build started at 2,000 (IVF32) is followed by one for IVF64
+    assert (info.spec, info.size, info.building) == ("IVF64,SQ8", 2550, None)
     hits = store.search("text", xb[2500:2510], 1)
     assert [h[0].record.id for h in hits] == [f"t{i}" for i in range(2500, 2510)]
     assert not {h.record.id for h in store.search("text", xb[:50], 10)[0]} & {
@@ -123,7 +124,7 @@ def test_store_switches_to_hnsw_in_the_background_and_keeps_every_write(tmp_path
     }
     store.close()
     reopened = ItemStore(tmp_path / "data", "m/1", DIM, options)
-    assert reopened.index_info()["text"].spec == "HNSW32"
+    assert reopened.index_info()["text"].spec == "IVF64,SQ8"
     assert reopened.counts()["text"] == 2550
     reopened.close()
 
@@ -147,7 +148,7 @@ def test_searches_are_answered_while_a_build_runs(tmp_path: Path) -> None:
     started.set()
     store.wait_for_builds(60)
     watcher.join(10)
-    assert store.index_info()["text"].spec == "HNSW32"
+    assert store.index_info()["text"].spec == "IVF64,SQ8"
     assert all(n == 5 for n in answered)
     store.close()
 
