@@ -65,6 +65,7 @@ def main() -> int:
         "XMR_DATA_DIR": str(args.data_dir or workdir / "data"),
         "XMR_IMPORT_ROOT": str(gallery_dir),
         "XMR_PORT": str(args.port),
+        "XMR_LOG_LEVEL": os.environ.get("XMR_LOG_LEVEL", "warning"),  # the demo's own lines only
     }
     env.pop("XMR_PRETRAINED", None)
     server = subprocess.Popen([sys.executable, "-m", "app"], env=env)
@@ -90,7 +91,7 @@ def main() -> int:
             f"\nTry it:\n  curl '{base}/v1/search/text?q=a+red+circle&k=3'\n"
             f"  curl -F file=@{gallery_dir / gallery[0][0]} -F target=images "
             f"{base}/v1/search/image\n"
-            f"  open {base}/docs\n"
+            f"  open {base}/          (the search page; the API docs are at {base}/docs)\n"
         )
         if args.exit:
             return 0
