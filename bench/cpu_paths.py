@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.report import emit
 from models import OpenClipEncoder, decode_image
 from xmr.shapes import random_scene, render
 
@@ -133,11 +133,7 @@ def main() -> int:
         "precision": precision_report(args),
         "jpeg_draft": draft_report(args),
     }
-    text = json.dumps(report, indent=2)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.json_out)
 
 
 if __name__ == "__main__":

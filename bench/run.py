@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -30,6 +29,7 @@ import httpx
 import numpy as np
 import torch
 
+from bench.report import emit
 from models import OpenClipEncoder
 from xmr.client import XmrClient
 from xmr.shapes import random_scene, render
@@ -165,6 +165,7 @@ def bench_xmr(args: argparse.Namespace, paths: list[Path], root: Path) -> dict:
         "XMR_MODEL": args.model,
         "XMR_PRETRAINED": args.pretrained,
         "XMR_DEVICE": args.device,
+        "XMR_PRECISION": args.precision,
         "XMR_DATA_DIR": str(root / "xmr-data"),
         "XMR_IMPORT_ROOT": str(paths[0].parent),
         "XMR_PORT": str(port),
@@ -234,6 +235,7 @@ def main() -> int:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="", help="'' = random weights (same cost)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 (CUDA), bf16")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--queries", type=int, default=200)
@@ -244,7 +246,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = write_images(root / "images", args.images)
-        encoder = OpenClipEncoder.load(args.model, args.pretrained, device=args.device)
+        encoder = OpenClipEncoder.load(
+            args.model, args.pretrained, device=args.device, precision=args.precision
+        )
         precision = encoder.precision  # the server picks the same for this machine
         raw = {
             "encode_image_per_s": round(raw_image_throughput(encoder, paths, args.batch), 2),
@@ -298,11 +302,7 @@ def main() -> int:
             },
         },
     }
-    text = json.dumps(report, indent=2)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.json_out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ query, QPS for batches of 64.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench.report import emit
 from index.planner import ivf_pq_spec, ivf_sq8_spec
 from index.vectors import FaissVectorIndex
 
@@ -115,11 +115,7 @@ def main() -> int:
             report["results"][f"{kind}@{n}"] = result
             print(f"{kind:8} n={n:>9,}  {result}", flush=True)
             del index
-    text = json.dumps(report, indent=2)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    print(text)
-    return 0
+    return emit(report, args.json_out)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import open_clip
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from models.errors import EmptyTextError, ModelLoadError
 from models.registry import WeightsSource, model_id_for, resolve_weights
@@ -39,26 +37,16 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matrix work in hardware (elsewhere torch emulates it, slowly)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """`auto`: fp16 on CUDA; on the CPU bf16 where the CPU has bf16 instructions, else fp32.
+    """`auto`: fp16 on CUDA, fp32 on the CPU.
 
-    bf16 on such CPUs encodes ViT-B-32 3-4x faster with vectors within cosine 0.9999 of fp32
-    (BENCHMARKS.md); without the instructions it would be slower than fp32.
+    bf16 on a CPU with bf16 instructions encodes 3-4x faster within cosine 0.9999 of fp32, but
+    PyTorch's oneDNN path keeps cached kernels and weights per input shape, so the memory of a
+    server seeing many batch sizes and text lengths grows by hundreds of MB (BENCHMARKS.md); it
+    is there to choose (`XMR_PRECISION=bf16`), not the default.
     """
     if requested == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "fp16" if device.type == "cuda" else "fp32"
     if requested not in DTYPES:
         raise ModelLoadError(f"XMR_PRECISION={requested!r} is not one of auto, fp32, fp16, bf16")
     if requested == "fp16" and device.type == "cpu":
@@ -89,6 +77,7 @@ class OpenClipEncoder:
         if device.type == "cuda":
             self._model = self._model.to(memory_format=torch.channels_last)
         self._preprocess = preprocess
+        self._pil_stage, self._normalize = _split_transform(preprocess)
         self._tokenizer = tokenizer
         self._model_id = model_id
         self._dim = _embedding_dim(model)
@@ -147,24 +136,45 @@ class OpenClipEncoder:
         return self._preprocess(image)
 
     def prepare_image(self, image: Image.Image) -> torch.Tensor:
-        """The CPU stage of image encoding (open_clip's transform); safe to run in any thread."""
-        return self._preprocess(image)
+        """The CPU stage of image encoding; safe to run in any thread.
+
+        open_clip's transform up to its tensor conversion: a (3, H, W) uint8 tensor, which
+        `encode_prepared` scales and normalizes for the whole batch at once (a quarter of the
+        bytes to hold and to copy to a GPU). Transforms of another shape are run whole.
+        """
+        if self._pil_stage is None:
+            return self._preprocess(image)
+        resized = self._pil_stage(image)
+        pixels = torch.from_numpy(np.array(resized, dtype=np.uint8, copy=True))
+        return pixels.view(resized.size[1], resized.size[0], -1).permute(2, 0, 1).contiguous()
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.encode_prepared([self._preprocess(image) for image in images])
+        return self.encode_prepared([self.prepare_image(image) for image in images])
 
     def encode_prepared(self, prepared: Sequence[torch.Tensor]) -> np.ndarray:
         """Encode the outputs of `prepare_image` as one batch."""
         if not prepared:
             return np.zeros((0, self._dim), dtype=np.float32)
-        return self.encode_pixels(torch.stack(list(prepared)))
-
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Encode an already preprocessed (n, 3, H, W) batch."""
+        batch = torch.stack(list(prepared))
+        if batch.dtype != torch.uint8:
+            return self.encode_pixels(batch)
+        if self._normalize is None:
+            raise ValueError("uint8 pixels need a transform that ends in ToTensor, Normalize")
         with torch.inference_mode():
             if self._device.type == "cuda":
-                # pinned host memory lets the copy run asynchronously to the host thread
-                pixels = pixels.pin_memory().to(self._device, non_blocking=True)
+                batch = batch.pin_memory().to(self._device, non_blocking=True)
+            # exactly ToTensor's and Normalize's arithmetic, once for the batch
+            mean, std = (t.to(batch.device) for t in self._normalize)
+            pixels = batch.to(torch.float32).div_(255).sub_(mean).div_(std)
+            return self.encode_pixels(pixels)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Encode an already preprocessed (n, 3, H, W) float batch."""
+        with torch.inference_mode():
+            if self._device.type == "cuda":
+                if pixels.device.type == "cpu":
+                    # pinned host memory lets the copy run asynchronously to the host thread
+                    pixels = pixels.pin_memory().to(self._device, non_blocking=True)
                 pixels = pixels.to(dtype=self._dtype, memory_format=torch.channels_last)
             else:
                 pixels = pixels.to(dtype=self._dtype)
@@ -197,6 +207,26 @@ class OpenClipEncoder:
             logger.warning("short-query text encoding disabled: cosine %.6f", agreement)
             return False
         return True
+
+
+def _split_transform(
+    preprocess: Callable[[Image.Image], torch.Tensor],
+) -> tuple[Callable[[Image.Image], Image.Image] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """open_clip's Compose(..., ToTensor, Normalize) as (the PIL stages, (mean, std) tensors).
+
+    (None, None) when the transform has another shape; it is then run whole per image.
+    """
+    stages = getattr(preprocess, "transforms", None)
+    if not isinstance(stages, list) or len(stages) < 2:
+        return None, None
+    to_tensor, normalize = stages[-2], stages[-1]
+    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor") or not isinstance(
+        normalize, transforms.Normalize
+    ):
+        return None, None
+    mean = torch.tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return transforms.Compose(stages[:-2]), (mean, std)
 
 
 def _create(

@@ -72,12 +72,7 @@ class XmrClient:
         ids: Sequence[str | None] | None = None,
         metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[str]:
-        data: dict[str, str] = {}
-        if ids is not None:
-            data["ids"] = json.dumps(list(ids))
-        if metadata is not None:
-            data["metadata"] = json.dumps(list(metadata))
-        files = [("files", _file_part(image, n)) for n, image in enumerate(images)]
+        files, data = _multipart(images, ids, metadata)
         return self._json(self._http.post("/v1/images", files=files, data=data))["ids"]
 
     def index_texts(self, items: Sequence[dict[str, Any]]) -> list[str]:
@@ -93,12 +88,7 @@ class XmrClient:
         metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> str:
         """Upload images as one background batch job; returns its job id."""
-        data: dict[str, str] = {}
-        if ids is not None:
-            data["ids"] = json.dumps(list(ids))
-        if metadata is not None:
-            data["metadata"] = json.dumps(list(metadata))
-        files = [("files", _file_part(image, n)) for n, image in enumerate(images)]
+        files, data = _multipart(images, ids, metadata)
         return self._json(self._http.post("/v1/batch", files=files, data=data))["job_id"]
 
     def wait_for_job(self, job_id: str, poll_s: float = 0.2) -> dict[str, Any]:
@@ -169,6 +159,20 @@ class XmrClient:
                 response.status_code, detail if isinstance(detail, str) else json.dumps(detail)
             )
         return response.json()
+
+
+def _multipart(
+    images: Sequence[ImageArg],
+    ids: Sequence[str | None] | None,
+    metadata: Sequence[dict[str, Any] | None] | None,
+) -> tuple[list[tuple[str, tuple[str, bytes, str]]], dict[str, str]]:
+    """The `files` parts and the `ids`/`metadata` form fields of an image upload."""
+    data: dict[str, str] = {}
+    if ids is not None:
+        data["ids"] = json.dumps(list(ids))
+    if metadata is not None:
+        data["metadata"] = json.dumps(list(metadata))
+    return [("files", _file_part(image, n)) for n, image in enumerate(images)], data
 
 
 def _file_part(image: ImageArg, position: int) -> tuple[str, bytes, str]:

@@ -126,6 +126,11 @@ def test_two_stage_image_encoding_equals_one_stage(tiny_encoder: OpenClipEncoder
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)) for _ in range(3)]
     prepared = [tiny_encoder.prepare_image(image) for image in images]
+    assert all(p.dtype == torch.uint8 for p in prepared)  # normalized later, once per batch
+    whole = torch.stack([tiny_encoder.preprocess(image) for image in images])  # open_clip's own
+    np.testing.assert_allclose(
+        tiny_encoder.encode_prepared(prepared), tiny_encoder.encode_pixels(whole), atol=1e-6
+    )
     np.testing.assert_allclose(
         tiny_encoder.encode_prepared(prepared), tiny_encoder.encode_images(images), atol=1e-6
     )
@@ -172,13 +177,10 @@ def test_jpeg_draft_decoding_keeps_the_image_vectors(tiny_encoder: OpenClipEncod
     assert worst >= 0.999
 
 
-def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    from models import open_clip_encoder
+def test_auto_precision_follows_the_device() -> None:
+    from models.open_clip_encoder import resolve_precision
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(open_clip_encoder, "cpu_has_native_bf16", lambda: True)
-    assert open_clip_encoder.resolve_precision("auto", cpu) == "bf16"
-    assert open_clip_encoder.resolve_precision("auto", cuda) == "fp16"
-    monkeypatch.setattr(open_clip_encoder, "cpu_has_native_bf16", lambda: False)
-    assert open_clip_encoder.resolve_precision("auto", cpu) == "fp32"
-    assert open_clip_encoder.resolve_precision("fp32", cuda) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
