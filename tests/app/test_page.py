@@ -6,6 +6,7 @@ where either is missing the test is skipped and says why.
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,15 +82,25 @@ def test_text_search_shows_loaded_thumbnails_scores_and_metadata(
     assert not errors
 
 
+DROP_FILE = """async (b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], "query.png", { type: "image/png" }));
+    return transfer;
+}"""
+
+
 def test_dropping_an_image_finds_texts_and_more_like_this_finds_images(
     browser: Any, indexed_server: str, tmp_path: Path
 ) -> None:
-    query = tmp_path / "query.png"
-    Image.new("RGB", (48, 48), "blue").save(query)
     page = browser.new_page()
     page.goto(indexed_server + "/")
     page.check("input[name=target][value=texts]")
-    page.set_input_files("#query-file", str(query))
+    query = base64.b64encode(image_bytes("blue", size=(48, 48))).decode()
+    transfer = page.evaluate_handle(DROP_FILE, query)
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    assert "over" in (page.get_attribute("#drop", "class") or "")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     page.wait_for_selector("#results .hit.text")
     texts = page.locator("#results .hit.text .text").all_inner_texts()
     assert sorted(texts) == ["a blue thing", "a green thing", "a red thing"]
@@ -106,6 +117,18 @@ def test_dropping_an_image_finds_texts_and_more_like_this_finds_images(
     )
     top_score = float(page.locator("#results .score").first.inner_text())
     assert top_score == pytest.approx(1.0, abs=1e-3)  # the same image comes back first
+
+
+def test_the_file_picker_searches_with_an_image_too(
+    browser: Any, indexed_server: str, tmp_path: Path
+) -> None:
+    query = tmp_path / "query.png"
+    Image.new("RGB", (48, 48), "green").save(query)
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.set_input_files("#query-file", str(query))  # target images: image -> images
+    page.wait_for_selector("#results .hit.image")
+    assert page.locator("#results .hit").first.get_attribute("data-id") == "green"
 
 
 def test_images_can_be_indexed_from_the_page(
