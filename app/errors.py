@@ -15,7 +15,7 @@ from app.services.errors import (
     NotReadyError,
     OverloadedError,
 )
-from index import DuplicateIdError, ItemNotFoundError, StorageError
+from index import DuplicateIdError, InvalidFilterError, ItemNotFoundError, StorageError
 from models import (
     EmptyTextError,
     ImageDecodeError,
@@ -35,6 +35,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ImageDecodeError, 422),
     (EmptyTextError, 422),
     (DuplicateIdError, 422),
+    (InvalidFilterError, 422),
     (InvalidInputError, 422),
     (OverloadedError, 429),
     (NotReadyError, 503),

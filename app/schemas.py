@@ -169,6 +169,8 @@ class TextQueriesRequest(BaseModel):
     queries: list[str] = Field(..., min_length=1, max_length=MAX_QUERIES)
     k: int = Field(10, ge=1)
     target: Target = "images"
+    filter: dict[str, Any] | None = Field(None, description="metadata conditions, all required")
+    offset: int = Field(0, ge=0, le=10_000, description="skip this many results (paging)")
 
     @model_validator(mode="after")
     def _not_blank(self) -> TextQueriesRequest:

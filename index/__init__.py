@@ -2,11 +2,13 @@
 
 from index.errors import (
     DuplicateIdError,
+    InvalidFilterError,
     ItemNotFoundError,
     ModelMismatchError,
     SnapshotError,
     StorageError,
 )
+from index.filters import MetadataFilter, parse_filter
 from index.planner import IndexOptions
 from index.records import KINDS, Kind, Record
 from index.store import Hit, IndexInfo, ItemStore, NewItem
@@ -18,6 +20,8 @@ __all__ = [
     "FaissVectorIndex",
     "Hit",
     "IndexInfo",
+    "InvalidFilterError",
+    "MetadataFilter",
     "IndexOptions",
     "ItemNotFoundError",
     "ItemStore",
@@ -27,4 +31,5 @@ __all__ = [
     "Record",
     "SnapshotError",
     "StorageError",
+    "parse_filter",
 ]

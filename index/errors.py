@@ -27,3 +27,7 @@ class StorageError(IndexError_):
 
 class DuplicateIdError(IndexError_):
     """One write names the same id twice."""
+
+
+class InvalidFilterError(IndexError_):
+    """A metadata filter is malformed; the message names the bad part."""

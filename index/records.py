@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from index.errors import ItemNotFoundError, ModelMismatchError
+from index.filters import MetadataFilter
 from index.sqlite import open_database, transaction
 
 Kind = Literal["image", "text"]
@@ -300,6 +301,15 @@ class RecordStore:
                 "SELECT label FROM tombstones WHERE kind = ? AND seq > ?", (kind, seq)
             ).fetchall()
         return [int(row[0]) for row in rows]
+
+    def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray:
+        """Labels of the items of `kind` whose metadata satisfies the filter."""
+        clause, params = where.sql()
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT label FROM items WHERE kind = ? AND ({clause})", [kind, *params]
+            ).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64)
 
     def all_labels(self, kind: Kind) -> np.ndarray:
         with self._lock:

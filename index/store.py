@@ -25,6 +25,7 @@ import numpy as np
 from index.blobs import BlobStore
 from index.errors import DuplicateIdError, ModelMismatchError, SnapshotError, StorageError
 from index.files import remove_stale_temporaries
+from index.filters import MetadataFilter
 from index.planner import IndexOptions, planned_spec
 from index.records import KINDS, Kind, Record, RecordInput, RecordStore, WriteResult
 from index.snapshots import load_snapshot, save_snapshot
@@ -219,9 +220,26 @@ class ItemStore:
         """SHA-256 of image bytes -> the id of a stored image with exactly those bytes."""
         return self._records.ids_by_sha256(hashes)
 
-    def search(self, kind: Kind, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-k items of `kind` for each query vector, best first, scores are cosines."""
-        scores, labels = self._indexes[kind].search(queries, k)
+    def search(
+        self,
+        kind: Kind,
+        queries: np.ndarray,
+        k: int,
+        where: MetadataFilter | None = None,
+        offset: int = 0,
+    ) -> list[list[Hit]]:
+        """Hits `offset` to `offset + k` of `kind` for each query, best first (cosine scores).
+
+        A filter restricts the candidates inside the vector search, so a filtered page is as
+        full as the number of matching items allows.
+        """
+        allowed = None
+        if where is not None:
+            allowed = self._records.labels_matching(kind, where)
+            if allowed.size == 0:
+                return [[] for _ in range(len(queries))]
+        scores, labels = self._indexes[kind].search(queries, k + offset, allowed)
+        scores, labels = scores[:, offset:], labels[:, offset:]
         wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
         records = self._records.get_by_labels(wanted)
         return [

@@ -175,36 +175,53 @@ class FaissVectorIndex:
             self._selector = None
         return len(present)
 
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k per query: (scores, labels), each (nq, k); missing slots have label -1."""
+    def search(
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query: (scores, labels), each (nq, k); missing slots have label -1.
+
+        With `allowed`, only those labels are candidates: the filter is applied inside the
+        search, so k results come back whenever k allowed vectors exist (exactly so for Flat).
+        """
         xq = check_vectors(xq, self.d)
         if k < 1:
             raise ValueError("k must be at least 1")
         with self._lock:
-            live = len(self)
+            live = len(self) if allowed is None else min(len(self), len(allowed))
             if live == 0:
                 empty_scores = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
                 return empty_scores, np.full((xq.shape[0], k), -1, dtype=np.int64)
-            D, I = self._index.search(xq, min(k, live), params=self._search_params(k))
+            params, keep_alive = self._search_params(k, allowed)
+            D, I = self._index.search(xq, min(k, live), params=params)
+            del keep_alive
         if D.shape[1] < k:
             pad = k - D.shape[1]
             D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf)
             I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
         return D, I
 
-    def _search_params(self, k: int) -> Any:
+    def _search_params(self, k: int, allowed: np.ndarray | None) -> tuple[Any, tuple[Any, ...]]:
+        """FAISS search parameters, and the selector objects they point to (keep them alive)."""
         if self._deleted and self._selector is None:
             deleted = np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted))
             batch = faiss.IDSelectorBatch(deleted)
             self._selector = (faiss.IDSelectorNot(batch), batch)  # the Not keeps no reference
-        selector = self._selector[0] if self._deleted else None
+        parts: tuple[Any, ...] = self._selector if self._deleted else ()
+        selector = parts[0] if parts else None
+        if allowed is not None:
+            wanted = faiss.IDSelectorBatch(check_labels(allowed))
+            parts = (*parts, wanted)
+            selector = wanted if selector is None else faiss.IDSelectorAnd(wanted, selector)
+            parts = (*parts, selector)
         if isinstance(self._inner, faiss.IndexHNSW):
-            return _faiss.SearchParametersHNSW(efSearch=max(self._ef_search, k), sel=selector)
+            params = _faiss.SearchParametersHNSW(efSearch=max(self._ef_search, k), sel=selector)
+            return params, parts
         try:
             faiss.extract_index_ivf(self._inner)
         except RuntimeError:
-            return _faiss.SearchParameters(sel=selector) if selector is not None else None
-        return _faiss.SearchParametersIVF(nprobe=self._nprobe, sel=selector)
+            params = _faiss.SearchParameters(sel=selector) if selector is not None else None
+            return params, parts
+        return _faiss.SearchParametersIVF(nprobe=self._nprobe, sel=selector), parts
 
     def labels(self) -> np.ndarray:
         with self._lock:

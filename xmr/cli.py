@@ -278,6 +278,10 @@ def search(
     target: Annotated[
         str | None, typer.Option(help="images or texts (default: the other modality)")
     ] = None,
+    where: Annotated[
+        str | None, typer.Option("--filter", help='metadata conditions as JSON: {"album": "2024"}')
+    ] = None,
+    offset: Annotated[int, typer.Option(min=0, help="skip this many results")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
     server: ServerOption = DEFAULT_SERVER,
     api_key: KeyOption = None,
@@ -285,15 +289,19 @@ def search(
     """Search images with a text, or texts (or images) with an image."""
     if (query is None) == (image is None):
         raise CliError("give either a text query or --image FILE", 2)
+    try:
+        conditions = json.loads(where) if where else None
+    except json.JSONDecodeError as e:
+        raise CliError(f"--filter is not valid JSON: {e.msg}", 2) from e
     if target not in (None, "images", "texts"):
         raise CliError("--target must be images or texts", 2)
     if image is not None and not image.is_file():
         raise CliError(f"{image} is not a file", 2)
     with XmrClient(server, api_key) as client:
         if image is not None:
-            result = client.search_image(image, k=k, target=target or "texts")
+            result = client.search_image(image, k, target or "texts", conditions, offset)
         else:
-            result = client.search_text(query or "", k=k, target=target or "images")
+            result = client.search_text(query or "", k, target or "images", conditions, offset)
     if as_json:
         out.print_json(json.dumps(result))
         return

@@ -107,15 +107,33 @@ class XmrClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
-    def search_text(self, query: str, k: int = 10, target: str = "images") -> dict[str, Any]:
-        params: dict[str, str | int] = {"q": query, "k": k, "target": target}
+    def search_text(
+        self,
+        query: str,
+        k: int = 10,
+        target: str = "images",
+        where: dict[str, Any] | None = None,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """`where`: metadata conditions (see the README's filters); `offset` pages."""
+        params: dict[str, str | int] = {"q": query, "k": k, "target": target, "offset": offset}
+        if where is not None:
+            params["filter"] = json.dumps(where)
         return self._json(self._http.get("/v1/search/text", params=params))
 
-    def search_image(self, image: ImageArg, k: int = 10, target: str = "texts") -> dict[str, Any]:
+    def search_image(
+        self,
+        image: ImageArg,
+        k: int = 10,
+        target: str = "texts",
+        where: dict[str, Any] | None = None,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        data = {"k": str(k), "target": target, "offset": str(offset)}
+        if where is not None:
+            data["filter"] = json.dumps(where)
         response = self._http.post(
-            "/v1/search/image",
-            files={"file": _file_part(image, 0)},
-            data={"k": str(k), "target": target},
+            "/v1/search/image", files={"file": _file_part(image, 0)}, data=data
         )
         return self._json(response)
 

@@ -10,7 +10,7 @@ from fastapi import UploadFile
 
 from app.schemas import ItemResponse, SearchHit
 from app.services.errors import InvalidInputError
-from index import Hit, Record
+from index import Hit, InvalidFilterError, MetadataFilter, Record, parse_filter
 
 
 def content_url(item_id: str) -> str:
@@ -57,6 +57,18 @@ def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | N
     if len(value) != expected:
         raise InvalidInputError(f"{field} has {len(value)} entries for {expected} files")
     return value
+
+
+def parse_filter_param(raw: str | None) -> MetadataFilter | None:
+    """A `filter` query or form field: a JSON object of metadata conditions."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise InvalidFilterError(f"filter: not valid JSON ({message})") from e
+    return parse_filter(value)
 
 
 def _refuse_constant(name: str) -> None:

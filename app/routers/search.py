@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from app.deps import SearchDep
-from app.routers.common import read_upload, search_hit
+from app.routers.common import parse_filter_param, read_upload, search_hit
 from app.schemas import (
     MAX_QUERIES,
     TARGET_KIND,
@@ -15,9 +15,16 @@ from app.schemas import (
     TextQueriesRequest,
 )
 from app.services.errors import InvalidInputError
-from app.services.search import MultiSearchResult, SearchResult
+from app.services.search import MAX_OFFSET, MultiSearchResult, SearchResult, SearchScope
+from index import parse_filter
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
+
+FILTER_HELP = (
+    'JSON object of metadata conditions, all required: {"album": "2024"}, '
+    '{"tag": {"in": ["cat", "dog"]}}, {"year": {"gte": 2000, "lt": 2010}}'
+)
+OFFSET_HELP = "skip this many results (paging)"
 
 
 def _response(result: SearchResult) -> SearchResponse:
@@ -30,14 +37,20 @@ def _multi_response(result: MultiSearchResult) -> MultiSearchResponse:
     )
 
 
+def _scope(k: int, target: Target, raw_filter: str | None, offset: int) -> SearchScope:
+    return SearchScope(k, TARGET_KIND[target], parse_filter_param(raw_filter), offset)
+
+
 @router.get("/text", response_model=SearchResponse, summary="Search with a text query")
 async def search_by_text(
     search: SearchDep,
     q: str = Query(..., min_length=1, max_length=10_000, examples=["a red circle"]),
     k: int = Query(10, ge=1, description="how many results"),
     target: Target = Query("images", description="what to search: images or texts"),
+    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
 ) -> SearchResponse:
-    return _response(await search.by_text(q, k, TARGET_KIND[target]))
+    return _response(await search.by_text(q, _scope(k, target, filter, offset)))
 
 
 @router.post("/image", response_model=SearchResponse, summary="Search with an image query")
@@ -46,16 +59,20 @@ async def search_by_image(
     file: UploadFile = File(..., description="the query image"),
     k: int = Form(10, ge=1),
     target: Target = Form("texts", description="what to search: texts or images"),
+    filter: str | None = Form(None, description=FILTER_HELP),  # noqa: A002
+    offset: int = Form(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
 ) -> SearchResponse:
     data = await read_upload(file)
-    return _response(await search.by_image(data, k, TARGET_KIND[target]))
+    return _response(await search.by_image(data, _scope(k, target, filter, offset)))
 
 
 @router.post(
     "/text/batch", response_model=MultiSearchResponse, summary="Search with several text queries"
 )
 async def search_by_texts(search: SearchDep, body: TextQueriesRequest) -> MultiSearchResponse:
-    return _multi_response(await search.by_texts(body.queries, body.k, TARGET_KIND[body.target]))
+    where = None if body.filter is None else parse_filter(body.filter)
+    scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset)
+    return _multi_response(await search.by_texts(body.queries, scope))
 
 
 @router.post(
@@ -68,8 +85,10 @@ async def search_by_images(
     files: list[UploadFile] = File(..., description="the query images"),
     k: int = Form(10, ge=1),
     target: Target = Form("texts", description="what to search: texts or images"),
+    filter: str | None = Form(None, description=FILTER_HELP),  # noqa: A002
+    offset: int = Form(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
 ) -> MultiSearchResponse:
     if len(files) > MAX_QUERIES:
         raise InvalidInputError(f"at most {MAX_QUERIES} query images per request")
     blobs = [await read_upload(f, i) for i, f in enumerate(files)]
-    return _multi_response(await search.by_images(blobs, k, TARGET_KIND[target]))
+    return _multi_response(await search.by_images(blobs, _scope(k, target, filter, offset)))

@@ -67,6 +67,10 @@ def test_index_search_and_resume_by_content_hash(live_server: str, tmp_path: Pat
         "search", "--image", str(photos / "red.png"), "--target", "images", server=live_server
     )
     assert by_image.returncode == 0 and "red.png" in by_image.stdout
+    filtered = xmr(
+        "search", "a square", "--filter", '{"path": "red.png"}', "--json", server=live_server
+    )
+    assert [h["id"] for h in json.loads(filtered.stdout)["results"]] == ["red.png"]
     shown = xmr("info", server=live_server)
     assert json.loads(shown.stdout)["images"] == 3
 
