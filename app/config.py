@@ -75,6 +75,14 @@ class Settings(BaseSettings):
             "HNSW32, IVF4096,PQ64"
         ),
     )
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="faiss (in-process, the default) or milvus"
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus Lite file (default <data_dir>/milvus.db) or http://host:19530",
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus user:password or API key")
     index_approx_threshold: int = Field(100_000, ge=1)
     index_memory_mb: float = Field(4096.0, gt=0)
     hnsw_ef_search: int = Field(128, ge=1, le=65_536)
@@ -90,4 +98,7 @@ class Settings(BaseSettings):
             memory_budget_mb=self.index_memory_mb,
             ef_search=self.hnsw_ef_search,
             nprobe=self.ivf_nprobe,
+            backend=self.index_backend,
+            milvus_uri=self.milvus_uri,
+            milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
         )

@@ -28,6 +28,9 @@ class IndexOptions:
     rebuild_deleted_fraction: float = 0.2  # rebuild approximate indexes past this share deleted
     ef_search: int = DEFAULT_EF_SEARCH
     nprobe: int = DEFAULT_NPROBE
+    backend: str = "faiss"  # or "milvus"
+    milvus_uri: str | None = None  # a local file (Milvus Lite) or http://host:19530
+    milvus_token: str | None = None
 
 
 def ivf_lists(n: int) -> int:

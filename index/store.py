@@ -26,6 +26,7 @@ from index.blobs import BlobStore
 from index.errors import DuplicateIdError, ModelMismatchError, SnapshotError, StorageError
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
+from index.milvus import MilvusVectorIndex
 from index.planner import IndexOptions, planned_spec
 from index.records import KINDS, Kind, Record, RecordInput, RecordStore, WriteResult
 from index.snapshots import load_snapshot, save_snapshot
@@ -72,7 +73,7 @@ class ItemStore:
         self.model_id = model_id
         self.dim = dim
         self.options = options or IndexOptions()
-        if self.options.spec != "auto":
+        if self.options.spec != "auto" and self.options.backend == "faiss":
             planned_spec(self.options, 0, dim)  # a bad XMR_INDEX fails here, at start-up
         data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(data_dir)
@@ -89,7 +90,9 @@ class ItemStore:
         self._saved_seq: dict[Kind, int] = {}
         self._builds: dict[Kind, tuple[str, int, threading.Thread]] = {}
         self._closing = False
-        self._indexes: dict[Kind, FaissVectorIndex] = {k: self._open_index(k) for k in KINDS}
+        self._indexes: dict[Kind, FaissVectorIndex | MilvusVectorIndex] = {
+            k: self._open_index(k) for k in KINDS
+        }
         self._blobs.remove_unreferenced(self._records.blob_paths())
         with self._write_lock:
             for kind in KINDS:
@@ -143,9 +146,9 @@ class ItemStore:
     # -- index structure ------------------------------------------------------------------
     def _maybe_rebuild(self, kind: Kind) -> None:
         """Start a background rebuild if the index should change structure; write lock held."""
-        if kind in self._builds or self._closing:
-            return
         index = self._indexes[kind]
+        if kind in self._builds or self._closing or not isinstance(index, FaissVectorIndex):
+            return
         spec = planned_spec(self.options, len(index), self.dim, index.spec)
         too_deleted = index.deleted_fraction > self.options.rebuild_deleted_fraction
         if spec == index.spec and not too_deleted:
@@ -267,10 +270,18 @@ class ItemStore:
         with self._snapshot_lock:
             with self._write_lock:
                 seq = self._records.current_seq()
-                stale = [kind for kind in KINDS if self._saved_seq[kind] < seq]
-                payloads = {kind: self._indexes[kind].serialize() for kind in stale}
-                sizes = {kind: self._indexes[kind].stored for kind in stale}
-                specs = {kind: self._indexes[kind].spec for kind in stale}
+                faiss_indexes = {
+                    kind: index
+                    for kind, index in self._indexes.items()
+                    if isinstance(index, FaissVectorIndex)
+                }
+                for kind in KINDS:
+                    if kind not in faiss_indexes:  # Milvus keeps its own data
+                        self._saved_seq[kind] = seq
+                stale = [kind for kind in faiss_indexes if self._saved_seq[kind] < seq]
+                payloads = {kind: faiss_indexes[kind].serialize() for kind in stale}
+                sizes = {kind: faiss_indexes[kind].stored for kind in stale}
+                specs = {kind: faiss_indexes[kind].spec for kind in stale}
             for kind in stale:
                 try:
                     save_snapshot(
@@ -301,9 +312,14 @@ class ItemStore:
         try:
             self.snapshot()
         finally:
+            for index in self._indexes.values():
+                if isinstance(index, MilvusVectorIndex):
+                    index.close()
             self._records.close()
 
-    def _open_index(self, kind: Kind) -> FaissVectorIndex:
+    def _open_index(self, kind: Kind) -> FaissVectorIndex | MilvusVectorIndex:
+        if self.options.backend == "milvus":
+            return self._open_milvus(kind)
         try:
             loaded = load_snapshot(
                 self._snapshot_dir,
@@ -327,6 +343,22 @@ class ItemStore:
             logger.warning("the %s snapshot disagrees with the records; rebuilding", kind)
             return self._rebuild(kind)
         self._saved_seq[kind] = info.seq
+        return index
+
+    def _open_milvus(self, kind: Kind) -> MilvusVectorIndex:
+        """The kind's Milvus collection, brought in line with the records."""
+        uri = self.options.milvus_uri or str(self.data_dir / "milvus.db")
+        index = MilvusVectorIndex.open(
+            uri, kind, self.model_id, self.dim, self.options.milvus_token
+        )
+        changed = index.reconcile_with(
+            self._records.all_labels(kind), self._records.vectors_after(kind, 0, self.dim)
+        )
+        if changed:
+            logger.warning(
+                "brought %d %s vectors in Milvus in line with the records", changed, kind
+            )
+        self._saved_seq[kind] = self._records.current_seq()
         return index
 
     def _rebuild(self, kind: Kind) -> FaissVectorIndex:

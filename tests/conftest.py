@@ -91,3 +91,26 @@ def live_server(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[s
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(30)
+
+
+def _milvus_available() -> bool:
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# the API tests run on both vector backends, so that they cannot drift apart
+BACKENDS = [
+    "faiss",
+    pytest.param(
+        "milvus",
+        marks=pytest.mark.skipif(not _milvus_available(), reason="pymilvus/milvus-lite missing"),
+    ),
+]
+
+
+def with_backend(settings: Settings, backend: str) -> Settings:
+    return settings.model_copy(update={"index_backend": backend})

@@ -16,7 +16,20 @@ from app.config import Settings
 from app.main import create_app
 from index import ModelMismatchError
 from models import OpenClipEncoder
-from tests.conftest import TINY_MODEL, image_bytes, png_file, reference_open_clip
+from tests.conftest import (
+    BACKENDS,
+    TINY_MODEL,
+    image_bytes,
+    png_file,
+    reference_open_clip,
+    with_backend,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """These API tests run once per vector backend."""
+    return with_backend(settings, request.param)
 
 
 def index_texts(client: TestClient, *items: dict) -> list[str]:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import image_bytes, png_file
+from app.config import Settings
+from tests.conftest import BACKENDS, image_bytes, png_file, with_backend
 
 COLOURS = ("red", "green", "blue", "yellow", "purple")
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """These API tests run once per vector backend."""
+    return with_backend(settings, request.param)
 
 
 @pytest.fixture

@@ -7,7 +7,14 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import image_bytes
+from app.config import Settings
+from tests.conftest import BACKENDS, image_bytes, with_backend
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """These API tests run once per vector backend."""
+    return with_backend(settings, request.param)
 
 
 @pytest.fixture

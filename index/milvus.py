@@ -1,0 +1,170 @@
+"""The vector index on Milvus (pymilvus): Milvus Lite for a local file, or a Milvus server.
+
+Same contract as FaissVectorIndex: int64 labels from the record store, inner-product (cosine)
+search over unit vectors, candidates restricted inside the search. One collection per kind and
+model, so that vectors of another model are never mixed in. Milvus keeps the vectors itself
+(no snapshots); the record store stays the source of truth and `reconcile` brings a collection
+back in line with it at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from index.errors import ModelMismatchError, StorageError
+from index.vectors import check_labels, check_vectors
+
+MILVUS_SPEC = "milvus"
+_IN_CHUNK = 1000  # labels per `label in [...]` expression when deleting or listing
+
+
+def collection_name(kind: str, model_id: str) -> str:
+    digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
+    return f"xmr_{kind}_{digest}"
+
+
+def is_local(uri: str) -> bool:
+    """A file path (Milvus Lite) rather than an http(s) address of a Milvus server."""
+    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+class MilvusVectorIndex:
+    """One Milvus collection: label (primary key) and vector; exact search on Milvus Lite."""
+
+    spec = MILVUS_SPEC
+    deleted_fraction = 0.0
+
+    def __init__(self, client: Any, name: str, d: int) -> None:
+        self.d = d
+        self._client = client
+        self._name = name
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, uri: str, kind: str, model_id: str, d: int, token: str | None = None
+    ) -> MilvusVectorIndex:
+        """Connect and create the collection if needed; refuse one of another dimension."""
+        from pymilvus import DataType, MilvusClient, MilvusException
+
+        try:
+            client = MilvusClient(uri, token=token or "")
+            name = collection_name(kind, model_id)
+            if client.has_collection(name):
+                dim = _collection_dim(client.describe_collection(name))
+                if dim != d:
+                    raise ModelMismatchError(f"Milvus collection {name} has dim {dim}, not {d}")
+            else:
+                schema = MilvusClient.create_schema(auto_id=False, description=model_id)
+                schema.add_field("label", DataType.INT64, is_primary=True)
+                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=d)
+                params = client.prepare_index_params()
+                # Milvus Lite searches FLAT exactly; a server picks its own index (AUTOINDEX)
+                index_type = "FLAT" if is_local(uri) else "AUTOINDEX"
+                params.add_index("vector", index_type=index_type, metric_type="IP")
+                client.create_collection(
+                    name, schema=schema, index_params=params, consistency_level="Strong"
+                )
+            client.load_collection(name)
+        except MilvusException as e:
+            raise StorageError(f"Milvus at {uri} cannot be used: {e.message}") from e
+        return cls(client, name, d)
+
+    def __len__(self) -> int:
+        rows = self._client.query(self._name, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    @property
+    def stored(self) -> int:
+        return len(self)
+
+    def add(self, labels: np.ndarray | list[int], xb: np.ndarray) -> None:
+        xb = check_vectors(xb, self.d)
+        ids = check_labels(labels, xb.shape[0])
+        if ids.size == 0:
+            return
+        rows = [{"label": int(i), "vector": v} for i, v in zip(ids, xb.tolist(), strict=True)]
+        with self._lock:
+            self._client.upsert(self._name, rows)
+
+    def remove(self, labels: np.ndarray | list[int]) -> int:
+        ids = [int(x) for x in check_labels(labels)]
+        removed = 0
+        with self._lock:
+            for start in range(0, len(ids), _IN_CHUNK):
+                result = self._client.delete(self._name, ids=ids[start : start + _IN_CHUNK])
+                removed += int(result.get("delete_count", 0)) if isinstance(result, dict) else 0
+        return removed
+
+    def search(
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query as (scores, labels), padded with -inf / -1 like FAISS."""
+        xq = check_vectors(xq, self.d)
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        scores = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
+        found = np.full((xq.shape[0], k), -1, dtype=np.int64)
+        where = ""
+        if allowed is not None:
+            if len(allowed) == 0:
+                return scores, found
+            where = f"label in [{','.join(str(int(x)) for x in allowed)}]"
+        results = self._client.search(
+            self._name,
+            data=xq.tolist(),
+            limit=min(k, 16_384),  # Milvus's own cap on topk
+            filter=where,
+            output_fields=[],
+            search_params={"metric_type": "IP"},
+        )
+        for row, hits in enumerate(results):
+            for column, hit in enumerate(hits):
+                scores[row, column] = float(hit["distance"])
+                found[row, column] = int(hit["label"])  # the primary key, by its name
+        return scores, found
+
+    def labels(self) -> np.ndarray:
+        labels: list[int] = []
+        iterator = self._client.query_iterator(
+            self._name, batch_size=10_000, filter="", output_fields=["label"]
+        )
+        while rows := iterator.next():
+            labels += [int(r["label"]) for r in rows]
+        iterator.close()
+        return np.array(labels, dtype=np.int64)
+
+    def reconcile_with(
+        self, live: np.ndarray, vectors: Iterable[tuple[np.ndarray, np.ndarray]]
+    ) -> int:
+        """Make the collection hold exactly the `live` labels; `vectors` yields the records'.
+
+        Returns how many labels were added or removed.
+        """
+        stored = self.labels()
+        stale = stored[~np.isin(stored, live)]
+        missing = set(live[~np.isin(live, stored)].tolist())
+        self.remove(stale)
+        added = 0
+        if missing:
+            for labels, xb in vectors:
+                keep = np.isin(labels, list(missing))
+                if keep.any():
+                    self.add(labels[keep], xb[keep])
+                    added += int(keep.sum())
+        return int(stale.size) + added
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _collection_dim(description: dict[str, Any]) -> int:
+    for field in description.get("fields", []):
+        if field.get("name") == "vector":
+            return int(field.get("params", {}).get("dim", 0))
+    return 0
