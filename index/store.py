@@ -90,9 +90,13 @@ class ItemStore:
         self._saved_seq: dict[Kind, int] = {}
         self._builds: dict[Kind, tuple[str, int, threading.Thread]] = {}
         self._closing = False
-        self._indexes: dict[Kind, FaissVectorIndex | MilvusVectorIndex] = {
-            k: self._open_index(k) for k in KINDS
-        }
+        try:
+            self._indexes: dict[Kind, FaissVectorIndex | MilvusVectorIndex] = {
+                k: self._open_index(k) for k in KINDS
+            }
+        except BaseException:
+            self._records.close()
+            raise
         self._blobs.remove_unreferenced(self._records.blob_paths())
         with self._write_lock:
             for kind in KINDS:
