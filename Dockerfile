@@ -4,6 +4,8 @@
 FROM python:3.11-slim AS build
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# optional extras of the xmr package, e.g. "milvus" for the Milvus backend
+ARG XMR_EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
@@ -15,7 +17,7 @@ COPY app ./app
 COPY models ./models
 COPY index ./index
 COPY xmr ./xmr
-RUN pip install .
+RUN pip install ".${XMR_EXTRAS:+[$XMR_EXTRAS]}"
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 xmr \

@@ -64,3 +64,16 @@ def test_compose_mounts_data_and_the_hugging_face_cache_and_has_a_gpu_profile() 
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_compose_milvus_profile_points_xmr_at_a_standalone_milvus() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name in ("xmr-milvus", "milvus", "etcd", "minio"):
+        assert services[name]["profiles"] == ["milvus"]
+    xmr = services["xmr-milvus"]
+    assert xmr["environment"]["XMR_INDEX_BACKEND"] == "milvus"
+    assert xmr["environment"]["XMR_MILVUS_URI"] == "http://milvus:19530"
+    assert xmr["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert xmr["build"]["args"]["XMR_EXTRAS"] == "milvus"  # pymilvus in that image
+    assert set(services["milvus"]["depends_on"]) == {"etcd", "minio"}
+    assert "healthcheck" in services["milvus"]

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -267,6 +267,49 @@ def index_captions(
     for part in chunks(items, TEXT_CHUNK):
         client.index_texts(part)
     return len(items)
+
+
+# -- migrate ----------------------------------------------------------------------------------
+@app.command()
+def migrate(
+    to: Annotated[str, typer.Option(help="the backend to move to: milvus or faiss")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the data directory (XMR_DATA_DIR); stop the server first")
+    ] = None,
+    milvus_uri: Annotated[
+        str | None, typer.Option(help="Milvus Lite file or http://host:19530 (XMR_MILVUS_URI)")
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="sample queries per kind to compare")] = 20,
+) -> None:
+    """Copy the vectors of a data directory into the other backend and verify them.
+
+    Counts must match, and so must the top-10 of sample queries in both backends. Then start
+    the server with XMR_INDEX_BACKEND (and XMR_MILVUS_URI) set to the new backend.
+    """
+    from app.config import Settings
+    from index.migrate import migrate as run_migration
+    from index.migrate import opposite
+
+    if to not in ("milvus", "faiss"):
+        raise CliError("--to must be milvus or faiss", 2)
+    settings = Settings()
+    folder = data_dir or settings.data_dir
+    if not (folder / "records.sqlite3").exists():
+        raise CliError(f"{folder} is not an xmr data directory", 2)
+    source = replace(settings.index_options(), backend="faiss" if to == "milvus" else "milvus")
+    if milvus_uri:
+        source = replace(source, milvus_uri=milvus_uri)
+    report = run_migration(folder, source, opposite(source, milvus_uri), samples)
+    for kind, (before, after) in report.counts.items():
+        out.print(f"{kind}: {before} vectors in {source.backend}, {after} in {to}")
+    out.print(
+        f"top-{10} of {report.queries} sample queries compared: {len(report.mismatches)} differ"
+    )
+    for line in report.mismatches[:10]:
+        err.print(f"  {line}", markup=False)
+    if not report.ok:
+        raise CliError("the backends disagree; keep using " + source.backend, 1)
+    out.print(f"done: start the server with XMR_INDEX_BACKEND={to}")
 
 
 # -- search, info, eval -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from tests.app.test_server_process import free_port
@@ -95,3 +96,28 @@ def test_usage_errors_and_an_unreachable_server(tmp_path: Path) -> None:
     assert "cannot reach the server" in down.stderr
     assert xmr("--help", server=nobody).returncode == 0
     assert "Recall" in xmr("eval", "--help", server=nobody).stdout
+
+
+def test_migrate_to_milvus_and_back(tmp_path: Path) -> None:
+    from index import ItemStore, NewItem
+    from tests.conftest import _milvus_available
+
+    if not _milvus_available():
+        import pytest
+
+        pytest.skip("pymilvus/milvus-lite missing")
+    data = tmp_path / "data"
+    store = ItemStore(data, "m/1", 4)
+    store.upsert([NewItem(f"t{i}", "text", np.eye(4, dtype=np.float32)[i % 4]) for i in range(12)])
+    store.close()
+    uri = str(tmp_path / "milvus.db")
+    there = xmr(
+        "migrate", "--to", "milvus", "--data-dir", str(data), "--milvus-uri", uri, server=""
+    )
+    assert there.returncode == 0, there.stderr
+    assert "text: 12 vectors in faiss, 12 in milvus" in there.stdout
+    assert "0 differ" in there.stdout
+    back = xmr("migrate", "--to", "faiss", "--data-dir", str(data), "--milvus-uri", uri, server="")
+    assert back.returncode == 0 and "done" in back.stdout, back.stderr
+    bad = xmr("migrate", "--to", "elsewhere", "--data-dir", str(data), server="")
+    assert bad.returncode == 2

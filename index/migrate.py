@@ -1,0 +1,121 @@
+"""Move a data directory's vectors between backends (FAISS <-> Milvus), and prove it worked.
+
+The records (SQLite) hold every vector, so the target index is filled from them; the proof is
+the same counts and the same top-10 on sample queries (stored vectors) in both backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from index.errors import ModelMismatchError
+from index.planner import IndexOptions
+from index.records import KINDS, Kind, RecordStore
+from index.store import ItemStore
+
+TOP = 10
+SCORE_TOLERANCE = 1e-4  # equal scores may come back in either order
+
+
+@dataclass
+class MigrationReport:
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (source, target)
+    queries: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and all(a == b for a, b in self.counts.values())
+
+
+def migrate(
+    data_dir: Path, source: IndexOptions, target: IndexOptions, samples: int = 20
+) -> MigrationReport:
+    """Fill `target` from the records of `data_dir` and compare it with `source`."""
+    model_id, dim = _bound_model(data_dir)
+    report = MigrationReport()
+    before = ItemStore(data_dir, model_id, dim, source)
+    try:
+        before.wait_for_builds()
+        queries = {kind: _sample_vectors(before, kind, dim, samples) for kind in KINDS}
+        expected = {kind: _top(before, kind, queries[kind]) for kind in KINDS}
+        counts = before.counts()
+    finally:
+        before.close()
+    after = ItemStore(data_dir, model_id, dim, target)
+    try:
+        after.wait_for_builds()
+        for kind in KINDS:
+            report.counts[kind] = (counts[kind], after.counts()[kind])
+            got = _top(after, kind, queries[kind])
+            report.queries += len(got)
+            for n, (want, have) in enumerate(zip(expected[kind], got, strict=True)):
+                if not _same_ranking(want, have):
+                    report.mismatches.append(f"{kind} query {n}: {want} != {have}")
+    finally:
+        after.close()
+    return report
+
+
+def opposite(options: IndexOptions, milvus_uri: str | None) -> IndexOptions:
+    """The same options on the other backend."""
+    if options.backend == "milvus":
+        return replace(options, backend="faiss")
+    return replace(options, backend="milvus", milvus_uri=milvus_uri or options.milvus_uri)
+
+
+def _bound_model(data_dir: Path) -> tuple[str, int]:
+    records = RecordStore(data_dir / "records.sqlite3")
+    try:
+        stored = records.stored_model()
+    finally:
+        records.close()
+    if stored is None:
+        raise ModelMismatchError(f"{data_dir} holds no indexed data")
+    return stored
+
+
+def _sample_vectors(store: ItemStore, kind: Kind, dim: int, samples: int) -> np.ndarray:
+    chunk = next(iter(store._records.vectors_after(kind, 0, dim, chunk=max(samples * 10, 1))), None)
+    if chunk is None:
+        return np.zeros((0, dim), dtype=np.float32)
+    vectors = chunk[1]
+    picks = np.random.default_rng(0).permutation(len(vectors))[:samples]
+    return vectors[np.sort(picks)]
+
+
+def _top(store: ItemStore, kind: Kind, queries: np.ndarray) -> list[list[tuple[str, float]]]:
+    if len(queries) == 0:
+        return []
+    hits = store.search(kind, queries, TOP)
+    return [[(h.record.id, h.score) for h in row] for row in hits]
+
+
+def _same_ranking(want: list[tuple[str, float]], have: list[tuple[str, float]]) -> bool:
+    """Same ids in the same order, where ties (scores within tolerance) may swap.
+
+    A tie cut by the top-10 boundary may show different members of the tie.
+    """
+    if len(want) != len(have):
+        return False
+    if any(abs(a[1] - b[1]) > SCORE_TOLERANCE for a, b in zip(want, have, strict=True)):
+        return False
+    groups_want, groups_have = _tie_groups(want), _tie_groups(have)
+    if not groups_want:
+        return not groups_have
+    # the last tie group may be cut by the top-10 boundary: any members of the tie will do
+    return groups_want[:-1] == groups_have[:-1] and len(groups_want[-1]) == len(groups_have[-1])
+
+
+def _tie_groups(ranking: list[tuple[str, float]]) -> list[frozenset[str]]:
+    groups: list[set[str]] = []
+    last: float | None = None
+    for item_id, score in ranking:
+        if last is None or abs(score - last) > SCORE_TOLERANCE:
+            groups.append(set())
+        groups[-1].add(item_id)
+        last = score
+    return [frozenset(g) for g in groups]
