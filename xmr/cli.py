@@ -8,13 +8,12 @@ Exit codes: 0 success, 1 the server refused something (or items failed), 2 bad u
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,8 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from xmr.client import XmrClient, XmrError
+from xmr.files import ImageFile, MissingPathError, find_images, sha256_file
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LOOKUP_CHUNK = 1000
 TEXT_CHUNK = 256
 
@@ -65,6 +64,9 @@ def main() -> None:
     except CliError as e:
         err.print(f"xmr: {e}", markup=False)
         sys.exit(e.code)
+    except MissingPathError as e:
+        err.print(f"xmr: {e}", markup=False)
+        sys.exit(2)
     except XmrError as e:
         err.print(f"xmr: the server answered {e.status}: {e.detail}", markup=False)
         sys.exit(1)
@@ -99,37 +101,6 @@ def serve(
 
 
 # -- index ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ImageFile:
-    path: Path
-    item_id: str  # the path relative to the folder it was found in, with / separators
-
-
-def find_images(paths: Sequence[Path], recursive: bool) -> list[ImageFile]:
-    """Image files named directly, or found in folders (their subfolders with `recursive`)."""
-    found: dict[Path, ImageFile] = {}
-    for given in paths:
-        if given.is_file():
-            found.setdefault(given.resolve(), ImageFile(given, given.name))
-        elif given.is_dir():
-            pattern = "**/*" if recursive else "*"
-            for path in sorted(given.glob(pattern)):
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                    item_id = path.relative_to(given).as_posix()
-                    found.setdefault(path.resolve(), ImageFile(path, item_id))
-        else:
-            raise CliError(f"{given} does not exist", 2)
-    return list(found.values())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_captions(path: Path) -> dict[str, list[str]]:
     """Captions by image file name, from a Karpathy JSON, a {name: caption(s)} JSON, or CSV/TSV."""
     try:
@@ -187,16 +158,30 @@ def index(
         typer.Option(help="captions to index as texts: Karpathy JSON, {name: caption} or CSV"),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="images per batch job")] = 64,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="embed on Ray, straight into --data-dir (server stopped)")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="a Ray cluster (e.g. auto, ray://host:10001); default local")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="with --ray: model actors")] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="with --ray: the data directory (XMR_DATA_DIR)")
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     api_key: KeyOption = None,
 ) -> None:
     """Index images (and their captions) through the batch API; already indexed bytes are skipped.
 
-    Resumable: run it again after an interruption and only what is missing is sent.
+    Resumable: run it again after an interruption and only what is missing is sent. With --ray
+    the embedding runs on a Ray cluster and writes into the data directory directly.
     """
     files = find_images(paths, recursive)
     if not files and captions is None:
         raise CliError("no image files found (use --recursive for subfolders)", 2)
+    if ray:
+        index_on_ray(files, captions, data_dir, ray_address, workers, batch_size)
+        return
     with XmrClient(server, api_key, timeout=600) as client:
         client.wait_ready(10)
         with progress_bar() as progress:
@@ -219,6 +204,66 @@ def index(
         err.print(f"  {item_id}: {reason}", markup=False)
     if failures:
         raise CliError(f"{len(failures)} images could not be indexed", 1)
+
+
+def index_on_ray(
+    files: Sequence[ImageFile],
+    captions: Path | None,
+    data_dir: Path | None,
+    address: str | None,
+    workers: int,
+    batch_size: int,
+) -> None:
+    """`xmr index --ray`: Ray Data embeds, this process writes into the data directory."""
+    import ray
+
+    from app.config import Settings
+    from index import ItemStore, NewItem
+    from models import OpenClipEncoder
+    from xmr.distributed import index_with_ray
+
+    settings = Settings()
+    folder = data_dir or settings.data_dir
+    captions_by_name = read_captions(captions) if captions else {}
+    encoder = OpenClipEncoder.load(
+        settings.model, settings.pretrained, "cpu", settings.model_cache_dir, settings.precision
+    )
+    store = ItemStore(folder, encoder.model_id, encoder.dim, settings.index_options())
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        report = index_with_ray(
+            files,
+            store,
+            settings.model,
+            settings.pretrained,
+            workers=workers,
+            device=settings.device,
+            precision=settings.precision,
+            batch_size=batch_size,
+            max_pixels=settings.max_image_pixels,
+        )
+        texts = caption_items(files, captions_by_name)
+        for part in chunks(texts, TEXT_CHUNK):
+            vectors = encoder.encode_texts([item["text"] for item in part])
+            store.upsert(
+                [
+                    NewItem(item["id"], "text", vector, item["metadata"], text=item["text"])
+                    for item, vector in zip(part, vectors, strict=True)
+                ]
+            )
+    finally:
+        ray.shutdown()
+        store.close()
+    out.print(
+        f"indexed {report.indexed} images, skipped {report.skipped} already indexed, "
+        f"{len(report.failed)} failed"
+        + (f", {len(texts)} captions" if captions else "")
+        + f" ({report.indexed / max(report.seconds, 1e-9):.1f} images/s on Ray)"
+    )
+    for item_id, reason in report.failed[:20]:
+        err.print(f"  {item_id}: {reason}", markup=False)
+    if report.failed:
+        raise CliError(f"{len(report.failed)} images could not be indexed", 1)
 
 
 def upload_images(
@@ -253,7 +298,17 @@ def index_captions(
     client: XmrClient, files: Sequence[ImageFile], captions: dict[str, list[str]]
 ) -> int:
     """Index each image's captions as texts `<image id>#<n>`, linked by metadata `image_id`."""
-    items = []
+    items = caption_items(files, captions)
+    for part in chunks(items, TEXT_CHUNK):
+        client.index_texts(part)
+    return len(items)
+
+
+def caption_items(
+    files: Sequence[ImageFile], captions: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """The text items for the images' captions: `<image id>#<n>`, metadata `image_id`."""
+    items: list[dict[str, Any]] = []
     for file in files:
         for key in (file.item_id, file.path.name):
             if key in captions:
@@ -264,9 +319,7 @@ def index_captions(
                     if text.strip()
                 ]
                 break
-    for part in chunks(items, TEXT_CHUNK):
-        client.index_texts(part)
-    return len(items)
+    return items
 
 
 # -- migrate ----------------------------------------------------------------------------------
