@@ -48,10 +48,9 @@ def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | N
     if raw is None or raw == "":
         return None
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, ValueError) as e:
-        message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        raise InvalidInputError(f"{field} must be a JSON list: {message}") from e
+        value = strict_json(raw)
+    except ValueError as e:
+        raise InvalidInputError(f"{field} must be a JSON list: {e}") from e
     if not isinstance(value, list):
         raise InvalidInputError(f"{field} must be a JSON list, one entry per file")
     if len(value) != expected:
@@ -64,11 +63,18 @@ def parse_filter_param(raw: str | None) -> MetadataFilter | None:
     if raw is None or not raw.strip():
         return None
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, ValueError) as e:
-        message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        raise InvalidFilterError(f"filter: not valid JSON ({message})") from e
+        value = strict_json(raw)
+    except ValueError as e:
+        raise InvalidFilterError(f"filter: not valid JSON ({e})") from e
     return parse_filter(value)
+
+
+def strict_json(raw: str) -> Any:
+    """Decode JSON, refusing NaN and infinities; ValueError carries a short reason."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(e.msg) from e
 
 
 def _refuse_constant(name: str) -> None:
