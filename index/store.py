@@ -171,12 +171,14 @@ class ItemStore:
     def _rebuild_in_background(self, kind: Kind, spec: str, seq: int) -> None:
         try:
             chunks = self._records.vectors_after(kind, 0, self.dim, up_to_seq=seq)
-            built = FaissVectorIndex.build(
+            built: FaissVectorIndex | None = FaissVectorIndex.build(
                 self.dim, spec, chunks, ef_search=self.options.ef_search, nprobe=self.options.nprobe
             )
-            with self._write_lock:
-                if self._closing:
-                    return
+        except Exception:  # a failed build leaves the working index in place
+            logger.exception("building the %s %s index failed", spec, kind)
+            built = None
+        with self._write_lock:
+            if built is not None and not self._closing:
                 # replay what was written while the new index was being built
                 built.remove(self._records.tombstones_after(kind, seq))
                 for labels, vectors in self._records.vectors_after(kind, seq, self.dim):
@@ -184,14 +186,9 @@ class ItemStore:
                 self._indexes[kind] = built
                 self._saved_seq[kind] = -1
                 logger.info("the %s index is now %s (%d vectors)", kind, spec, len(built))
-        except Exception:  # a failed build leaves the working index in place
-            logger.exception("building the %s %s index failed", spec, kind)
-            with self._write_lock:
-                self._builds.pop(kind, None)
-            return
-        with self._write_lock:
             self._builds.pop(kind, None)
-            self._maybe_rebuild(kind)  # the index may have grown past another plan meanwhile
+            if built is not None:
+                self._maybe_rebuild(kind)  # the index may have grown past another plan meanwhile
 
     def wait_for_builds(self, timeout_s: float = 600.0) -> None:
         """Block until no background index build is running (one may start the next)."""

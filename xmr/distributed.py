@@ -14,9 +14,8 @@ metadata {"path": id}, the same vectors.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import numpy as np
 
 from xmr.files import ImageFile
 
-logger = logging.getLogger(__name__)
 WRITE_BATCH = 256
 
 
@@ -137,7 +135,7 @@ def index_with_ray(
         num_gpus=1 if gpus else 0,
     )
     indexed, failed = 0, []
-    for batch in _batches(encoded.iter_batches(batch_size=WRITE_BATCH, batch_format="numpy")):
+    for batch in encoded.iter_batches(batch_size=WRITE_BATCH, batch_format="numpy"):
         items = []
         for item_id, data, error, vector in zip(
             batch["item_id"], batch["data"], batch["error"], batch["vector"], strict=True
@@ -181,7 +179,3 @@ def _not_indexed_yet(files: Sequence[ImageFile], store: Any, batch_size: int) ->
     for start in range(0, len(values), 1000):
         known |= set(store.ids_by_content_hash(values[start : start + 1000]))
     return [f for f in files if digests[f.item_id] not in known]
-
-
-def _batches(batches: Any) -> Iterator[dict[str, np.ndarray]]:
-    yield from batches
