@@ -406,3 +406,22 @@ def test_any_text_is_accepted_and_long_text_is_truncated(client: TestClient) -> 
         assert client.get(f"/v1/items/{item_id}").json()["text"] == text
         hits = client.get("/v1/search/text", params={"q": text[:2000], "target": "texts", "k": 1})
         assert hits.status_code == 200
+
+
+def test_content_hash_lookup_finds_indexed_bytes_and_refuses_bad_digests(
+    client: TestClient,
+) -> None:
+    import hashlib
+
+    data = image_bytes("red")
+    client.post(
+        "/v1/images", files=[("files", ("r.png", data, "image/png"))], data={"ids": '["r"]'}
+    )
+    known, unknown = hashlib.sha256(data).hexdigest(), "0" * 64
+    found = client.post("/v1/items/lookup", json={"sha256": [known.upper(), unknown]})
+    assert found.status_code == 200
+    assert found.json() == {"found": {known: "r"}}
+    bad = client.post("/v1/items/lookup", json={"sha256": [known, "xyz"]})
+    assert bad.status_code == 422
+    assert "sha256[1] is not a hex SHA-256 digest" in bad.json()["detail"]
+    assert client.post("/v1/items/lookup", json={"sha256": []}).status_code == 422
