@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda:0")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="model weights and inputs: auto is fp16 on CUDA, fp32 on the CPU"
+        "auto",
+        description="model weights and inputs: auto is fp16 on CUDA, bf16 on a CPU with bf16 "
+        "instructions (AVX512-BF16, AMX), else fp32",
     )
     model_cache_dir: str | None = Field(None, description="open_clip cache_dir; default HF cache")
     data_dir: Path = Path("./data")

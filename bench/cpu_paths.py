@@ -7,6 +7,12 @@
    between each variant's vectors and fp32's.
 2. JPEG draft decoding: decode + open_clip preprocessing of large photos with and without
    Pillow's draft mode, per image, and the worst cosine between the resulting image vectors.
+3. Resizing: open_clip's transform (Pillow) against xmr's uint8 tensor path (PyTorch's
+   antialiased kernels), per image on 200-640 px JPEGs, and the worst cosine.
+4. Decoding beside the model: image batches per second alone, and with one thread decoding
+   at the same time (why, on the CPU, decoding and the model take turns).
+5. Fixed shapes in bf16: texts/s and memory growth over random batch sizes and text lengths,
+   with and without rounding shapes up to buckets (models/shapes.py).
 """
 
 from __future__ import annotations
@@ -116,6 +122,107 @@ def draft_report(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def resize_report(args: argparse.Namespace) -> dict[str, Any]:
+    from torchvision import transforms
+
+    from models.transforms import pil_to_uint8
+
+    encoder = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="fp32")
+    rng = np.random.default_rng(1)
+    images = [
+        decode_image(photo_jpeg(rng, int(side))) for side in rng.integers(200, 640, args.photos)
+    ]
+    geometry = transforms.Compose(encoder._preprocess.transforms[:-2])
+    with torch_threads(1):
+        pillow_ms = timed(lambda: [pil_to_uint8(geometry(i)).contiguous() for i in images], 3)
+        tensor_ms = timed(lambda: [encoder.prepare_image(i) for i in images], 3)
+    reference = encoder.encode_pixels(torch.stack([encoder.preprocess(i) for i in images]))
+    ours = encoder.encode_prepared([encoder.prepare_image(i) for i in images])
+    return {
+        "pillow_ms_per_image": round(pillow_ms / len(images), 3),
+        "tensor_ms_per_image": round(tensor_ms / len(images), 3),
+        "speedup": round(pillow_ms / tensor_ms, 2),
+        "min_cosine": round(worst_cosine(reference, ours), 6),
+    }
+
+
+def contention_report(args: argparse.Namespace) -> dict[str, Any]:
+    import threading
+
+    encoder = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="auto")
+    rng = np.random.default_rng(2)
+    photos = [photo_jpeg(rng, 480) for _ in range(16)]
+    batch = [encoder.prepare_image(decode_image(p)) for p in photos] * (args.batch // 16)
+    alone_ms = timed(lambda: encoder.encode_prepared(batch), 3)
+    stop = threading.Event()
+    decoded = 0
+
+    def decode_forever() -> None:
+        nonlocal decoded
+        torch.set_num_threads(1)
+        while not stop.is_set():
+            encoder.prepare_image(decode_image(photos[decoded % len(photos)]))
+            decoded += 1
+
+    thread = threading.Thread(target=decode_forever)
+    thread.start()
+    try:
+        beside_ms = timed(lambda: encoder.encode_prepared(batch), 3)
+    finally:
+        stop.set()
+        thread.join()
+    return {
+        "precision": encoder.precision,
+        "images_per_s_alone": round(len(batch) / alone_ms * 1000, 1),
+        "images_per_s_beside_one_decode_thread": round(len(batch) / beside_ms * 1000, 1),
+        "slowdown": round(beside_ms / alone_ms, 2),
+    }
+
+
+def shapes_report(args: argparse.Namespace) -> dict[str, Any]:
+    import random
+
+    encoder = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="bf16")
+    words = [word for text in TEXTS for word in text.split(" ")]
+    report: dict[str, Any] = {}
+    for fixed in (True, False):  # fixed first: its few shapes are a subset of the second run's
+        encoder.fixed_shapes = fixed
+        rng = random.Random(0)
+        batches = [
+            [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(rng.randint(1, 40))]
+            for _ in range(args.shape_batches)
+        ]
+        before = rss_mb()
+        started = time.perf_counter()
+        for texts in batches:
+            encoder.encode_texts(texts)
+        elapsed = time.perf_counter() - started
+        report["fixed_shapes" if fixed else "any_shape"] = {
+            "texts_per_s": round(sum(map(len, batches)) / elapsed, 1),
+            "rss_growth_mb": round(rss_mb() - before, 1),
+        }
+    report["batches"] = args.shape_batches
+    return report
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class torch_threads:
+    """Run a block with `n` torch threads, as xmr's decode threads do."""
+
+    def __init__(self, n: int) -> None:
+        self._n, self._previous = n, torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        torch.set_num_threads(self._n)
+
+    def __exit__(self, *_: object) -> None:
+        torch.set_num_threads(self._previous)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,6 +232,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--photo-side", type=int, default=2400)
+    parser.add_argument("--shape-batches", type=int, default=400)
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = {
@@ -132,6 +240,9 @@ def main() -> int:
         "model": f"{args.model}/{args.pretrained or 'random-init'}",
         "precision": precision_report(args),
         "jpeg_draft": draft_report(args),
+        "resize": resize_report(args),
+        "decode_beside_model": contention_report(args),
+        "bf16_shapes": shapes_report(args),
     }
     return emit(report, args.json_out)
 

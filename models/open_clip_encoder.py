@@ -11,10 +11,11 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
-from torchvision import transforms
 
 from models.errors import EmptyTextError, ModelLoadError
 from models.registry import WeightsSource, model_id_for, resolve_weights
+from models.shapes import batch_bucket, batch_chunks, text_length_bucket
+from models.transforms import split_transform
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +38,23 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """`auto`: fp16 on CUDA, fp32 on the CPU.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by emulation."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
-    bf16 on a CPU with bf16 instructions encodes 3-4x faster within cosine 0.9999 of fp32, but
-    PyTorch's oneDNN path keeps cached kernels and weights per input shape, so the memory of a
-    server seeing many batch sizes and text lengths grows by hundreds of MB (BENCHMARKS.md); it
-    is there to choose (`XMR_PRECISION=bf16`), not the default.
+
+def resolve_precision(requested: str, device: torch.device, native_bf16: bool | None = None) -> str:
+    """`auto`: fp16 on CUDA; on the CPU bf16 where it has bf16 instructions, else fp32.
+
+    bf16 on such a CPU encodes 3-4x faster than fp32 within cosine 0.9999 (BENCHMARKS.md);
+    without them it is emulated and slower than fp32.
     """
     if requested == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
+        if device.type == "cuda":
+            return "fp16"
+        native = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        return "bf16" if native else "fp32"
     if requested not in DTYPES:
         raise ModelLoadError(f"XMR_PRECISION={requested!r} is not one of auto, fp32, fp16, bf16")
     if requested == "fp16" and device.type == "cpu":
@@ -77,10 +85,12 @@ class OpenClipEncoder:
         if device.type == "cuda":
             self._model = self._model.to(memory_format=torch.channels_last)
         self._preprocess = preprocess
-        self._pil_stage, self._normalize = _split_transform(preprocess)
+        self._split = split_transform(preprocess)
         self._tokenizer = tokenizer
         self._model_id = model_id
         self._dim = _embedding_dim(model)
+        # oneDNN (bf16 on the CPU) keeps state per input shape: see models.shapes
+        self.fixed_shapes = device.type == "cpu" and self._precision == "bf16"
         self.short_text = _supports_short_text(self._model) and self._short_text_matches()
 
     @classmethod
@@ -140,13 +150,12 @@ class OpenClipEncoder:
 
         open_clip's transform up to its tensor conversion: a (3, H, W) uint8 tensor, which
         `encode_prepared` scales and normalizes for the whole batch at once (a quarter of the
-        bytes to hold and to copy to a GPU). Transforms of another shape are run whole.
+        bytes to hold and to copy to a GPU); see models.transforms. Transforms of another shape
+        are run whole.
         """
-        if self._pil_stage is None:
+        if self._split is None:
             return self._preprocess(image)
-        resized = self._pil_stage(image)
-        pixels = torch.from_numpy(np.array(resized, dtype=np.uint8, copy=True))
-        return pixels.view(resized.size[1], resized.size[0], -1).permute(2, 0, 1).contiguous()
+        return self._split.to_uint8(image)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.encode_prepared([self.prepare_image(image) for image in images])
@@ -158,15 +167,12 @@ class OpenClipEncoder:
         batch = torch.stack(list(prepared))
         if batch.dtype != torch.uint8:
             return self.encode_pixels(batch)
-        if self._normalize is None:
+        if self._split is None:
             raise ValueError("uint8 pixels need a transform that ends in ToTensor, Normalize")
         with torch.inference_mode():
             if self._device.type == "cuda":
                 batch = batch.pin_memory().to(self._device, non_blocking=True)
-            # exactly ToTensor's and Normalize's arithmetic, once for the batch
-            mean, std = (t.to(batch.device) for t in self._normalize)
-            pixels = batch.to(torch.float32).div_(255).sub_(mean).div_(std)
-            return self.encode_pixels(pixels)
+            return self.encode_pixels(self._split.normalize(batch))
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode an already preprocessed (n, 3, H, W) float batch."""
@@ -178,21 +184,33 @@ class OpenClipEncoder:
                 pixels = pixels.to(dtype=self._dtype, memory_format=torch.channels_last)
             else:
                 pixels = pixels.to(dtype=self._dtype)
-            features = self._model.encode_image(pixels)
-            return _normalized_numpy(features)
+            if not self.fixed_shapes:
+                return _normalized_numpy(self._model.encode_image(pixels))
+            # split, not padded: every padded image would cost as much as a real one
+            return np.concatenate(
+                [
+                    _normalized_numpy(self._model.encode_image(pixels[start:stop]))
+                    for start, stop in batch_chunks(len(pixels))
+                ]
+            )
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         if any(not text.strip() for text in texts):
             raise EmptyTextError("a text to encode is empty or only whitespace")
-        tokens = self._tokenizer(list(texts))
+        tokens = self._tokenizer(list(texts)).to(self._device)
+        length = _text_length(tokens) if self.short_text else tokens.shape[1]
+        if self.fixed_shapes:
+            # padding rows and tokens is cheap next to a new shape's cache entry
+            tokens = _pad_rows(tokens, batch_bucket(len(texts)))
+            length = text_length_bucket(length, tokens.shape[1])
         with torch.inference_mode():
-            if self.short_text:
-                features = _encode_text_trimmed(self._model, tokens.to(self._device))
+            if length < tokens.shape[1]:
+                features = _encode_text_trimmed(self._model, tokens[:, :length])
             else:
-                features = self._model.encode_text(tokens.to(self._device))
-            return _normalized_numpy(features)
+                features = self._model.encode_text(tokens)
+            return _normalized_numpy(features[: len(texts)])
 
     def _short_text_matches(self) -> bool:
         """Check on probe texts that the trimmed path reproduces encode_text; else never use it."""
@@ -200,33 +218,13 @@ class OpenClipEncoder:
         tokens = self._tokenizer(probes).to(self._device)
         with torch.inference_mode():
             full = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
-            trimmed = _encode_text_trimmed(self._model, tokens).float()
+            trimmed = _encode_text_trimmed(self._model, tokens[:, : _text_length(tokens)]).float()
             trimmed = torch.nn.functional.normalize(trimmed, dim=-1)
         agreement = float((full * trimmed).sum(dim=-1).min())
         if agreement < SHORT_TEXT_MIN_COSINE[self._precision]:
             logger.warning("short-query text encoding disabled: cosine %.6f", agreement)
             return False
         return True
-
-
-def _split_transform(
-    preprocess: Callable[[Image.Image], torch.Tensor],
-) -> tuple[Callable[[Image.Image], Image.Image] | None, tuple[torch.Tensor, torch.Tensor] | None]:
-    """open_clip's Compose(..., ToTensor, Normalize) as (the PIL stages, (mean, std) tensors).
-
-    (None, None) when the transform has another shape; it is then run whole per image.
-    """
-    stages = getattr(preprocess, "transforms", None)
-    if not isinstance(stages, list) or len(stages) < 2:
-        return None, None
-    to_tensor, normalize = stages[-2], stages[-1]
-    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor") or not isinstance(
-        normalize, transforms.Normalize
-    ):
-        return None, None
-    mean = torch.tensor(normalize.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return transforms.Compose(stages[:-2]), (mean, std)
 
 
 def _create(
@@ -289,14 +287,25 @@ def _supports_short_text(model: Any) -> bool:
     )
 
 
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """encode_text over the real tokens only (the batch cut to its longest, not the context).
+def _text_length(tokens: torch.Tensor) -> int:
+    """The longest text's length in tokens, its padding (token 0) not counted."""
+    return max(int((tokens != 0).sum(dim=1).max()), 1)
 
-    Under the causal mask no position attends to a later one, so cutting the padding after the
+
+def _pad_rows(tokens: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tokens` with copies of its first row appended up to `rows` rows."""
+    if rows == len(tokens):
+        return tokens
+    return torch.cat([tokens, tokens[:1].expand(rows - len(tokens), -1)])
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """encode_text over tokens cut short of the context length (to the batch's longest text).
+
+    Under the causal mask no position attends to a later one, so cutting padding after the
     longest text leaves every kept position, the end-of-text token included, unchanged.
     """
-    length = max(int((tokens != 0).sum(dim=1).max()), 1)
-    tokens = tokens[:, :length]
+    length = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype)
     x = x + model.positional_embedding[:length].to(cast_dtype)

@@ -1,8 +1,15 @@
 """Run the encoder off the event loop: one inference thread, decoding in a separate pool.
 
-An image upload is decoded and preprocessed (the encoder's `prepare_image`) in the decode pool,
-so the inference thread only ever runs the model; batches of prepared images and of texts are
-gathered by one batcher per modality.
+An image upload is decoded and preprocessed (the encoder's `prepare_image`) in the decode pool;
+batches of prepared images and of texts are gathered by one batcher per modality.
+
+Whether decoding overlaps inference depends on where the model runs. Beside a GPU it does: the
+CPU decodes the next batch while the GPU encodes this one. On the CPU the model's OpenMP threads
+already use every core and meet at a barrier after each operation, so one decode thread taking
+a core stalls them all: ViT-B-32 in bf16 on 2 cores fell from 89 to 34 images/s beside a
+single decode thread, for decoding that costs 1.8 ms of one core per image (BENCHMARKS.md).
+There the two take turns instead: decoding is queued on the inference thread like a model
+call, which fans it out over the decode pool (all cores) and waits.
 """
 
 from __future__ import annotations
@@ -34,9 +41,16 @@ class EncodingService:
         jpeg_draft: bool = True,
         on_batch: Callable[[str, int, float], None] | None = None,
         inference: ThreadPoolExecutor | None = None,
+        overlap_decode: bool | None = None,
     ) -> None:
-        """`inference` is the thread that loaded the model, if any (see app.services.threads)."""
+        """`inference` is the thread that loaded the model, if any (see app.services.threads).
+
+        `overlap_decode`: decode while the model runs; by default only when it is not on the CPU.
+        """
         self.encoder = encoder
+        self.overlap_decode = (
+            overlap_decode if overlap_decode is not None else encoder.device != "cpu"
+        )
         self._max_image_pixels = max_image_pixels
         self._draft_size = encoder.image_size * DRAFT_FACTOR if jpeg_draft else None
         self._inference = inference or inference_pool()
@@ -79,15 +93,29 @@ class EncodingService:
 
         Raises ImageDecodeError (or a subclass) for bytes that are not an acceptable image.
         """
-        return await run_in(self._decode, self._decode_and_prepare, data)
+        pool = self._decode if self.overlap_decode else self._inference
+        return await run_in(pool, self._decode_and_prepare, data)
 
     async def prepare_many(self, blobs: Sequence[bytes]) -> list[Any]:
         """Prepare several uploads concurrently; a failure is returned in its slot, not raised."""
+        if not self.overlap_decode:
+            return await run_in(self._inference, self._prepare_in_turn, blobs)
         results = await asyncio.gather(*(self.prepare(b) for b in blobs), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
         return list(results)
+
+    def _prepare_in_turn(self, blobs: Sequence[bytes]) -> list[Any]:
+        """On the inference thread: decode `blobs` over the whole decode pool, model idle."""
+        futures = [self._decode.submit(self._decode_and_prepare, data) for data in blobs]
+        results: list[Any] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as error:
+                results.append(error)
+        return results
 
     def _decode_and_prepare(self, data: bytes) -> Any:
         image = decode_image(data, self._max_image_pixels, self._draft_size)

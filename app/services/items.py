@@ -69,19 +69,17 @@ class ItemService:
                 raise type(result)(f"files[{position}]: {result}") from result
             if isinstance(result, Exception):
                 raise result
-        return await self._encode_and_store_images(inputs, prepared)
+        items, _ = await self.encode_images(inputs, prepared)
+        return await self.store_items(items)
 
-    async def index_images_skipping_bad(
-        self, inputs: Sequence[ImageInput], background: bool = False
-    ) -> tuple[list[str], dict[int, str]]:
-        """Like index_images, but an undecodable image is reported by position and skipped."""
-        prepared = await self.encoding.prepare_many([item.data for item in inputs])
-        return await self.index_prepared_images(inputs, prepared, background)
+    async def index_texts(self, inputs: Sequence[TextInput]) -> list[str]:
+        _check_ids(inputs)
+        return await self.store_items(await self.encode_texts(inputs))
 
-    async def index_prepared_images(
+    async def encode_images(
         self, inputs: Sequence[ImageInput], prepared: Sequence[Any], background: bool = False
-    ) -> tuple[list[str], dict[int, str]]:
-        """Encode and store images already through `EncodingService.prepare_many`.
+    ) -> tuple[list[NewItem], dict[int, str]]:
+        """Items to store for images already through `EncodingService.prepare_many`.
 
         A slot holding an ImageDecodeError is reported by position and skipped.
         """
@@ -96,13 +94,9 @@ class ItemService:
             else:
                 good_inputs.append(item)
                 good.append(result)
-        ids = await self._encode_and_store_images(good_inputs, good, background) if good else []
-        return ids, failures
-
-    async def _encode_and_store_images(
-        self, inputs: Sequence[ImageInput], prepared: Sequence[Any], background: bool = False
-    ) -> list[str]:
-        vectors = await self.encoding.encode_prepared(prepared, background)
+        if not good:
+            return [], failures
+        vectors = await self.encoding.encode_prepared(good, background)
         items = [
             NewItem(
                 id=check_item_id(item.id) if item.id is not None else new_item_id(),
@@ -112,14 +106,16 @@ class ItemService:
                 content=item.data,
                 content_type=image_content_type(item.data),
             )
-            for item, vector in zip(inputs, vectors, strict=True)
+            for item, vector in zip(good_inputs, vectors, strict=True)
         ]
-        return await run_in(self._store_pool, self.store.upsert, items)
+        return items, failures
 
-    async def index_texts(self, inputs: Sequence[TextInput], background: bool = False) -> list[str]:
-        _check_ids(inputs)
+    async def encode_texts(
+        self, inputs: Sequence[TextInput], background: bool = False
+    ) -> list[NewItem]:
+        """Items to store for texts; `background` work waits for room in the encoder queue."""
         vectors = await self.encoding.encode_texts([item.text for item in inputs], background)
-        items = [
+        return [
             NewItem(
                 id=check_item_id(item.id) if item.id is not None else new_item_id(),
                 kind="text",
@@ -129,6 +125,11 @@ class ItemService:
             )
             for item, vector in zip(inputs, vectors, strict=True)
         ]
+
+    async def store_items(self, items: Sequence[NewItem]) -> list[str]:
+        """Store encoded items durably in one write; their ids, in order."""
+        if not items:
+            return []
         return await run_in(self._store_pool, self.store.upsert, items)
 
     async def get(self, item_id: str) -> Record:

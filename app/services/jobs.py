@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
 from app.services.items import ImageInput, ItemService, TextInput, check_item_id, new_item_id
 from app.services.job_store import JobItem, JobStore, JobView
-from index import StorageError
+from index import NewItem, StorageError
 from index.files import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ class _LoadedBatch:
 
     images: list[tuple[ImageInput, Any]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class _EncodedBatch:
+    """A batch's items with their vectors, ready to store, and the positions done or failed."""
+
+    items: list[NewItem] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
 
 
@@ -199,27 +208,42 @@ class JobRunner:
                 await run_in_threadpool(self._store.set_status, job_id, "failed", _public(e))
 
     async def _run_job(self, job_id: str) -> None:
-        """Work through the pending items; the next batch is read and decoded meanwhile."""
+        """Work through the pending items as a pipeline of three stages.
+
+        While batch n is encoded, batch n+1 is read and decoded and batch n-1 is written (its
+        fsyncs are I/O waits the model need not sit through). A batch is recorded as done only
+        once its items are durably stored.
+        """
         await run_in_threadpool(self._store.set_status, job_id, "running")
         batch = await run_in_threadpool(self._store.pending, job_id, self._batch_size)
         loading = asyncio.ensure_future(self._load(batch))
+        storing: asyncio.Future[None] | None = None
         try:
             while batch:
                 if self._stopping:
-                    await run_in_threadpool(self._store.set_status, job_id, "interrupted")
-                    return
+                    break
                 loaded = await loading
                 following = await run_in_threadpool(
                     self._store.pending, job_id, self._batch_size, batch[-1].position
                 )
                 loading = asyncio.ensure_future(self._load(following))
-                done, failed = await self._index(batch, loaded)
-                await run_in_threadpool(self._store.record_results, job_id, done, failed)
+                encoded = await self._encode(batch, loaded)
+                if storing is not None:
+                    await storing
+                storing = asyncio.ensure_future(self._store_batch(job_id, encoded))
                 batch = following
+            if storing is not None:
+                await storing
         finally:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
+            if storing is not None and not storing.done():
+                with contextlib.suppress(Exception):
+                    await storing  # a write under way completes and is recorded
+        if batch and self._stopping:
+            await run_in_threadpool(self._store.set_status, job_id, "interrupted")
+            return
         await run_in_threadpool(self._store.set_status, job_id, "done")
         await run_in_threadpool(shutil.rmtree, self._staging_dir / job_id, True)
 
@@ -242,26 +266,29 @@ class JobRunner:
         loaded.positions = [item.position for item in sources]
         return loaded
 
-    async def _index(
-        self, batch: Sequence[JobItem], loaded: _LoadedBatch
-    ) -> tuple[list[int], dict[int, str]]:
-        failed = dict(loaded.failed)
+    async def _encode(self, batch: Sequence[JobItem], loaded: _LoadedBatch) -> _EncodedBatch:
+        encoded = _EncodedBatch(failed=dict(loaded.failed))
         texts = [item for item in batch if item.kind == "text"]
         if texts:
-            await self._items.index_texts(
+            encoded.items += await self._items.encode_texts(
                 [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts],
                 background=True,
             )
         if loaded.images:
-            _, decode_failures = await self._items.index_prepared_images(
+            images, decode_failures = await self._items.encode_images(
                 [inp for inp, _ in loaded.images],
                 [prepared for _, prepared in loaded.images],
                 background=True,
             )
+            encoded.items += images
             for slot, reason in decode_failures.items():
-                failed[loaded.positions[slot]] = reason
-        done = [item.position for item in batch if item.position not in failed]
-        return done, failed
+                encoded.failed[loaded.positions[slot]] = reason
+        encoded.done = [item.position for item in batch if item.position not in encoded.failed]
+        return encoded
+
+    async def _store_batch(self, job_id: str, encoded: _EncodedBatch) -> None:
+        await self._items.store_items(encoded.items)
+        await run_in_threadpool(self._store.record_results, job_id, encoded.done, encoded.failed)
 
     def _read_source(self, item: JobItem) -> bytes:
         source = Path(item.source or "")

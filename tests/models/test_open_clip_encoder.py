@@ -128,9 +128,8 @@ def test_two_stage_image_encoding_equals_one_stage(tiny_encoder: OpenClipEncoder
     prepared = [tiny_encoder.prepare_image(image) for image in images]
     assert all(p.dtype == torch.uint8 for p in prepared)  # normalized later, once per batch
     whole = torch.stack([tiny_encoder.preprocess(image) for image in images])  # open_clip's own
-    np.testing.assert_allclose(
-        tiny_encoder.encode_prepared(prepared), tiny_encoder.encode_pixels(whole), atol=1e-6
-    )
+    cosines = (tiny_encoder.encode_prepared(prepared) * tiny_encoder.encode_pixels(whole)).sum(1)
+    assert float(cosines.min()) >= 0.9999  # resized by PyTorch, not Pillow: models.transforms
     np.testing.assert_allclose(
         tiny_encoder.encode_prepared(prepared), tiny_encoder.encode_images(images), atol=1e-6
     )
@@ -180,7 +179,8 @@ def test_jpeg_draft_decoding_keeps_the_image_vectors(tiny_encoder: OpenClipEncod
 def test_auto_precision_follows_the_device() -> None:
     from models.open_clip_encoder import resolve_precision
 
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), native_bf16=False) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), native_bf16=True) == "bf16"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
