@@ -7,7 +7,9 @@
    image).
 2. Text->image search: p50/p99 latency and QPS at concurrency 1, 8, 32 through HTTP, against the
    model's text encode alone, and against the naive service.
-Servers run one at a time, so they never share the CPU with each other.
+Servers run one at a time, so they never share the CPU with each other. Image throughput, raw
+and through xmr, is the better of two runs after a warm-up on each side: on a shared 2-core
+machine single runs vary by 10-15%.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
 
+from app.services.threads import inference_pool
 from bench.report import emit
 from models import OpenClipEncoder
 from xmr.client import XmrClient
@@ -86,47 +90,85 @@ def raw_image_throughput(encoder: OpenClipEncoder, paths: list[Path], batch: int
 
     tensors = torch.stack([encoder.preprocess(Image.open(p).convert("RGB")) for p in paths])
     encoder.encode_pixels(tensors[:batch])  # warm-up
-    started = time.perf_counter()
-    for start in range(0, len(tensors), batch):
-        encoder.encode_pixels(tensors[start : start + batch])
-    return len(tensors) / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(2):  # the better of two passes: the baseline errs on the fast side
+        started = time.perf_counter()
+        for start in range(0, len(tensors), batch):
+            encoder.encode_pixels(tensors[start : start + batch])
+        best = max(best, len(tensors) / (time.perf_counter() - started))
+    return best
 
 
-def raw_text_ms(encoder: OpenClipEncoder, short: bool, repeats: int = 30) -> float:
+def query(n: int) -> str:
+    """The n-th query text, the same in the baselines and through HTTP."""
+    return f"{QUERIES[n % len(QUERIES)]} {n}"
+
+
+def raw_text_ms(encoder: OpenClipEncoder, short: bool, repeats: int = 40) -> float:
     encoder.short_text = short
     times = []
     for i in range(repeats):
         started = time.perf_counter()
-        encoder.encode_texts([QUERIES[i % len(QUERIES)]])
+        encoder.encode_texts([query(i)])
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
 
-def batcher_qps(encoder: OpenClipEncoder, concurrency: int, total: int = 320) -> float:
-    """Single-text queries per second through xmr's batcher alone (no HTTP), `concurrency` at once.
+def batcher_qps(
+    encoder: OpenClipEncoder, inference: ThreadPoolExecutor, levels: list[int], total: int = 320
+) -> dict[int, float]:
+    """Single-text queries per second through xmr's batcher alone (no HTTP), per concurrency.
 
     At concurrency 1 this is one-at-a-time encoding; the ratio isolates what batching gives.
     """
     from app.services.encoding import EncodingService
 
-    async def run() -> float:
-        service = EncodingService(encoder, max_image_pixels=10**8, max_batch=64)
-        service.start()
+    async def at(service: EncodingService, concurrency: int) -> float:
         counter = iter(range(total))
 
         async def worker() -> None:
             for n in counter:
-                await service.encode_texts([f"{QUERIES[n % 4]} {n}"])
+                await service.encode_texts([query(n)])
 
-        await service.encode_texts(QUERIES)  # warm-up
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-        await service.stop()
-        service.close()
-        return total / elapsed
+        return round(total / (time.perf_counter() - started), 1)
+
+    async def run() -> dict[int, float]:
+        service = EncodingService(
+            encoder, max_image_pixels=10**8, max_batch=64, inference=inference
+        )
+        service.start()
+        try:
+            await service.encode_texts(QUERIES)  # warm-up
+            return {concurrency: await at(service, concurrency) for concurrency in levels}
+        finally:
+            await service.stop()
+            service.close()
 
     return asyncio.run(run())
+
+
+def raw_baselines(args: argparse.Namespace, paths: list[Path]) -> tuple[dict, str]:
+    """The model alone, loaded and run in a thread set up like the server's inference thread.
+
+    (A second thread running torch on several cores would slow both: app/services/threads.py.)
+    """
+    inference = inference_pool()
+    encoder = inference.submit(
+        OpenClipEncoder.load, args.model, args.pretrained, args.device, None, args.precision
+    ).result()
+    raw = {
+        "encode_image_per_s": round(
+            inference.submit(raw_image_throughput, encoder, paths, args.batch).result(), 2
+        ),
+        "encode_text_ms_77_tokens": round(
+            inference.submit(raw_text_ms, encoder, False).result(), 2
+        ),
+        "encode_text_ms_short": round(inference.submit(raw_text_ms, encoder, True).result(), 2),
+    }
+    raw["batcher_qps"] = batcher_qps(encoder, inference, args.concurrency)  # closes the thread
+    return raw, encoder.precision  # the server picks the same precision on this machine
 
 
 # -- load through HTTP ----------------------------------------------------------------------
@@ -137,7 +179,7 @@ async def search_load(base: str, path: str, total: int, concurrency: int) -> dic
     async def worker(http: httpx.AsyncClient) -> None:
         for n in counter:
             started = time.perf_counter()
-            response = await http.get(path, params={"q": f"{QUERIES[n % 4]} {n}", "k": 10})
+            response = await http.get(path, params={"q": query(n), "k": 10})
             response.raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
 
@@ -178,19 +220,49 @@ def bench_xmr(args: argparse.Namespace, paths: list[Path], root: Path) -> dict:
     try:
         wait_http(f"{base}/readyz")
         with XmrClient(base) as client:
-            started = time.perf_counter()
-            job_id = client.submit_batch([{"image_path": p.name} for p in paths])
-            while (job := client.job(job_id))["status"] in ("queued", "running"):
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - started
-            assert job["done"] == len(paths), job
+            # one batch first, as the raw baseline warms up: the first call of a shape pays
+            # one-time costs (oneDNN's kernels in bf16)
+            warm_up = client.submit_batch([{"image_path": p.name} for p in paths[: args.batch]])
+            while client.job(warm_up)["status"] in ("queued", "running"):
+                time.sleep(0.1)
+            # the better of two jobs, as the raw baseline is the better of two passes
+            index_rate = max(index_images_per_s(client, paths) for _ in range(2))
         search = {
             c: asyncio.run(search_load(base, "/v1/search/text", args.queries, c))
             for c in args.concurrency
         }
-        return {"index_images_per_s": round(len(paths) / elapsed, 2), "search": search}
+        return {
+            "index_images_per_s": round(index_rate, 2),
+            "search": search,
+            "http_round_trip_ms": asyncio.run(round_trip_ms(base)),
+        }
     finally:
         stop(process)
+
+
+def index_images_per_s(client: XmrClient, paths: list[Path]) -> float:
+    """Images/s of one batch job over `paths`, from the submit to the job's own last update.
+
+    Polled as a client would; the job's own end time (same clock) marks the end, so that
+    frequent polls neither add CPU load nor round the figure.
+    """
+    started = time.time()
+    job_id = client.submit_batch([{"image_path": p.name} for p in paths])
+    while (job := client.job(job_id))["status"] in ("queued", "running"):
+        time.sleep(0.5)
+    assert job["done"] == len(paths), job
+    return len(paths) / (job["updated_at"] - started)
+
+
+async def round_trip_ms(base: str, repeats: int = 200) -> float:
+    """p50 of GET /healthz with the load generator's client: HTTP's own share of a query."""
+    times = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            (await http.get("/healthz")).raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
 
 
 def bench_naive(args: argparse.Namespace, paths: list[Path]) -> dict:
@@ -246,17 +318,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = write_images(root / "images", args.images)
-        encoder = OpenClipEncoder.load(
-            args.model, args.pretrained, device=args.device, precision=args.precision
-        )
-        precision = encoder.precision  # the server picks the same for this machine
-        raw = {
-            "encode_image_per_s": round(raw_image_throughput(encoder, paths, args.batch), 2),
-            "encode_text_ms_77_tokens": round(raw_text_ms(encoder, short=False), 2),
-            "encode_text_ms_short": round(raw_text_ms(encoder, short=True), 2),
-            "batcher_qps": {c: round(batcher_qps(encoder, c), 1) for c in args.concurrency},
-        }
-        del encoder
+        raw, precision = raw_baselines(args, paths)
         xmr = bench_xmr(args, paths, root)
         naive = bench_naive(args, paths)
 

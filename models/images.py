@@ -75,8 +75,9 @@ def decode_image(
                 if draft_size is not None and image.format in ("JPEG", "MPO"):
                     image.draft(image.mode, (draft_size, draft_size))
                 image.load()
+                # a new image (turned, or copied), so it outlives the file closing here
                 oriented = ImageOps.exif_transpose(image)
-                return to_rgb(oriented)
+                return oriented if oriented.mode == "RGB" else to_rgb(oriented)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:
