@@ -6,8 +6,8 @@ import asyncio
 import io
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ from app.services.encoding import EncodingService
 from models import ImageDecodeError, OpenClipEncoder
 
 Span = tuple[str, float, float]
+T = TypeVar("T")
 
 
 class RecordingEncoder:
@@ -29,25 +30,21 @@ class RecordingEncoder:
         self._lock = threading.Lock()
 
     def prepare_image(self, image: Image.Image) -> Any:
-        started = time.perf_counter()
-        time.sleep(0.01)
-        result = self._inner.prepare_image(image)
-        self._record("decode", started)
-        return result
+        return self._timed("decode", 0.01, self._inner.prepare_image, image)
 
     def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
-        started = time.perf_counter()
-        time.sleep(0.03)
-        result = self._inner.encode_prepared(prepared)
-        self._record("model", started)
-        return result
+        return self._timed("model", 0.03, self._inner.encode_prepared, prepared)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._inner.encode_texts(texts)
 
-    def _record(self, what: str, started: float) -> None:
+    def _timed(self, what: str, delay_s: float, call: Callable[[Any], T], argument: Any) -> T:
+        started = time.perf_counter()
+        time.sleep(delay_s)
+        result = call(argument)
         with self._lock:
             self.spans.append((what, started, time.perf_counter()))
+        return result
 
 
 def _overlapping(spans: list[Span], first: str, second: str) -> int:
