@@ -18,21 +18,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
-from bench.report import emit
+from bench.report import benchmark_parser, emit
 from models import OpenClipEncoder, decode_image
 from xmr.shapes import random_scene, render
 
@@ -132,7 +132,7 @@ def resize_report(args: argparse.Namespace) -> dict[str, Any]:
     images = [
         decode_image(photo_jpeg(rng, int(side))) for side in rng.integers(200, 640, args.photos)
     ]
-    geometry = transforms.Compose(encoder._preprocess.transforms[:-2])
+    geometry = transforms.Compose(cast(transforms.Compose, encoder._preprocess).transforms[:-2])
     with torch_threads(1):
         pillow_ms = timed(lambda: [pil_to_uint8(geometry(i)).contiguous() for i in images], 3)
         tensor_ms = timed(lambda: [encoder.prepare_image(i) for i in images], 3)
@@ -210,30 +210,23 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class torch_threads:
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
     """Run a block with `n` torch threads, as xmr's decode threads do."""
-
-    def __init__(self, n: int) -> None:
-        self._n, self._previous = n, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        torch.set_num_threads(self._n)
-
-    def __exit__(self, *_: object) -> None:
-        torch.set_num_threads(self._previous)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--pretrained", default="", help="'' = random weights (same cost)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--photo-side", type=int, default=2400)
     parser.add_argument("--shape-batches", type=int, default=400)
-    parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.report import emit
+from bench.report import benchmark_parser, emit
 from bench.run import write_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,14 +43,9 @@ def run_ray_index(folder: Path, data_dir: Path, workers: int, args: argparse.Nam
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--pretrained", default="", help="'' = random weights (same cost)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

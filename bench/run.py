@@ -27,13 +27,14 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import torch
 
 from app.services.threads import inference_pool
-from bench.report import emit
+from bench.report import benchmark_parser, emit
 from models import OpenClipEncoder
 from xmr.client import XmrClient
 from xmr.shapes import random_scene, render
@@ -158,7 +159,7 @@ def raw_baselines(args: argparse.Namespace, paths: list[Path]) -> tuple[dict, st
     encoder = inference.submit(
         OpenClipEncoder.load, args.model, args.pretrained, args.device, None, args.precision
     ).result()
-    raw = {
+    raw: dict[str, Any] = {
         "encode_image_per_s": round(
             inference.submit(raw_image_throughput, encoder, paths, args.batch).result(), 2
         ),
@@ -301,18 +302,13 @@ def bench_naive(args: argparse.Namespace, paths: list[Path]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--pretrained", default="", help="'' = random weights (same cost)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="auto, fp32, fp16 (CUDA), bf16")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,8 +4,9 @@ open_clip builds `Compose([Resize, CenterCrop, convert to RGB, ToTensor, Normali
 it becomes two stages: a per-image stage that yields a (3, H, W) uint8 tensor, and the
 ToTensor/Normalize arithmetic, done once per batch by the encoder. The per-image stage runs
 Resize and CenterCrop on the uint8 tensor with PyTorch's antialiased kernels, which are about
-2.5 times faster than Pillow's and differ from it by at most 2 levels of 255 (vectors within
-cosine 0.99999, tests/models/test_transforms.py). A transform of any other shape keeps Pillow.
+about 4 times faster than Pillow's and differ from it by a level of 255 here and there (bounds
+in tests/models/test_transforms.py; vectors within cosine 0.99999 on photos, BENCHMARKS.md). A
+transform of any other shape keeps Pillow.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ batches of prepared images and of texts are gathered by one batcher per modality
 Whether decoding overlaps inference depends on where the model runs. Beside a GPU it does: the
 CPU decodes the next batch while the GPU encodes this one. On the CPU the model's OpenMP threads
 already use every core and meet at a barrier after each operation, so one decode thread taking
-a core stalls them all: ViT-B-32 in bf16 on 2 cores fell from 89 to 34 images/s beside a
-single decode thread, for decoding that costs 1.8 ms of one core per image (BENCHMARKS.md).
+a core stalls them all: ViT-B-32 image batches ran about 3x slower beside a single decode
+thread, for decoding that costs a millisecond or two of one core per image (BENCHMARKS.md).
 There the two take turns instead: decoding is queued on the inference thread like a model
 call, which fans it out over the decode pool (all cores) and waits.
 """
