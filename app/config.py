@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index import IndexOptions
+from index import DEFAULT_MAX_METADATA_BYTES, IndexOptions
 
 
 class Settings(BaseSettings):
@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     )
     max_batch_upload_mb: float = Field(2048.0, gt=0, description="largest body of POST /v1/batch")
     max_image_pixels: int = Field(50_000_000, gt=0)
+    max_metadata_bytes: int = Field(
+        DEFAULT_MAX_METADATA_BYTES,
+        ge=2,
+        description="largest metadata of one item, as JSON (nesting is limited to 32 levels)",
+    )
+    max_response_mb: float = Field(
+        64.0, gt=0, description="largest search response; asking for more results is a 422"
+    )
     max_k: int = Field(1000, ge=1)
     encode_batch_size: int = Field(32, ge=1, le=4096, description="items per batch-job step")
     max_batch: int = Field(64, ge=1, le=4096, description="most items in one model call")
@@ -72,8 +80,8 @@ class Settings(BaseSettings):
     index: str = Field(
         "auto",
         description=(
-            "FAISS index structure: auto (exact below index_approx_threshold vectors, then HNSW32 "
-            "while it fits index_memory_mb, else IVF-PQ), or a factory string such as Flat, "
+            "FAISS index structure: auto (exact below index_approx_threshold vectors, then "
+            "IVF-SQ8 while it fits index_memory_mb, else IVF-PQ), or a factory string: Flat, "
             "HNSW32, IVF4096,PQ64"
         ),
     )

@@ -15,7 +15,13 @@ from app.services.errors import (
     NotReadyError,
     OverloadedError,
 )
-from index import DuplicateIdError, InvalidFilterError, ItemNotFoundError, StorageError
+from index import (
+    DuplicateIdError,
+    InvalidFilterError,
+    InvalidMetadataError,
+    ItemNotFoundError,
+    StorageError,
+)
 from models import (
     EmptyTextError,
     ImageDecodeError,
@@ -36,6 +42,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (EmptyTextError, 422),
     (DuplicateIdError, 422),
     (InvalidFilterError, 422),
+    (InvalidMetadataError, 422),
     (InvalidInputError, 422),
     (OverloadedError, 429),
     (NotReadyError, 503),

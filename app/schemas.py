@@ -2,38 +2,43 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from index import InvalidMetadataError, check_metadata_shape
 
 Target = Literal["images", "texts"]
 JSONObject = dict[str, Any]
 
 
-def finite_json(value: Any) -> Any:
-    """Refuse NaN and infinities anywhere in a JSON value: they cannot be sent back as JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite (no NaN or Infinity)")
-    if isinstance(value, dict):
-        for item in value.values():
-            finite_json(item)
-    elif isinstance(value, list):
-        for item in value:
-            finite_json(item)
+def storable_metadata(value: JSONObject | None) -> JSONObject | None:
+    """Refuse metadata that could not be sent back: too deep, or NaN and infinities in it.
+
+    Its size is checked by the services, against XMR_MAX_METADATA_BYTES.
+    """
+    if value is not None:
+        try:
+            check_metadata_shape(value, "")
+        except InvalidMetadataError as e:
+            raise ValueError(str(e).removeprefix(": ")) from e
     return value
 
 
-Metadata = Annotated[JSONObject | None, AfterValidator(finite_json)]
+Metadata = Annotated[JSONObject | None, AfterValidator(storable_metadata)]
 
 TARGET_KIND: dict[str, Literal["image", "text"]] = {"images": "image", "texts": "text"}
+MAX_TEXT_CHARS = 100_000  # stored whole and returned with each hit; encoded cut to the context
 
 
 class TextItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(
-        ..., min_length=1, description="the text to index; cut to the model's context"
+        ...,
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="the text to index; stored whole, encoded cut to the model's context",
     )
     id: str | None = Field(None, min_length=1, max_length=256)
     metadata: Metadata = None
@@ -82,7 +87,7 @@ class BatchItem(BaseModel):
 
     id: str | None = Field(None, min_length=1, max_length=256)
     metadata: Metadata = None
-    text: str | None = None
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     image_base64: str | None = None
     image_path: str | None = Field(None, description="relative to XMR_IMPORT_ROOT")
 

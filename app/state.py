@@ -71,7 +71,7 @@ class Services:
             on_batch=on_batch,
             inference=inference,
         )
-        items = ItemService(store, encoding, store_pool)
+        items = ItemService(store, encoding, store_pool, settings.max_metadata_bytes)
         job_store = JobStore(settings.data_dir / "jobs.sqlite3")
         jobs = JobRunner(
             job_store,
@@ -85,7 +85,13 @@ class Services:
             logger.warning(
                 "batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start
             )
-        search = SearchService(store, encoding, settings.max_k, store_pool)
+        search = SearchService(
+            store,
+            encoding,
+            settings.max_k,
+            store_pool,
+            max_response_bytes=int(settings.max_response_mb * 1024 * 1024),
+        )
         return cls(settings, encoder, store, encoding, items, search, jobs, job_store, store_pool)
 
     def close(self) -> None:

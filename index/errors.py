@@ -1,5 +1,14 @@
 """Errors of the index layer. They know nothing of HTTP."""
 
+import json
+
+
+def excerpt(value: object, limit: int = 40) -> str:
+    """A short, escaped quotation of client input for an error message: never the whole of it."""
+    text = str(value)
+    quoted = json.dumps(text[:limit])  # escapes control characters and quotes
+    return quoted + ("…" if len(text) > limit else "")
+
 
 class IndexError_(Exception):
     """Base class for index-layer errors."""
@@ -9,7 +18,7 @@ class ItemNotFoundError(IndexError_):
     """No item has this id."""
 
     def __init__(self, item_id: str) -> None:
-        super().__init__(f"no item with id {item_id!r}")
+        super().__init__(f"no item with id {excerpt(item_id)}")
         self.item_id = item_id
 
 
@@ -31,3 +40,7 @@ class DuplicateIdError(IndexError_):
 
 class InvalidFilterError(IndexError_):
     """A metadata filter is malformed; the message names the bad part."""
+
+
+class InvalidMetadataError(IndexError_):
+    """Item metadata is not a JSON object within the depth and size limits."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from index.errors import ItemNotFoundError, ModelMismatchError
 from index.filters import MetadataFilter
+from index.metadata import load_stored_metadata
 from index.sqlite import open_database, transaction
 
 Kind = Literal["image", "text"]
@@ -73,6 +74,7 @@ class Record:
     model: str
     created_at: float
     updated_at: float
+    payload_bytes: int = 0  # stored metadata JSON and text: what a response carries of it
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,7 @@ def _record(row: tuple[Any, ...]) -> Record:
         label=int(label),
         id=item_id,
         kind=kind,
-        metadata=json.loads(metadata) if metadata is not None else None,
+        metadata=load_stored_metadata(metadata),
         text=text,
         content_path=path,
         content_type=ctype,
@@ -346,4 +348,5 @@ def _record(row: tuple[Any, ...]) -> Record:
         model=model,
         created_at=float(created),
         updated_at=float(updated),
+        payload_bytes=len(metadata or "") + len(text or ""),
     )

@@ -156,6 +156,13 @@ class XmrClient:
     def get_item(self, item_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/items/{quote(item_id, safe='')}"))
 
+    def item_content(self, item_id: str) -> bytes:
+        """The stored image bytes, or the text as UTF-8."""
+        response = self._http.get(f"/v1/items/{quote(item_id, safe='')}/content")
+        if response.status_code >= 400:
+            self._json(response)  # raises XmrError with the server's detail
+        return response.content
+
     def delete_item(self, item_id: str) -> None:
         response = self._http.delete(f"/v1/items/{quote(item_id, safe='')}")
         if response.status_code != 204:

@@ -18,6 +18,8 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("xmr_request_id", default=None)
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_LOGGED_FIELD = 512  # a client-chosen value (a path) is cut to this in every log line
 # fields a log call may attach with `extra=`; anything else (bodies, headers) is never written
 EXTRA_FIELDS = ("method", "path", "status", "duration_ms", "client", "job_id", "kind")
 
@@ -29,6 +31,31 @@ def request_id_from(header: bytes | None) -> str:
         if _SAFE_REQUEST_ID.match(candidate):
             return candidate
     return uuid.uuid4().hex
+
+
+def loggable(value: str) -> str:
+    """A client-chosen value made safe for a log line: bounded, control characters escaped.
+
+    A `%0A` in a path must not write a forged line into a text log.
+    """
+    cut = value[:MAX_LOGGED_FIELD] + ("…" if len(value) > MAX_LOGGED_FIELD else "")
+    return _CONTROL_CHARS.sub(_escape, cut)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, with control characters in the message escaped (one event, one line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        original = record.msg, record.args
+        record.msg, record.args = _CONTROL_CHARS.sub(_escape, record.getMessage()), None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = original
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 class RequestIdFilter(logging.Filter):
@@ -66,7 +93,7 @@ def configure_logging(level: str, fmt: str) -> None:
     """Route every logger (uvicorn's too) through one handler in the chosen format."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

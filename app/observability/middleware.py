@@ -7,7 +7,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.observability.logs import request_id_from, request_id_var
+from app.observability.logs import loggable, request_id_from, request_id_var
 from app.observability.metrics import Metrics
 
 access_log = logging.getLogger("xmr.access")
@@ -49,15 +49,16 @@ class RequestObservabilityMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe_request(scope["method"], template, status, seconds)
+            path = loggable(scope["path"])
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
-                scope["path"],
+                path,
                 status,
                 seconds * 1000,
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": path,
                     "status": status,
                     "duration_ms": round(seconds * 1000, 2),
                 },

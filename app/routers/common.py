@@ -75,6 +75,8 @@ def strict_json(raw: str) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         raise ValueError(e.msg) from e
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
 
 
 def _refuse_constant(name: str) -> None:

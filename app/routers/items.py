@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from urllib.parse import unquote
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi.responses import JSONResponse
 
 from app.deps import ItemsDep
 from app.routers.common import item_response, parse_ids, parse_metadata, read_upload
@@ -66,7 +69,11 @@ async def lookup_by_content_hash(body: HashLookupRequest, items: ItemsDep) -> Ha
     summary="The stored image bytes with their content type, or the text",
     response_class=Response,
 )
-async def get_item_content(item_id: str, items: ItemsDep) -> Response:
+async def get_item_content(item_id: str, request: Request, items: ItemsDep) -> Response:
+    item_id, wants_content = item_path(request)
+    if not wants_content:  # /items/p%2Fcontent: the record of the item "p/content"
+        record = item_response(await items.get(item_id))
+        return JSONResponse(record.model_dump(mode="json"))
     data, media_type = await items.content(item_id)
     return Response(
         content=data,
@@ -76,8 +83,8 @@ async def get_item_content(item_id: str, items: ItemsDep) -> Response:
 
 
 @router.get("/items/{item_id:path}", response_model=ItemResponse, summary="An item's record")
-async def get_item(item_id: str, items: ItemsDep) -> ItemResponse:
-    return item_response(await items.get(item_id))
+async def get_item(item_id: str, request: Request, items: ItemsDep) -> ItemResponse:
+    return item_response(await items.get(item_path(request)[0]))
 
 
 @router.delete(
@@ -86,6 +93,24 @@ async def get_item(item_id: str, items: ItemsDep) -> ItemResponse:
     response_class=Response,
     summary="Delete an item; it is gone from search at once",
 )
-async def delete_item(item_id: str, items: ItemsDep) -> Response:
-    await items.delete(item_id)
+async def delete_item(item_id: str, request: Request, items: ItemsDep) -> Response:
+    await items.delete(item_path(request, content_suffix=False)[0])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+CONTENT_SUFFIX = "/content"
+
+
+def item_path(request: Request, content_suffix: bool = True) -> tuple[str, bool]:
+    """(item id, whether its content was asked for), read from the path as the client sent it.
+
+    Routing sees the decoded path, where `p%2Fcontent` and `p/content` look alike; in the raw
+    path an encoded slash is part of the id, and only a literal `/content` asks for content.
+    """
+    raw: bytes | None = request.scope.get("raw_path")
+    decode = unquote if raw else str  # without a raw path, the server decoded it already
+    path = raw.decode("latin-1") if raw else request.scope["path"]
+    tail = path.split("/items/", 1)[1]
+    if content_suffix and tail.endswith(CONTENT_SUFFIX) and len(tail) > len(CONTENT_SUFFIX):
+        return decode(tail[: -len(CONTENT_SUFFIX)]), True
+    return decode(tail), False

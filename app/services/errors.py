@@ -1,5 +1,7 @@
 """Errors raised by the services for requests they cannot carry out. No HTTP here."""
 
+from index.errors import excerpt
+
 
 class ServiceError(Exception):
     """Base class for service-layer errors."""
@@ -15,7 +17,7 @@ class ImportPathError(InvalidInputError):
 
 class JobNotFoundError(ServiceError):
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
+        super().__init__(f"no job with id {excerpt(job_id)}")
 
 
 class JobStateError(ServiceError):

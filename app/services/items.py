@@ -12,7 +12,7 @@ from typing import Any
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
-from index import ItemStore, NewItem, Record
+from index import ItemStore, NewItem, Record, serialized_metadata
 from models import ImageDecodeError
 from models.images import CONTENT_TYPES, sniff_image_format
 
@@ -55,14 +55,32 @@ def image_content_type(data: bytes) -> str:
 class ItemService:
     """What the item routes and the batch jobs do with items."""
 
-    def __init__(self, store: ItemStore, encoding: EncodingService, store_pool: Executor) -> None:
+    def __init__(
+        self,
+        store: ItemStore,
+        encoding: EncodingService,
+        store_pool: Executor,
+        max_metadata_bytes: int,
+    ) -> None:
         self.store = store
         self.encoding = encoding
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
+        self.max_metadata_bytes = max_metadata_bytes
+
+    def check_input(self, item_id: str | None, metadata: Any, where: str) -> None:
+        """Refuse a bad id or metadata before any decoding or encoding is spent on it."""
+        if item_id is not None:
+            try:
+                check_item_id(item_id)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"{where}: {e}") from e
+        if metadata is not None:
+            serialized_metadata(metadata, self.max_metadata_bytes, f"{where}.metadata")
 
     async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
         """Decode, encode and store images; any undecodable image rejects the whole request."""
-        _check_ids(inputs)
+        for position, item in enumerate(inputs):
+            self.check_input(item.id, item.metadata, f"files[{position}]")
         prepared = await self.encoding.prepare_many([item.data for item in inputs])
         for position, result in enumerate(prepared):
             if isinstance(result, ImageDecodeError):
@@ -73,7 +91,8 @@ class ItemService:
         return await self.store_items(items)
 
     async def index_texts(self, inputs: Sequence[TextInput]) -> list[str]:
-        _check_ids(inputs)
+        for position, item in enumerate(inputs):
+            self.check_input(item.id, item.metadata, f"items[{position}]")
         return await self.store_items(await self.encode_texts(inputs))
 
     async def encode_images(
@@ -153,10 +172,3 @@ class ItemService:
 
     async def delete(self, item_id: str) -> None:
         await run_in(self._store_pool, self.store.delete, item_id)
-
-
-def _check_ids(inputs: Sequence[ImageInput] | Sequence[TextInput]) -> None:
-    """Refuse bad ids before any decoding or encoding is spent on the request."""
-    for item in inputs:
-        if item.id is not None:
-            check_item_id(item.id)

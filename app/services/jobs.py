@@ -16,9 +16,9 @@ from typing import Any, BinaryIO
 from starlette.concurrency import run_in_threadpool
 
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
-from app.services.items import ImageInput, ItemService, TextInput, check_item_id, new_item_id
+from app.services.items import ImageInput, ItemService, TextInput, new_item_id
 from app.services.job_store import JobItem, JobStore, JobView
-from index import NewItem, StorageError
+from index import NewItem, StorageError, excerpt
 from index.files import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def resolve_import_path(root: Path | None, raw: str) -> Path:
     real_root = root.resolve()
     resolved = (real_root / raw).resolve()
     if not resolved.is_relative_to(real_root):
-        raise ImportPathError(f"image_path {raw!r} is outside the import root")
+        raise ImportPathError(f"image_path {excerpt(raw)} is outside the import root")
     return resolved
 
 
@@ -152,9 +152,10 @@ class JobRunner:
         seen: set[str] = set()
         prepared: list[JobItem] = []
         for position, entry in enumerate(entries):
-            item_id = check_item_id(entry.id) if entry.id is not None else new_item_id()
+            self._items.check_input(entry.id, entry.metadata, f"items[{position}]")
+            item_id = entry.id if entry.id is not None else new_item_id()
             if item_id in seen:
-                raise InvalidInputError(f"items[{position}]: id {item_id!r} appears twice")
+                raise InvalidInputError(f"items[{position}]: id {excerpt(item_id)} appears twice")
             seen.add(item_id)
             prepared.append(self._prepare_one(job_id, position, item_id, entry))
         return prepared

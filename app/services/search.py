@@ -16,6 +16,8 @@ from index import Hit, ItemStore, Kind, MetadataFilter
 from models import ImageDecodeError
 
 MAX_OFFSET = 10_000
+# queries x (k + offset): bounds the arrays and the records that one request loads
+MAX_HITS_PER_REQUEST = 100_000
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,17 @@ class SearchScope:
 
 class SearchService:
     def __init__(
-        self, store: ItemStore, encoding: EncodingService, max_k: int, store_pool: Executor
+        self,
+        store: ItemStore,
+        encoding: EncodingService,
+        max_k: int,
+        store_pool: Executor,
+        max_response_bytes: int = 64 * 2**20,
     ) -> None:
         self.store = store
         self.encoding = encoding
         self.max_k = max_k
+        self.max_response_bytes = max_response_bytes
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
 
     async def by_text(self, query: str, scope: SearchScope) -> SearchResult:
@@ -67,14 +75,14 @@ class SearchService:
     async def by_texts(self, queries: Sequence[str], scope: SearchScope) -> MultiSearchResult:
         """Several text queries: encoded as one batch and searched in one FAISS call."""
         started = time.perf_counter()
-        self._check(scope)
+        self._check(scope, len(queries))
         vectors = await self.encoding.encode_texts(queries)
         return MultiSearchResult(await self._search(vectors, scope), _elapsed_ms(started))
 
     async def by_images(self, blobs: Sequence[bytes], scope: SearchScope) -> MultiSearchResult:
         """Several image queries; an undecodable one fails the request, naming its position."""
         started = time.perf_counter()
-        self._check(scope)
+        self._check(scope, len(blobs))
         prepared = await self.encoding.prepare_many(blobs)
         for position, result in enumerate(prepared):
             if isinstance(result, ImageDecodeError):
@@ -85,7 +93,7 @@ class SearchService:
         return MultiSearchResult(await self._search(vectors, scope), _elapsed_ms(started))
 
     async def _search(self, vectors: np.ndarray, scope: SearchScope) -> list[list[Hit]]:
-        return await run_in(
+        hits = await run_in(
             self._store_pool,
             self.store.search,
             scope.target,
@@ -94,12 +102,32 @@ class SearchService:
             scope.where,
             scope.offset,
         )
+        self._check_response_size(hits)
+        return hits
 
-    def _check(self, scope: SearchScope) -> None:
+    def _check(self, scope: SearchScope, queries: int = 1) -> None:
         if not 1 <= scope.k <= self.max_k:
             raise InvalidInputError(f"k must be between 1 and {self.max_k}, got {scope.k}")
         if not 0 <= scope.offset <= MAX_OFFSET:
             raise InvalidInputError(f"offset must be between 0 and {MAX_OFFSET}")
+        if queries * (scope.k + scope.offset) > MAX_HITS_PER_REQUEST:
+            raise InvalidInputError(
+                f"queries x (k + offset) must be at most {MAX_HITS_PER_REQUEST}: "
+                "ask for fewer results or send fewer queries per request"
+            )
+
+    def _check_response_size(self, hits: list[list[Hit]]) -> None:
+        """Refuse to build a response larger than the budget (stored metadata and texts add up)."""
+        size = sum(HIT_OVERHEAD_BYTES + hit.record.payload_bytes for row in hits for hit in row)
+        if size > self.max_response_bytes:
+            raise InvalidInputError(
+                f"the results would take about {size / 2**20:.0f} MB, more than the "
+                f"{self.max_response_bytes / 2**20:.0f} MB a response may hold "
+                "(XMR_MAX_RESPONSE_MB): ask for fewer results (k) or fewer queries"
+            )
+
+
+HIT_OVERHEAD_BYTES = 200  # id, kind, score, content_url and JSON punctuation of one hit
 
 
 def _elapsed_ms(started: float) -> float:
