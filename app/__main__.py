@@ -27,6 +27,10 @@ def main() -> int:
         log_config=None,  # keep configure_logging's handler and format
         access_log=False,  # the request middleware writes one line per request
         timeout_graceful_shutdown=25,
+        # above the idle time after which clients and load balancers drop pooled connections
+        # (httpx 5 s, nginx 60 s, AWS ALB 60 s): a server that closes first resets requests
+        # the client is already sending on a connection it believed open
+        timeout_keep_alive=75,
     )
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,19 @@ class Settings(BaseSettings):
         None, description="when set, every route but /healthz and /readyz needs this key"
     )
     docs_public: bool = Field(False, description="serve /docs and /openapi.json without the key")
+    allowed_hosts: str | None = Field(
+        None,
+        description="comma-separated Host names the server answers to (DNS rebinding); unset: "
+        "the loopback names when bound to loopback, else any host",
+    )
+    cors_origins: str = Field(
+        "",
+        description="comma-separated origins (https://app.example.com) whose pages may call the "
+        "API from a browser, writes included; other origins' writes are refused",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long gets 408"
+    )
     max_upload_mb: float = Field(
         50.0, gt=0, description="largest request body, and largest file a batch job reads"
     )
@@ -101,6 +115,17 @@ class Settings(BaseSettings):
         30.0, gt=0, description="how often changed FAISS indexes are saved to disk"
     )
 
+    def trusted_hosts(self) -> list[str]:
+        """Host header values to accept: the operator's list, else loopback names or any."""
+        if self.allowed_hosts is not None and self.allowed_hosts.strip():
+            return _split(self.allowed_hosts)
+        if is_loopback(self.host):
+            return sorted({"127.0.0.1", "localhost", "[::1]", _host_header_name(self.host)})
+        return ["*"]
+
+    def allowed_origins(self) -> list[str]:
+        return [origin.rstrip("/") for origin in _split(self.cors_origins)]
+
     def index_options(self) -> IndexOptions:
         return IndexOptions(
             spec=self.index,
@@ -112,3 +137,19 @@ class Settings(BaseSettings):
             milvus_uri=self.milvus_uri,
             milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
         )
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def _host_header_name(host: str) -> str:
+    """How a client names `host` in a Host header: IPv6 literals go in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host.lower()
+
+
+def _split(values: str) -> list[str]:
+    return [value.strip() for value in values.split(",") if value.strip()]

@@ -8,15 +8,22 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.config import Settings
 from app.errors import install_error_handlers
-from app.middleware import ApiKeyMiddleware, BodySizeLimitMiddleware
+from app.middleware import (
+    ApiKeyMiddleware,
+    BodySizeLimitMiddleware,
+    CrossSiteWriteMiddleware,
+    SecurityHeadersMiddleware,
+)
 from app.observability.metrics import Metrics
 from app.observability.middleware import RequestObservabilityMiddleware
 from app.routers import api_router
-from app.routers.page import STATIC_DIR
+from app.routers.page import STATIC_DIR, SWAGGER_UI_DIR
 from app.state import Services
 from index import StorageError
 from models import Encoder
@@ -56,12 +63,17 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         version="0.1.0",
         summary="Cross-modal retrieval: search images with text and texts with images.",
         lifespan=lifespan,
+        docs_url=None,  # served from this origin by app.routers.page, not from a CDN
+        redoc_url=None,
+        # Starlette's slash redirect builds its Location from the Host header
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
     install_error_handlers(app)
     app.include_router(api_router)
+    app.mount("/static/swagger", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_middleware(app, settings)
     app.add_middleware(RequestObservabilityMiddleware, metrics=metrics)  # outermost
@@ -69,11 +81,16 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """Body limits inside, authentication outermost (a stranger's upload is never read)."""
+    """From the inside out: body limits, the API key, cross-site writes, CORS, trusted hosts.
+
+    A request from a foreign Host or a foreign page's write is refused before its body or key
+    is looked at; CORS preflights are answered before the key is asked for.
+    """
     app.add_middleware(
         BodySizeLimitMiddleware,
         default_limit=megabytes(settings.max_upload_mb),
         limits_by_prefix={"/v1/batch": megabytes(settings.max_batch_upload_mb)},
+        idle_timeout_s=settings.body_timeout_s,
     )
     if settings.api_key is not None and settings.api_key.get_secret_value():
         public = {"/healthz", "/readyz", "/"}  # the page holds no data; it asks for the key
@@ -85,6 +102,25 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             public_paths=public,
             public_prefixes=("/static/",),
         )
+    origins = settings.allowed_origins()
+    app.add_middleware(CrossSiteWriteMiddleware, allowed_origins=origins)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    hosts = settings.trusted_hosts()
+    if hosts == ["*"] and settings.api_key is None:
+        logger.warning(
+            "xmr listens on %s with no XMR_API_KEY and no XMR_ALLOWED_HOSTS: anyone who can "
+            "reach it can read and change the index",
+            settings.host,
+        )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+    app.add_middleware(SecurityHeadersMiddleware)
 
 
 def megabytes(value: float) -> int:
@@ -92,6 +128,7 @@ def megabytes(value: float) -> int:
 
 
 async def _snapshot_periodically(services: Services) -> None:
+    """Save changed indexes every interval; no error may end the loop (saves would stop)."""
     interval = services.settings.snapshot_interval_s
     while True:
         await asyncio.sleep(interval)
@@ -99,3 +136,5 @@ async def _snapshot_periodically(services: Services) -> None:
             await asyncio.to_thread(services.store.snapshot)
         except StorageError as e:
             logger.error("%s", e)
+        except Exception:
+            logger.exception("saving the index snapshots failed; retrying in %.0f s", interval)

@@ -1,13 +1,15 @@
-"""ASGI middleware: request-body size limits and API-key authentication.
+"""ASGI middleware: body limits, API-key authentication, cross-site write refusal, headers.
 
-Both are pure ASGI (not BaseHTTPMiddleware), so bodies stream through them untouched.
+All are pure ASGI (not BaseHTTPMiddleware), so bodies stream through them untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,11 +40,16 @@ class BodySizeLimitMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, default_limit: int, limits_by_prefix: dict[str, int] | None = None
+        self,
+        app: ASGIApp,
+        default_limit: int,
+        limits_by_prefix: dict[str, int] | None = None,
+        idle_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.default_limit = default_limit
         self.limits_by_prefix = limits_by_prefix or {}
+        self.idle_timeout_s = idle_timeout_s
 
     def limit_for(self, path: str) -> int:
         for prefix, limit in self.limits_by_prefix.items():
@@ -62,38 +69,46 @@ class BodySizeLimitMiddleware:
             return
 
         received = 0
-        exceeded = False
+        refusal: tuple[int, str] | None = None
+        body_complete = False
         responded = False
 
         async def limited_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received, refusal, body_complete
+            if body_complete:  # past the body only a disconnect can come: wait as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except TimeoutError:
+                refusal = (408, f"the request body stalled for {self.idle_timeout_s:g} s")
+                raise BodyRefusedError(refusal[1]) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_complete = not message.get("more_body", False)
                 if received > limit:
-                    exceeded = True
-                    raise BodyTooLargeError(detail)
+                    refusal = (413, detail)
+                    raise BodyRefusedError(detail)
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal responded
-            if exceeded:  # whatever the app made of the cut-off body, the answer is 413
+            if refusal is not None:  # whatever the app made of the cut-off body, this answers
                 if not responded:
                     responded = True
-                    await _send_json(send, 413, detail, [(b"connection", b"close")])
+                    await _send_json(send, *refusal, [(b"connection", b"close")])
                 return
             responded = responded or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except BodyTooLargeError:
-            if not responded:
-                await _send_json(send, 413, detail, [(b"connection", b"close")])
+        except BodyRefusedError:
+            if not responded and refusal is not None:
+                await _send_json(send, *refusal, [(b"connection", b"close")])
 
 
-class BodyTooLargeError(Exception):
-    """Raised inside the app's body reading when the limit is passed."""
+class BodyRefusedError(Exception):
+    """Raised inside the app's body reading when the body passes its limit or stalls."""
 
 
 class ApiKeyMiddleware:
@@ -133,3 +148,83 @@ class ApiKeyMiddleware:
             scheme, _, token = authorization.partition(b" ")
             supplied = token.strip() if scheme.lower() == b"bearer" else None
         return supplied is not None and hmac.compare_digest(supplied, self._key)
+
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class CrossSiteWriteMiddleware:
+    """Refuse writes sent by a browser page of a foreign origin (403).
+
+    Browsers send `Origin` with every cross-site POST, including the "simple" multipart ones
+    that are not preflighted; a page of any web site could otherwise write to a server on
+    localhost. Allowed: no Origin (curl, the CLI, the client), the server's own origin (its Host,
+    whatever the scheme a proxy terminated), and the configured CORS origins. `Origin: null`
+    (sandboxed frames, file: pages) is foreign.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        self._allowed = frozenset(origin.lower() for origin in allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in STATE_CHANGING:
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin")
+            if origin is not None and not self._same_or_allowed(origin, headers.get(b"host")):
+                await _send_json(
+                    send,
+                    403,
+                    "a web page of another origin may not change data here; "
+                    "list its origin in XMR_CORS_ORIGINS to allow it",
+                )
+                return
+        await self.app(scope, receive, send)
+
+    def _same_or_allowed(self, origin: bytes, host: bytes | None) -> bool:
+        text = origin.decode("latin-1").strip().lower()
+        if text in self._allowed:
+            return True
+        if text == "null" or host is None:
+            return False
+        netloc = urlsplit(text).netloc
+        return bool(netloc) and netloc == host.decode("latin-1").strip().lower()
+
+
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+class SecurityHeadersMiddleware:
+    """Every response: no framing, no MIME sniffing, and a Content-Security-Policy.
+
+    The page and the API docs are served with scripts and styles of this origin only, so the
+    API key that the page keeps in localStorage is never in reach of another site's script.
+    """
+
+    HEADERS = (
+        (b"content-security-policy", PAGE_POLICY.encode()),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(n, v) for n, v in self.HEADERS if n not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

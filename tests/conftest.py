@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         import_root=tmp_path / "import",
         snapshot_interval_s=3600,
+        allowed_hosts="testserver,127.0.0.1,localhost",  # TestClient sends Host: testserver
     )
 
 
@@ -69,6 +71,13 @@ def png_file(name: str, color: str | tuple[int, ...]) -> tuple[str, tuple[str, b
 @pytest.fixture
 def live_server(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[str]:
     """The app under a real uvicorn server on a free loopback port, in a thread; yields its URL."""
+    with serve_in_thread(create_app(settings, encoder=tiny_encoder)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Run `app` under uvicorn on a free loopback port in a thread; yields its URL."""
     import socket
     import threading
     import time
@@ -78,19 +87,18 @@ def live_server(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[s
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    config = uvicorn.Config(
-        create_app(settings, encoder=tiny_encoder), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def _milvus_available() -> bool:

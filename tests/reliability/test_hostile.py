@@ -9,9 +9,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import socket
 import sqlite3
+import time
+from collections.abc import Iterator
 from urllib.parse import quote
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +24,7 @@ from app.config import Settings
 from app.main import create_app
 from index import MAX_METADATA_DEPTH
 from models import OpenClipEncoder
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, serve_in_thread
 
 
 def nested(depth: int) -> dict:
@@ -233,8 +238,6 @@ def test_odd_ids_through_every_item_route_and_the_client(live_server: str) -> No
             assert client.get_item(item_id)["id"] == item_id
             assert client.item_content(item_id) == data
         # the plain routes spell it out: an encoded slash belongs to the id
-        import httpx
-
         with httpx.Client(base_url=live_server) as http:
             assert http.get("/v1/items/p%2Fcontent").json()["id"] == "p/content"
             assert http.get("/v1/items/p/content").content == images["p"]
@@ -245,3 +248,131 @@ def test_odd_ids_through_every_item_route_and_the_client(live_server: str) -> No
                 client.get_item(item_id)
             assert gone.value.status == 404
         assert client.info()["images"] == 0
+
+
+# -- 3. cross-site writes and DNS rebinding ---------------------------------------------------
+
+
+@pytest.fixture
+def loopback_client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestClient]:
+    """The defaults of a server bound to 127.0.0.1, reached as http://127.0.0.1:8000."""
+    defaults = settings.model_copy(update={"allowed_hosts": None, "host": "127.0.0.1"})
+    app = create_app(defaults, encoder=tiny_encoder)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        yield client
+
+
+def test_a_foreign_host_header_is_refused(loopback_client: TestClient) -> None:
+    assert loopback_client.get("/v1/info").status_code == 200
+    for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+        assert loopback_client.get("/v1/info", headers={"Host": host}).status_code == 200
+    for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example"):
+        rebound = loopback_client.get("/v1/info", headers={"Host": host})
+        assert rebound.status_code == 400, host
+        deleted = loopback_client.delete("/v1/items/x", headers={"Host": host})
+        assert deleted.status_code == 400
+
+
+def test_the_trusted_hosts_follow_the_bind_address_and_the_setting(settings: Settings) -> None:
+    assert "localhost" in settings.model_copy(update={"allowed_hosts": None}).trusted_hosts()
+    public = settings.model_copy(update={"allowed_hosts": None, "host": "0.0.0.0"})
+    assert public.trusted_hosts() == ["*"]
+    listed = public.model_copy(update={"allowed_hosts": "search.example.com, *.example.org"})
+    assert listed.trusted_hosts() == ["search.example.com", "*.example.org"]
+    ipv6 = settings.model_copy(update={"allowed_hosts": None, "host": "::1"})
+    assert "[::1]" in ipv6.trusted_hosts()
+
+
+def test_a_foreign_page_cannot_write(loopback_client: TestClient) -> None:
+    files = [("files", ("a.png", image_bytes("red"), "image/png"))]
+    for origin in (
+        "https://evil.example",
+        "null",
+        "http://127.0.0.1:9999",
+        "http://localhost:8000",
+    ):
+        headers = {"Origin": origin}
+        assert loopback_client.post("/v1/images", files=files, headers=headers).status_code == 403
+        batch = loopback_client.post("/v1/batch", files=files, headers=headers)
+        assert batch.status_code == 403
+        assert loopback_client.delete("/v1/items/x", headers=headers).status_code == 403
+    assert loopback_client.get("/v1/info").json()["images"] == 0
+    # the page itself (same origin), and curl or the CLI (no Origin), keep working
+    same = {"Origin": "http://127.0.0.1:8000"}
+    assert loopback_client.post("/v1/images", files=files, headers=same).status_code == 201
+    assert loopback_client.post("/v1/images", files=files).status_code == 201
+
+
+def test_listed_cors_origins_may_call_the_api(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    app_origin = "https://photos.example.com"
+    cors = settings.model_copy(update={"cors_origins": app_origin + "/"})
+    with TestClient(create_app(cors, encoder=tiny_encoder)) as client:
+        preflight = client.options(
+            "/v1/texts",
+            headers={
+                "Origin": app_origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-api-key",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == app_origin
+        written = client.post(
+            "/v1/texts", json={"items": [{"text": "hello"}]}, headers={"Origin": app_origin}
+        )
+        assert written.status_code == 201
+        assert written.headers["access-control-allow-origin"] == app_origin
+        other = client.post(
+            "/v1/texts", json={"items": [{"text": "x"}]}, headers={"Origin": "https://evil.example"}
+        )
+        assert other.status_code == 403 and "access-control-allow-origin" not in other.headers
+
+
+def test_a_trailing_slash_never_redirects_to_the_host_header(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    anywhere = settings.model_copy(update={"allowed_hosts": None, "host": "0.0.0.0"})
+    with TestClient(create_app(anywhere, encoder=tiny_encoder)) as client:
+        response = client.get("/v1/info/", headers={"Host": "evil.example"}, follow_redirects=False)
+        assert response.status_code == 404
+        assert "evil.example" not in response.headers.get("location", "")
+
+
+# -- 13. hardening ----------------------------------------------------------------------------
+
+
+def test_page_and_docs_forbid_framing_and_foreign_scripts(client: TestClient) -> None:
+    for path in ("/", "/docs", "/static/app.js", "/v1/info"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert response.headers["x-frame-options"] == "DENY"
+    docs = client.get("/docs").text
+    scripts = re.findall(r'<script[^>]*src="([^"]+)"', docs)
+    assert scripts and all(src.startswith("/static/") for src in scripts)
+    assert "<script>" not in docs  # no inline script: the policy would block it
+    for src in scripts + re.findall(r'href="(/static/[^"]+)"', docs):
+        assert client.get(src).status_code == 200, src
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_stalled_body_is_answered_408_and_the_connection_freed(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    impatient = settings.model_copy(update={"body_timeout_s": 1.0})
+    with serve_in_thread(create_app(impatient, encoder=tiny_encoder)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=10) as stalled:
+            stalled.sendall(
+                b"POST /v1/texts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"items": ['
+            )
+            answer = stalled.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert time.monotonic() - started < 5
+        with httpx.Client(base_url=url) as http:  # and the server serves on
+            assert http.get("/v1/info").status_code == 200
