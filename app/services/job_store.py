@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS job_items (
     metadata TEXT,
     status TEXT NOT NULL,
     error TEXT,
+    blob_offset INTEGER,
+    blob_length INTEGER,
     PRIMARY KEY (job_id, position)
 );
 CREATE INDEX IF NOT EXISTS job_items_pending ON job_items (job_id, status, position);
@@ -44,7 +46,11 @@ CREATE INDEX IF NOT EXISTS job_items_pending ON job_items (job_id, status, posit
 
 @dataclass(frozen=True)
 class JobItem:
-    """One unit of a batch job. Images have `source` (a file path); texts have `text`."""
+    """One unit of a batch job. Images have `source`; texts have `text`.
+
+    `source` is a path relative to the import root, or for a staged upload the staging file
+    that holds it at `offset`, `length` bytes.
+    """
 
     position: int
     item_id: str
@@ -55,6 +61,8 @@ class JobItem:
     metadata: dict[str, Any] | None = None
     status: ItemStatus = "pending"
     error: str | None = None
+    offset: int | None = None
+    length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,16 @@ class JobView:
 class JobStore:
     def __init__(self, path: Path) -> None:
         self._conn = open_database(path, _SCHEMA)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the connection: every statement takes it
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Files written before staged images had offsets get the columns (NULL: whole file)."""
+        with self._transaction():
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(job_items)")}
+            for column in ("blob_offset", "blob_length"):
+                if column not in present:
+                    self._conn.execute(f"ALTER TABLE job_items ADD COLUMN {column} INTEGER")
 
     def close(self) -> None:
         with self._lock:
@@ -94,7 +111,9 @@ class JobStore:
                 (job_id, now, now),
             )
             self._conn.executemany(
-                "INSERT INTO job_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO job_items (job_id, position, item_id, kind, text, source, staged, "
+                "metadata, status, error, blob_offset, blob_length) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         job_id,
@@ -107,6 +126,8 @@ class JobStore:
                         None if item.metadata is None else json.dumps(item.metadata),
                         item.status,
                         item.error,
+                        item.offset,
+                        item.length,
                     )
                     for item in items
                 ],
@@ -138,8 +159,9 @@ class JobStore:
         """The next `limit` pending items past `after_position`, in order."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT position, item_id, kind, text, source, staged, metadata, status, error "
-                "FROM job_items WHERE job_id = ? AND status = 'pending' AND position > ? "
+                "SELECT position, item_id, kind, text, source, staged, metadata, status, error, "
+                "blob_offset, blob_length FROM job_items "
+                "WHERE job_id = ? AND status = 'pending' AND position > ? "
                 "ORDER BY position LIMIT ?",
                 (job_id, after_position, limit),
             ).fetchall()
@@ -154,6 +176,8 @@ class JobStore:
                 metadata=None if r[6] is None else json.loads(r[6]),
                 status=r[7],
                 error=r[8],
+                offset=r[9],
+                length=r[10],
             )
             for r in rows
         ]

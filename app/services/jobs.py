@@ -7,6 +7,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from typing import Any, BinaryIO
 from starlette.concurrency import run_in_threadpool
 
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
+from app.services.import_files import check_import_path, read_import_file
 from app.services.items import ImageInput, ItemService, TextInput, new_item_id
 from app.services.job_store import JobItem, JobStore, JobView
+from app.services.staging import StagedBlob, StagingWriter, read_staged
 from index import NewItem, StorageError, excerpt
-from index.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -34,19 +36,6 @@ class BatchEntry:
     image_base64: str | None = None
     image_path: str | None = None
     upload: BinaryIO | None = None
-
-
-def resolve_import_path(root: Path | None, raw: str) -> Path:
-    """The real path of `raw` under `root`; anything that leads outside it is refused."""
-    if root is None:
-        raise ImportPathError("image_path items need XMR_IMPORT_ROOT to be set on the server")
-    if "\x00" in raw:
-        raise ImportPathError("image_path contains a NUL byte")
-    real_root = root.resolve()
-    resolved = (real_root / raw).resolve()
-    if not resolved.is_relative_to(real_root):
-        raise ImportPathError(f"image_path {excerpt(raw)} is outside the import root")
-    return resolved
 
 
 @dataclass
@@ -149,18 +138,29 @@ class JobRunner:
 
     # -- submission -----------------------------------------------------------------------
     def _prepare(self, job_id: str, entries: Sequence[BatchEntry]) -> list[JobItem]:
+        """Check every item and stage the uploaded images, synced once for the whole job."""
         seen: set[str] = set()
         prepared: list[JobItem] = []
-        for position, entry in enumerate(entries):
-            self._items.check_input(entry.id, entry.metadata, f"items[{position}]")
-            item_id = entry.id if entry.id is not None else new_item_id()
-            if item_id in seen:
-                raise InvalidInputError(f"items[{position}]: id {excerpt(item_id)} appears twice")
-            seen.add(item_id)
-            prepared.append(self._prepare_one(job_id, position, item_id, entry))
+        staging = StagingWriter(self._staging_dir / job_id)
+        try:
+            for position, entry in enumerate(entries):
+                self._items.check_input(entry.id, entry.metadata, f"items[{position}]")
+                item_id = entry.id if entry.id is not None else new_item_id()
+                if item_id in seen:
+                    raise InvalidInputError(
+                        f"items[{position}]: id {excerpt(item_id)} appears twice"
+                    )
+                seen.add(item_id)
+                prepared.append(self._prepare_one(staging, position, item_id, entry))
+            staging.commit()
+        except BaseException:
+            staging.discard()
+            raise
         return prepared
 
-    def _prepare_one(self, job_id: str, position: int, item_id: str, entry: BatchEntry) -> JobItem:
+    def _prepare_one(
+        self, staging: StagingWriter, position: int, item_id: str, entry: BatchEntry
+    ) -> JobItem:
         common: dict[str, Any] = {
             "position": position,
             "item_id": item_id,
@@ -172,16 +172,12 @@ class JobRunner:
             return JobItem(kind="text", text=entry.text, **common)
         if entry.image_path is not None:
             try:
-                path = resolve_import_path(self._import_root, entry.image_path)
+                relative = check_import_path(self._import_root, entry.image_path)
             except ImportPathError as e:
                 raise ImportPathError(f"items[{position}]: {e}") from e
-            return JobItem(kind="image", source=str(path), **common)
-        staged = self._staging_dir / job_id / str(position)
+            return JobItem(kind="image", source=relative, **common)
         if entry.upload is not None:
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            with open(staged, "wb") as out:
-                shutil.copyfileobj(entry.upload, out, 1 << 20)
-            return JobItem(kind="image", source=str(staged), staged=True, **common)
+            return _staged_item(staging.add(entry.upload), common)
         if entry.image_base64 is not None:
             try:
                 data = base64.b64decode(entry.image_base64, validate=True)
@@ -192,8 +188,7 @@ class JobRunner:
                     error="image_base64 is not valid base64",
                     **common,
                 )
-            write_atomic(staged, data)
-            return JobItem(kind="image", source=str(staged), staged=True, **common)
+            return _staged_item(staging.add(data), common)
         raise InvalidInputError(f"items[{position}] needs one of text, image_base64 or image_path")
 
     # -- execution ------------------------------------------------------------------------
@@ -292,21 +287,29 @@ class JobRunner:
         await run_in_threadpool(self._store.record_results, job_id, encoded.done, encoded.failed)
 
     def _read_source(self, item: JobItem) -> bytes:
-        source = Path(item.source or "")
-        if not item.staged:
-            # checked again at read time: a symlink may have changed since submission
-            source = resolve_import_path(self._import_root, str(source))
-        try:
-            size = source.stat().st_size
-            if size > self._max_file_bytes:
-                raise InvalidInputError(f"the file is larger than {self._max_file_bytes} bytes")
-            return source.read_bytes()
-        except FileNotFoundError as e:
-            raise InvalidInputError("the file does not exist") from e
-        except IsADirectoryError as e:
-            raise InvalidInputError("the path is a directory, not a file") from e
-        except PermissionError as e:
-            raise InvalidInputError("the file cannot be read (permission denied)") from e
+        """An item's image bytes; any problem with the file is that item's error, not the job's."""
+        source = item.source or ""
+        if item.staged:
+            try:
+                return read_staged(source, item.offset, item.length)
+            except OSError as e:
+                raise InvalidInputError(f"the staged upload is lost ({e.strerror or e})") from e
+        if self._import_root is None:
+            raise ImportPathError("image_path items need XMR_IMPORT_ROOT to be set on the server")
+        if os.path.isabs(source):  # recorded by an older release as a resolved absolute path
+            source = os.path.relpath(source, self._import_root.resolve())
+        return read_import_file(self._import_root, source, self._max_file_bytes)
+
+
+def _staged_item(blob: StagedBlob, common: dict[str, Any]) -> JobItem:
+    return JobItem(
+        kind="image",
+        source=blob.path,
+        staged=True,
+        offset=blob.offset,
+        length=blob.length,
+        **common,
+    )
 
 
 def _public(error: Exception) -> str:

@@ -6,14 +6,18 @@ lists them under "Hostile clients".
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
+import os
 import re
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -376,3 +380,122 @@ def test_a_stalled_body_is_answered_408_and_the_connection_freed(
         assert time.monotonic() - started < 5
         with httpx.Client(base_url=url) as http:  # and the server serves on
             assert http.get("/v1/info").status_code == 200
+
+
+# -- 4, 5, 6. files under the import root ------------------------------------------------------
+
+
+def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_a_directory_swapped_for_a_link_never_leads_outside(tmp_path: Path) -> None:
+    """Rename-exchange a folder and a link to outside while reading: never the outside file."""
+    import ctypes
+
+    from app.services.errors import InvalidInputError
+    from app.services.import_files import read_import_file
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "dir").mkdir(parents=True)
+    outside.mkdir()
+    (root / "dir" / "a.png").write_bytes(b"inside")
+    (outside / "a.png").write_bytes(b"SECRET")
+    (root / "swap").symlink_to(outside)
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    stop = threading.Event()
+
+    def swap() -> None:
+        a, b = str(root / "dir").encode(), str(root / "swap").encode()
+        while not stop.is_set():
+            libc.renameat2(at_fdcwd, a, at_fdcwd, b, rename_exchange)
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    seen: dict[bytes | str, int] = {}
+    try:
+        for _ in range(3000):
+            try:
+                result: bytes | str = read_import_file(root, "dir/a.png", 1000)
+            except InvalidInputError as e:
+                result = str(e)
+            seen[result] = seen.get(result, 0) + 1
+    finally:
+        stop.set()
+        swapper.join()
+    assert b"SECRET" not in seen, seen
+    assert seen.get(b"inside", 0) > 0 and len(seen) > 1  # the swap really raced the reads
+
+
+def test_fifos_special_files_and_os_errors_fail_their_item_only(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    root = settings.import_root
+    assert root is not None
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.png").write_bytes(image_bytes("green"))
+    (root / "ok.gif").write_bytes(image_bytes("blue", fmt="GIF"))
+    os.mkfifo(root / "fifo.png")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "sub" / "dirlink").symlink_to(tmp_path)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "socket.png"))
+    items = {
+        "fifo": "fifo.png",
+        "notdir": "ok.gif/x",
+        "toolong": "a" * 300 + ".png",
+        "loop": "loop",
+        "dirlink": "sub/dirlink/x.png",
+        "folder": "sub",
+        "socket": "socket.png",
+        "good": "ok.png",
+    }
+    started = time.monotonic()
+    response = client.post(
+        "/v1/batch", json={"items": [{"id": i, "image_path": p} for i, p in items.items()]}
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for_job(client, response.json()["job_id"], timeout_s=20)
+    assert time.monotonic() - started < 20
+    server.close()
+    assert (job["status"], job["done"], job["failed"]) == ("done", 1, len(items) - 1)
+    errors = {e["id"]: e["error"] for e in job["errors"]}
+    assert "not a regular file" in errors["fifo"] and "not a regular file" in errors["socket"]
+    assert "not a folder" in errors["notdir"] and "too long" in errors["toolong"]
+    assert "symbolic link" in errors["loop"] and "folder" in errors["folder"]
+    # the job queue is not stuck behind the FIFO: the next job runs
+    after = client.post("/v1/batch", json={"items": [{"text": "after"}]})
+    assert wait_for_job(client, after.json()["job_id"])["status"] == "done"
+
+
+def test_a_file_over_the_limit_is_refused_without_reading_it(tmp_path: Path) -> None:
+    from app.services.errors import InvalidInputError
+    from app.services.import_files import read_import_file
+
+    (tmp_path / "big.png").write_bytes(b"x" * 1001)
+    (tmp_path / "fits.png").write_bytes(b"x" * 1000)
+    assert read_import_file(tmp_path, "fits.png", 1000) == b"x" * 1000
+    with pytest.raises(InvalidInputError, match="larger than the 1000 bytes"):
+        read_import_file(tmp_path, "big.png", 1000)
+
+
+# -- 9. big batch bodies ------------------------------------------------------------------------
+
+
+def test_a_large_base64_batch_is_accepted_in_seconds(client: TestClient) -> None:
+    tiny = base64.b64encode(image_bytes("red", size=(8, 8))).decode()
+    items = [{"image_base64": tiny, "id": f"i{n}"} for n in range(20_000)]
+    started = time.monotonic()
+    response = client.post("/v1/batch", json={"items": items})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 202
+    assert elapsed < 20, f"{elapsed:.1f} s to accept 20,000 items"
+    staged = list((client.app.state.settings.data_dir / "staging").rglob("*"))  # type: ignore[attr-defined]
+    assert 0 < len([p for p in staged if p.is_file()]) <= 2  # not a file per item
