@@ -39,8 +39,9 @@ class MilvusVectorIndex:
     spec = MILVUS_SPEC
     deleted_fraction = 0.0
 
-    def __init__(self, client: Any, name: str, d: int) -> None:
+    def __init__(self, client: Any, name: str, d: int, exact: bool = True) -> None:
         self.d = d
+        self.exact = exact  # Milvus Lite's FLAT; a server's AUTOINDEX is approximate
         self._client = client
         self._name = name
         self._lock = threading.Lock()
@@ -73,7 +74,7 @@ class MilvusVectorIndex:
             client.load_collection(name)
         except MilvusException as e:
             raise StorageError(f"Milvus at {uri} cannot be used: {e.message}") from e
-        return cls(client, name, d)
+        return cls(client, name, d, exact=is_local(uri))
 
     def __len__(self) -> int:
         rows = self._client.query(self._name, filter="", output_fields=["count(*)"])
@@ -102,7 +103,7 @@ class MilvusVectorIndex:
         return removed
 
     def search(
-        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None, widen: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query as (scores, labels), padded with -inf / -1 like FAISS."""
         xq = check_vectors(xq, self.d)

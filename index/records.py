@@ -304,6 +304,24 @@ class RecordStore:
             ).fetchall()
         return [int(row[0]) for row in rows]
 
+    def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, vectors) of the stored items among `labels`, in label order."""
+        found: list[np.ndarray] = []
+        vectors: list[bytes] = []
+        wanted = np.unique(np.asarray(labels, dtype=np.int64))
+        for start in range(0, len(wanted), 5000):  # SQLite caps the number of parameters
+            chunk = [int(x) for x in wanted[start : start + 5000]]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT label, vector FROM items WHERE label IN ({marks}) ORDER BY label",
+                    chunk,
+                ).fetchall()
+            found.append(np.array([row[0] for row in rows], dtype=np.int64))
+            vectors.extend(row[1] for row in rows)
+        matrix = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(-1, dim)
+        return (np.concatenate(found) if found else np.zeros(0, np.int64)), matrix
+
     def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray:
         """Labels of the items of `kind` whose metadata satisfies the filter."""
         clause, params = where.sql()

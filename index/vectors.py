@@ -10,6 +10,7 @@ rebuilt.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -132,6 +133,11 @@ class FaissVectorIndex:
         return int(self._index.ntotal) - len(self._deleted)
 
     @property
+    def exact(self) -> bool:
+        """Whether a search compares the query with every vector (Flat)."""
+        return not self._lazy_delete
+
+    @property
     def stored(self) -> int:
         """Vectors held, lazily deleted ones included."""
         return int(self._index.ntotal)
@@ -176,12 +182,14 @@ class FaissVectorIndex:
         return len(present)
 
     def search(
-        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None, widen: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query: (scores, labels), each (nq, k); missing slots have label -1.
 
         With `allowed`, only those labels are candidates: the filter is applied inside the
         search, so k results come back whenever k allowed vectors exist (exactly so for Flat).
+        `widen` multiplies the search breadth of approximate structures (HNSW's efSearch, IVF's
+        nprobe), up to all of it with math.inf: a filter leaves fewer candidates per list.
         """
         xq = check_vectors(xq, self.d)
         if k < 1:
@@ -191,7 +199,7 @@ class FaissVectorIndex:
             if live == 0:
                 empty_scores = np.full((xq.shape[0], k), -np.inf, dtype=np.float32)
                 return empty_scores, np.full((xq.shape[0], k), -1, dtype=np.int64)
-            params, keep_alive = self._search_params(k, allowed)
+            params, keep_alive = self._search_params(k, allowed, widen)
             D, I = self._index.search(xq, min(k, live), params=params)
             del keep_alive
         if D.shape[1] < k:
@@ -200,7 +208,9 @@ class FaissVectorIndex:
             I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
         return D, I
 
-    def _search_params(self, k: int, allowed: np.ndarray | None) -> tuple[Any, tuple[Any, ...]]:
+    def _search_params(
+        self, k: int, allowed: np.ndarray | None, widen: float = 1.0
+    ) -> tuple[Any, tuple[Any, ...]]:
         """FAISS search parameters, and the selector objects they point to (keep them alive)."""
         if self._deleted and self._selector is None:
             deleted = np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted))
@@ -214,14 +224,15 @@ class FaissVectorIndex:
             selector = wanted if selector is None else faiss.IDSelectorAnd(wanted, selector)
             parts = (*parts, selector)
         if isinstance(self._inner, faiss.IndexHNSW):
-            params = _faiss.SearchParametersHNSW(efSearch=max(self._ef_search, k), sel=selector)
-            return params, parts
+            ef = _widened(max(self._ef_search, k), widen, max(int(self._index.ntotal), k))
+            return _faiss.SearchParametersHNSW(efSearch=ef, sel=selector), parts
         try:
-            faiss.extract_index_ivf(self._inner)
+            ivf = faiss.extract_index_ivf(self._inner)
         except RuntimeError:
             params = _faiss.SearchParameters(sel=selector) if selector is not None else None
             return params, parts
-        return _faiss.SearchParametersIVF(nprobe=self._nprobe, sel=selector), parts
+        nprobe = _widened(self._nprobe, widen, int(ivf.nlist))
+        return _faiss.SearchParametersIVF(nprobe=nprobe, sel=selector), parts
 
     def labels(self) -> np.ndarray:
         with self._lock:
@@ -255,3 +266,9 @@ class FaissVectorIndex:
     @classmethod
     def read(cls, path: Path, d: int, spec: str = EXACT_SPEC) -> FaissVectorIndex:
         return cls.deserialize(path.read_bytes(), d, spec)
+
+
+def _widened(breadth: int, factor: float, most: int) -> int:
+    if math.isinf(factor):
+        return most
+    return max(1, min(most, math.ceil(breadth * factor)))
