@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     )
     max_batch_upload_mb: float = Field(2048.0, gt=0, description="largest body of POST /v1/batch")
     max_image_pixels: int = Field(50_000_000, gt=0)
+    max_decoded_image_mb: float = Field(
+        256.0,
+        gt=0,
+        description="largest image in decoded bytes (pixels x bytes a pixel: 16-bit RGBA is 8)",
+    )
     max_metadata_bytes: int = Field(
         DEFAULT_MAX_METADATA_BYTES,
         ge=2,

@@ -68,6 +68,7 @@ class Services:
             settings.max_queue,
             decode_workers=settings.decode_workers,
             jpeg_draft=settings.jpeg_draft,
+            max_decoded_bytes=int(settings.max_decoded_image_mb * 2**20),
             on_batch=on_batch,
             inference=inference,
         )

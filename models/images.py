@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,6 +13,8 @@ from models.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImage
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 50_000_000  # about 7000x7000; larger images are refused before decoding
+# what the decoded samples may take: a 16-bit RGBA pixel is 8 bytes, an 8-bit RGB one 3
+DEFAULT_MAX_DECODED_BYTES = 256 * 2**20
 
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -26,8 +29,31 @@ CONTENT_TYPES = {
 _BACKGROUND = (255, 255, 255)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header declares, read without decoding pixels."""
+
+    format: str
+    width: int
+    height: int
+    bytes_per_pixel: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.pixels * self.bytes_per_pixel
+
+
 def sniff_image_format(data: bytes) -> str:
     """The Pillow format name of `data`, read without decoding pixels; else ImageDecodeError."""
+    return read_header(data).format
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Format, size and sample size of `data` from its header; else ImageDecodeError."""
     if not data:
         raise ImageDecodeError("the file is empty")
     try:
@@ -35,6 +61,8 @@ def sniff_image_format(data: bytes) -> str:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 image_format = image.format or "unknown"
+                width, height = image.size
+                bytes_per_pixel = _bytes_per_pixel(image)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(
             f"the image declares too many pixels to decode safely ({e})"
@@ -46,37 +74,63 @@ def sniff_image_format(data: bytes) -> str:
         raise UnsupportedImageFormatError(
             f"image format {image_format} is not accepted (allowed: {allowed})"
         )
-    return image_format
+    return ImageHeader(image_format, width, height, bytes_per_pixel)
+
+
+def _bytes_per_pixel(image: Image.Image) -> int:
+    """Bytes of one decoded pixel, at the sample size the file stores (16-bit counts twice)."""
+    if image.mode in ("I", "F"):
+        return 4
+    if image.mode.startswith("I;16"):
+        return 2
+    sixteen_bit = any(";16" in str(tile.args) for tile in getattr(image, "tile", ()))
+    return len(image.getbands()) * (2 if sixteen_bit else 1)
+
+
+def check_decodable(
+    header: ImageHeader, max_pixels: int, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+) -> None:
+    """ImageTooLargeError for an image whose pixels or decoded bytes pass the limits."""
+    if header.width <= 0 or header.height <= 0:
+        raise ImageDecodeError("the image has no pixels")
+    size = f"{header.width}x{header.height}"
+    if header.pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"the image declares {size} pixels, more than the {max_pixels} allowed"
+        )
+    if header.decoded_bytes > max_decoded_bytes:
+        raise ImageTooLargeError(
+            f"the image would take {header.decoded_bytes / 2**20:.0f} MB decoded ({size}, "
+            f"{header.bytes_per_pixel} bytes a pixel), more than the "
+            f"{max_decoded_bytes / 2**20:.0f} MB allowed"
+        )
 
 
 def decode_image(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> Image.Image:
     """Decode `data` into an RGB image: first frame, EXIF-rotated, alpha flattened onto white.
 
     With `draft_size`, a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale where both sides
     stay at least `draft_size` pixels: several times faster for photos much larger than the
-    model input, which is resized down from it anyway.
+    model input, which is resized down from it anyway. Other formats are decoded whole and
+    then reduced by a whole factor to that size, before any conversion copies them.
     """
-    sniff_image_format(data)
+    check_decodable(read_header(data), max_pixels, max_decoded_bytes)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width <= 0 or height <= 0:
-                    raise ImageDecodeError("the image has no pixels")
-                if width * height > max_pixels:
-                    raise ImageTooLargeError(
-                        f"the image declares {width}x{height} pixels, more than the "
-                        f"{max_pixels} allowed"
-                    )
                 image.seek(0)
                 if draft_size is not None and image.format in ("JPEG", "MPO"):
                     image.draft(image.mode, (draft_size, draft_size))
                 image.load()
+                loaded = image if draft_size is None else reduce_to(image, draft_size)
                 # a new image (turned, or copied), so it outlives the file closing here
-                oriented = ImageOps.exif_transpose(image)
+                oriented = ImageOps.exif_transpose(loaded)
                 return oriented if oriented.mode == "RGB" else to_rgb(oriented)
     except ImageDecodeError:
         raise
@@ -86,6 +140,20 @@ def decode_image(
         ) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt ({e})") from e
+
+
+def reduce_to(image: Image.Image, size: int) -> Image.Image:
+    """`image` shrunk by the largest whole factor that keeps both sides at least `size`.
+
+    A box filter, like libjpeg's draft scaling; the model's own antialiased resize follows.
+    """
+    factor = min(image.size) // size
+    if factor < 2:
+        return image
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode reduce does not handle (palette, 1-bit): keep it whole
+        return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

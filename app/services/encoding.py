@@ -10,11 +10,17 @@ a core stalls them all: ViT-B-32 image batches ran about 3x slower beside a sing
 thread, for decoding that costs a millisecond or two of one core per image (BENCHMARKS.md).
 There the two take turns instead: decoding is queued on the inference thread like a model
 call, which fans it out over the decode pool (all cores) and waits.
+
+Large images (over LARGE_IMAGE_PIXELS) are the exception: decoding a 49-megapixel PNG takes
+seconds, and a text query must not wait behind it. They are decoded one at a time, in a thread
+of their own at a lower scheduling priority, beside the model rather than in turn with it;
+afterwards the freed memory is handed back to the system.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,9 +29,12 @@ import numpy as np
 
 from app.services.batcher import Batcher
 from app.services.threads import inference_pool, run_in, single_core_pool
-from models import Encoder, decode_image
+from models import Encoder, ImageDecodeError, decode_image
+from models.images import DEFAULT_MAX_DECODED_BYTES, read_header
 
-DRAFT_FACTOR = 2  # JPEGs are decoded at a reduced scale no smaller than twice the model input
+DRAFT_FACTOR = 2  # large images are decoded or reduced to no less than twice the model input
+LARGE_IMAGE_PIXELS = 12_000_000  # a PNG this size decodes in about 0.2 s on one core
+LARGE_DECODE_NICENESS = 10  # below the model's threads when both want a core
 
 
 class EncodingService:
@@ -42,6 +51,7 @@ class EncodingService:
         on_batch: Callable[[str, int, float], None] | None = None,
         inference: ThreadPoolExecutor | None = None,
         overlap_decode: bool | None = None,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     ) -> None:
         """`inference` is the thread that loaded the model, if any (see app.services.threads).
 
@@ -52,9 +62,11 @@ class EncodingService:
             overlap_decode if overlap_decode is not None else encoder.device != "cpu"
         )
         self._max_image_pixels = max_image_pixels
+        self._max_decoded_bytes = max_decoded_bytes
         self._draft_size = encoder.image_size * DRAFT_FACTOR if jpeg_draft else None
         self._inference = inference or inference_pool()
         self._decode = single_core_pool(decode_workers, "xmr-decode")
+        self._large_decode = single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS)
         self.texts: Batcher[str] = Batcher(
             "text", encoder.encode_texts, self._inference, max_batch, max_queue, on_batch
         )
@@ -93,18 +105,50 @@ class EncodingService:
 
         Raises ImageDecodeError (or a subclass) for bytes that are not an acceptable image.
         """
+        if self._is_large(data):
+            return await run_in(self._large_decode, self._decode_large, data)
         pool = self._decode if self.overlap_decode else self._inference
         return await run_in(pool, self._decode_and_prepare, data)
 
     async def prepare_many(self, blobs: Sequence[bytes]) -> list[Any]:
         """Prepare several uploads concurrently; a failure is returned in its slot, not raised."""
-        if not self.overlap_decode:
-            return await run_in(self._inference, self._prepare_in_turn, blobs)
-        results = await asyncio.gather(*(self.prepare(b) for b in blobs), return_exceptions=True)
+        large = {position for position, data in enumerate(blobs) if self._is_large(data)}
+        if self.overlap_decode:
+            results = await asyncio.gather(
+                *(self.prepare(b) for b in blobs), return_exceptions=True
+            )
+        elif not large:
+            results = await run_in(self._inference, self._prepare_in_turn, blobs)
+        else:
+            results = await self._prepare_large_aside(blobs, large)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
         return list(results)
+
+    async def _prepare_large_aside(self, blobs: Sequence[bytes], large: set[int]) -> list[Any]:
+        """On the CPU: small images in turn with the model, large ones beside it meanwhile."""
+        small = [position for position in range(len(blobs)) if position not in large]
+        in_turn = run_in(self._inference, self._prepare_in_turn, [blobs[p] for p in small])
+        aside = [run_in(self._large_decode, self._decode_large, blobs[p]) for p in sorted(large)]
+        gathered = await asyncio.gather(in_turn, *aside, return_exceptions=True)
+        if isinstance(gathered[0], BaseException):
+            raise gathered[0]
+        slots: dict[int, Any] = dict(zip(small, gathered[0], strict=True))
+        slots.update(zip(sorted(large), gathered[1:], strict=True))
+        return [slots[position] for position in range(len(blobs))]
+
+    def _is_large(self, data: bytes) -> bool:
+        try:
+            return read_header(data).pixels > LARGE_IMAGE_PIXELS
+        except ImageDecodeError:
+            return False  # refused where it is decoded, with the same error
+
+    def _decode_large(self, data: bytes) -> Any:
+        try:
+            return self._decode_and_prepare(data)
+        finally:
+            _release_free_memory()
 
     def _prepare_in_turn(self, blobs: Sequence[bytes]) -> list[Any]:
         """On the inference thread: decode `blobs` over the whole decode pool, model idle."""
@@ -118,9 +162,29 @@ class EncodingService:
         return results
 
     def _decode_and_prepare(self, data: bytes) -> Any:
-        image = decode_image(data, self._max_image_pixels, self._draft_size)
+        image = decode_image(
+            data, self._max_image_pixels, self._draft_size, self._max_decoded_bytes
+        )
         return self.encoder.prepare_image(image)
 
     def close(self) -> None:
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._decode.shutdown(wait=True, cancel_futures=True)
+        self._large_decode.shutdown(wait=True, cancel_futures=True)
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them for reuse otherwise)."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -11,7 +11,9 @@ all cores; every other thread that touches torch or FAISS is kept to one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
@@ -20,15 +22,21 @@ import faiss
 import torch
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _inference_thread_setup(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _single_core_thread_setup() -> None:
+def _single_core_thread_setup(niceness: int = 0) -> None:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
+    if niceness:
+        try:  # Linux: a thread's own nice value, below the model's threads when cores are short
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError as e:
+            logger.debug("cannot lower the priority of %s: %s", threading.current_thread(), e)
 
 
 def inference_pool(threads: int | None = None) -> ThreadPoolExecutor:
@@ -41,10 +49,13 @@ def inference_pool(threads: int | None = None) -> ThreadPoolExecutor:
     )
 
 
-def single_core_pool(workers: int, name: str) -> ThreadPoolExecutor:
-    """Threads for decoding, preprocessing and index work, one core each."""
+def single_core_pool(workers: int, name: str, niceness: int = 0) -> ThreadPoolExecutor:
+    """Threads for decoding, preprocessing and index work, one core each (nice: lower priority)."""
     return ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix=name, initializer=_single_core_thread_setup
+        max_workers=workers,
+        thread_name_prefix=name,
+        initializer=_single_core_thread_setup,
+        initargs=(niceness,),
     )
 
 

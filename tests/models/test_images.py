@@ -97,13 +97,13 @@ def test_format_outside_allow_list_is_refused() -> None:
         sniff_image_format(image_bytes("red", "PPM"))
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def _png_header_only(width: int, height: int, bit_depth: int = 8, color_type: int = 2) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (
             struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
         )
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
@@ -129,6 +129,17 @@ def test_jpeg_draft_decodes_smaller_but_never_below_the_asked_size() -> None:
     assert small.size == (1600, 1200)  # never upscaled, never below the asked size
 
 
-def test_draft_leaves_other_formats_alone() -> None:
+def test_other_formats_are_reduced_by_whole_factors_never_below_the_asked_size() -> None:
     data = image_bytes((10, 200, 10), "PNG", (900, 700))
-    assert decode_image(data, draft_size=100).size == (900, 700)
+    assert decode_image(data, draft_size=100).size == (129, 100)  # 700 // 100 = 7, edges kept
+    assert decode_image(data, draft_size=448).size == (900, 700)  # 700 // 448 = 1: whole
+    assert decode_image(data).size == (900, 700)
+
+
+def test_decoded_bytes_are_bounded_by_the_bytes_of_a_pixel() -> None:
+    """A 16-bit RGBA pixel takes 8 bytes: fewer pixels than the pixel cap may still be too many."""
+    rgba16 = _png_header_only(3000, 3000, bit_depth=16, color_type=6)
+    with pytest.raises(ImageTooLargeError, match="69 MB decoded .3000x3000, 8 bytes a pixel"):
+        decode_image(rgba16, max_decoded_bytes=64 * 2**20)
+    rgb8 = image_bytes("red", "PNG", (3000, 3000))  # 26 MB decoded: under the same bound
+    assert decode_image(rgb8, max_decoded_bytes=64 * 2**20).size == (3000, 3000)

@@ -176,6 +176,25 @@ def test_jpeg_draft_decoding_keeps_the_image_vectors(tiny_encoder: OpenClipEncod
     assert worst >= 0.999
 
 
+def test_reduced_decoding_of_large_pngs_keeps_the_image_vectors(
+    tiny_encoder: OpenClipEncoder,
+) -> None:
+    """A large PNG reduced by a whole factor (>= 2x the model input) embeds like the full one."""
+    from xmr.shapes import random_scene, render
+
+    rng = np.random.default_rng(6)
+    draft = tiny_encoder.image_size * 2
+    worst = 1.0
+    for _ in range(4):
+        scene = random_scene(rng, 2, min_side=1500, max_side=1500)
+        buffer = io.BytesIO()
+        render(scene, rng).save(buffer, "PNG")
+        full = tiny_encoder.encode_images([decode_image(buffer.getvalue())])
+        reduced = tiny_encoder.encode_images([decode_image(buffer.getvalue(), draft_size=draft)])
+        worst = min(worst, float(full[0] @ reduced[0]))
+    assert worst >= 0.999
+
+
 def test_auto_precision_follows_the_device() -> None:
     from models.open_clip_encoder import resolve_precision
 

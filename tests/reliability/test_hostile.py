@@ -6,6 +6,7 @@ lists them under "Hostile clients".
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -499,3 +501,55 @@ def test_a_large_base64_batch_is_accepted_in_seconds(client: TestClient) -> None
     assert elapsed < 20, f"{elapsed:.1f} s to accept 20,000 items"
     staged = list((client.app.state.settings.data_dir / "staging").rglob("*"))  # type: ignore[attr-defined]
     assert 0 < len([p for p in staged if p.is_file()]) <= 2  # not a file per item
+
+
+# -- 7. memory and latency from legal images ----------------------------------------------------
+
+
+def test_a_text_query_never_waits_behind_a_large_decode(
+    tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large image's decode is held open; text queries and small images are answered meanwhile.
+
+    On the CPU small decodes take turns with the model on the inference thread; were a large one
+    queued there too, every query would wait for it (and here, for ever).
+    """
+    from app.services import encoding as encoding_module
+    from app.services.encoding import LARGE_IMAGE_PIXELS, EncodingService
+
+    release = threading.Event()
+    decoding_threads: list[str] = []
+    real_decode = encoding_module.decode_image
+
+    def held_decode(data: bytes, *args: Any) -> Any:
+        image = real_decode(data, *args)
+        decoding_threads.append(threading.current_thread().name)
+        if threading.current_thread().name.startswith("xmr-decode-large"):
+            assert release.wait(30)
+        return image
+
+    monkeypatch.setattr(encoding_module, "decode_image", held_decode)
+    side = int(LARGE_IMAGE_PIXELS**0.5) + 10
+    large = image_bytes("red", "PNG", (side, side))
+
+    async def scenario() -> None:
+        service = EncodingService(tiny_encoder, 50_000_000, decode_workers=2)
+        service.start()
+        try:
+            big = asyncio.ensure_future(service.prepare_many([large, image_bytes("blue")]))
+            single = asyncio.ensure_future(service.prepare(large))
+            await asyncio.sleep(0.2)
+            vectors = await asyncio.wait_for(service.encode_texts(["a query"]), 10)
+            small = await asyncio.wait_for(service.prepare(image_bytes("green")), 10)
+            assert vectors.shape == (1, tiny_encoder.dim) and small is not None
+            assert not big.done() and not single.done()  # still held
+            release.set()
+            results = await asyncio.wait_for(asyncio.gather(big, single), 30)
+            assert all(not isinstance(r, Exception) for r in [*results[0], results[1]])
+        finally:
+            release.set()
+            await service.stop()
+            service.close()
+
+    asyncio.run(scenario())
+    assert decoding_threads.count("xmr-decode-large_0") == 2  # one thread: one at a time
