@@ -91,7 +91,11 @@ class ItemStore:
             raise
         self._blobs = BlobStore(data_dir / "blobs")
         self._snapshot_dir = data_dir / "index"
+        # _write_lock guards _indexes (which index serves each kind), _builds, _saved_seq and
+        # _closing, and keeps each record write and its index update in one order. Searches
+        # read _indexes without it: swapping an entry is atomic, and each index locks itself.
         self._write_lock = threading.Lock()
+        # _snapshot_lock: one snapshot at a time, so the files are written in sequence order
         self._snapshot_lock = threading.Lock()
         self._saved_seq: dict[Kind, int] = {}
         self._builds: dict[Kind, tuple[str, int, threading.Thread]] = {}
@@ -199,12 +203,17 @@ class ItemStore:
     def wait_for_builds(self, timeout_s: float = 600.0) -> None:
         """Block until no background index build is running (one may start the next)."""
         deadline = time.monotonic() + timeout_s
-        while self._builds and time.monotonic() < deadline:
-            for _, _, thread in list(self._builds.values()):
+        while time.monotonic() < deadline:
+            with self._write_lock:
+                threads = [thread for _, _, thread in self._builds.values()]
+            if not threads:
+                return
+            for thread in threads:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def index_info(self) -> dict[Kind, IndexInfo]:
-        builds = dict(self._builds)
+        with self._write_lock:
+            builds = dict(self._builds)
         return {
             kind: IndexInfo(
                 self._indexes[kind].spec,
@@ -310,10 +319,16 @@ class ItemStore:
     # -- persistence ----------------------------------------------------------------------
     def is_dirty(self) -> bool:
         seq = self._records.current_seq()
-        return any(self._saved_seq[kind] < seq for kind in KINDS)
+        with self._write_lock:
+            return any(self._saved_seq[kind] < seq for kind in KINDS)
 
     def snapshot(self) -> bool:
-        """Write both FAISS indexes to disk if the records moved on; True if anything was saved."""
+        """Write both FAISS indexes to disk if the records moved on; True if anything was saved.
+
+        The indexes are serialized under the write lock and written to disk outside it; what
+        was saved is recorded under it again, for the index that was saved only: a background
+        build may have swapped in a new one meanwhile, which still needs saving.
+        """
         with self._snapshot_lock:
             with self._write_lock:
                 seq = self._records.current_seq()
@@ -329,6 +344,7 @@ class ItemStore:
                 payloads = {kind: faiss_indexes[kind].serialize() for kind in stale}
                 sizes = {kind: faiss_indexes[kind].stored for kind in stale}
                 specs = {kind: faiss_indexes[kind].spec for kind in stale}
+            saved: list[Kind] = []
             for kind in stale:
                 try:
                     save_snapshot(
@@ -346,12 +362,18 @@ class ItemStore:
                         f"could not save the {kind} index snapshot: {e.strerror or e}; "
                         "the previous snapshot and all records are intact"
                     ) from e
-                self._saved_seq[kind] = seq
-            if stale:
+                saved.append(kind)
+            if not saved:
+                return False
+            with self._write_lock:
+                for kind in saved:
+                    if self._indexes[kind] is faiss_indexes[kind]:
+                        self._saved_seq[kind] = max(self._saved_seq[kind], seq)
                 # a background build replays the tombstones written after it started
-                keep_from = [seq for _, seq, _ in self._builds.values()]
-                self._records.prune_tombstones(min([*self._saved_seq.values(), *keep_from]))
-            return bool(stale)
+                keep_from = [build_seq for _, build_seq, _ in self._builds.values()]
+                prune_to = min([*self._saved_seq.values(), *keep_from])
+            self._records.prune_tombstones(prune_to)
+            return True
 
     def close(self) -> None:
         with self._write_lock:

@@ -213,3 +213,41 @@ def test_filters_find_every_matching_item_on_every_structure(
     ]
     assert np.mean(overlap) >= np.mean(baseline) - 0.05, (np.mean(overlap), np.mean(baseline))
     store.close()
+
+
+def test_snapshots_and_background_builds_can_run_at_the_same_time(tmp_path: Path) -> None:
+    """Snapshots taken in a loop while writes start and finish builds: no error, nothing lost."""
+    options = IndexOptions(approx_threshold=700, spec="auto")
+    store = ItemStore(tmp_path / "data", "m/1", DIM, options)
+    xb = clustered_rows(3000)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def snapshot_loop() -> None:
+        while not stop.is_set():
+            try:
+                store.snapshot()
+            except BaseException as e:  # noqa: BLE001 - any error is the failure looked for
+                errors.append(e)
+                return
+
+    snapshots = threading.Thread(target=snapshot_loop)
+    snapshots.start()
+    try:
+        for start in range(0, 3000, 100):
+            store.upsert(items(start, xb[start : start + 100]))
+            for i in range(start, start + 100, 25):
+                store.delete(f"t{i}")
+    finally:
+        store.wait_for_builds(120)
+        stop.set()
+        snapshots.join()
+    assert not errors, errors
+    store.snapshot()
+    assert store.counts()["text"] == 3000 - 120
+    store.close()
+    reopened = ItemStore(tmp_path / "data", "m/1", DIM, options)
+    assert reopened.counts()["text"] == 3000 - 120
+    hits = reopened.search("text", xb[2001:2002], 1)
+    assert hits[0][0].record.id == "t2001"
+    reopened.close()

@@ -553,3 +553,27 @@ def test_a_text_query_never_waits_behind_a_large_decode(
 
     asyncio.run(scenario())
     assert decoding_threads.count("xmr-decode-large_0") == 2  # one thread: one at a time
+
+
+def test_the_snapshot_loop_survives_any_error(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    frequent = settings.model_copy(update={"snapshot_interval_s": 0.05})
+    with TestClient(create_app(frequent, encoder=tiny_encoder)) as client:
+        store = client.app.state.services.store  # type: ignore[attr-defined]
+        calls: list[float] = []
+        real_snapshot = store.snapshot
+
+        def failing_then_working() -> bool:
+            calls.append(time.monotonic())
+            if len(calls) <= 2:
+                raise RuntimeError("dictionary changed size during iteration")
+            return bool(real_snapshot())
+
+        store.snapshot = failing_then_working
+        index_texts(client, {"text": "saved after the errors"})
+        deadline = time.monotonic() + 10
+        while len(calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 4
+        assert not store.is_dirty()
