@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xmr-installed
 
-.PHONY: serve test lint browser demo eval install train-shapes clean
+.PHONY: serve test lint test-tools mutation-test demo eval install train-shapes clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,17 +18,24 @@ install: $(STAMP)
 serve: $(STAMP)  ## run the service (XMR_* variables configure it)
 	$(PY) -m app
 
-test: lint browser  ## lint, type-check, then run the test suite
+test: lint test-tools  ## lint, type-check, then run the test suite
 	$(PY) -m pytest -q
 
-# Debian's Chromium for the search-page test, where it can be installed (root with apt-get);
-# elsewhere that one test is skipped and says so.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian's Chromium (the search-page test) and strace (the power-loss test), where they can be
+# installed (root with apt-get); elsewhere those tests are skipped and say so.
+test-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-	      >/dev/null) || echo "note: chromium could not be installed; the page test will skip"; \
-	  else echo "note: no chromium (apt-get install chromium); the page test will skip"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	      >/dev/null) || echo "note: could not install$$missing; their tests will skip"; \
+	  else echo "note: missing$$missing (apt-get install$$missing); their tests will skip"; fi; \
+	fi
+
+mutation-test: $(STAMP)  ## break each promise on purpose; fails if a test does not notice
+	$(PY) -m scripts.mutation_test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

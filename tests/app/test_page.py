@@ -64,12 +64,17 @@ def test_text_search_shows_loaded_thumbnails_scores_and_metadata(
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on(  # the Content-Security-Policy blocks nothing the page itself needs
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     page.goto(indexed_server + "/")
     page.fill("#query", "a red circle")
     page.press("#query", "Enter")
     page.wait_for_selector("#results .hit.image img")
+    # predicates are functions, not strings: Playwright evals a string, which the CSP forbids
     page.wait_for_function(
-        "[...document.querySelectorAll('#results img')]"
+        "() => [...document.querySelectorAll('#results img')]"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
     cards = page.locator("#results .hit")
@@ -112,7 +117,7 @@ def test_dropping_an_image_finds_texts_and_more_like_this_finds_images(
     page.wait_for_selector("#results .hit.image")
     page.locator(".hit[data-id=blue] .more-like-this").click()
     page.wait_for_function(
-        "document.querySelector('#results .hit')?.dataset.id === 'blue'"
+        "() => document.querySelector('#results .hit')?.dataset.id === 'blue'"
         " && document.querySelector('#status').textContent.includes('the image')"
     )
     top_score = float(page.locator("#results .score").first.inner_text())
@@ -141,5 +146,7 @@ def test_images_can_be_indexed_from_the_page(
     page.click("#tools summary")
     page.set_input_files("#upload-files", str(upload))
     page.click("#upload-form button")
-    page.wait_for_function("document.querySelector('#status').textContent.includes('Indexed 1')")
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.includes('Indexed 1')"
+    )
     assert httpx.get(f"{live_server}/v1/items/sunset.png").status_code == 200

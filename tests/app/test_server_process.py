@@ -139,7 +139,7 @@ def test_chunked_upload_is_cut_off_without_being_read_whole(tmp_path: Path) -> N
         XmrClient(f"http://127.0.0.1:{port}").wait_ready(60)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(
-                b"POST /v1/texts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"POST /v1/texts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n"
             )
             chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)

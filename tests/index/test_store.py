@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,9 @@ def test_image_bytes_are_kept_and_released_when_unused(store: ItemStore) -> None
     assert not list((store.data_dir / "blobs").glob("*/*"))
 
 
-def test_restart_restores_everything_from_snapshot_and_replay(tmp_path: Path) -> None:
+def test_restart_restores_everything_from_snapshot_and_replay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = tmp_path / "data"
     first = ItemStore(data, "m/1", DIM)
     first.upsert([text(f"t{i}", i) for i in range(5)] + [image("img", 2)])
@@ -88,7 +91,10 @@ def test_restart_restores_everything_from_snapshot_and_replay(tmp_path: Path) ->
     first.upsert([text("late", 7)])  # after the snapshot: must be replayed from the records
     first.delete("t1")
     first._records.close()  # a crash: no final snapshot
-    second = ItemStore(data, "m/1", DIM)
+    with caplog.at_level(logging.INFO, logger="index.store"):
+        second = ItemStore(data, "m/1", DIM)
+    # the snapshot was loaded and brought up to date, not thrown away and rebuilt
+    assert not [r.message for r in caplog.records if "rebuil" in r.message or "built" in r.message]
     assert second.counts() == {"image": 1, "text": 5}
     assert second.search("text", vec(7)[None], 1)[0][0].record.id == "late"
     assert "t1" not in {h.record.id for h in second.search("text", vec(1)[None], 10)[0]}
@@ -105,6 +111,28 @@ def test_corrupt_snapshot_is_rebuilt_from_records(tmp_path: Path) -> None:
     second = ItemStore(data, "m/1", DIM)
     assert second.counts()["text"] == 4
     assert second.search("text", vec(3)[None], 1)[0][0].record.id == "t3"
+    second.close()
+
+
+def test_a_snapshot_with_a_changed_byte_is_refused_by_its_checksum(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same size, FAISS still reads it: only the checksum can tell the vectors were damaged."""
+    data = tmp_path / "data"
+    first = ItemStore(data, "m/1", DIM)
+    first.upsert([text(f"t{i}", i) for i in range(4)])
+    first.close()
+    snapshot = next((data / "index").glob("text-*.faiss"))
+    damaged = bytearray(snapshot.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 16] = b"\x7f" * 16
+    snapshot.write_bytes(bytes(damaged))
+    with caplog.at_level(logging.WARNING, logger="index.store"):
+        second = ItemStore(data, "m/1", DIM)
+    assert any("checksum" in r.message for r in caplog.records)
+    for i in range(4):
+        hit = second.search("text", vec(i)[None], 1)[0][0]
+        assert hit.record.id == f"t{i}" and hit.score == pytest.approx(1.0, abs=1e-5)
     second.close()
 
 

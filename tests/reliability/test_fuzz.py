@@ -75,6 +75,7 @@ def client(
         data_dir=folder / "data",
         import_root=folder / "import",
         snapshot_interval_s=3600,
+        allowed_hosts="testserver",
     )
     (folder / "import").mkdir()
     with TestClient(create_app(config, encoder=tiny_encoder)) as test_client:

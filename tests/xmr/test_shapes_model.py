@@ -34,7 +34,12 @@ def shapes_encoder() -> OpenClipEncoder:
 
 @pytest.fixture
 def shapes_client(tmp_path: Path, shapes_encoder: OpenClipEncoder) -> Iterator[TestClient]:
-    settings = Settings(model="shapes-tiny", data_dir=tmp_path / "data", snapshot_interval_s=3600)
+    settings = Settings(
+        model="shapes-tiny",
+        data_dir=tmp_path / "data",
+        snapshot_interval_s=3600,
+        allowed_hosts="testserver",
+    )
     with TestClient(create_app(settings, encoder=shapes_encoder)) as client:
         yield client
 

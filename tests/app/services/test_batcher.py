@@ -67,16 +67,27 @@ def test_max_batch_caps_each_model_call() -> None:
     assert max(model.calls) <= 4
 
 
-def test_a_lone_request_is_not_held_back() -> None:
+def test_a_lone_request_is_not_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No gathering window: a request that finds the model idle is encoded at once, alone."""
+    from app.services import batcher as batcher_module
+
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(delay: float, *args: object) -> object:
+        waits.append(delay)
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(batcher_module.asyncio, "sleep", recorded_sleep)
     model = SlowModel(0.0)
 
-    async def scenario(batcher: Batcher[str]) -> float:
+    async def scenario(batcher: Batcher[str]) -> None:
         await batcher.submit(["warm"])
-        started = time.perf_counter()
         await batcher.submit(["solo"])
-        return time.perf_counter() - started
 
-    assert run(scenario, model) < 0.02
+    run(scenario, model)
+    assert model.calls == [1, 1]  # each alone, in its own call
+    assert not [delay for delay in waits if delay > 0]  # and nothing waited for company
 
 
 def test_one_failing_request_does_not_fail_its_neighbours() -> None:
@@ -93,22 +104,39 @@ def test_one_failing_request_does_not_fail_its_neighbours() -> None:
     assert isinstance(ok1, np.ndarray) and isinstance(ok2, np.ndarray)
 
 
-def test_full_queue_refuses_at_once_but_background_work_waits() -> None:
-    model = SlowModel(0.1)
+class GatedModel(SlowModel):
+    """Holds every call until the test opens the gate, and says when a call has started."""
 
-    async def scenario(batcher: Batcher[str]) -> tuple[float, np.ndarray]:
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().__call__(texts)
+
+
+def test_full_queue_refuses_at_once_but_background_work_waits() -> None:
+    """Refused while the model is still busy with earlier work: not after waiting its turn."""
+    model = GatedModel()
+
+    async def scenario(batcher: Batcher[str]) -> np.ndarray:
         running = asyncio.ensure_future(batcher.submit(["a"]))
-        await asyncio.sleep(0.01)
+        while not model.entered.is_set():
+            await asyncio.sleep(0)
         queued = asyncio.ensure_future(batcher.submit(["b", "c"]))  # fills the queue of 2
-        await asyncio.sleep(0.01)
-        started = time.perf_counter()
+        await asyncio.sleep(0)
         with pytest.raises(OverloadedError, match="queue is full"):
             await batcher.submit(["d"])
-        refused_after = time.perf_counter() - started
-        background = await batcher.submit(["e"], wait_for_room=True)
+        assert not running.done() and not queued.done()  # the model has not finished anything
+        background = asyncio.ensure_future(batcher.submit(["e"], wait_for_room=True))
+        await asyncio.sleep(0.05)
+        assert not background.done()  # background work waits for room instead
+        model.gate.set()
         await asyncio.gather(running, queued)
-        return refused_after, background
+        return await background
 
-    refused_after, background = run(scenario, model, max_queue=2)
-    assert refused_after < 0.01
+    background = run(scenario, model, max_queue=2)
     assert background.shape == (1, 2)
