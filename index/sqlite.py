@@ -33,7 +33,8 @@ def transaction(conn: sqlite3.Connection, lock: threading.RLock) -> Iterator[Non
             yield
             conn.execute("COMMIT")
         except BaseException as e:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite ends it by itself on some errors (SQLITE_FULL)
+                conn.execute("ROLLBACK")
             if isinstance(e, sqlite3.OperationalError):
                 raise StorageError(f"could not write to {_name(conn)}: {e}") from e
             raise

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from index.blobs import BlobStore
-from index.errors import DuplicateIdError, ModelMismatchError, SnapshotError, StorageError
+from index.errors import (
+    DuplicateIdError,
+    ModelMismatchError,
+    SnapshotError,
+    StorageError,
+    excerpt,
+)
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
 from index.milvus import MilvusVectorIndex
@@ -229,7 +235,7 @@ class ItemStore:
 
     def read_content(self, record: Record) -> bytes:
         if record.content_path is None:
-            raise StorageError(f"item {record.id!r} has no stored content")
+            raise StorageError(f"item {excerpt(record.id)} has no stored content")
         return self._blobs.read(record.content_path)
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
@@ -446,5 +452,5 @@ def _check_unique_ids(items: Sequence[NewItem]) -> None:
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
-            raise DuplicateIdError(f"id {item.id!r} appears twice in one request")
+            raise DuplicateIdError(f"id {excerpt(item.id)} appears twice in one request")
         seen.add(item.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from pathlib import Path
 
@@ -282,60 +283,79 @@ def test_batch_symlink_escaping_the_import_root_is_refused(
 
 
 @pytest.mark.parametrize(
-    ("method", "url", "kwargs", "status"),
+    ("method", "url", "kwargs", "status", "names"),
     [
-        ("get", "/v1/search/text", {"params": {"q": "x", "k": 0}}, 422),
-        ("get", "/v1/search/text", {"params": {"q": "x", "k": 5000}}, 422),
-        ("get", "/v1/search/text", {"params": {"q": "x", "target": "videos"}}, 422),
-        ("get", "/v1/search/text", {"params": {}}, 422),
-        ("post", "/v1/texts", {"json": {"items": [{"text": "   "}]}}, 422),
-        ("post", "/v1/texts", {"json": {"items": []}}, 422),
+        ("get", "/v1/search/text", {"params": {"q": "x", "k": 0}}, 422, "k"),
+        ("get", "/v1/search/text", {"params": {"q": "x", "k": 5000}}, 422, "k must be"),
+        ("get", "/v1/search/text", {"params": {"q": "x", "target": "videos"}}, 422, "target"),
+        ("get", "/v1/search/text", {"params": {}}, 422, "q"),
+        ("post", "/v1/texts", {"json": {"items": [{"text": "   "}]}}, 422, "items"),
+        ("post", "/v1/texts", {"json": {"items": []}}, 422, "items"),
         (
             "post",
             "/v1/texts",
             {"content": b"{not json", "headers": {"content-type": "application/json"}},
             422,
+            "JSON decode error",
         ),
         (
             "post",
             "/v1/texts",
             {"json": {"items": [{"text": "a", "id": "d"}, {"text": "b", "id": "d"}]}},
             422,
+            "appears twice",
         ),
         (
             "post",
             "/v1/images",
             {"files": [("files", ("a.txt", b"not an image", "text/plain"))]},
             422,
+            "files[0]",
         ),
-        ("post", "/v1/images", {"files": [("files", ("a.png", b"", "image/png"))]}, 422),
+        (
+            "post",
+            "/v1/images",
+            {"files": [("files", ("a.png", b"", "image/png"))]},
+            422,
+            "files[0]",
+        ),
         (
             "post",
             "/v1/images",
             {"files": [png_file("a.png", "red")], "data": {"ids": '["a", "b"]'}},
             422,
+            "ids",
         ),
         (
             "post",
             "/v1/images",
             {"files": [png_file("a.png", "red")], "data": {"metadata": "[1]"}},
             422,
+            "metadata[0]",
         ),
-        ("post", "/v1/images", {"data": {"ids": "[]"}}, 422),
+        ("post", "/v1/images", {"data": {"ids": "[]"}}, 422, "files"),
         (
             "post",
             "/v1/search/image",
             {"files": {"file": ("a.ppm", image_bytes(fmt="PPM"), "image/x-ppm")}},
             415,
+            "PPM",
         ),
-        ("post", "/v1/batch", {"json": {"items": [{"text": "a", "image_path": "b"}]}}, 422),
+        (
+            "post",
+            "/v1/batch",
+            {"json": {"items": [{"text": "a", "image_path": "b"}]}},
+            422,
+            "exactly one of",
+        ),
         (
             "post",
             "/v1/batch",
             {"content": b"plain", "headers": {"content-type": "text/plain"}},
             422,
+            "application/json",
         ),
-        ("post", "/v1/embed/text", {"json": {"texts": [""]}}, 422),
+        ("post", "/v1/embed/text", {"json": {"texts": [""]}}, 422, "texts[0]"),
         (
             "post",
             "/v1/texts",
@@ -344,24 +364,47 @@ def test_batch_symlink_escaping_the_import_root_is_refused(
                 "headers": {"content-type": "application/json"},
             },
             422,
+            "metadata",
         ),
         (
             "post",
             "/v1/images",
             {"files": [png_file("a.png", "red")], "data": {"metadata": '[{"x": Infinity}]'}},
             422,
+            "metadata",
         ),
-        ("get", "/v1/jobs/nope", {}, 404),
-        ("post", "/v1/jobs/nope/resume", {}, 404),
-        ("get", "/v1/items/nope/content", {}, 404),
+        ("get", "/v1/jobs/nope", {}, 404, "nope"),
+        ("post", "/v1/jobs/nope/resume", {}, 404, "nope"),
+        ("get", "/v1/items/nope/content", {}, 404, "nope"),
     ],
 )
 def test_bad_requests_get_a_clear_4xx(
-    client: TestClient, method: str, url: str, kwargs: dict, status: int
+    client: TestClient, method: str, url: str, kwargs: dict, status: int, names: str
 ) -> None:
+    """The status the README documents, a message naming what was wrong, the input not echoed."""
     response = getattr(client, method)(url, **kwargs)
     assert response.status_code == status, response.text
-    assert response.json()["detail"]
+    detail = json.dumps(response.json()["detail"])
+    assert names in detail, detail
+    echoed = [v for v in _strings_sent(kwargs) if len(v) >= 6 and v in response.text]
+    assert not echoed, echoed
+
+
+def _strings_sent(kwargs: dict) -> list[str]:
+    """The string values a request carries (query, form and JSON values, a raw body)."""
+    found: list[str] = []
+    pending: list[object] = [kwargs.get(k) for k in ("params", "data", "json")]
+    if isinstance(kwargs.get("content"), bytes):
+        found.append(kwargs["content"].decode(errors="replace"))
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return found
 
 
 def test_openapi_docs_are_served_with_examples(client: TestClient) -> None:
@@ -397,6 +440,24 @@ def test_disk_full_is_a_507_with_a_clear_message(
     assert client.get("/v1/info").json()["images"] == 0
 
 
+def test_sqlite_itself_out_of_space_is_a_507_and_changes_nothing(client: TestClient) -> None:
+    index_texts(client, {"text": "before", "id": "before"})
+    store = client.app.state.services.store  # type: ignore[attr-defined]
+    if store.options.backend != "faiss":
+        pytest.skip("the same records; the vector backend does not matter here")
+    conn = store._records._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    items = [{"text": f"bulky {i}", "metadata": {"pad": "x" * 3000}} for i in range(30)]
+    response = client.post("/v1/texts", json={"items": items})
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert response.status_code == 507
+    assert "full" in response.json()["detail"]
+    assert client.get("/v1/info").json()["texts"] == 1
+    index_texts(client, {"text": "after"})  # and the service goes on
+    assert client.get("/v1/info").json()["texts"] == 2
+
+
 def test_any_text_is_accepted_and_long_text_is_truncated(client: TestClient) -> None:
     texts = {
         "nul": "before\x00after",
@@ -410,6 +471,8 @@ def test_any_text_is_accepted_and_long_text_is_truncated(client: TestClient) -> 
         assert client.get(f"/v1/items/{item_id}").json()["text"] == text
         hits = client.get("/v1/search/text", params={"q": text[:2000], "target": "texts", "k": 1})
         assert hits.status_code == 200
+        first = hits.json()["results"][0]  # the same text embeds the same: itself, first
+        assert first["id"] == item_id and first["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_content_hash_lookup_finds_indexed_bytes_and_refuses_bad_digests(

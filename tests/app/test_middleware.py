@@ -85,3 +85,12 @@ def test_docs_can_be_made_public(settings: Settings, tiny_encoder: OpenClipEncod
         assert client.get("/docs").status_code == 200
         assert client.get("/openapi.json").status_code == 200
         assert client.get("/v1/info").status_code == 401
+
+
+def test_the_page_and_its_files_are_public_and_hold_no_data(keyed_client: TestClient) -> None:
+    """RELIABILITY.md: the page and /static/ answer without the key; the data routes do not."""
+    for path in ("/", "/static/app.js", "/static/style.css", "/static/swagger/swagger-ui.css"):
+        assert keyed_client.get(path).status_code == 200, path
+    assert keyed_client.get("/docs").status_code == 401  # the docs list the API: behind the key
+    assert keyed_client.get("/static/../v1/info").status_code in (401, 404)
+    assert keyed_client.get("/v1/info").status_code == 401

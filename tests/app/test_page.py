@@ -150,3 +150,42 @@ def test_images_can_be_indexed_from_the_page(
         "() => document.querySelector('#status').textContent.includes('Indexed 1')"
     )
     assert httpx.get(f"{live_server}/v1/items/sunset.png").status_code == 200
+
+
+def test_the_page_asks_for_the_key_and_keeps_it(
+    browser: Any, settings: Any, tiny_encoder: Any
+) -> None:
+    """With XMR_API_KEY set: the page loads without it, says 401 until the key is entered, then
+    searches (thumbnails included, fetched with the key) and remembers the key after a reload."""
+    from pydantic import SecretStr
+
+    from app.main import create_app
+    from tests.conftest import serve_in_thread
+
+    keyed = settings.model_copy(update={"api_key": SecretStr("page-key")})
+    with serve_in_thread(create_app(keyed, encoder=tiny_encoder)) as url:
+        files = [("files", ("red.png", image_bytes("red", size=(48, 48)), "image/png"))]
+        httpx.post(
+            f"{url}/v1/images", files=files, headers={"X-API-Key": "page-key"}
+        ).raise_for_status()
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.fill("#query", "red")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#status.error")
+        assert "401" in page.inner_text("#status")
+        page.click("#tools summary")
+        page.fill("#api-key", "page-key")
+        page.dispatch_event("#api-key", "change")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#results .hit.image img")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#results img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        page.reload()
+        assert page.input_value("#api-key") == "page-key"
+        page.fill("#query", "red")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#results .hit.image")
+        page.close()

@@ -36,6 +36,31 @@ def test_faiss_to_milvus_and_back_keeps_counts_and_rankings(tmp_path: Path) -> N
     assert back.ok and back.counts == there.counts
 
 
+def test_a_target_that_ranks_differently_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check compares the target's own answers: a target whose rankings differ fails it."""
+    from index import migrate as migrate_module
+
+    data = tmp_path / "data"
+    store = ItemStore(data, "m/1", DIM, IndexOptions())
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(50, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.upsert([NewItem(f"t{i}", "text", v, text="x") for i, v in enumerate(vectors)])
+    store.close()
+    real_top = migrate_module._top
+
+    def reversed_on_milvus(store: ItemStore, kind: str, queries: np.ndarray) -> list:
+        rankings = real_top(store, kind, queries)  # type: ignore[arg-type]
+        return [row[::-1] for row in rankings] if store.options.backend == "milvus" else rankings
+
+    monkeypatch.setattr(migrate_module, "_top", reversed_on_milvus)
+    report = migrate(data, IndexOptions(), opposite(IndexOptions(), str(tmp_path / "m.db")), 5)
+    assert not report.ok
+    assert len(report.mismatches) == 5 and report.mismatches[0].startswith("text query 0")
+
+
 def test_rankings_compare_by_order_except_among_ties() -> None:
     want = [("a", 0.9), ("b", 0.8), ("c", 0.8), ("d", 0.5)]
     assert _same_ranking(want, [("a", 0.9), ("c", 0.8), ("b", 0.8), ("d", 0.5)])  # tie swapped

@@ -32,7 +32,7 @@ def test_exact_cosine_ranking_like_faiss(tmp_path: Path) -> None:
         store.upsert(texts(xb))
     xq = rows(5, seed=1)
     for a, b in zip(milvus.search("text", xq, 10), faiss.search("text", xq, 10), strict=True):
-        assert [h.record.id for h in a] == [h.record.id for h in b]
+        assert len(a) == 10 and [h.record.id for h in a] == [h.record.id for h in b]
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
     assert milvus.index_info()["text"].spec == "milvus"
     milvus.close()

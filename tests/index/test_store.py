@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from index import ItemNotFoundError, ItemStore, ModelMismatchError, NewItem
-from index.errors import DuplicateIdError
+from index.errors import DuplicateIdError, StorageError
 
 DIM = 8
 
@@ -171,12 +171,15 @@ def test_concurrent_writes_and_searches_stay_consistent(store: ItemStore) -> Non
         except BaseException as e:  # collected and re-raised in the main thread
             errors.append(e)
 
+    checked: list[int] = []
+
     def reader() -> None:
         try:
             while not stop.is_set():
                 for hits in store.search("text", np.eye(DIM, dtype=np.float32), 10):
                     for hit in hits:
                         assert hit.record.metadata == {"owner": hit.record.id}
+                        checked.append(1)
         except BaseException as e:
             errors.append(e)
 
@@ -190,6 +193,7 @@ def test_concurrent_writes_and_searches_stay_consistent(store: ItemStore) -> Non
     for thread in readers:
         thread.join()
     assert not errors, errors[0]
+    assert checked  # the readers saw hits while the writers wrote, not only empty results
     assert store.counts()["text"] == store.record_counts()["text"]
     indexed = {
         h.record.id for row in store.search("text", np.eye(DIM, dtype=np.float32), 100) for h in row
@@ -223,6 +227,45 @@ def test_disk_full_during_snapshot_keeps_the_previous_one(
     reopened = ItemStore(data, "m/1", DIM)  # old snapshot + replay of "b"
     assert reopened.counts()["text"] == 2
     reopened.close()
+
+
+def test_sqlite_running_out_of_space_mid_write_changes_nothing(store: ItemStore) -> None:
+    """SQLite's own "database or disk is full" part-way through a write: all of it rolls back."""
+    store.upsert([text("before", 0)])
+    conn = store._records._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # room for the first rows only
+    bulky = [text(f"t{i}", i, metadata={"pad": "x" * 3000}) for i in range(20)]
+    with pytest.raises(StorageError, match="full"):
+        store.upsert(bulky)
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    assert store.record_counts() == {"image": 0, "text": 1}
+    assert store.counts() == {"image": 0, "text": 1}
+    with pytest.raises(ItemNotFoundError):
+        store.get("t0")
+    store.upsert([text("after", 1)])  # and the store goes on working
+    assert store.record_counts()["text"] == 2
+
+
+def test_a_failure_after_rows_are_written_rolls_all_of_them_back(
+    store: ItemStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from index.records import RecordStore
+
+    store.upsert([text("before", 0)])
+
+    def io_error(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(RecordStore, "_collect_released_blobs", io_error)  # after the INSERTs
+    with pytest.raises(StorageError, match="disk I/O error"):
+        store.upsert([text(f"t{i}", i) for i in range(5)])
+    monkeypatch.undo()
+    assert store.record_counts()["text"] == 1 and store.counts()["text"] == 1
+    with pytest.raises(ItemNotFoundError):
+        store.get("t0")
 
 
 def test_disk_full_while_storing_an_image_changes_nothing(

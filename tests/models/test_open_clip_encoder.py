@@ -148,8 +148,23 @@ def test_bf16_on_the_cpu_keeps_the_vectors(tiny_encoder: OpenClipEncoder) -> Non
         (bf16.encode_texts(texts), tiny_encoder.encode_texts(texts)),
     ):
         assert reduced.dtype == np.float32
-        assert float((reduced * full).sum(axis=1).min()) >= 0.99
+        # random weights are bf16's worst case (measured 0.99986); trained ones below keep 0.9999
+        assert float((reduced * full).sum(axis=1).min()) >= 0.9998
     assert bf16.short_text  # the trimmed text path still holds within bf16 rounding
+
+
+def test_bf16_keeps_a_trained_models_vectors_within_the_documented_cosine() -> None:
+    """README: bf16 vectors within cosine 0.9999 of fp32 (here the bundled, trained model)."""
+    fp32 = OpenClipEncoder.load("shapes-tiny", None, device="cpu", precision="fp32")
+    bf16 = OpenClipEncoder.load("shapes-tiny", None, device="cpu", precision="bf16")
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    texts = ["a red circle", "a blue square and a yellow star", "x"]
+    for reduced, full in (
+        (bf16.encode_images(images), fp32.encode_images(images)),
+        (bf16.encode_texts(texts), fp32.encode_texts(texts)),
+    ):
+        assert float((reduced * full).sum(axis=1).min()) >= 0.9999  # measured 0.99997
 
 
 def test_precision_is_checked_against_the_device() -> None:

@@ -29,18 +29,34 @@ pytestmark = pytest.mark.skipif(
     STRACE is None, reason="no strace on this machine (apt-get install strace); test skipped"
 )
 SYSCALLS = "openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,sendto,sendmsg,writev"
-# `PID name(args) = result`, or the two halves of a call another thread interrupted
-_CALL = re.compile(r"^\d+\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
+# `PID name(args) = result`; a call another thread interrupted comes in two lines, `PID
+# name(args <unfinished ...>` and later `PID <... name resumed>rest = result`
+_LINE = re.compile(r"^(\d+)\s+(.*)$")
+_RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
+_STARTED = re.compile(r"^(\w+)\((.*)$")
 
 
 def traced_calls(trace: Path) -> list[tuple[str, str]]:
-    """(syscall, line) in the order the calls completed; unfinished halves are skipped."""
-    calls = []
+    """(syscall, whole call) in the order the calls completed, split calls joined again."""
+    calls: list[tuple[str, str]] = []
+    unfinished: dict[str, tuple[str, str]] = {}
     for line in trace.read_text(errors="replace").splitlines():
-        match = _CALL.match(line)
-        if match is None or line.endswith("<unfinished ...>"):
+        match = _LINE.match(line)
+        if match is None:
             continue
-        calls.append((match.group(1) or match.group(2), line))
+        pid, text = match.groups()
+        resumed = _RESUMED.match(text)
+        if resumed is not None:
+            name, head = unfinished.pop(pid, (resumed.group(1), ""))
+            calls.append((name, head + resumed.group(2)))
+            continue
+        started = _STARTED.match(text)
+        if started is None:
+            continue
+        if text.endswith("<unfinished ...>"):
+            unfinished[pid] = (started.group(1), text.removesuffix("<unfinished ...>"))
+        else:
+            calls.append((started.group(1), text))
     return calls
 
 

@@ -64,10 +64,20 @@ def test_index_search_and_resume_by_content_hash(live_server: str, tmp_path: Pat
     found = xmr("search", "a square", "-k", "2", "--json", server=live_server)
     assert found.returncode == 0, found.stderr
     assert len(json.loads(found.stdout)["results"]) == 2
+    caption = xmr("search", "a red square", "--target", "texts", "--json", server=live_server)
+    first = json.loads(caption.stdout)["results"][0]
+    assert first["id"] == "red.png#0" and first["score"] > 0.9999  # its own caption, first
     by_image = xmr(
-        "search", "--image", str(photos / "red.png"), "--target", "images", server=live_server
+        "search",
+        "--image",
+        str(photos / "red.png"),
+        "--target",
+        "images",
+        "--json",
+        server=live_server,
     )
-    assert by_image.returncode == 0 and "red.png" in by_image.stdout
+    assert by_image.returncode == 0, by_image.stderr
+    assert json.loads(by_image.stdout)["results"][0]["id"] == "red.png"
     filtered = xmr(
         "search", "a square", "--filter", '{"path": "red.png"}', "--json", server=live_server
     )
