@@ -65,6 +65,9 @@ def test_delete_removes_from_search_at_once(store: ItemStore) -> None:
     store.upsert([image("p", 3), image("q", 4, b"other")])
     store.delete("p")
     assert [h.record.id for h in store.search("image", vec(3)[None], 5)[0]] == ["q"]
+    # its vector is gone from the index too: it takes no slot of a k=1 search
+    assert [h.record.id for h in store.search("image", vec(3)[None], 1)[0]] == ["q"]
+    assert store.counts()["image"] == 1
     with pytest.raises(ItemNotFoundError):
         store.get("p")
     with pytest.raises(ItemNotFoundError):

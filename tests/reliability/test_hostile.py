@@ -196,6 +196,17 @@ def test_errors_quote_a_short_escaped_excerpt_of_the_input(client: TestClient) -
         assert "\n" not in detail
 
 
+def test_the_text_log_format_keeps_one_event_on_one_line() -> None:
+    """Whatever a message holds (an exception's text, a value from a client), one line."""
+    from app.observability.logs import TEXT_FORMAT, RequestIdFilter, TextFormatter
+
+    record = logging.LogRecord("xmr", logging.INFO, __file__, 1, "bad %s", ("a\nb\rc",), None)
+    RequestIdFilter().filter(record)
+    line = TextFormatter(TEXT_FORMAT).format(record)
+    assert "\n" not in line and "\r" not in line and "a\\x0ab\\x0dc" in line
+    assert record.getMessage() == "bad a\nb\rc"  # the record itself is left as it was
+
+
 def test_a_newline_in_the_path_cannot_forge_a_log_line(client: TestClient) -> None:
     from app.observability.logs import TEXT_FORMAT, RequestIdFilter, TextFormatter
 
