@@ -42,6 +42,14 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+def wait_for_thumbnails(page: Any) -> None:
+    # a function, not a string: Playwright evals a string predicate, which the CSP forbids
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
 @pytest.fixture
 def indexed_server(live_server: str) -> str:
     files = [
@@ -72,11 +80,7 @@ def test_text_search_shows_loaded_thumbnails_scores_and_metadata(
     page.fill("#query", "a red circle")
     page.press("#query", "Enter")
     page.wait_for_selector("#results .hit.image img")
-    # predicates are functions, not strings: Playwright evals a string, which the CSP forbids
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#results img')]"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
+    wait_for_thumbnails(page)
     cards = page.locator("#results .hit")
     assert cards.count() == 3
     assert sorted(page.locator("#results .hit .id").all_inner_texts()) == ["blue", "green", "red"]
@@ -179,10 +183,7 @@ def test_the_page_asks_for_the_key_and_keeps_it(
         page.dispatch_event("#api-key", "change")
         page.press("#query", "Enter")
         page.wait_for_selector("#results .hit.image img")
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#results img')]"
-            ".every(i => i.complete && i.naturalWidth > 0)"
-        )
+        wait_for_thumbnails(page)
         page.reload()
         assert page.input_value("#api-key") == "page-key"
         page.fill("#query", "red")

@@ -30,18 +30,13 @@ from app.config import Settings
 from app.main import create_app
 from index import MAX_METADATA_DEPTH
 from models import OpenClipEncoder
+from tests.app.test_api import index_texts, wait_for_job
 from tests.conftest import image_bytes, serve_in_thread
 
 
 def nested(depth: int) -> dict:
     """An object whose innermost list sits `depth` levels down (the object itself is level 1)."""
     return {"a": json.loads("[" * (depth - 1) + "]" * (depth - 1))}
-
-
-def index_texts(client: TestClient, *items: dict) -> list[str]:
-    response = client.post("/v1/texts", json={"items": list(items)})
-    assert response.status_code == 201, response.text
-    return response.json()["ids"]
 
 
 # -- 1. poisoned records ---------------------------------------------------------------------
@@ -396,16 +391,6 @@ def test_a_stalled_body_is_answered_408_and_the_connection_freed(
 
 
 # -- 4, 5, 6. files under the import root ------------------------------------------------------
-
-
-def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_a_directory_swapped_for_a_link_never_leads_outside(tmp_path: Path) -> None:
