@@ -182,7 +182,7 @@ def test_filters_find_every_matching_item_on_every_structure(
 
     monkeypatch.setattr(store_module, "EXACT_FILTER_LIMIT", exact_limit)
     store = ItemStore(
-        tmp_path / "data", "m/1", DIM, IndexOptions(spec=spec, nprobe=4, ef_search=16)
+        tmp_path / "data", "m/1", DIM, IndexOptions(spec=spec, nprobe=4, ef_search=32)
     )
     xb = clustered_rows(3000)
     store.upsert(
@@ -204,6 +204,14 @@ def test_filters_find_every_matching_item_on_every_structure(
     for row, expected in zip(broad, truth, strict=True):
         assert len(row) == 10 and all(h.record.metadata["odd"] == 1 for h in row)
         overlap.append(len({int(h.record.id[1:]) for h in row} & set(expected.tolist())) / 10)
+    # pages follow each other on every structure, filtered or not (on HNSW while k + offset
+    # stays within efSearch: a deeper page searches more broadly)
+    for where in (None, parse_filter({"odd": 1})):
+        whole = store.search("text", xq, 20, where)
+        pages = [store.search("text", xq, 10, where, offset) for offset in (0, 10)]
+        for n, row in enumerate(whole):
+            paged = [h.record.id for page in pages for h in page[n]]
+            assert paged == [h.record.id for h in row] and len(paged) == 20
     # the filter costs no recall against an unfiltered search at the same settings
     unfiltered = store.search("text", xq, 10)
     everything = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
