@@ -105,7 +105,10 @@ class EncodingService:
 
         Raises ImageDecodeError (or a subclass) for bytes that are not an acceptable image.
         """
-        if self._is_large(data):
+        return await self._prepare(data, self._is_large(data))
+
+    async def _prepare(self, data: bytes, large: bool) -> Any:
+        if large:
             return await run_in(self._large_decode, self._decode_large, data)
         pool = self._decode if self.overlap_decode else self._inference
         return await run_in(pool, self._decode_and_prepare, data)
@@ -115,7 +118,8 @@ class EncodingService:
         large = {position for position, data in enumerate(blobs) if self._is_large(data)}
         if self.overlap_decode:
             results = await asyncio.gather(
-                *(self.prepare(b) for b in blobs), return_exceptions=True
+                *(self._prepare(b, p in large) for p, b in enumerate(blobs)),
+                return_exceptions=True,
             )
         elif not large:
             results = await run_in(self._inference, self._prepare_in_turn, blobs)
