@@ -92,13 +92,14 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         limits_by_prefix={"/v1/batch": megabytes(settings.max_batch_upload_mb)},
         idle_timeout_s=settings.body_timeout_s,
     )
-    if settings.api_key is not None and settings.api_key.get_secret_value():
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    if api_key:
         public = {"/healthz", "/readyz", "/"}  # the page holds no data; it asks for the key
         if settings.docs_public:
             public |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
         app.add_middleware(
             ApiKeyMiddleware,
-            api_key=settings.api_key.get_secret_value(),
+            api_key=api_key,
             public_paths=public,
             public_prefixes=("/static/",),
         )
@@ -113,7 +114,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     hosts = settings.trusted_hosts()
-    if hosts == ["*"] and settings.api_key is None:
+    if hosts == ["*"] and not api_key:
         logger.warning(
             "xmr listens on %s with no XMR_API_KEY and no XMR_ALLOWED_HOSTS: anyone who can "
             "reach it can read and change the index",
