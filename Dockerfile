@@ -29,7 +29,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     XMR_HOST=0.0.0.0 \
     XMR_PORT=8000 \
     XMR_DATA_DIR=/data \
-    HF_HOME=/cache/huggingface
+    HF_HOME=/cache/huggingface \
+    XMR_RUNTIME_CACHE_DIR=/cache/xmr-runtimes
 USER 10001:10001
 WORKDIR /home/xmr
 VOLUME ["/data", "/cache"]

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
         description="model weights and inputs: auto is fp16 on CUDA, bf16 on a CPU with bf16 "
         "instructions (AVX512-BF16, AMX), else fp32",
     )
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="what runs the model: auto is OpenVINO on the CPU (PyTorch if it cannot "
+        "reproduce PyTorch's vectors) and PyTorch on CUDA",
+    )
+    runtime_cache_dir: Path | None = Field(
+        None,
+        description="where ONNX exports of the model are kept; default ~/.cache/xmr/runtimes",
+    )
     model_cache_dir: str | None = Field(None, description="open_clip cache_dir; default HF cache")
     data_dir: Path = Path("./data")
     host: str = "127.0.0.1"

@@ -41,7 +41,17 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await asyncio.to_thread(Services.build, settings, encoder, metrics.observe_batch)
         app.state.services = services
-        metrics.watch(services.encoding.queue_depths, services.store.index_info)
+        running = services.encoder
+        metrics.watch(
+            services.encoding.queue_depths,
+            services.store.index_info,
+            {
+                "model_id": running.model_id,
+                "device": running.device,
+                "runtime": running.runtime,
+                "precision": running.precision,
+            },
+        )
         services.encoding.start()
         services.jobs.start()
         snapshots = asyncio.create_task(_snapshot_periodically(services), name="xmr-snapshots")

@@ -235,6 +235,7 @@ class InfoResponse(BaseModel):
     dim: int
     device: str
     precision: str
+    runtime: str = Field(description="what runs the model: torch, onnxruntime or openvino")
     images: int
     texts: int
     indexes: dict[Literal["image", "text"], IndexDescription]

@@ -53,6 +53,8 @@ class Services:
                     settings.device,
                     settings.model_cache_dir,
                     settings.precision,
+                    settings.runtime,
+                    settings.runtime_cache_dir,
                 ).result()
             store = ItemStore(
                 settings.data_dir, encoder.model_id, encoder.dim, settings.index_options()

@@ -34,6 +34,11 @@ class Encoder(Protocol):
         ...
 
     @property
+    def runtime(self) -> str:
+        """What runs the model: torch, onnxruntime or openvino."""
+        ...
+
+    @property
     def image_size(self) -> int:
         """The side of the square input the image tower takes (decoders may stop above it)."""
         ...

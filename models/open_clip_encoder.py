@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,15 +15,14 @@ from PIL import Image
 
 from models.errors import EmptyTextError, ModelLoadError
 from models.registry import WeightsSource, model_id_for, resolve_weights
+from models.runtimes import build_towers, runtime_candidates
 from models.shapes import batch_bucket, batch_chunks, text_length_bucket
+from models.towers import DTYPES, SHORT_TEXT_PROBES, TorchTowers, Towers, image_side, text_length
 from models.transforms import split_transform
 
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0  # random weights are seeded so that a restart yields the same model
-# the trimmed text path equals the full one mathematically; these allow for rounding per dtype
-SHORT_TEXT_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999, "bf16": 0.999}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -67,6 +67,7 @@ class OpenClipEncoder:
 
     Images go through two stages: `prepare_image` (open_clip's transform, CPU, any thread) and
     `encode_prepared` (the model), so that decoding and preprocessing overlap with inference.
+    The towers run in PyTorch or, on the CPU, in ONNX Runtime or OpenVINO (models.runtimes).
     """
 
     def __init__(
@@ -77,21 +78,29 @@ class OpenClipEncoder:
         model_id: str,
         device: torch.device,
         precision: str = "fp32",
+        runtime: str = "torch",
+        runtime_cache_dir: Path | None = None,
     ) -> None:
         self._device = device
-        self._precision = resolve_precision(precision, device)
-        self._dtype = DTYPES[self._precision]
-        self._model: Any = model.eval().to(device=device, dtype=self._dtype)
-        if device.type == "cuda":
-            self._model = self._model.to(memory_format=torch.channels_last)
         self._preprocess = preprocess
         self._split = split_transform(preprocess)
         self._tokenizer = tokenizer
         self._model_id = model_id
         self._dim = _embedding_dim(model)
-        # oneDNN (bf16 on the CPU) keeps state per input shape: see models.shapes
-        self.fixed_shapes = device.type == "cpu" and self._precision == "bf16"
-        self.short_text = _supports_short_text(self._model) and self._short_text_matches()
+        self._image_size = image_side(model)
+        self._towers: Towers = build_towers(
+            model,
+            device,
+            resolve_precision(precision, device),
+            runtime,
+            precision,
+            self._split,
+            tokenizer(list(SHORT_TEXT_PROBES)),
+            model_id,
+            runtime_cache_dir,
+        )
+        self.fixed_shapes = self._towers.fixed_shapes
+        self.short_text = self._towers.short_text
 
     @classmethod
     def load(
@@ -101,18 +110,35 @@ class OpenClipEncoder:
         device: str = "auto",
         cache_dir: str | None = None,
         precision: str = "auto",
+        runtime: str = "auto",
+        runtime_cache_dir: Path | None = None,
     ) -> OpenClipEncoder:
-        """Build the model through open_clip's normal loading path."""
+        """Build the model through open_clip's normal loading path, then pick its runtime."""
         source = resolve_weights(model_name, pretrained, cache_dir)
         torch_device = resolve_device(device)
+        runtime_candidates(runtime, torch_device)  # a bad setting fails before the weights load
         try:
-            model, preprocess = _create(model_name, source, torch_device, cache_dir)
+            # on the CPU in fp32 first: another runtime is exported from, and checked against,
+            # these weights
+            create_on = torch.device("cpu") if torch_device.type == "cpu" else torch_device
+            model, preprocess = _create(model_name, source, create_on, cache_dir)
         except (RuntimeError, OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"could not load {model_name} with {source.label}: {e}") from e
         tokenizer = open_clip.get_tokenizer(source.open_clip_name or model_name)
         model_id = model_id_for(model_name, source)
-        encoder = cls(model, preprocess, tokenizer, model_id, torch_device, precision)
-        logger.info("loaded %s on %s in %s", model_id, torch_device, encoder.precision)
+        encoder = cls(
+            model,
+            preprocess,
+            tokenizer,
+            model_id,
+            torch_device,
+            precision,
+            runtime,
+            runtime_cache_dir,
+        )
+        logger.info(
+            "loaded %s on %s: %s in %s", model_id, torch_device, encoder.runtime, encoder.precision
+        )
         return encoder
 
     @property
@@ -129,13 +155,22 @@ class OpenClipEncoder:
 
     @property
     def precision(self) -> str:
-        return self._precision
+        return self._towers.precision
+
+    @property
+    def runtime(self) -> str:
+        """Which runtime runs the towers: torch, onnxruntime or openvino."""
+        return self._towers.runtime
+
+    @property
+    def torch_model(self) -> Any | None:
+        """The open_clip module, where PyTorch runs it (another runtime holds its own copy)."""
+        return self._towers.model if isinstance(self._towers, TorchTowers) else None
 
     @property
     def image_size(self) -> int:
         """The side of the square input the vision tower takes."""
-        size = getattr(self._model.visual, "image_size", 224)
-        return int(size[0] if isinstance(size, tuple | list) else size)
+        return self._image_size
 
     @property
     def context_length(self) -> int:
@@ -149,9 +184,9 @@ class OpenClipEncoder:
         """The CPU stage of image encoding; safe to run in any thread.
 
         open_clip's transform up to its tensor conversion: a (3, H, W) uint8 tensor, which
-        `encode_prepared` scales and normalizes for the whole batch at once (a quarter of the
-        bytes to hold and to copy to a GPU); see models.transforms. Transforms of another shape
-        are run whole.
+        the towers scale and normalize for the whole batch at once (a quarter of the bytes to
+        hold and to copy to a GPU); see models.transforms. Transforms of another shape are run
+        whole.
         """
         if self._split is None:
             return self._preprocess(image)
@@ -165,66 +200,36 @@ class OpenClipEncoder:
         if not prepared:
             return np.zeros((0, self._dim), dtype=np.float32)
         batch = torch.stack(list(prepared))
-        if batch.dtype != torch.uint8:
-            return self.encode_pixels(batch)
-        if self._split is None:
+        if batch.dtype == torch.uint8 and self._split is None:
             raise ValueError("uint8 pixels need a transform that ends in ToTensor, Normalize")
-        with torch.inference_mode():
-            if self._device.type == "cuda":
-                batch = batch.pin_memory().to(self._device, non_blocking=True)
-            return self.encode_pixels(self._split.normalize(batch))
+        if not self.fixed_shapes:
+            return self._towers.image(batch)
+        # split, not padded: every padded image would cost as much as a real one
+        return np.concatenate(
+            [self._towers.image(batch[start:stop]) for start, stop in batch_chunks(len(batch))]
+        )
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Encode an already preprocessed (n, 3, H, W) float batch."""
-        with torch.inference_mode():
-            if self._device.type == "cuda":
-                if pixels.device.type == "cpu":
-                    # pinned host memory lets the copy run asynchronously to the host thread
-                    pixels = pixels.pin_memory().to(self._device, non_blocking=True)
-                pixels = pixels.to(dtype=self._dtype, memory_format=torch.channels_last)
-            else:
-                pixels = pixels.to(dtype=self._dtype)
-            if not self.fixed_shapes:
-                return _normalized_numpy(self._model.encode_image(pixels))
-            # split, not padded: every padded image would cost as much as a real one
-            return np.concatenate(
-                [
-                    _normalized_numpy(self._model.encode_image(pixels[start:stop]))
-                    for start, stop in batch_chunks(len(pixels))
-                ]
-            )
+        """Encode an already normalized (n, 3, H, W) float batch (open_clip's whole transform).
+
+        PyTorch runs only: another runtime's graph starts from the uint8 pixels.
+        """
+        if not isinstance(self._towers, TorchTowers):
+            raise ValueError(f"encode_pixels needs the torch runtime, not {self.runtime}")
+        return self._towers.pixels(pixels)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         if any(not text.strip() for text in texts):
             raise EmptyTextError("a text to encode is empty or only whitespace")
-        tokens = self._tokenizer(list(texts)).to(self._device)
-        length = _text_length(tokens) if self.short_text else tokens.shape[1]
+        tokens = self._tokenizer(list(texts))
+        length = text_length(tokens) if self.short_text else tokens.shape[1]
         if self.fixed_shapes:
             # padding rows and tokens is cheap next to a new shape's cache entry
             tokens = _pad_rows(tokens, batch_bucket(len(texts)))
             length = text_length_bucket(length, tokens.shape[1])
-        with torch.inference_mode():
-            if length < tokens.shape[1]:
-                features = _encode_text_trimmed(self._model, tokens[:, :length])
-            else:
-                features = self._model.encode_text(tokens)
-            return _normalized_numpy(features[: len(texts)])
-
-    def _short_text_matches(self) -> bool:
-        """Check on probe texts that the trimmed path reproduces encode_text; else never use it."""
-        probes = ["a", "a photo of a dog on the beach at sunset", "x " * 200]
-        tokens = self._tokenizer(probes).to(self._device)
-        with torch.inference_mode():
-            full = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
-            trimmed = _encode_text_trimmed(self._model, tokens[:, : _text_length(tokens)]).float()
-            trimmed = torch.nn.functional.normalize(trimmed, dim=-1)
-        agreement = float((full * trimmed).sum(dim=-1).min())
-        if agreement < SHORT_TEXT_MIN_COSINE[self._precision]:
-            logger.warning("short-query text encoding disabled: cosine %.6f", agreement)
-            return False
-        return True
+        return self._towers.text(tokens[:, :length])[: len(texts)]
 
 
 def _create(
@@ -272,48 +277,8 @@ def _embedding_dim(model: Any) -> int:
         return int(model.encode_text(torch.zeros((1, 77), dtype=torch.long)).shape[-1])
 
 
-def _normalized_numpy(features: torch.Tensor) -> np.ndarray:
-    features = features.float()
-    features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return features.cpu().numpy().astype(np.float32, copy=False)
-
-
-def _supports_short_text(model: Any) -> bool:
-    """open_clip's own text tower with a causal mask, pooled at the end-of-text token."""
-    return (
-        isinstance(model, open_clip.CLIP)
-        and getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
-    )
-
-
-def _text_length(tokens: torch.Tensor) -> int:
-    """The longest text's length in tokens, its padding (token 0) not counted."""
-    return max(int((tokens != 0).sum(dim=1).max()), 1)
-
-
 def _pad_rows(tokens: torch.Tensor, rows: int) -> torch.Tensor:
     """`tokens` with copies of its first row appended up to `rows` rows."""
     if rows == len(tokens):
         return tokens
     return torch.cat([tokens, tokens[:1].expand(rows - len(tokens), -1)])
-
-
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """encode_text over tokens cut short of the context length (to the batch's longest text).
-
-    Under the causal mask no position attends to a later one, so cutting padding after the
-    longest text leaves every kept position, the end-of-text token included, unchanged.
-    """
-    length = tokens.shape[1]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = open_clip.transformer.text_global_pool(
-        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
-    )
-    if isinstance(model.text_projection, torch.nn.Linear):
-        return model.text_projection(x)
-    return x @ model.text_projection if model.text_projection is not None else x

@@ -22,8 +22,23 @@ TINY_MODEL = "xmr-test-tiny"  # models/configs/xmr-test-tiny.json, seeded random
 
 @pytest.fixture(scope="session")
 def tiny_encoder() -> OpenClipEncoder:
-    """fp32 so that equality with open_clip's own calls can be asserted tightly."""
+    """fp32 so that equality with open_clip's own calls can be asserted tightly.
+
+    The runtime is the default one (OpenVINO on a CPU where it reproduces PyTorch's vectors).
+    """
     return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def torch_encoder() -> OpenClipEncoder:
+    """The same weights run by PyTorch itself: its module is the reference."""
+    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32", runtime="torch")
+
+
+def torch_state(encoder: OpenClipEncoder) -> dict[str, Any]:
+    """The weights of a PyTorch-run encoder."""
+    assert encoder.torch_model is not None, "load it with runtime='torch'"
+    return dict(encoder.torch_model.state_dict())
 
 
 @pytest.fixture
@@ -46,9 +61,12 @@ def client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestCl
 
 
 def reference_open_clip(encoder: OpenClipEncoder) -> tuple[Any, Any, Any]:
-    """open_clip's own model, transform and tokenizer for TINY_MODEL, with `encoder`'s weights."""
+    """open_clip's own model, transform and tokenizer for TINY_MODEL, with `encoder`'s weights.
+
+    `encoder` is run by PyTorch (the `torch_encoder` fixture).
+    """
     model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=None)
-    model.load_state_dict(encoder._model.state_dict())
+    model.load_state_dict(torch_state(encoder))
     return model.eval(), preprocess, open_clip.get_tokenizer(TINY_MODEL)
 
 

@@ -226,7 +226,13 @@ def index_on_ray(
     folder = data_dir or settings.data_dir
     captions_by_name = read_captions(captions) if captions else {}
     encoder = OpenClipEncoder.load(
-        settings.model, settings.pretrained, "cpu", settings.model_cache_dir, settings.precision
+        settings.model,
+        settings.pretrained,
+        "cpu",
+        settings.model_cache_dir,
+        settings.precision,
+        settings.runtime,
+        settings.runtime_cache_dir,
     )
     store = ItemStore(folder, encoder.model_id, encoder.dim, settings.index_options())
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -239,6 +245,7 @@ def index_on_ray(
             workers=workers,
             device=settings.device,
             precision=settings.precision,
+            runtime=settings.runtime,
             batch_size=batch_size,
             max_pixels=settings.max_image_pixels,
         )

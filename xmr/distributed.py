@@ -54,7 +54,9 @@ class _Prepare:
         from models.open_clip_encoder import OpenClipEncoder
 
         # only the transform is used here; the model itself stays in the encoder actors
-        self._encoder = OpenClipEncoder.load(model, pretrained, device="cpu", precision="fp32")
+        self._encoder = OpenClipEncoder.load(
+            model, pretrained, device="cpu", precision="fp32", runtime="torch"
+        )
         self._max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -76,10 +78,14 @@ class _Prepare:
 class _Encode:
     """Ray actor: holds the model, encodes batches of prepared pixels."""
 
-    def __init__(self, model: str, pretrained: str | None, device: str, precision: str) -> None:
+    def __init__(
+        self, model: str, pretrained: str | None, device: str, precision: str, runtime: str
+    ) -> None:
         from models.open_clip_encoder import OpenClipEncoder
 
-        self._encoder = OpenClipEncoder.load(model, pretrained, device=device, precision=precision)
+        self._encoder = OpenClipEncoder.load(
+            model, pretrained, device=device, precision=precision, runtime=runtime
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
@@ -105,6 +111,7 @@ def index_with_ray(
     workers: int = 1,
     device: str = "auto",
     precision: str = "auto",
+    runtime: str = "auto",
     batch_size: int = 32,
     max_pixels: int = 50_000_000,
 ) -> RayIndexReport:
@@ -129,7 +136,7 @@ def index_with_ray(
     )
     encoded = prepared.map_batches(
         _Encode,
-        fn_constructor_args=(model, pretrained, "cuda" if gpus else device, precision),
+        fn_constructor_args=(model, pretrained, "cuda" if gpus else device, precision, runtime),
         batch_size=batch_size,
         concurrency=workers,
         num_gpus=1 if gpus else 0,

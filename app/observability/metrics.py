@@ -62,10 +62,14 @@ class Metrics:
         self,
         queue_depths: Callable[[], dict[str, int]],
         indexes: Callable[[], dict[Kind, IndexInfo]],
+        model: dict[str, str] | None = None,
     ) -> None:
-        """Report these live values at every scrape (until `unwatch`)."""
+        """Report these live values at every scrape (until `unwatch`).
+
+        `model`: labels of the model that runs (model_id, device, runtime, precision).
+        """
         self.unwatch()
-        self._state = StateCollector(queue_depths, indexes)
+        self._state = StateCollector(queue_depths, indexes, model or {})
         self.registry.register(self._state)
 
     def unwatch(self) -> None:
@@ -82,11 +86,19 @@ class StateCollector(Collector):
         self,
         queue_depths: Callable[[], dict[str, int]],
         indexes: Callable[[], dict[Kind, IndexInfo]],
+        model: dict[str, str],
     ) -> None:
         self._queue_depths = queue_depths
         self._indexes = indexes
+        self._model = model
 
     def collect(self) -> Iterator[Metric]:
+        if self._model:
+            model = GaugeMetricFamily(
+                "xmr_model_info", "The model that runs, and how", labels=list(self._model)
+            )
+            model.add_metric(list(self._model.values()), 1)
+            yield model
         queue = GaugeMetricFamily(
             "xmr_encode_queue_depth", "Items waiting for the encoder", labels=["modality"]
         )

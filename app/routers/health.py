@@ -38,6 +38,7 @@ async def info(services: ServicesDep) -> InfoResponse:
         dim=services.encoder.dim,
         device=services.encoder.device,
         precision=services.encoder.precision,
+        runtime=services.encoder.runtime,
         images=counts["image"],
         texts=counts["text"],
         indexes=indexes,

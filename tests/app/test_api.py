@@ -23,6 +23,7 @@ from tests.conftest import (
     image_bytes,
     png_file,
     reference_open_clip,
+    torch_state,
     with_backend,
 )
 
@@ -155,11 +156,11 @@ def test_ids_with_slashes_and_unicode_round_trip(client: TestClient) -> None:
 
 
 def test_embeddings_equal_open_clip_through_the_api(
-    client: TestClient, tiny_encoder: OpenClipEncoder
+    client: TestClient, torch_encoder: OpenClipEncoder
 ) -> None:
     import torch
 
-    model, preprocess, tokenizer = reference_open_clip(tiny_encoder)
+    model, preprocess, tokenizer = reference_open_clip(torch_encoder)
     rng = np.random.default_rng(3)
     picture = Image.fromarray(rng.integers(0, 255, (50, 80, 3), dtype=np.uint8))
     buffer = io.BytesIO()
@@ -198,7 +199,10 @@ def test_restart_keeps_every_item_searchable(
 
 
 def test_restart_with_another_model_is_refused(
-    settings: Settings, tiny_encoder: OpenClipEncoder, tmp_path: Path
+    settings: Settings,
+    tiny_encoder: OpenClipEncoder,
+    torch_encoder: OpenClipEncoder,
+    tmp_path: Path,
 ) -> None:
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         index_texts(client, {"text": "hello"})
@@ -208,7 +212,7 @@ def test_restart_with_another_model_is_refused(
     torch.save(
         {
             k: v + 0.01 if v.is_floating_point() else v
-            for k, v in tiny_encoder._model.state_dict().items()
+            for k, v in torch_state(torch_encoder).items()
         },
         checkpoint,
     )

@@ -24,6 +24,7 @@ class SlowEncoder:
         self._delay_s = delay_s
         self.model_id, self.dim, self.device = inner.model_id, inner.dim, inner.device
         self.precision, self.image_size = inner.precision, inner.image_size
+        self.runtime = inner.runtime
         self.prepare_image = inner.prepare_image
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

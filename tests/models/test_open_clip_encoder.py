@@ -14,7 +14,7 @@ from PIL import Image
 
 from models import EmptyTextError, ModelLoadError, OpenClipEncoder, decode_image, registry
 from models.registry import resolve_weights
-from tests.conftest import TINY_MODEL, reference_open_clip
+from tests.conftest import TINY_MODEL, reference_open_clip, torch_state
 
 
 def test_vectors_are_float32_unit_rows_of_model_dim(tiny_encoder: OpenClipEncoder) -> None:
@@ -27,9 +27,11 @@ def test_vectors_are_float32_unit_rows_of_model_dim(tiny_encoder: OpenClipEncode
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-def test_matches_open_clip_encode_calls_exactly(tiny_encoder: OpenClipEncoder) -> None:
+def test_matches_open_clip_encode_calls_exactly(
+    tiny_encoder: OpenClipEncoder, torch_encoder: OpenClipEncoder
+) -> None:
     """Same weights: we return open_clip's encode_image(preprocess(x)), encode_text(tok(x))."""
-    model, preprocess, tokenizer = reference_open_clip(tiny_encoder)
+    model, preprocess, tokenizer = reference_open_clip(torch_encoder)
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))
     with torch.no_grad():
@@ -52,11 +54,12 @@ def test_empty_text_is_refused(tiny_encoder: OpenClipEncoder) -> None:
         tiny_encoder.encode_texts(["ok", "   "])
 
 
-def test_local_checkpoint_file_is_loaded(tiny_encoder: OpenClipEncoder, tmp_path: Path) -> None:
+def test_local_checkpoint_file_is_loaded(
+    tiny_encoder: OpenClipEncoder, torch_encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
     checkpoint = tmp_path / "tiny.pt"
     state = {
-        k: v * 0.5 if v.is_floating_point() else v
-        for k, v in tiny_encoder._model.state_dict().items()
+        k: v * 0.5 if v.is_floating_point() else v for k, v in torch_state(torch_encoder).items()
     }
     torch.save(state, checkpoint)
     loaded = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), device="cpu")
@@ -97,38 +100,52 @@ def test_cpu_device_and_bad_device(tiny_encoder: OpenClipEncoder) -> None:
         OpenClipEncoder.load(TINY_MODEL, "", device="not-a-device")
 
 
-def test_short_query_path_equals_open_clip_encode_text(tiny_encoder: OpenClipEncoder) -> None:
-    assert tiny_encoder.short_text
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_short_query_path_equals_open_clip_encode_text(
+    torch_encoder: OpenClipEncoder, runtime: str
+) -> None:
+    encoder = OpenClipEncoder.load(TINY_MODEL, "", "cpu", precision="fp32", runtime=runtime)
+    assert (encoder.runtime, encoder.short_text) == (runtime, True)
     texts = ["a", "a red circle", "a much longer caption " * 4, "x " * 300, "日本語 🐈"]
     tokens = open_clip.get_tokenizer(TINY_MODEL)(texts)
+    assert torch_encoder.torch_model is not None
     with torch.no_grad():
-        expected = tiny_encoder._model.encode_text(tokens, normalize=True).numpy()
-    got = tiny_encoder.encode_texts(texts)
+        expected = torch_encoder.torch_model.encode_text(tokens, normalize=True).numpy()
+    got = encoder.encode_texts(texts)
     assert (got * expected).sum(axis=1).min() >= 0.99999
-    single = np.stack([tiny_encoder.encode_texts([t])[0] for t in texts])  # other trim lengths
+    single = np.stack([encoder.encode_texts([t])[0] for t in texts])  # other trim lengths
     assert (single * expected).sum(axis=1).min() >= 0.99999
 
 
-def test_models_without_a_causal_text_tower_use_the_full_path() -> None:
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_models_without_a_causal_text_tower_use_the_full_path(runtime: str, tmp_path: Path) -> None:
     model, _, preprocess = open_clip.create_model_and_transforms(
         TINY_MODEL, pretrained=None, force_custom_text=True
     )
-    encoder = OpenClipEncoder(
-        model, preprocess, open_clip.get_tokenizer(TINY_MODEL), "custom", torch.device("cpu")
-    )
-    assert not encoder.short_text
     with torch.no_grad():
         expected = model.encode_text(open_clip.tokenize(["two cats"]), normalize=True).numpy()
+    encoder = OpenClipEncoder(
+        model,
+        preprocess,
+        open_clip.get_tokenizer(TINY_MODEL),
+        "custom",
+        torch.device("cpu"),
+        runtime=runtime,
+        runtime_cache_dir=tmp_path,
+    )
+    assert (encoder.runtime, encoder.short_text) == (runtime, False)
     assert float(encoder.encode_texts(["two cats"])[0] @ expected[0]) >= 0.99999
 
 
-def test_two_stage_image_encoding_equals_one_stage(tiny_encoder: OpenClipEncoder) -> None:
+def test_two_stage_image_encoding_equals_one_stage(
+    tiny_encoder: OpenClipEncoder, torch_encoder: OpenClipEncoder
+) -> None:
     rng = np.random.default_rng(3)
     images = [Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)) for _ in range(3)]
     prepared = [tiny_encoder.prepare_image(image) for image in images]
     assert all(p.dtype == torch.uint8 for p in prepared)  # normalized later, once per batch
     whole = torch.stack([tiny_encoder.preprocess(image) for image in images])  # open_clip's own
-    cosines = (tiny_encoder.encode_prepared(prepared) * tiny_encoder.encode_pixels(whole)).sum(1)
+    cosines = (tiny_encoder.encode_prepared(prepared) * torch_encoder.encode_pixels(whole)).sum(1)
     assert float(cosines.min()) >= 0.9999  # resized by PyTorch, not Pillow: models.transforms
     np.testing.assert_allclose(
         tiny_encoder.encode_prepared(prepared), tiny_encoder.encode_images(images), atol=1e-6
@@ -151,7 +168,7 @@ def worst_cosine(reduced: OpenClipEncoder, full: OpenClipEncoder) -> float:
 
 
 def test_bf16_on_the_cpu_keeps_the_vectors(tiny_encoder: OpenClipEncoder) -> None:
-    bf16 = OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16")
+    bf16 = OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16", runtime="torch")
     assert (bf16.precision, tiny_encoder.precision) == ("bf16", "fp32")
     # random weights are bf16's worst case (measured 0.99986); trained ones keep 0.9999 (below)
     assert worst_cosine(bf16, tiny_encoder) >= 0.9998
@@ -160,8 +177,8 @@ def test_bf16_on_the_cpu_keeps_the_vectors(tiny_encoder: OpenClipEncoder) -> Non
 
 def test_bf16_keeps_a_trained_models_vectors_within_the_documented_cosine() -> None:
     """README: bf16 vectors within cosine 0.9999 of fp32 (here the bundled, trained model)."""
-    fp32 = OpenClipEncoder.load("shapes-tiny", None, device="cpu", precision="fp32")
-    bf16 = OpenClipEncoder.load("shapes-tiny", None, device="cpu", precision="bf16")
+    fp32 = OpenClipEncoder.load("shapes-tiny", None, "cpu", precision="fp32", runtime="torch")
+    bf16 = OpenClipEncoder.load("shapes-tiny", None, "cpu", precision="bf16", runtime="torch")
     assert worst_cosine(bf16, fp32) >= 0.9999  # measured 0.99997
 
 

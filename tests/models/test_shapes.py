@@ -45,7 +45,7 @@ def test_text_lengths_round_up_within_the_context() -> None:
 
 @pytest.fixture(scope="module")
 def bf16_encoder() -> OpenClipEncoder:
-    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16")
+    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16", runtime="torch")
 
 
 def _record_shapes(module: torch.nn.Module, seen: set[tuple[int, ...]]) -> object:
@@ -59,8 +59,8 @@ def test_any_mix_of_batch_sizes_and_lengths_meets_few_shapes(
     text_shapes: set[tuple[int, ...]] = set()
     image_shapes: set[tuple[int, ...]] = set()
     hooks = [
-        _record_shapes(bf16_encoder._model.transformer, text_shapes),
-        _record_shapes(bf16_encoder._model.visual, image_shapes),
+        _record_shapes(bf16_encoder.torch_model.transformer, text_shapes),
+        _record_shapes(bf16_encoder.torch_model.visual, image_shapes),
     ]
     rng = random.Random(0)
     words = ["a", "red", "blue", "circle", "square", "star", "on", "the", "left", "of", "and"]

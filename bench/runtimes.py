@@ -1,0 +1,296 @@
+"""PyTorch against ONNX Runtime against OpenVINO, side by side in one run, same model and inputs.
+
+    .venv/bin/python -m bench.runtimes --json-out bench/runtimes-cpu.json
+
+For each runtime and precision (bf16 variants only where the CPU has bf16 instructions):
+1. The model alone, in a thread set up like the server's inference thread: one short text
+   query, one image, image batches of 32, and the lowest cosine to PyTorch fp32's vectors.
+2. Through HTTP against a real server started with XMR_RUNTIME/XMR_PRECISION: text query p50
+   at concurrency 1 and QPS at 32, image query p50, batch indexing images/s, and the server's
+   RSS before and after a load test (32 clients mixing text and image queries and indexing).
+The export to ONNX is timed once, on an empty cache; every run then loads from that cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from app.services.threads import inference_pool
+from bench.report import benchmark_parser, emit
+from bench.run import (
+    REPO,
+    free_port,
+    index_images_per_s,
+    query,
+    search_load,
+    stop,
+    wait_http,
+    write_images,
+)
+from models import OpenClipEncoder
+from models.open_clip_encoder import cpu_has_native_bf16
+from xmr.client import XmrClient
+
+LOAD_CLIENTS = 32
+
+
+def cpu_flags() -> list[str]:
+    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return sorted(wanted & set(text.split()))
+
+
+def variants() -> list[tuple[str, str]]:
+    chosen = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
+    if cpu_has_native_bf16():
+        chosen += [("torch", "bf16"), ("openvino", "bf16")]
+    return chosen
+
+
+def median_ms(fn: Any, repeats: int) -> float:
+    fn()  # warm-up: the first call of a shape pays one-time costs
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def raw_figures(
+    encoder: OpenClipEncoder, prepared: list[torch.Tensor], reference: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """The model alone; runs in the inference thread."""
+    texts = [query(n) for n in range(8)]
+    batch = 32
+    encoder.encode_prepared(prepared[:batch])  # warm-up
+    best = 0.0
+    for _ in range(2):  # the better of two passes, as bench.run does
+        started = time.perf_counter()
+        for start in range(0, len(prepared), batch):
+            encoder.encode_prepared(prepared[start : start + batch])
+        best = max(best, len(prepared) / (time.perf_counter() - started))
+    counter = iter(range(10**6))
+    return {
+        "text_query_ms": median_ms(lambda: encoder.encode_texts([query(next(counter))]), 40),
+        "one_image_ms": median_ms(lambda: encoder.encode_prepared(prepared[:1]), 20),
+        "batch_images_per_s": round(best, 2),
+        "min_cosine_to_torch_fp32": round(
+            min(
+                worst(encoder.encode_texts(texts), reference["texts"]),
+                worst(encoder.encode_prepared(prepared[:batch]), reference["images"]),
+            ),
+            6,
+        ),
+    }
+
+
+def worst(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(axis=1).min())
+
+
+def raw_all(args: Any, paths: list[Path], cache: Path) -> tuple[dict[str, Any], float]:
+    """Raw figures per variant, and the cold export's seconds."""
+    pool = inference_pool()
+    try:
+
+        def load(runtime: str, precision: str) -> OpenClipEncoder:
+            return OpenClipEncoder.load(
+                args.model,
+                args.pretrained,
+                "cpu",
+                precision=precision,
+                runtime=runtime,
+                runtime_cache_dir=cache,
+            )
+
+        reference_encoder = pool.submit(load, "torch", "fp32").result()
+        prepared = [reference_encoder.prepare_image(Image.open(p)) for p in paths]
+        texts = [query(n) for n in range(8)]
+        reference = {
+            "texts": pool.submit(reference_encoder.encode_texts, texts).result(),
+            "images": pool.submit(reference_encoder.encode_prepared, prepared[:32]).result(),
+        }
+        del reference_encoder
+        started = time.perf_counter()
+        pool.submit(load, "openvino", "fp32").result()  # exports into the empty cache
+        export_s = time.perf_counter() - started
+        results: dict[str, Any] = {}
+        for runtime, precision in variants():
+            gc.collect()
+            started = time.perf_counter()
+            encoder = pool.submit(load, runtime, precision).result()
+            name = f"{runtime}-{precision}"
+            assert (encoder.runtime, encoder.precision) == (runtime, precision), name
+            results[name] = {"load_s": round(time.perf_counter() - started, 2)}
+            results[name] |= pool.submit(raw_figures, encoder, prepared, reference).result()
+            del encoder
+        return results, round(export_s, 1)
+    finally:
+        pool.shutdown()
+
+
+# -- through HTTP --------------------------------------------------------------------------
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS")
+
+
+def jpeg(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+async def image_query_p50(base: str, images: list[bytes], total: int) -> float:
+    times = []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        for n in range(total + 2):
+            files = {"file": ("q.jpg", images[n % len(images)], "image/jpeg")}
+            started = time.perf_counter()
+            response = await http.post("/v1/search/image", files=files, data={"k": "10"})
+            response.raise_for_status()
+            if n >= 2:  # two warm-up queries
+                times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 1)
+
+
+async def load_test(base: str, images: list[bytes], seconds: float) -> dict[str, Any]:
+    """LOAD_CLIENTS clients: text queries, image queries and indexing, for `seconds`."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+
+    async def client(http: httpx.AsyncClient, worker: int) -> None:
+        rng = random.Random(worker)
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            action = rng.random()
+            if action < 0.6:
+                response = await http.get("/v1/search/text", params={"q": query(n), "k": 10})
+            elif action < 0.8:
+                files = {"file": ("q.jpg", rng.choice(images), "image/jpeg")}
+                response = await http.post("/v1/search/image", files=files)
+            else:
+                items = [{"text": f"w{worker} n{n} {j} {query(j)}"} for j in range(4)]
+                response = await http.post("/v1/texts", json={"items": items})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+
+    limits = httpx.Limits(max_connections=LOAD_CLIENTS)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
+        await asyncio.gather(*(client(http, w) for w in range(LOAD_CLIENTS)))
+    errors = [s for s in statuses if s not in (200, 201, 429)]
+    return {"requests": len(statuses), "errors": len(errors), "rejected_429": statuses.count(429)}
+
+
+def through_http(
+    args: Any, runtime: str, precision: str, paths: list[Path], root: Path, cache: Path
+) -> dict[str, Any]:
+    port = free_port()
+    env = os.environ | {
+        "XMR_MODEL": args.model,
+        "XMR_PRETRAINED": args.pretrained,
+        "XMR_DEVICE": "cpu",
+        "XMR_RUNTIME": runtime,
+        "XMR_PRECISION": precision,
+        "XMR_RUNTIME_CACHE_DIR": str(cache),
+        "XMR_DATA_DIR": str(root / f"data-{runtime}-{precision}"),
+        "XMR_IMPORT_ROOT": str(paths[0].parent),
+        "XMR_PORT": str(port),
+        "XMR_LOG_LEVEL": "warning",
+        "XMR_ENCODE_BATCH_SIZE": "32",
+        "XMR_MAX_BATCH": "32",
+    }
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
+    base = f"http://127.0.0.1:{port}"
+    images = [jpeg(p) for p in paths[:16]]
+    try:
+        wait_http(f"{base}/readyz")
+        ready_s = time.perf_counter() - started
+        info = httpx.get(f"{base}/v1/info").json()
+        assert (info["runtime"], info["precision"]) == (runtime, precision), info
+        with XmrClient(base) as client:
+            warm_up = client.submit_batch([{"image_path": p.name} for p in paths[:32]])
+            while client.job(warm_up)["status"] in ("queued", "running"):
+                time.sleep(0.1)
+            index_rate = max(index_images_per_s(client, paths) for _ in range(2))
+        text_1 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 1))
+        text_32 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 32))
+        image_p50 = asyncio.run(image_query_p50(base, images, 40))
+        rss_before = rss_mb(process.pid)
+        load = asyncio.run(load_test(base, images, args.load_seconds))
+        rss_after = rss_mb(process.pid)
+        return {
+            "ready_s": round(ready_s, 1),
+            "text_query_p50_ms": text_1["p50_ms"],
+            "text_qps_at_32": text_32["qps"],
+            "image_query_p50_ms": image_p50,
+            "index_images_per_s": round(index_rate, 2),
+            "load_test": load,
+            "rss_before_load_mb": rss_before,
+            "rss_after_load_mb": rss_after,
+        }
+    finally:
+        stop(process)
+
+
+def main() -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--load-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cache = root / "runtime-cache"
+        paths = write_images(root / "images", args.images)
+        raw, export_s = raw_all(args, paths, cache)
+        http = {
+            f"{runtime}-{precision}": through_http(args, runtime, precision, paths, root, cache)
+            for runtime, precision in variants()
+        }
+    fastest_raw = max(figures["batch_images_per_s"] for figures in raw.values())
+    for figures in http.values():
+        figures["index_vs_fastest_raw_encode"] = round(
+            figures["index_images_per_s"] / fastest_raw, 2
+        )
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "cpu_flags": cpu_flags(),
+        "model": f"{args.model}/{args.pretrained or 'random-init'}",
+        "export_s_cold_cache": export_s,
+        "raw": raw,
+        "http": http,
+    }
+    return emit(report, args.json_out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

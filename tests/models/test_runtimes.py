@@ -1,0 +1,195 @@
+"""ONNX Runtime and OpenVINO: equal vectors to PyTorch fp32, the export cache, the fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import ModelLoadError, OpenClipEncoder, runtimes
+from models.open_clip_encoder import cpu_has_native_bf16
+from models.runtimes import runtime_candidates
+from tests.conftest import TINY_MODEL, torch_state
+
+TEXTS = ["a", "a red circle", "a blue square on the left of a green star", "x " * 300, "日本語"]
+
+
+def sample_images(count: int = 5) -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    images = [Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8))]
+    images += [
+        Image.new("RGB", (40 + 10 * n, 60), (40 * n, 200 - 30 * n, 90)) for n in range(1, count)
+    ]
+    return images
+
+
+def worst_cosine(encoder: OpenClipEncoder, reference: OpenClipEncoder) -> float:
+    """The lowest cosine to `reference` over texts and images, batched and one at a time."""
+    images = sample_images()
+    pairs = [
+        (encoder.encode_texts(TEXTS), reference.encode_texts(TEXTS)),
+        (np.concatenate([encoder.encode_texts([t]) for t in TEXTS]), reference.encode_texts(TEXTS)),
+        (encoder.encode_images(images), reference.encode_images(images)),
+        (encoder.encode_images(images[:1]), reference.encode_images(images[:1])),
+    ]
+    for vectors, _ in pairs:
+        assert vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    return min(float((a * b).sum(axis=1).min()) for a, b in pairs)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_reproduces_pytorch_fp32_on_the_tiny_model(
+    runtime: str, torch_encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
+    encoder = OpenClipEncoder.load(
+        TINY_MODEL, "", "cpu", precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path
+    )
+    assert (encoder.runtime, encoder.precision) == (runtime, "fp32")
+    assert encoder.torch_model is None  # PyTorch's copy of the weights is not kept
+    assert worst_cosine(encoder, torch_encoder) >= 0.99999
+
+
+@pytest.fixture(scope="module")
+def shapes_fp32() -> OpenClipEncoder:
+    return OpenClipEncoder.load("shapes-tiny", None, "cpu", precision="fp32", runtime="torch")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_reproduces_pytorch_fp32_on_shapes_tiny(
+    runtime: str, shapes_fp32: OpenClipEncoder, tmp_path: Path
+) -> None:
+    """The bundled model's image tower is a ModifiedResNet: another graph than a ViT's."""
+    encoder = OpenClipEncoder.load(
+        "shapes-tiny", None, "cpu", precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path
+    )
+    assert encoder.runtime == runtime
+    assert worst_cosine(encoder, shapes_fp32) >= 0.99999
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="the CPU has no bf16 instructions")
+def test_openvino_bf16_stays_within_the_reduced_precision_cosine(
+    shapes_fp32: OpenClipEncoder, tmp_path: Path
+) -> None:
+    encoder = OpenClipEncoder.load(
+        "shapes-tiny", None, "cpu", precision="auto", runtime="auto", runtime_cache_dir=tmp_path
+    )
+    assert (encoder.runtime, encoder.precision) == ("openvino", "bf16")
+    assert worst_cosine(encoder, shapes_fp32) >= 0.9999
+
+
+def test_export_is_cached_per_weights_and_reused(
+    torch_encoder: OpenClipEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="models.runtimes")
+    cache = tmp_path / "cache"
+
+    def load(pretrained: str) -> OpenClipEncoder:
+        return OpenClipEncoder.load(
+            TINY_MODEL,
+            pretrained,
+            "cpu",
+            precision="fp32",
+            runtime="openvino",
+            runtime_cache_dir=cache,
+        )
+
+    first = load("")
+    assert sum("exported" in r.message for r in caplog.records) == 1
+    caplog.clear()
+    again = load("")
+    assert not any("exported" in r.message for r in caplog.records)  # read from the cache
+    np.testing.assert_array_equal(again.encode_texts(TEXTS), first.encode_texts(TEXTS))
+    exports = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(exports) == 1
+    assert (exports[0] / "text.onnx").is_file() and (exports[0] / "image.onnx").is_file()
+    assert any(p.name.startswith("openvino-") for p in exports[0].iterdir())  # compiled form
+
+    checkpoint = tmp_path / "other.pt"
+    torch.save(
+        {k: v * 0.5 if v.is_floating_point() else v for k, v in torch_state(torch_encoder).items()},
+        checkpoint,
+    )
+    other = load(str(checkpoint))  # other weights: another export, never the cached one
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+    assert not np.allclose(other.encode_texts(["hi"]), first.encode_texts(["hi"]))
+
+
+def test_a_damaged_cached_export_is_exported_again(tmp_path: Path) -> None:
+    def load() -> OpenClipEncoder:
+        return OpenClipEncoder.load(
+            TINY_MODEL,
+            "",
+            "cpu",
+            precision="fp32",
+            runtime="onnxruntime",
+            runtime_cache_dir=tmp_path,
+        )
+
+    reference = load().encode_texts(TEXTS)
+    (export,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (export / "text.onnx").write_bytes(b"not a graph")
+    healed = load()
+    assert healed.runtime == "onnxruntime"
+    np.testing.assert_allclose(healed.encode_texts(TEXTS), reference, atol=1e-6)
+
+
+def test_an_unequal_export_falls_back_to_pytorch_with_a_warning(
+    torch_encoder: OpenClipEncoder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exporter that gets the graph wrong must never serve its vectors."""
+    original = runtimes._ImageGraph.forward
+
+    def wrong(self: runtimes._ImageGraph, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.flip(original(self, pixels), dims=[-1])  # unit rows, wrong vectors
+
+    monkeypatch.setattr(runtimes._ImageGraph, "forward", wrong)
+    caplog.set_level(logging.WARNING, logger="models.runtimes")
+    encoder = OpenClipEncoder.load(
+        TINY_MODEL, "", "cpu", precision="fp32", runtime="openvino", runtime_cache_dir=tmp_path
+    )
+    assert encoder.runtime == "torch"
+    assert any("vectors differ from PyTorch" in r.message for r in caplog.records)
+    assert worst_cosine(encoder, torch_encoder) >= 0.99999
+
+
+def test_a_failed_export_falls_back_to_pytorch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("operator not supported")
+
+    monkeypatch.setattr(runtimes, "_onnx_export", fail)
+    caplog.set_level(logging.WARNING, logger="models.runtimes")
+    encoder = OpenClipEncoder.load(
+        TINY_MODEL, "", "cpu", precision="fp32", runtime_cache_dir=tmp_path
+    )
+    assert encoder.runtime == "torch"
+    assert any("operator not supported" in r.message for r in caplog.records)
+    assert not any(tmp_path.iterdir())  # no partial export left behind
+
+
+def test_runtime_choice_by_device_and_setting() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert runtime_candidates("auto", cpu) == ("openvino",)
+    assert runtime_candidates("torch", cpu) == ()
+    assert runtime_candidates("onnxruntime", cpu) == ("onnxruntime",)
+    assert runtime_candidates("auto", cuda) == ()  # PyTorch fp16 on CUDA
+    with pytest.raises(ModelLoadError, match="runs on the CPU"):
+        runtime_candidates("openvino", cuda)
+    with pytest.raises(ModelLoadError, match="XMR_RUNTIME"):
+        runtime_candidates("tensorflow", cpu)
+
+
+def test_onnxruntime_runs_fp32_and_says_so_when_bf16_is_asked() -> None:
+    assert runtimes.runtime_precision("onnxruntime", "auto", "bf16") == "fp32"
+    assert runtimes.runtime_precision("openvino", "auto", "bf16") == "bf16"
+    with pytest.raises(ModelLoadError, match="XMR_PRECISION=fp32"):
+        OpenClipEncoder.load(TINY_MODEL, "", "cpu", precision="bf16", runtime="onnxruntime")
