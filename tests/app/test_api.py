@@ -56,6 +56,8 @@ def test_health_ready_and_info(client: TestClient) -> None:
     info = client.get("/v1/info").json()
     assert info["model"] == TINY_MODEL and info["dim"] == 64 and info["device"] == "cpu"
     assert (info["images"], info["texts"]) == (0, 0)
+    # the fixture's encoder: the default runtime, which reproduces PyTorch here
+    assert (info["runtime"], info["precision"]) == ("openvino", "fp32")
 
 
 def test_readyz_is_503_outside_the_lifespan(

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.main import create_app
 from app.observability.logs import JsonFormatter, RequestIdFilter
 from models import OpenClipEncoder
-from tests.conftest import png_file
+from tests.conftest import TINY_MODEL, png_file
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -52,6 +52,8 @@ def test_metrics_count_requests_batches_and_index_sizes(client: TestClient) -> N
     assert metric_value(text, "xmr_encode_queue_depth", modality="text") == 0
     assert metric_value(text, "xmr_index_vectors", kind="image", structure="Flat") == 2
     assert metric_value(text, "xmr_index_vectors", kind="text", structure="Flat") == 3
+    model = {"device": "cpu", "model_id": f"{TINY_MODEL}/random-init", "precision": "fp32"}
+    assert metric_value(text, "xmr_model_info", **model, runtime="openvino") == 1
     assert metric_value(text, "xmr_index_building", kind="text") == 0
 
 
