@@ -106,3 +106,13 @@ def test_json_logs_carry_the_request_id_and_no_secrets_or_bytes(
     assert secret not in everything
     assert "PNG-MARKER" not in everything
     assert all({"ts", "level", "logger", "message"} <= set(e) for e in lines)
+
+
+def test_the_runtime_setting_reaches_the_model(settings: Settings) -> None:
+    chosen = settings.model_copy(update={"runtime": "onnxruntime", "precision": "auto"})
+    with TestClient(create_app(chosen)) as client:  # the app loads the model itself
+        info = client.get("/v1/info").json()
+        text = client.get("/metrics").text
+    assert (info["runtime"], info["precision"]) == ("onnxruntime", "fp32")  # fp32 only
+    model = {"device": "cpu", "model_id": f"{TINY_MODEL}/random-init", "precision": "fp32"}
+    assert metric_value(text, "xmr_model_info", **model, runtime="onnxruntime") == 1
