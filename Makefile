@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xmr-installed
 
-.PHONY: serve test lint test-tools mutation-test demo eval install train-shapes clean
+.PHONY: serve test lint test-tools mutation-test docker-test demo eval install train-shapes clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ test-tools:
 	      >/dev/null) || echo "note: could not install$$missing; their tests will skip"; \
 	  else echo "note: missing$$missing (apt-get install$$missing); their tests will skip"; fi; \
 	fi
+
+# Builds the Dockerfile and runs the image (minutes, gigabytes; not part of `make test`). Needs
+# root for its own dockerd; installs Debian's docker.io, debootstrap and docker-compose first.
+docker-test:
+	@missing=""; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	    >/dev/null) || echo "note: could not install$$missing"; \
+	fi
+	bash scripts/docker_smoke.sh
 
 mutation-test: $(STAMP)  ## break each promise on purpose; fails if a test does not notice
 	$(PY) -m scripts.mutation_test

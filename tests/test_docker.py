@@ -1,11 +1,12 @@
 """The Docker files: hadolint-clean, non-root, volumes and healthcheck, an optional GPU profile.
 
-No Docker engine runs where the tests run, so the image is not built here; these checks are
-what can be proven without one.
+Building and running the image takes minutes and gigabytes, so `make test` does not: that is
+`make docker-test` (scripts/docker_smoke.sh). These are the checks that need no Docker engine.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -43,18 +44,26 @@ def test_image_runs_as_a_user_with_volumes_and_a_healthcheck() -> None:
     assert any("/readyz" in line for line in final_stage)
 
 
-def test_compose_mounts_data_and_the_hugging_face_cache_and_has_a_gpu_profile() -> None:
+def test_every_cache_the_image_writes_is_under_its_cache_volume() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert "HF_HOME=/cache/huggingface" in text
+    assert "XMR_RUNTIME_CACHE_DIR=/cache/xmr-runtimes" in text
+    assert "XMR_LOG_FORMAT=json" in text
+
+
+def test_compose_mounts_data_and_the_cache_and_has_a_gpu_profile() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
     cpu, gpu = services["xmr"], services["xmr-gpu"]
     assert "profiles" not in cpu and gpu["profiles"] == ["gpu"]
     for service in (cpu, gpu):
-        targets = {volume.split(":")[1] for volume in service["volumes"]}
-        assert {"/data", "/cache/huggingface"} <= targets
-        assert service["ports"] == ["8000:8000"]
+        targets = {re.search(r":(/[^:]*)(:ro)?$", volume)[1] for volume in service["volumes"]}
+        assert {"/data", "/cache", "/import"} <= targets  # HF_HOME and exports live in /cache
+        assert service["ports"] == ["${XMR_PUBLISHED_PORT:-8000}:8000"]
+        assert service["environment"]["XMR_IMPORT_ROOT"] == "/import"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert set(compose["volumes"]) >= {"xmr-data", "hf-cache"}
+    assert set(compose["volumes"]) >= {"xmr-data", "xmr-cache"}
     docker_compose = shutil.which("docker-compose")
     if docker_compose is not None:
         result = subprocess.run(
