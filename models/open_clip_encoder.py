@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from models.errors import EmptyTextError, ModelLoadError
+from models.memory import release_free_memory
 from models.registry import WeightsSource, model_id_for, resolve_weights
 from models.runtimes import build_towers, runtime_candidates
 from models.shapes import batch_bucket, batch_chunks, text_length_bucket
@@ -136,6 +137,8 @@ class OpenClipEncoder:
             runtime,
             runtime_cache_dir,
         )
+        del model  # another runtime holds its own copy; PyTorch's fp32 one is then garbage
+        release_free_memory()
         logger.info(
             "loaded %s on %s: %s in %s", model_id, torch_device, encoder.runtime, encoder.precision
         )

@@ -20,7 +20,6 @@ afterwards the freed memory is handed back to the system.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +30,7 @@ from app.services.batcher import Batcher
 from app.services.threads import inference_pool, run_in, single_core_pool
 from models import Encoder, ImageDecodeError, decode_image
 from models.images import DEFAULT_MAX_DECODED_BYTES, read_header
+from models.memory import release_free_memory
 
 DRAFT_FACTOR = 2  # large images are decoded or reduced to no less than twice the model input
 LARGE_IMAGE_PIXELS = 12_000_000  # a PNG this size decodes in about 0.2 s on one core
@@ -152,7 +152,7 @@ class EncodingService:
         try:
             return self._decode_and_prepare(data)
         finally:
-            _release_free_memory()
+            release_free_memory()
 
     def _prepare_in_turn(self, blobs: Sequence[bytes]) -> list[Any]:
         """On the inference thread: decode `blobs` over the whole decode pool, model idle."""
@@ -175,20 +175,3 @@ class EncodingService:
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._decode.shutdown(wait=True, cancel_futures=True)
         self._large_decode.shutdown(wait=True, cancel_futures=True)
-
-
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def _release_free_memory() -> None:
-    """Hand freed heap pages back to the system (glibc keeps them for reuse otherwise)."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
