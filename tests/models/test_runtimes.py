@@ -193,3 +193,21 @@ def test_onnxruntime_runs_fp32_and_says_so_when_bf16_is_asked() -> None:
     assert runtimes.runtime_precision("openvino", "auto", "bf16") == "bf16"
     with pytest.raises(ModelLoadError, match="XMR_PRECISION=fp32"):
         OpenClipEncoder.load(TINY_MODEL, "", "cpu", precision="bf16", runtime="onnxruntime")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_openvino_uses_the_cores_of_the_thread_that_loads_it(threads: int, tmp_path: Path) -> None:
+    """The inference thread's rule (app.services.threads) holds for OpenVINO's own threads."""
+    from app.services.threads import inference_pool
+
+    pool = inference_pool(threads)
+    try:
+        encoder = pool.submit(
+            OpenClipEncoder.load, TINY_MODEL, "", "cpu", None, "fp32", "openvino", tmp_path
+        ).result()
+    finally:
+        pool.shutdown()
+    towers = encoder._towers
+    assert isinstance(towers, runtimes.OpenVinoTowers)
+    for compiled in (towers._text, towers._image):
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == threads
