@@ -15,7 +15,7 @@ from app.services.jobs import JobRunner
 from app.services.search import SearchService
 from app.services.threads import inference_pool, single_core_pool
 from index import ItemStore
-from models import Encoder, OpenClipEncoder
+from models import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class Services:
         inference = inference_pool()
         try:
             if encoder is None:
+                from models import OpenClipEncoder  # torch and open_clip: only to load a model
+
                 encoder = inference.submit(
                     OpenClipEncoder.load,
                     settings.model,

@@ -20,9 +20,10 @@ from index.metadata import (
 from index.planner import IndexOptions
 from index.records import KINDS, Kind, Record
 from index.store import Hit, IndexInfo, ItemStore, NewItem
-from index.vectors import FaissVectorIndex
+from index.vectors import FaissVectorIndex, use_search_threads
 
 __all__ = [
+    "use_search_threads",
     "DEFAULT_MAX_METADATA_BYTES",
     "KINDS",
     "MAX_METADATA_DEPTH",

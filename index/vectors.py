@@ -26,6 +26,11 @@ DEFAULT_EF_SEARCH = 128
 DEFAULT_NPROBE = 32
 
 
+def use_search_threads(count: int) -> None:
+    """How many cores FAISS's OpenMP pool uses for calls from the current thread."""
+    faiss.omp_set_num_threads(count)
+
+
 def check_vectors(xb: np.ndarray, d: int) -> np.ndarray:
     """Return `xb` as a C-contiguous float32 (n, d) array, or raise TypeError/ValueError."""
     if not isinstance(xb, np.ndarray):

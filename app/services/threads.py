@@ -18,20 +18,20 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
-import faiss
-import torch
+from index import use_search_threads
+from models import use_threads
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
 def _inference_thread_setup(threads: int) -> None:
-    torch.set_num_threads(threads)
+    use_threads(threads)
 
 
 def _single_core_thread_setup(niceness: int = 0) -> None:
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+    use_threads(1)
+    use_search_threads(1)
     if niceness:
         try:  # Linux: a thread's own nice value, below the model's threads when cores are short
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
