@@ -55,6 +55,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# the build stage and the image each hold a full virtual environment (6 GB with CUDA torch)
+need_gb=${XMR_SMOKE_MIN_FREE_GB:-20}
+free_gb=$(( $(df -Pk "$WORK" | awk 'NR==2 {print $4}') / 1048576 ))
+[ "$free_gb" -ge "$need_gb" ] \
+  || fail "needs ${need_gb} GB free under ${TMPDIR:-/tmp}, has ${free_gb} GB (XMR_SMOKE_MIN_FREE_GB)"
+
 # -- an engine ---------------------------------------------------------------------------
 start_dockerd() {
   local driver=$1
