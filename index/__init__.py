@@ -23,7 +23,6 @@ from index.store import Hit, IndexInfo, ItemStore, NewItem
 from index.vectors import FaissVectorIndex, use_search_threads
 
 __all__ = [
-    "use_search_threads",
     "DEFAULT_MAX_METADATA_BYTES",
     "KINDS",
     "MAX_METADATA_DEPTH",
@@ -47,4 +46,5 @@ __all__ = [
     "SnapshotError",
     "StorageError",
     "parse_filter",
+    "use_search_threads",
 ]

@@ -119,10 +119,8 @@ class OpenClipEncoder:
         torch_device = resolve_device(device)
         runtime_candidates(runtime, torch_device)  # a bad setting fails before the weights load
         try:
-            # on the CPU in fp32 first: another runtime is exported from, and checked against,
-            # these weights
-            create_on = torch.device("cpu") if torch_device.type == "cpu" else torch_device
-            model, preprocess = _create(model_name, source, create_on, cache_dir)
+            # in fp32: on the CPU another runtime is exported from, and checked against, them
+            model, preprocess = _create(model_name, source, torch_device, cache_dir)
         except (RuntimeError, OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"could not load {model_name} with {source.label}: {e}") from e
         tokenizer = open_clip.get_tokenizer(source.open_clip_name or model_name)
