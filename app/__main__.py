@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.observability.logs import configure_logging
@@ -12,7 +13,13 @@ from app.preflight import preflight
 
 
 def main() -> int:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        for error in e.errors():
+            name = "XMR_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"xmr: cannot start: {name}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     problem = preflight(settings)
     if problem:

@@ -310,3 +310,16 @@ def test_api_key_is_never_logged(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=30)
     assert "GET /v1/search/text" in output or "search" in output  # the log did record requests
     assert key not in output and "wrong-key-value" not in output
+
+
+def test_a_bad_setting_is_named_without_a_traceback(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "data", free_port(), XMR_RUNTIME="tensorflow", XMR_PORT="http")
+    result = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=REPO, env=env, text=True, capture_output=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "XMR_RUNTIME: Input should be 'auto', 'torch', 'onnxruntime' or 'openvino'" in (
+        result.stderr
+    )
+    assert "XMR_PORT" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
