@@ -23,8 +23,10 @@ MILVUS_SPEC = "milvus"
 _IN_CHUNK = 1000  # labels per `label in [...]` expression when deleting or listing
 
 
-def collection_name(kind: str, model_id: str) -> str:
-    digest = hashlib.sha256(model_id.encode()).hexdigest()[:12]
+def collection_name(kind: str, model_id: str, namespace: str = "") -> str:
+    """`xmr_<kind>_<digest>`: the digest of the model, and of the xmr collection if not default."""
+    key = model_id if not namespace else f"{namespace}\0{model_id}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return f"xmr_{kind}_{digest}"
 
 
@@ -48,14 +50,20 @@ class MilvusVectorIndex:
 
     @classmethod
     def open(
-        cls, uri: str, kind: str, model_id: str, d: int, token: str | None = None
+        cls,
+        uri: str,
+        kind: str,
+        model_id: str,
+        d: int,
+        token: str | None = None,
+        namespace: str = "",
     ) -> MilvusVectorIndex:
         """Connect and create the collection if needed; refuse one of another dimension."""
         from pymilvus import DataType, MilvusClient, MilvusException
 
         try:
             client = MilvusClient(uri, token=token or "")
-            name = collection_name(kind, model_id)
+            name = collection_name(kind, model_id, namespace)
             if client.has_collection(name):
                 dim = _collection_dim(client.describe_collection(name))
                 if dim != d:

@@ -89,6 +89,7 @@ class RecordInput:
     content_path: str | None = None
     content_type: str | None = None
     content_sha256: str | None = None
+    created_at: float | None = None  # kept from the item's first write (re-embedding carries it)
 
 
 @dataclass
@@ -149,7 +150,8 @@ class RecordStore:
             seq = self._next_seq()
             result = WriteResult(seq=seq)
             for item in items:
-                created_at = self._remove_existing(item.id, seq, result) or now
+                existing_created_at = self._remove_existing(item.id, seq, result)
+                created_at = item.created_at or existing_created_at or now
                 cursor = self._conn.execute(
                     "INSERT INTO items (id, kind, metadata, text, content_path, content_type, "
                     "content_sha256, model, vector, seq, created_at, updated_at) "
@@ -296,6 +298,24 @@ class RecordStore:
             vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
             yield labels, vectors.reshape(len(rows), dim)
             last_label = int(labels[-1])
+
+    def records_after(self, label: int, limit: int) -> list[Record]:
+        """Up to `limit` records with labels above `label`, in write order (labels only grow)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE label > ? ORDER BY label LIMIT ?",
+                (label, limit),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def all_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._conn.execute("SELECT id FROM items")}
+
+    def max_label(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT MAX(label) FROM items").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def tombstones_after(self, kind: Kind, seq: int) -> list[int]:
         with self._lock:

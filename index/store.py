@@ -23,21 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from index.backends import UNSAVED, VectorIndex, open_backend
 from index.blobs import BlobStore
-from index.errors import (
-    DuplicateIdError,
-    ModelMismatchError,
-    SnapshotError,
-    StorageError,
-    excerpt,
-)
+from index.errors import DuplicateIdError, ModelMismatchError, StorageError, excerpt
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
-from index.milvus import MilvusVectorIndex
-from index.planner import IndexOptions, planned_spec
+from index.planner import IndexOptions
 from index.records import KINDS, Kind, Record, RecordInput, RecordStore, WriteResult
-from index.snapshots import load_snapshot, save_snapshot
-from index.vectors import EXACT_SPEC, FaissVectorIndex, check_vectors
+from index.snapshots import save_snapshot
+from index.vectors import check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +52,7 @@ class NewItem:
     text: str | None = None
     content: bytes | None = None
     content_type: str | None = None
+    created_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,14 +74,18 @@ class ItemStore:
     """Upsert, delete, get and search items under one data directory."""
 
     def __init__(
-        self, data_dir: Path, model_id: str, dim: int, options: IndexOptions | None = None
+        self,
+        data_dir: Path,
+        model_id: str,
+        dim: int,
+        options: IndexOptions | None = None,
+        namespace: str = "",
     ) -> None:
+        """`namespace` names the collection (and generation) in a vector store shared by several."""
         self.data_dir = data_dir
         self.model_id = model_id
         self.dim = dim
-        self.options = options or IndexOptions()
-        if self.options.spec != "auto" and self.options.backend == "faiss":
-            planned_spec(self.options, 0, dim)  # a bad XMR_INDEX fails here, at start-up
+        self._backend = open_backend(data_dir, model_id, dim, options or IndexOptions(), namespace)
         data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(data_dir)
         self._records = RecordStore(data_dir / "records.sqlite3")
@@ -107,9 +106,7 @@ class ItemStore:
         self._builds: dict[Kind, tuple[str, int, threading.Thread]] = {}
         self._closing = False
         try:
-            self._indexes: dict[Kind, FaissVectorIndex | MilvusVectorIndex] = {
-                k: self._open_index(k) for k in KINDS
-            }
+            self._indexes: dict[Kind, VectorIndex] = {k: self._open_index(k) for k in KINDS}
         except BaseException:
             self._records.close()
             raise
@@ -117,6 +114,15 @@ class ItemStore:
         with self._write_lock:
             for kind in KINDS:
                 self._maybe_rebuild(kind)
+
+    @property
+    def options(self) -> IndexOptions:
+        return self._backend.options
+
+    @options.setter
+    def options(self, options: IndexOptions) -> None:
+        """Plan the next rebuilds by other options (a running one keeps its plan)."""
+        self._backend.options = options
 
     # -- writes ---------------------------------------------------------------------------
     def upsert(self, items: Sequence[NewItem]) -> list[str]:
@@ -149,6 +155,7 @@ class ItemStore:
             content_path=path,
             content_type=item.content_type,
             content_sha256=sha,
+            created_at=item.created_at,
         )
 
     def _apply(self, result: WriteResult) -> None:
@@ -167,11 +174,10 @@ class ItemStore:
     def _maybe_rebuild(self, kind: Kind) -> None:
         """Start a background rebuild if the index should change structure; write lock held."""
         index = self._indexes[kind]
-        if kind in self._builds or self._closing or not isinstance(index, FaissVectorIndex):
+        if kind in self._builds or self._closing:
             return
-        spec = planned_spec(self.options, len(index), self.dim, index.spec)
-        too_deleted = index.deleted_fraction > self.options.rebuild_deleted_fraction
-        if spec == index.spec and not too_deleted:
+        spec = self._backend.planned_spec(index)
+        if spec is None:
             return
         seq = self._records.current_seq()
         thread = threading.Thread(
@@ -187,9 +193,7 @@ class ItemStore:
     def _rebuild_in_background(self, kind: Kind, spec: str, seq: int) -> None:
         try:
             chunks = self._records.vectors_after(kind, 0, self.dim, up_to_seq=seq)
-            built: FaissVectorIndex | None = FaissVectorIndex.build(
-                self.dim, spec, chunks, ef_search=self.options.ef_search, nprobe=self.options.nprobe
-            )
+            built: VectorIndex | None = self._backend.build(spec, chunks)
         except Exception:  # a failed build leaves the working index in place
             logger.exception("building the %s %s index failed", spec, kind)
             built = None
@@ -200,7 +204,7 @@ class ItemStore:
                 for labels, vectors in self._records.vectors_after(kind, seq, self.dim):
                     built.add(labels, vectors)
                 self._indexes[kind] = built
-                self._saved_seq[kind] = -1
+                self._saved_seq[kind] = UNSAVED
                 logger.info("the %s index is now %s (%d vectors)", kind, spec, len(built))
             self._builds.pop(kind, None)
             if built is not None:
@@ -237,6 +241,16 @@ class ItemStore:
         if record.content_path is None:
             raise StorageError(f"item {excerpt(record.id)} has no stored content")
         return self._blobs.read(record.content_path)
+
+    def records_after(self, label: int, limit: int) -> list[Record]:
+        """Records written after the one with `label`, in write order: a re-embedding's cursor."""
+        return self._records.records_after(label, limit)
+
+    def all_ids(self) -> set[str]:
+        return self._records.all_ids()
+
+    def last_label(self) -> int:
+        return self._records.max_label()
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         return self._records.existing_ids(ids)
@@ -338,18 +352,17 @@ class ItemStore:
         with self._snapshot_lock:
             with self._write_lock:
                 seq = self._records.current_seq()
-                faiss_indexes = {
-                    kind: index
-                    for kind, index in self._indexes.items()
-                    if isinstance(index, FaissVectorIndex)
-                }
-                for kind in KINDS:
-                    if kind not in faiss_indexes:  # Milvus keeps its own data
-                        self._saved_seq[kind] = seq
-                stale = [kind for kind in faiss_indexes if self._saved_seq[kind] < seq]
-                payloads = {kind: faiss_indexes[kind].serialize() for kind in stale}
-                sizes = {kind: faiss_indexes[kind].stored for kind in stale}
-                specs = {kind: faiss_indexes[kind].spec for kind in stale}
+                indexes = dict(self._indexes)
+                if not self._backend.keeps_snapshots:  # the backend keeps its own data
+                    self._saved_seq.update({kind: seq for kind in KINDS})
+                stale = [
+                    kind
+                    for kind in KINDS
+                    if self._backend.keeps_snapshots and self._saved_seq[kind] < seq
+                ]
+                payloads = {kind: self._backend.serialize(indexes[kind]) for kind in stale}
+                sizes = {kind: indexes[kind].stored for kind in stale}
+                specs = {kind: indexes[kind].spec for kind in stale}
             saved: list[Kind] = []
             for kind in stale:
                 try:
@@ -373,7 +386,7 @@ class ItemStore:
                 return False
             with self._write_lock:
                 for kind in saved:
-                    if self._indexes[kind] is faiss_indexes[kind]:
+                    if self._indexes[kind] is indexes[kind]:
                         self._saved_seq[kind] = max(self._saved_seq[kind], seq)
                 # a background build replays the tombstones written after it started
                 keep_from = [build_seq for _, build_seq, _ in self._builds.values()]
@@ -388,63 +401,12 @@ class ItemStore:
             self.snapshot()
         finally:
             for index in self._indexes.values():
-                if isinstance(index, MilvusVectorIndex):
-                    index.close()
+                index.close()
             self._records.close()
 
-    def _open_index(self, kind: Kind) -> FaissVectorIndex | MilvusVectorIndex:
-        if self.options.backend == "milvus":
-            return self._open_milvus(kind)
-        try:
-            loaded = load_snapshot(
-                self._snapshot_dir,
-                kind,
-                self.model_id,
-                self.dim,
-                ef_search=self.options.ef_search,
-                nprobe=self.options.nprobe,
-            )
-        except (SnapshotError, ModelMismatchError) as e:
-            logger.warning("rebuilding the %s index from the records: %s", kind, e)
-            loaded = None
-        if loaded is None:
-            return self._rebuild(kind)
-        index, info = loaded
-        # lazily deleted vectors are in the file but not in the records: drop them again
-        index.reconcile(self._records.all_labels(kind))
-        for labels, vectors in self._records.vectors_after(kind, info.seq, self.dim):
-            index.add(labels, vectors)
-        if len(index) != self._records.count(kind):
-            logger.warning("the %s snapshot disagrees with the records; rebuilding", kind)
-            return self._rebuild(kind)
-        self._saved_seq[kind] = info.seq
-        return index
-
-    def _open_milvus(self, kind: Kind) -> MilvusVectorIndex:
-        """The kind's Milvus collection, brought in line with the records."""
-        uri = self.options.milvus_uri or str(self.data_dir / "milvus.db")
-        index = MilvusVectorIndex.open(
-            uri, kind, self.model_id, self.dim, self.options.milvus_token
-        )
-        changed = index.reconcile_with(
-            self._records.all_labels(kind), self._records.vectors_after(kind, 0, self.dim)
-        )
-        if changed:
-            logger.warning(
-                "brought %d %s vectors in Milvus in line with the records", changed, kind
-            )
-        self._saved_seq[kind] = self._records.current_seq()
-        return index
-
-    def _rebuild(self, kind: Kind) -> FaissVectorIndex:
-        """An exact index from the records; a better structure follows in the background."""
-        index = FaissVectorIndex(
-            self.dim, spec=EXACT_SPEC, ef_search=self.options.ef_search, nprobe=self.options.nprobe
-        )
-        for labels, vectors in self._records.vectors_after(kind, 0, self.dim):
-            index.add(labels, vectors)
-        self._saved_seq[kind] = -1
-        logger.info("built the %s index from %d records", kind, len(index))
+    def _open_index(self, kind: Kind) -> VectorIndex:
+        index, saved_seq = self._backend.open(kind, self._records)
+        self._saved_seq[kind] = saved_seq
         return index
 
 

@@ -249,6 +249,9 @@ class FaissVectorIndex:
     def _all_labels(self) -> np.ndarray:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
+    def close(self) -> None:
+        """Nothing to release: the index lives in memory (the VectorIndex contract asks)."""
+
     def serialize(self) -> bytes:
         """The FAISS index as bytes; lazily deleted vectors are still in it (see reconcile)."""
         with self._lock:
