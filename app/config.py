@@ -91,6 +91,9 @@ class Settings(BaseSettings):
         64.0, gt=0, description="largest search response; asking for more results is a 422"
     )
     max_k: int = Field(1000, ge=1)
+    max_models: int = Field(
+        2, ge=1, le=64, description="most models loaded at once, shared by the collections"
+    )
     encode_batch_size: int = Field(32, ge=1, le=4096, description="items per batch-job step")
     max_batch: int = Field(64, ge=1, le=4096, description="most items in one model call")
     max_queue: int = Field(

@@ -1,16 +1,27 @@
-"""Typed dependencies: routes ask for a service and get the running app's instance."""
+"""Typed dependencies: routes ask for what they need of the running app's services.
+
+Routes under `/v1/collections/{collection}/...` act on that collection; the same routes under
+`/v1/...` act on `default`. A route gets one generation of the collection for its whole run
+(app.services.collections), with its model where it encodes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from app.services.collections import Collection
+from app.services.encoding import EncodingService
 from app.services.errors import NotReadyError
 from app.services.items import ItemService
 from app.services.jobs import JobRunner
+from app.services.registry import CollectionRegistry
 from app.services.search import SearchService
 from app.state import Services
+from index.layout import COLLECTION_NAME, DEFAULT_COLLECTION
 
 
 def get_services(request: Request) -> Services:
@@ -23,18 +34,75 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_items(services: ServicesDep) -> ItemService:
-    return services.items
+def collection_param(
+    collection: str = Path(pattern=COLLECTION_NAME.pattern, description="the collection's name"),
+) -> str:
+    """Declares (and checks) `{collection}` for the routes mounted under a collection."""
+    return collection
 
 
-def get_search(services: ServicesDep) -> SearchService:
-    return services.search
+def collection_name(request: Request) -> str:
+    return str(request.path_params.get("collection", DEFAULT_COLLECTION))
+
+
+def get_collection(request: Request, services: ServicesDep) -> Collection:
+    return services.collections.get(collection_name(request))
+
+
+CollectionDep = Annotated[Collection, Depends(get_collection)]
+
+
+def get_url_base(request: Request) -> str:
+    """Where this collection's routes live: item content URLs are built on it."""
+    name = collection_name(request)
+    return "/v1" if "collection" not in request.path_params else (
+        f"/v1/collections/{quote(name, safe='')}"
+    )
+
+
+UrlBaseDep = Annotated[str, Depends(get_url_base)]
+
+
+async def indexing_items(collection: CollectionDep) -> AsyncIterator[ItemService]:
+    """Writes that encode: the generation and its model, held until the write is stored."""
+    async with collection.use(write=True, model=True) as pin:
+        yield pin.items
+
+
+async def changing_items(collection: CollectionDep) -> AsyncIterator[ItemService]:
+    """Writes without the model (deletes)."""
+    async with collection.use(write=True) as pin:
+        yield pin.items
+
+
+async def reading_items(collection: CollectionDep) -> AsyncIterator[ItemService]:
+    async with collection.use() as pin:
+        yield pin.items
+
+
+async def searching(collection: CollectionDep) -> AsyncIterator[SearchService]:
+    async with collection.use(model=True) as pin:
+        yield pin.search
+
+
+async def encoding(collection: CollectionDep) -> AsyncIterator[EncodingService]:
+    async with collection.use(model=True) as pin:
+        assert pin.model is not None
+        yield pin.model.encoding
 
 
 def get_jobs(services: ServicesDep) -> JobRunner:
     return services.jobs
 
 
-ItemsDep = Annotated[ItemService, Depends(get_items)]
-SearchDep = Annotated[SearchService, Depends(get_search)]
+def get_collections(services: ServicesDep) -> CollectionRegistry:
+    return services.collections
+
+
+IndexingDep = Annotated[ItemService, Depends(indexing_items)]
+ChangingDep = Annotated[ItemService, Depends(changing_items)]
+ItemsDep = Annotated[ItemService, Depends(reading_items)]
+SearchDep = Annotated[SearchService, Depends(searching)]
+EncodingDep = Annotated[EncodingService, Depends(encoding)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+CollectionsDep = Annotated[CollectionRegistry, Depends(get_collections)]

@@ -9,9 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.services.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    CollectionStateError,
     InvalidInputError,
     JobNotFoundError,
     JobStateError,
+    ModelsBusyError,
     NotReadyError,
     OverloadedError,
 )
@@ -26,6 +30,7 @@ from models import (
     EmptyTextError,
     ImageDecodeError,
     ImageTooLargeError,
+    ModelLoadError,
     UnsupportedImageFormatError,
 )
 
@@ -35,7 +40,10 @@ logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ItemNotFoundError, 404),
     (JobNotFoundError, 404),
+    (CollectionNotFoundError, 404),
     (JobStateError, 409),
+    (CollectionExistsError, 409),
+    (CollectionStateError, 409),
     (ImageTooLargeError, 413),
     (UnsupportedImageFormatError, 415),
     (ImageDecodeError, 422),
@@ -44,8 +52,10 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (InvalidFilterError, 422),
     (InvalidMetadataError, 422),
     (InvalidInputError, 422),
+    (ModelLoadError, 422),
     (OverloadedError, 429),
     (NotReadyError, 503),
+    (ModelsBusyError, 503),
     (StorageError, 507),
 )
 

@@ -25,7 +25,6 @@ from app.observability.middleware import RequestObservabilityMiddleware
 from app.routers import api_router
 from app.routers.page import STATIC_DIR, SWAGGER_UI_DIR
 from app.state import Services
-from index import StorageError
 from models import Encoder
 
 logger = logging.getLogger(__name__)
@@ -39,20 +38,9 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await asyncio.to_thread(Services.build, settings, encoder, metrics.observe_batch)
+        services = await Services.start(settings, encoder, metrics.observe_batch)
         app.state.services = services
-        running = services.encoder
-        metrics.watch(
-            services.encoding.queue_depths,
-            services.store.index_info,
-            {
-                "model_id": running.model_id,
-                "device": running.device,
-                "runtime": running.runtime,
-                "precision": running.precision,
-            },
-        )
-        services.encoding.start()
+        metrics.watch(services.metrics_state)
         services.jobs.start()
         snapshots = asyncio.create_task(_snapshot_periodically(services), name="xmr-snapshots")
         app.state.ready = True
@@ -63,10 +51,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
             snapshots.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await snapshots
-            await services.jobs.stop()
-            await services.encoding.stop()
             metrics.unwatch()
-            await asyncio.to_thread(services.close)
+            await services.stop()
 
     app = FastAPI(
         title="xmr",
@@ -99,7 +85,9 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         BodySizeLimitMiddleware,
         default_limit=megabytes(settings.max_upload_mb),
-        limits_by_prefix={"/v1/batch": megabytes(settings.max_batch_upload_mb)},
+        limits_by_path={
+            r"/v1/(collections/[^/]+/)?batch": megabytes(settings.max_batch_upload_mb)
+        },
         idle_timeout_s=settings.body_timeout_s,
     )
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
@@ -144,8 +132,6 @@ async def _snapshot_periodically(services: Services) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await asyncio.to_thread(services.store.snapshot)
-        except StorageError as e:
-            logger.error("%s", e)
+            await services.snapshot_all()
         except Exception:
             logger.exception("saving the index snapshots failed; retrying in %.0f s", interval)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -36,24 +37,26 @@ class BodySizeLimitMiddleware:
     """Answer 413 once a request body passes its limit, whether or not it declared a length.
 
     The body is counted as it streams in, so an oversized upload is never buffered whole.
-    Paths starting with a prefix in `limits_by_prefix` get that limit instead of the default.
+    Paths that a pattern in `limits_by_path` matches (from their start) get that limit instead.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         default_limit: int,
-        limits_by_prefix: dict[str, int] | None = None,
+        limits_by_path: dict[str, int] | None = None,
         idle_timeout_s: float = 30.0,
     ) -> None:
         self.app = app
         self.default_limit = default_limit
-        self.limits_by_prefix = limits_by_prefix or {}
+        self.limits_by_path = [
+            (re.compile(pattern), limit) for pattern, limit in (limits_by_path or {}).items()
+        ]
         self.idle_timeout_s = idle_timeout_s
 
     def limit_for(self, path: str) -> int:
-        for prefix, limit in self.limits_by_prefix.items():
-            if path.startswith(prefix):
+        for pattern, limit in self.limits_by_path:
+            if pattern.match(path):
                 return limit
         return self.default_limit
 

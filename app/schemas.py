@@ -136,7 +136,9 @@ class JobItemError(BaseModel):
 
 class JobResponse(BaseModel):
     job_id: str
-    status: Literal["queued", "running", "done", "failed", "interrupted"]
+    kind: Literal["batch", "reindex"] = "batch"
+    collection: str = "default"
+    status: Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
     total: int
     done: int
     failed: int
@@ -144,6 +146,9 @@ class JobResponse(BaseModel):
     error: str | None = None
     created_at: float
     updated_at: float
+    items_per_s: float | None = Field(None, description="while running: rate since it started")
+    eta_s: float | None = Field(None, description="while running: seconds left at that rate")
+    model: JSONObject | None = Field(None, description="a re-embedding: the model it moves to")
 
 
 class SearchHit(BaseModel):
@@ -239,6 +244,45 @@ class InfoResponse(BaseModel):
     images: int
     texts: int
     indexes: dict[Literal["image", "text"], IndexDescription]
+    reindex_job: str | None = Field(
+        None, description="the default collection's re-embedding to XMR_MODEL, while it runs"
+    )
+    collections: list[str] = Field(default_factory=list)
+
+
+COLLECTION_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class ModelRequest(BaseModel):
+    model: str = Field(..., min_length=1, max_length=512, examples=["shapes-tiny"])
+    pretrained: str | None = Field(
+        None, max_length=4096, description="pretrained tag or checkpoint path; '' = random"
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+
+
+class CreateCollectionRequest(ModelRequest):
+    name: str = Field(..., pattern=COLLECTION_NAME_PATTERN)
+
+
+class CollectionResponse(BaseModel):
+    name: str
+    model: str
+    pretrained: str | None
+    model_id: str
+    dim: int
+    precision: str
+    images: int
+    texts: int
+    indexes: dict[Literal["image", "text"], IndexDescription]
+    status: Literal["ready", "reindexing"]
+    reindex_job: str | None = None
+    reindex_to: ModelRequest | None = None
+    created_at: float
+
+
+class CollectionsResponse(BaseModel):
+    collections: list[CollectionResponse]
 
 
 class ErrorResponse(BaseModel):

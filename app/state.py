@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.observability.metrics import CollectionState, ServiceState
+from app.services.collections import Limits
 from app.services.encoding import EncodingService
-from app.services.items import ItemService
 from app.services.job_store import JobStore
 from app.services.jobs import JobRunner
-from app.services.search import SearchService
-from app.services.threads import inference_pool, single_core_pool
-from index import ItemStore
+from app.services.models import ModelLoader, ModelPool
+from app.services.registry import CollectionRegistry
+from app.services.reindex import Reindexer
+from app.services.threads import Pools, run_in
+from index import StorageError
+from index.layout import ModelSpec
 from models import Encoder
 
 logger = logging.getLogger(__name__)
@@ -23,87 +26,149 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
-    encoder: Encoder
-    store: ItemStore
-    encoding: EncodingService
-    items: ItemService
-    search: SearchService
+    pools: Pools
+    models: ModelPool
+    collections: CollectionRegistry
+    reindexer: Reindexer
     jobs: JobRunner
     job_store: JobStore
-    store_pool: ThreadPoolExecutor
 
     @classmethod
-    def build(
+    async def start(
         cls,
         settings: Settings,
         encoder: Encoder | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
     ) -> Services:
-        """Load the model (unless given) and open the data directory; raises on any mismatch.
+        """Load the default model, open every collection, resume unfinished re-embeddings.
 
-        The model is loaded in the inference thread that will run it (app.services.threads).
+        `encoder`, if given, is used for the settings' model instead of loading it.
         """
-        inference = inference_pool()
+        pools = Pools.create(settings.decode_workers)
+        job_store: JobStore | None = None
         try:
-            if encoder is None:
-                from models import OpenClipEncoder  # torch and open_clip: only to load a model
-
-                encoder = inference.submit(
-                    OpenClipEncoder.load,
-                    settings.model,
-                    settings.pretrained,
-                    settings.device,
-                    settings.model_cache_dir,
-                    settings.precision,
-                    settings.runtime,
-                    settings.runtime_cache_dir,
-                ).result()
-            store = ItemStore(
-                settings.data_dir, encoder.model_id, encoder.dim, settings.index_options()
+            models = ModelPool(
+                model_loader(settings, encoder),
+                lambda loaded: encoding_service(settings, loaded, pools, on_batch),
+                pools,
+                settings.max_models,
+            )
+            job_store = await run_in(pools.store, JobStore, settings.data_dir / "jobs.sqlite3")
+            reindexer = Reindexer(job_store, settings.encode_batch_size)
+            limits = Limits(
+                max_k=settings.max_k,
+                max_metadata_bytes=settings.max_metadata_bytes,
+                max_response_bytes=int(settings.max_response_mb * 2**20),
+            )
+            collections = CollectionRegistry(
+                settings.data_dir, settings.index_options(), models, pools, limits, reindexer
+            )
+            await collections.open_all(default_spec(settings))
+            jobs = JobRunner(
+                job_store,
+                collections,
+                staging_dir=settings.data_dir / "staging",
+                import_root=settings.import_root,
+                batch_size=settings.encode_batch_size,
+                max_file_bytes=int(settings.max_upload_mb * 2**20),  # one file, not a request
             )
         except BaseException:
-            inference.shutdown(wait=False)
+            if job_store is not None:
+                job_store.close()
+            pools.shutdown()
             raise
-        store_pool = single_core_pool(settings.decode_workers, "xmr-store")
-        encoding = EncodingService(
-            encoder,
-            settings.max_image_pixels,
-            settings.max_batch,
-            settings.max_queue,
-            decode_workers=settings.decode_workers,
-            jpeg_draft=settings.jpeg_draft,
-            max_decoded_bytes=int(settings.max_decoded_image_mb * 2**20),
-            on_batch=on_batch,
-            inference=inference,
-        )
-        items = ItemService(store, encoding, store_pool, settings.max_metadata_bytes)
-        job_store = JobStore(settings.data_dir / "jobs.sqlite3")
-        jobs = JobRunner(
-            job_store,
-            items,
-            staging_dir=settings.data_dir / "staging",
-            import_root=settings.import_root,
-            batch_size=settings.encode_batch_size,
-            max_file_bytes=int(settings.max_upload_mb * 1024 * 1024),  # one file, not a request
-        )
         if jobs.interrupted_at_start:
             logger.warning(
                 "batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start
             )
-        search = SearchService(
-            store,
-            encoding,
-            settings.max_k,
-            store_pool,
-            max_response_bytes=int(settings.max_response_mb * 1024 * 1024),
-        )
-        return cls(settings, encoder, store, encoding, items, search, jobs, job_store, store_pool)
+        return cls(settings, pools, models, collections, reindexer, jobs, job_store)
 
-    def close(self) -> None:
-        """Save the indexes and release files and threads."""
+    def metrics_state(self) -> ServiceState:
+        """Loaded models, their queues, and each collection's model and indexes, for /metrics."""
+        loaded = self.models.loaded()
+        return ServiceState(
+            models=[model_labels(m.encoder) for m in loaded],
+            queues={
+                (m.encoder.model_id, modality): depth
+                for m in loaded
+                for modality, depth in m.encoding.queue_depths().items()
+            },
+            collections=[
+                CollectionState(c.name, c.state.current.model_id, c.store.index_info())
+                for c in self.collections.all()
+            ],
+        )
+
+    async def snapshot_all(self) -> None:
+        """Save every collection's changed indexes; one failing does not stop the others."""
+        for collection in self.collections.all():
+            try:
+                await run_in(self.pools.store, collection.store.snapshot)
+            except StorageError as e:
+                logger.error("collection %s: %s", collection.name, e)
+
+    async def stop(self) -> None:
+        """Stop the background work, save the indexes, release files and threads."""
         try:
-            self.encoding.close()
-            self.store_pool.shutdown(wait=True)
-            self.store.close()
+            await self.reindexer.stop()
+            await self.jobs.stop()
+            await self.models.close()
+            await run_in(self.pools.store, self.collections.close)
         finally:
             self.job_store.close()
+            self.pools.shutdown()
+
+
+def model_labels(encoder: Encoder) -> dict[str, str]:
+    return {
+        "model_id": encoder.model_id,
+        "device": encoder.device,
+        "runtime": encoder.runtime,
+        "precision": encoder.precision,
+    }
+
+
+def default_spec(settings: Settings) -> ModelSpec:
+    """The model the default collection follows."""
+    return ModelSpec(settings.model, settings.pretrained, settings.precision)
+
+
+def model_loader(settings: Settings, preloaded: Encoder | None) -> ModelLoader:
+    """Loads a model on the settings' device and runtime; `preloaded` stands for the default."""
+    preloaded_spec = default_spec(settings)
+
+    def load(spec: ModelSpec) -> Encoder:
+        if preloaded is not None and spec == preloaded_spec:
+            return preloaded
+        from models import OpenClipEncoder  # torch and open_clip: only to load a model
+
+        return OpenClipEncoder.load(
+            spec.model,
+            spec.pretrained,
+            settings.device,
+            settings.model_cache_dir,
+            spec.precision,
+            settings.runtime,
+            settings.runtime_cache_dir,
+        )
+
+    return load
+
+
+def encoding_service(
+    settings: Settings,
+    encoder: Encoder,
+    pools: Pools,
+    on_batch: Callable[[str, int, float], None] | None,
+) -> EncodingService:
+    return EncodingService(
+        encoder,
+        settings.max_image_pixels,
+        settings.max_batch,
+        settings.max_queue,
+        decode_workers=settings.decode_workers,
+        jpeg_draft=settings.jpeg_draft,
+        max_decoded_bytes=int(settings.max_decoded_image_mb * 2**20),
+        on_batch=on_batch,
+        pools=pools,
+    )

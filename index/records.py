@@ -308,6 +308,11 @@ class RecordStore:
             ).fetchall()
         return [_record(row) for row in rows]
 
+    def count_after(self, label: int) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT COUNT(*) FROM items WHERE label > ?", (label,))
+            return int(row.fetchone()[0])
+
     def all_ids(self) -> set[str]:
         with self._lock:
             return {row[0] for row in self._conn.execute("SELECT id FROM items")}

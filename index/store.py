@@ -249,6 +249,10 @@ class ItemStore:
     def all_ids(self) -> set[str]:
         return self._records.all_ids()
 
+    def count_after(self, label: int) -> int:
+        """How many records were written after the one with `label`."""
+        return self._records.count_after(label)
+
     def last_label(self) -> int:
         return self._records.max_label()
 

@@ -7,6 +7,7 @@ never share counters. Queue depths and index sizes are read from the services at
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -58,18 +59,10 @@ class Metrics:
         self.batch_size.labels(modality).observe(size)
         self.batch_seconds.labels(modality).observe(seconds)
 
-    def watch(
-        self,
-        queue_depths: Callable[[], dict[str, int]],
-        indexes: Callable[[], dict[Kind, IndexInfo]],
-        model: dict[str, str] | None = None,
-    ) -> None:
-        """Report these live values at every scrape (until `unwatch`).
-
-        `model`: labels of the model that runs (model_id, device, runtime, precision).
-        """
+    def watch(self, state: Callable[[], ServiceState]) -> None:
+        """Report the service's live state at every scrape (until `unwatch`)."""
         self.unwatch()
-        self._state = StateCollector(queue_depths, indexes, model or {})
+        self._state = StateCollector(state)
         self.registry.register(self._state)
 
     def unwatch(self) -> None:
@@ -81,38 +74,67 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+@dataclass(frozen=True)
+class CollectionState:
+    name: str
+    model_id: str
+    indexes: dict[Kind, IndexInfo]
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What a scrape reports besides the counters.
+
+    models: labels of each loaded model (model_id, device, runtime, precision);
+    queues: (model_id, modality) -> items waiting; collections: each one's model and indexes.
+    """
+
+    models: list[dict[str, str]] = field(default_factory=list)
+    queues: dict[tuple[str, str], int] = field(default_factory=dict)
+    collections: list[CollectionState] = field(default_factory=list)
+
+
 class StateCollector(Collector):
-    def __init__(
-        self,
-        queue_depths: Callable[[], dict[str, int]],
-        indexes: Callable[[], dict[Kind, IndexInfo]],
-        model: dict[str, str],
-    ) -> None:
-        self._queue_depths = queue_depths
-        self._indexes = indexes
-        self._model = model
+    def __init__(self, state: Callable[[], ServiceState]) -> None:
+        self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        if self._model:
-            model = GaugeMetricFamily(
-                "xmr_model_info", "The model that runs, and how", labels=list(self._model)
-            )
-            model.add_metric(list(self._model.values()), 1)
-            yield model
-        queue = GaugeMetricFamily(
-            "xmr_encode_queue_depth", "Items waiting for the encoder", labels=["modality"]
+        state = self._state()
+        model = GaugeMetricFamily(
+            "xmr_model_info",
+            "A loaded model, and how it runs",
+            labels=["device", "model_id", "precision", "runtime"],
         )
-        for modality, depth in self._queue_depths().items():
-            queue.add_metric([modality], depth)
+        for labels in state.models:
+            model.add_metric([labels[k] for k in ("device", "model_id", "precision", "runtime")], 1)
+        yield model
+        queue = GaugeMetricFamily(
+            "xmr_encode_queue_depth",
+            "Items waiting for a model's encoder",
+            labels=["model_id", "modality"],
+        )
+        for (model_id, modality), depth in state.queues.items():
+            queue.add_metric([model_id, modality], depth)
         yield queue
+        collections = GaugeMetricFamily(
+            "xmr_collection_info", "A collection and the model of its vectors",
+            labels=["collection", "model_id"],
+        )
         vectors = GaugeMetricFamily(
-            "xmr_index_vectors", "Searchable vectors per index", labels=["kind", "structure"]
+            "xmr_index_vectors",
+            "Searchable vectors per index",
+            labels=["collection", "kind", "structure"],
         )
         building = GaugeMetricFamily(
-            "xmr_index_building", "1 while an index is rebuilt in the background", labels=["kind"]
+            "xmr_index_building",
+            "1 while an index is rebuilt in the background",
+            labels=["collection", "kind"],
         )
-        for kind, info in self._indexes().items():
-            vectors.add_metric([kind, info.spec], info.size)
-            building.add_metric([kind], 1 if info.building else 0)
+        for collection in state.collections:
+            collections.add_metric([collection.name, collection.model_id], 1)
+            for kind, info in collection.indexes.items():
+                vectors.add_metric([collection.name, kind, info.spec], info.size)
+                building.add_metric([collection.name, kind], 1 if info.building else 0)
+        yield collections
         yield vectors
         yield building

@@ -1,14 +1,65 @@
-"""HTTP routes, one module per resource; aggregated in `api_router`."""
+"""HTTP routes, one module per resource; aggregated in `api_router`.
 
-from fastapi import APIRouter
+The data routes (items, search, batch, embed) are mounted twice: under `/v1`, acting on the
+`default` collection, and under `/v1/collections/{collection}`. Each mounting holds its own
+copies of the routes, so that a route's path is its whole template (metrics label by it).
+"""
 
-from app.routers import batch, embed, health, items, metrics, page, search
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.params import Depends as DependsParam
+from fastapi.routing import APIRoute
+
+from app.deps import collection_param
+from app.routers import batch, collections, embed, health, items, metrics, page, search
+
+COLLECTION_ROUTERS = (items.router, search.router, batch.router, embed.router)
+COLLECTION_PREFIX = "/v1/collections/{collection}"
+
+
+def mounted(
+    routers: Sequence[APIRouter],
+    prefix: str,
+    dependencies: Sequence[DependsParam] = (),
+    id_suffix: str = "",
+) -> APIRouter:
+    """Copies of the routers' routes under `prefix`, with their full paths."""
+    copy = APIRouter(prefix=prefix, dependencies=list(dependencies))
+    for router in routers:
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            options: dict[str, Any] = {
+                "methods": route.methods,
+                "response_model": route.response_model,
+                "status_code": route.status_code,
+                "tags": route.tags,
+                "summary": route.summary,
+                "description": route.description,
+                "response_class": route.response_class,
+                "name": route.name,
+                "openapi_extra": route.openapi_extra,
+                "dependencies": route.dependencies,
+            }
+            if id_suffix:
+                options["operation_id"] = f"{route.unique_id}{id_suffix}"
+            copy.add_api_route(route.path, route.endpoint, **options)
+    return copy
+
 
 api_router = APIRouter()
 api_router.include_router(health.router)
-api_router.include_router(items.router)
-api_router.include_router(search.router)
-api_router.include_router(batch.router)
-api_router.include_router(embed.router)
+api_router.include_router(mounted(COLLECTION_ROUTERS, "/v1"))
+api_router.include_router(batch.jobs_router)
+api_router.include_router(collections.router)
+api_router.include_router(
+    mounted(
+        COLLECTION_ROUTERS,
+        COLLECTION_PREFIX,
+        dependencies=[Depends(collection_param)],
+        id_suffix="_in_collection",
+    )
+)
 api_router.include_router(metrics.router)
 api_router.include_router(page.router)

@@ -6,14 +6,15 @@ from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.deps import JobsDep
+from app.deps import JobsDep, collection_name
 from app.routers.common import parse_ids, parse_metadata
 from app.schemas import BatchRequest, JobAccepted, JobItemError, JobResponse
 from app.services.errors import InvalidInputError
 from app.services.job_store import JobView
 from app.services.jobs import BatchEntry
 
-router = APIRouter(prefix="/v1", tags=["batch"])
+router = APIRouter(tags=["batch"])  # /batch under /v1 and each collection
+jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])  # job ids are global
 
 MAX_BATCH_FILES = 100_000
 
@@ -41,6 +42,8 @@ _BATCH_BODY = {
 def job_response(view: JobView) -> JobResponse:
     return JobResponse(
         job_id=view.id,
+        kind=view.kind,
+        collection=view.collection,
         status=view.status,
         total=view.total,
         done=view.done,
@@ -49,6 +52,9 @@ def job_response(view: JobView) -> JobResponse:
         error=view.error,
         created_at=view.created_at,
         updated_at=view.updated_at,
+        items_per_s=view.items_per_s,
+        eta_s=view.eta_s,
+        model=view.params,
     )
 
 
@@ -60,6 +66,7 @@ def job_response(view: JobView) -> JobResponse:
     summary="Index many items in the background (JSON items or multipart files)",
 )
 async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
+    collection = collection_name(request)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         async with request.form(max_files=MAX_BATCH_FILES, max_fields=100) as form:
@@ -72,13 +79,14 @@ async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
                 BatchEntry(id=i, metadata=m, upload=u.file)
                 for u, i, m in zip(uploads, ids, metadata, strict=True)
             ]
-            job_id = await jobs.submit(entries)
+            job_id = await jobs.submit(entries, collection)
     elif content_type.startswith("application/json"):
         try:
             body = BatchRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise RequestValidationError(e.errors(include_url=False)) from e
-        job_id = await jobs.submit([BatchEntry(**item.model_dump()) for item in body.items])
+        entries = [BatchEntry(**item.model_dump()) for item in body.items]
+        job_id = await jobs.submit(entries, collection)
     else:
         raise InvalidInputError("send application/json items or multipart/form-data files")
     return JobAccepted(job_id=job_id)
@@ -88,13 +96,22 @@ def _text_field(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@router.get("/jobs/{job_id}", response_model=JobResponse, summary="A batch job's progress")
+@jobs_router.get("/{job_id}", response_model=JobResponse, summary="A job's progress")
 async def get_job(job_id: str, jobs: JobsDep) -> JobResponse:
     return job_response(await jobs.get(job_id))
 
 
-@router.post(
-    "/jobs/{job_id}/resume",
+@jobs_router.delete(
+    "/{job_id}",
+    response_model=JobResponse,
+    summary="Cancel a job: a re-embedding leaves its collection as it was",
+)
+async def cancel_job(job_id: str, jobs: JobsDep) -> JobResponse:
+    return job_response(await jobs.cancel(job_id))
+
+
+@jobs_router.post(
+    "/{job_id}/resume",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobResponse,
     summary="Resume an interrupted or failed job; items already done are skipped",

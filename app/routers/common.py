@@ -13,25 +13,26 @@ from app.services.errors import InvalidInputError
 from index import Hit, InvalidFilterError, MetadataFilter, Record, parse_filter
 
 
-def content_url(item_id: str) -> str:
-    return f"/v1/items/{quote(item_id, safe='')}/content"
+def content_url(item_id: str, base: str = "/v1") -> str:
+    """Where an item's bytes are served; `base` is its collection's route prefix."""
+    return f"{base}/items/{quote(item_id, safe='')}/content"
 
 
-def item_response(record: Record) -> ItemResponse:
+def item_response(record: Record, base: str = "/v1") -> ItemResponse:
     return ItemResponse(
         id=record.id,
         kind=record.kind,
         metadata=record.metadata,
         text=record.text,
         content_type=record.content_type if record.kind == "image" else "text/plain",
-        content_url=content_url(record.id),
+        content_url=content_url(record.id, base),
         model=record.model,
         created_at=record.created_at,
         updated_at=record.updated_at,
     )
 
 
-def search_hit(hit: Hit) -> SearchHit:
+def search_hit(hit: Hit, base: str = "/v1") -> SearchHit:
     record = hit.record
     return SearchHit(
         id=record.id,
@@ -39,7 +40,7 @@ def search_hit(hit: Hit) -> SearchHit:
         score=hit.score,
         metadata=record.metadata,
         text=record.text,
-        content_url=content_url(record.id),
+        content_url=content_url(record.id, base),
     )
 
 

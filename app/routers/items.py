@@ -7,7 +7,7 @@ from urllib.parse import unquote
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from app.deps import ItemsDep
+from app.deps import ChangingDep, IndexingDep, ItemsDep, UrlBaseDep
 from app.routers.common import item_response, parse_ids, parse_metadata, read_upload
 from app.schemas import (
     HashLookupRequest,
@@ -18,7 +18,7 @@ from app.schemas import (
 )
 from app.services.items import ImageInput, TextInput
 
-router = APIRouter(prefix="/v1", tags=["items"])
+router = APIRouter(tags=["items"])  # mounted at /v1 and /v1/collections/{collection}
 
 
 @router.post(
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v1", tags=["items"])
     summary="Index one or more images (an existing id is replaced)",
 )
 async def index_images(
-    items: ItemsDep,
+    items: IndexingDep,
     files: list[UploadFile] = File(..., description="the images"),
     ids: str | None = Form(None, description='JSON list of ids, e.g. ["a", null]'),
     metadata: str | None = Form(None, description='JSON list of objects, e.g. [{"tag": "x"}]'),
@@ -50,7 +50,7 @@ async def index_images(
     response_model=IndexedResponse,
     summary="Index texts (an existing id is replaced)",
 )
-async def index_texts(body: IndexTextsRequest, items: ItemsDep) -> IndexedResponse:
+async def index_texts(body: IndexTextsRequest, items: IndexingDep) -> IndexedResponse:
     inputs = [TextInput(item.text, item.id, item.metadata) for item in body.items]
     return IndexedResponse(ids=await items.index_texts(inputs))
 
@@ -69,10 +69,12 @@ async def lookup_by_content_hash(body: HashLookupRequest, items: ItemsDep) -> Ha
     summary="The stored image bytes with their content type, or the text",
     response_class=Response,
 )
-async def get_item_content(item_id: str, request: Request, items: ItemsDep) -> Response:
+async def get_item_content(
+    item_id: str, request: Request, items: ItemsDep, base: UrlBaseDep
+) -> Response:
     item_id, wants_content = item_path(request)
     if not wants_content:  # /items/p%2Fcontent: the record of the item "p/content"
-        record = item_response(await items.get(item_id))
+        record = item_response(await items.get(item_id), base)
         return JSONResponse(record.model_dump(mode="json"))
     data, media_type = await items.content(item_id)
     return Response(
@@ -83,8 +85,10 @@ async def get_item_content(item_id: str, request: Request, items: ItemsDep) -> R
 
 
 @router.get("/items/{item_id:path}", response_model=ItemResponse, summary="An item's record")
-async def get_item(item_id: str, request: Request, items: ItemsDep) -> ItemResponse:
-    return item_response(await items.get(item_path(request)[0]))
+async def get_item(
+    item_id: str, request: Request, items: ItemsDep, base: UrlBaseDep
+) -> ItemResponse:
+    return item_response(await items.get(item_path(request)[0]), base)
 
 
 @router.delete(
@@ -93,7 +97,7 @@ async def get_item(item_id: str, request: Request, items: ItemsDep) -> ItemRespo
     response_class=Response,
     summary="Delete an item; it is gone from search at once",
 )
-async def delete_item(item_id: str, request: Request, items: ItemsDep) -> Response:
+async def delete_item(item_id: str, request: Request, items: ChangingDep) -> Response:
     await items.delete(item_path(request, content_suffix=False)[0])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from app.deps import SearchDep
+from app.deps import SearchDep, UrlBaseDep
 from app.routers.common import parse_filter_param, read_upload, search_hit
 from app.schemas import (
     MAX_QUERIES,
@@ -18,7 +18,7 @@ from app.services.errors import InvalidInputError
 from app.services.search import MAX_OFFSET, MultiSearchResult, SearchResult, SearchScope
 from index import parse_filter
 
-router = APIRouter(prefix="/v1/search", tags=["search"])
+router = APIRouter(prefix="/search", tags=["search"])  # under /v1 and each collection
 
 FILTER_HELP = (
     'JSON object of metadata conditions, all required: {"album": "2024"}, '
@@ -27,13 +27,16 @@ FILTER_HELP = (
 OFFSET_HELP = "skip this many results (paging)"
 
 
-def _response(result: SearchResult) -> SearchResponse:
-    return SearchResponse(results=[search_hit(h) for h in result.hits], took_ms=result.took_ms)
+def _response(result: SearchResult, base: str) -> SearchResponse:
+    return SearchResponse(
+        results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
+    )
 
 
-def _multi_response(result: MultiSearchResult) -> MultiSearchResponse:
+def _multi_response(result: MultiSearchResult, base: str) -> MultiSearchResponse:
     return MultiSearchResponse(
-        results=[[search_hit(h) for h in hits] for hits in result.hits], took_ms=result.took_ms
+        results=[[search_hit(h, base) for h in hits] for hits in result.hits],
+        took_ms=result.took_ms,
     )
 
 
@@ -44,18 +47,20 @@ def _scope(k: int, target: Target, raw_filter: str | None, offset: int) -> Searc
 @router.get("/text", response_model=SearchResponse, summary="Search with a text query")
 async def search_by_text(
     search: SearchDep,
+    base: UrlBaseDep,
     q: str = Query(..., min_length=1, max_length=10_000, examples=["a red circle"]),
     k: int = Query(10, ge=1, description="how many results"),
     target: Target = Query("images", description="what to search: images or texts"),
     filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
     offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
 ) -> SearchResponse:
-    return _response(await search.by_text(q, _scope(k, target, filter, offset)))
+    return _response(await search.by_text(q, _scope(k, target, filter, offset)), base)
 
 
 @router.post("/image", response_model=SearchResponse, summary="Search with an image query")
 async def search_by_image(
     search: SearchDep,
+    base: UrlBaseDep,
     file: UploadFile = File(..., description="the query image"),
     k: int = Form(10, ge=1),
     target: Target = Form("texts", description="what to search: texts or images"),
@@ -63,16 +68,18 @@ async def search_by_image(
     offset: int = Form(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
 ) -> SearchResponse:
     data = await read_upload(file)
-    return _response(await search.by_image(data, _scope(k, target, filter, offset)))
+    return _response(await search.by_image(data, _scope(k, target, filter, offset)), base)
 
 
 @router.post(
     "/text/batch", response_model=MultiSearchResponse, summary="Search with several text queries"
 )
-async def search_by_texts(search: SearchDep, body: TextQueriesRequest) -> MultiSearchResponse:
+async def search_by_texts(
+    search: SearchDep, base: UrlBaseDep, body: TextQueriesRequest
+) -> MultiSearchResponse:
     where = None if body.filter is None else parse_filter(body.filter)
     scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset)
-    return _multi_response(await search.by_texts(body.queries, scope))
+    return _multi_response(await search.by_texts(body.queries, scope), base)
 
 
 @router.post(
@@ -82,6 +89,7 @@ async def search_by_texts(search: SearchDep, body: TextQueriesRequest) -> MultiS
 )
 async def search_by_images(
     search: SearchDep,
+    base: UrlBaseDep,
     files: list[UploadFile] = File(..., description="the query images"),
     k: int = Form(10, ge=1),
     target: Target = Form("texts", description="what to search: texts or images"),
@@ -91,4 +99,6 @@ async def search_by_images(
     if len(files) > MAX_QUERIES:
         raise InvalidInputError(f"at most {MAX_QUERIES} query images per request")
     blobs = [await read_upload(f, i) for i, f in enumerate(files)]
-    return _multi_response(await search.by_images(blobs, _scope(k, target, filter, offset)))
+    return _multi_response(
+        await search.by_images(blobs, _scope(k, target, filter, offset)), base
+    )

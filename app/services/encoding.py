@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 
 from app.services.batcher import Batcher
-from app.services.threads import inference_pool, run_in, single_core_pool
+from app.services.threads import LARGE_DECODE_NICENESS, Pools, inference_pool, run_in, single_core_pool
 from models import Encoder, ImageDecodeError, decode_image
 from models.images import DEFAULT_MAX_DECODED_BYTES, read_header
 from models.memory import release_free_memory
 
 DRAFT_FACTOR = 2  # large images are decoded or reduced to no less than twice the model input
 LARGE_IMAGE_PIXELS = 12_000_000  # a PNG this size decodes in about 0.2 s on one core
-LARGE_DECODE_NICENESS = 10  # below the model's threads when both want a core
 
 
 class EncodingService:
@@ -52,9 +51,12 @@ class EncodingService:
         inference: ThreadPoolExecutor | None = None,
         overlap_decode: bool | None = None,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        pools: Pools | None = None,
     ) -> None:
         """`inference` is the thread that loaded the model, if any (see app.services.threads).
 
+        `pools`: the process's shared pools (then `inference` is theirs and `close` leaves
+        them running); without them the service makes and owns its own.
         `overlap_decode`: decode while the model runs; by default only when it is not on the CPU.
         """
         self.encoder = encoder
@@ -64,9 +66,14 @@ class EncodingService:
         self._max_image_pixels = max_image_pixels
         self._max_decoded_bytes = max_decoded_bytes
         self._draft_size = encoder.image_size * DRAFT_FACTOR if jpeg_draft else None
-        self._inference = inference or inference_pool()
-        self._decode = single_core_pool(decode_workers, "xmr-decode")
-        self._large_decode = single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS)
+        self._owns_pools = pools is None
+        if pools is not None:
+            self._inference, self._decode = pools.inference, pools.decode
+            self._large_decode = pools.large_decode
+        else:
+            self._inference = inference or inference_pool()
+            self._decode = single_core_pool(decode_workers, "xmr-decode")
+            self._large_decode = single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS)
         self.texts: Batcher[str] = Batcher(
             "text", encoder.encode_texts, self._inference, max_batch, max_queue, on_batch
         )
@@ -172,6 +179,8 @@ class EncodingService:
         return self.encoder.prepare_image(image)
 
     def close(self) -> None:
+        if not self._owns_pools:
+            return
         self._inference.shutdown(wait=True, cancel_futures=True)
         self._decode.shutdown(wait=True, cancel_futures=True)
         self._large_decode.shutdown(wait=True, cancel_futures=True)

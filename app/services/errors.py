@@ -30,3 +30,21 @@ class NotReadyError(ServiceError):
 
 class OverloadedError(ServiceError):
     """The encode queue is full; the client should retry after a short wait."""
+
+
+class CollectionNotFoundError(ServiceError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no collection named {excerpt(name)}")
+
+
+class CollectionExistsError(ServiceError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a collection named {excerpt(name)} exists already")
+
+
+class CollectionStateError(ServiceError):
+    """The collection cannot do that now or ever (e.g. re-embed `default` through the API)."""
+
+
+class ModelsBusyError(ServiceError):
+    """Every loaded model is in use and no other may be loaded (XMR_MAX_MODELS); retry soon."""

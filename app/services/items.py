@@ -48,6 +48,19 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
+def check_item_input(
+    item_id: str | None, metadata: Any, where: str, max_metadata_bytes: int
+) -> None:
+    """Refuse a bad id or metadata before any decoding or encoding is spent on it."""
+    if item_id is not None:
+        try:
+            check_item_id(item_id)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{where}: {e}") from e
+    if metadata is not None:
+        serialized_metadata(metadata, max_metadata_bytes, f"{where}.metadata")
+
+
 def image_content_type(data: bytes) -> str:
     return CONTENT_TYPES[sniff_image_format(data)]
 
@@ -58,24 +71,24 @@ class ItemService:
     def __init__(
         self,
         store: ItemStore,
-        encoding: EncodingService,
+        encoding: EncodingService | None,
         store_pool: Executor,
         max_metadata_bytes: int,
     ) -> None:
+        """`encoding` may be None for reads and deletes, which need no model."""
         self.store = store
-        self.encoding = encoding
+        self._encoding = encoding
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
         self.max_metadata_bytes = max_metadata_bytes
 
+    @property
+    def encoding(self) -> EncodingService:
+        if self._encoding is None:
+            raise RuntimeError("this ItemService was made without a model")
+        return self._encoding
+
     def check_input(self, item_id: str | None, metadata: Any, where: str) -> None:
-        """Refuse a bad id or metadata before any decoding or encoding is spent on it."""
-        if item_id is not None:
-            try:
-                check_item_id(item_id)
-            except InvalidInputError as e:
-                raise InvalidInputError(f"{where}: {e}") from e
-        if metadata is not None:
-            serialized_metadata(metadata, self.max_metadata_bytes, f"{where}.metadata")
+        check_item_input(item_id, metadata, where, self.max_metadata_bytes)
 
     async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
         """Decode, encode and store images; any undecodable image rejects the whole request."""

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from index.sqlite import open_database, transaction
 
-JobStatus = Literal["queued", "running", "done", "failed", "interrupted"]
+JobStatus = Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
+JobKind = Literal["batch", "reindex"]
 ItemStatus = Literal["pending", "done", "failed"]
 MAX_ERRORS_SHOWN = 1000
 
@@ -83,6 +84,24 @@ class JobView:
     error: str | None
     created_at: float
     updated_at: float
+    collection: str = "default"
+    kind: JobKind = "batch"
+    items_per_s: float | None = None  # since the job last started running
+    eta_s: float | None = None
+    params: dict[str, Any] | None = None
+
+
+# columns added after the first release: (name, SQL type and default)
+_JOB_COLUMNS = (
+    ("collection", "TEXT NOT NULL DEFAULT 'default'"),
+    ("kind", "TEXT NOT NULL DEFAULT 'batch'"),
+    ("params", "TEXT"),
+    ("total", "INTEGER"),  # reindex jobs count here; batch jobs count their job_items
+    ("done_count", "INTEGER"),
+    ("failed_count", "INTEGER"),
+    ("run_started_at", "REAL"),
+    ("run_started_done", "INTEGER"),
+)
 
 
 class JobStore:
@@ -98,17 +117,29 @@ class JobStore:
             for column in ("blob_offset", "blob_length"):
                 if column not in present:
                     self._conn.execute(f"ALTER TABLE job_items ADD COLUMN {column} INTEGER")
+            present = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+            for column, declaration in _JOB_COLUMNS:
+                if column not in present:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def create(self, job_id: str, items: Sequence[JobItem]) -> None:
+    def create(
+        self,
+        job_id: str,
+        items: Sequence[JobItem],
+        collection: str = "default",
+        kind: JobKind = "batch",
+        params: dict[str, Any] | None = None,
+    ) -> None:
         now = time.time()
         with self._transaction():
             self._conn.execute(
-                "INSERT INTO jobs (id, status, created_at, updated_at) VALUES (?, 'queued', ?, ?)",
-                (job_id, now, now),
+                "INSERT INTO jobs (id, status, created_at, updated_at, collection, kind, params) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, now, now, collection, kind, None if params is None else json.dumps(params)),
             )
             self._conn.executemany(
                 "INSERT INTO job_items (job_id, position, item_id, kind, text, source, staged, "
@@ -139,6 +170,43 @@ class JobStore:
                 "UPDATE jobs SET status = ?, error = ?, updated_at = ? WHERE id = ?",
                 (status, error, time.time(), job_id),
             )
+            if status == "running":  # the rate is measured from here
+                done = self._done_locked(job_id)
+                self._conn.execute(
+                    "UPDATE jobs SET run_started_at = ?, run_started_done = ? WHERE id = ?",
+                    (time.time(), done, job_id),
+                )
+
+    def _done_locked(self, job_id: str) -> int:
+        row = self._conn.execute(
+            "SELECT kind, done_count FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if row is None:
+            return 0
+        if row[0] != "batch":
+            return int(row[1] or 0)
+        counted = self._conn.execute(
+            "SELECT COUNT(*) FROM job_items WHERE job_id = ? AND status = 'done'", (job_id,)
+        ).fetchone()
+        return int(counted[0])
+
+    def set_progress(self, job_id: str, total: int, done: int, failed: int = 0) -> None:
+        """Counts of a job that has no per-item rows (a re-embedding)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE jobs SET total = ?, done_count = ?, failed_count = ?, updated_at = ? "
+                "WHERE id = ?",
+                (total, done, failed, time.time(), job_id),
+            )
+
+    def jobs_of(self, collection: str, statuses: Sequence[str]) -> list[str]:
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id FROM jobs WHERE collection = ? AND status IN ({marks})",
+                (collection, *statuses),
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def record_results(self, job_id: str, done: Sequence[int], failed: dict[int, str]) -> None:
         """Mark items done or failed, in one transaction."""
@@ -185,7 +253,10 @@ class JobStore:
     def get(self, job_id: str) -> JobView | None:
         with self._lock:
             job = self._conn.execute(
-                "SELECT id, status, error, created_at, updated_at FROM jobs WHERE id = ?", (job_id,)
+                "SELECT id, status, error, created_at, updated_at, collection, kind, params, "
+                "total, done_count, failed_count, run_started_at, run_started_done "
+                "FROM jobs WHERE id = ?",
+                (job_id,),
             ).fetchone()
             if job is None:
                 return None
@@ -200,30 +271,57 @@ class JobStore:
                 "WHERE job_id = ? AND status = 'failed' ORDER BY position LIMIT ?",
                 (job_id, MAX_ERRORS_SHOWN),
             ).fetchall()
+        if job[6] == "batch":
+            total, done, failed = sum(counts.values()), counts.get("done", 0), counts.get("failed", 0)
+        else:
+            total, done, failed = int(job[8] or 0), int(job[9] or 0), int(job[10] or 0)
+        rate, eta = _rate(job[1], job[11], job[12], done, total)
         return JobView(
             id=job[0],
             status=job[1],
-            total=sum(counts.values()),
-            done=counts.get("done", 0),
-            failed=counts.get("failed", 0),
+            total=total,
+            done=done,
+            failed=failed,
             errors=[ItemError(position=e[0], id=e[1], error=e[2]) for e in errors],
             error=job[2],
             created_at=job[3],
             updated_at=job[4],
+            collection=job[5],
+            kind=job[6],
+            items_per_s=rate,
+            eta_s=eta,
+            params=None if job[7] is None else json.loads(job[7]),
         )
 
     def interrupt_unfinished(self) -> list[str]:
-        """At start-up: jobs left queued or running by the last process become `interrupted`."""
+        """At start-up: batch jobs left queued or running by the last process become `interrupted`.
+
+        Re-embeddings are resumed by their collection instead.
+        """
         with self._transaction():
             rows = self._conn.execute(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND kind = 'batch'"
             ).fetchall()
             self._conn.execute(
                 "UPDATE jobs SET status = 'interrupted', updated_at = ? "
-                "WHERE status IN ('queued', 'running')",
+                "WHERE status IN ('queued', 'running') AND kind = 'batch'",
                 (time.time(),),
             )
         return [row[0] for row in rows]
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         return transaction(self._conn, self._lock)
+
+
+def _rate(
+    status: str, started_at: float | None, started_done: int | None, done: int, total: int
+) -> tuple[float | None, float | None]:
+    """Items per second since the job last started running, and the seconds left at that rate."""
+    if status != "running" or started_at is None:
+        return None, None
+    elapsed = time.time() - started_at
+    finished = done - int(started_done or 0)
+    if elapsed <= 0 or finished <= 0:
+        return None, None
+    rate = finished / elapsed
+    return rate, max(0, total - done) / rate

@@ -9,18 +9,19 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from starlette.concurrency import run_in_threadpool
-
+from app.services.collections import Pin
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
 from app.services.import_files import check_import_path, read_import_file
-from app.services.items import ImageInput, ItemService, TextInput, new_item_id
+from app.services.items import ImageInput, TextInput, check_item_input, new_item_id
 from app.services.job_store import JobItem, JobStore, JobView
+from app.services.registry import CollectionRegistry
 from app.services.staging import StagedBlob, StagingWriter, read_staged
+from app.services.threads import run_in
 from index import NewItem, StorageError, excerpt
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class BatchEntry:
 class _LoadedBatch:
     """A batch's images read and prepared ahead of encoding, and the items that failed."""
 
+    pin: Pin
     images: list[tuple[ImageInput, Any]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
@@ -62,14 +64,16 @@ class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        items: ItemService,
+        collections: CollectionRegistry,
         staging_dir: Path,
         import_root: Path | None,
         batch_size: int,
         max_file_bytes: int,
     ) -> None:
         self._store = store
-        self._items = items
+        self._collections = collections
+        self._pool = collections.pools.store
+        self._max_metadata_bytes = collections.limits.max_metadata_bytes
         self._staging_dir = staging_dir
         self._import_root = import_root
         self._batch_size = batch_size
@@ -77,6 +81,7 @@ class JobRunner:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._cancelled: set[str] = set()
         self.interrupted_at_start = store.interrupt_unfinished()
         self._remove_orphaned_staging()
 
@@ -106,32 +111,49 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, entries: Sequence[BatchEntry]) -> str:
+    async def submit(self, entries: Sequence[BatchEntry], collection: str = "default") -> str:
         """Validate, stage and queue a job; returns its id. Bad paths reject the whole request."""
         if not entries:
             raise InvalidInputError("a batch needs at least one item")
+        self._collections.get(collection)
         job_id = new_item_id()
         try:
-            job_items = await run_in_threadpool(self._prepare, job_id, entries)
-            await run_in_threadpool(self._store.create, job_id, job_items)
+            job_items = await run_in(self._pool, self._prepare, job_id, entries)
+            await run_in(
+                self._pool, lambda: self._store.create(job_id, job_items, collection)
+            )
         except BaseException:
-            await run_in_threadpool(shutil.rmtree, self._staging_dir / job_id, True)
+            await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
             raise
         self._queue.put_nowait(job_id)
         return job_id
 
+    async def cancel(self, job_id: str) -> JobView:
+        """Stop a job: a re-embedding drops its new generation; a batch keeps what is stored."""
+        view = await self.get(job_id)
+        if view.status in ("done", "failed", "cancelled"):
+            raise JobStateError(f"job {job_id} is {view.status} already")
+        if view.kind == "reindex":
+            collection = self._collections.get(view.collection)
+            await self._collections.reindexer.abandon(collection)
+        else:
+            self._cancelled.add(job_id)
+            await run_in(self._pool, self._store.set_status, job_id, "cancelled")
+        return await self.get(job_id)
+
     async def resume(self, job_id: str) -> JobView:
         view = await self.get(job_id)
-        if view.status not in ("interrupted", "failed"):
+        if view.status not in ("interrupted", "failed") or view.kind != "batch":
             raise JobStateError(
-                f"job {job_id} is {view.status}; only interrupted or failed jobs resume"
+                f"job {job_id} is {view.status}; only interrupted or failed batch jobs resume"
             )
-        await run_in_threadpool(self._store.set_status, job_id, "queued")
+        self._cancelled.discard(job_id)
+        await run_in(self._pool, self._store.set_status, job_id, "queued")
         self._queue.put_nowait(job_id)
         return await self.get(job_id)
 
     async def get(self, job_id: str) -> JobView:
-        view = await run_in_threadpool(self._store.get, job_id)
+        view = await run_in(self._pool, self._store.get, job_id)
         if view is None:
             raise JobNotFoundError(job_id)
         return view
@@ -144,7 +166,9 @@ class JobRunner:
         staging = StagingWriter(self._staging_dir / job_id)
         try:
             for position, entry in enumerate(entries):
-                self._items.check_input(entry.id, entry.metadata, f"items[{position}]")
+                check_item_input(
+                    entry.id, entry.metadata, f"items[{position}]", self._max_metadata_bytes
+                )
                 item_id = entry.id if entry.id is not None else new_item_id()
                 if item_id in seen:
                     raise InvalidInputError(
@@ -197,64 +221,82 @@ class JobRunner:
             job_id = await self._queue.get()
             if self._stopping or not job_id:
                 continue
+            if job_id in self._cancelled:
+                continue
             try:
                 await self._run_job(job_id)
             except Exception as e:  # a job must never take the worker down with it
                 logger.exception("batch job %s failed", job_id)
-                await run_in_threadpool(self._store.set_status, job_id, "failed", _public(e))
+                await run_in(self._pool, self._store.set_status, job_id, "failed", _public(e))
 
     async def _run_job(self, job_id: str) -> None:
         """Work through the pending items as a pipeline of three stages.
 
         While batch n is encoded, batch n+1 is read and decoded and batch n-1 is written (its
         fsyncs are I/O waits the model need not sit through). A batch is recorded as done only
-        once its items are durably stored.
+        once its items are durably stored. Each batch holds its collection's generation from
+        reading to storing, so a switch of model waits for it and never splits it.
         """
-        await run_in_threadpool(self._store.set_status, job_id, "running")
-        batch = await run_in_threadpool(self._store.pending, job_id, self._batch_size)
-        loading = asyncio.ensure_future(self._load(batch))
+        view = await self.get(job_id)
+        collection = self._collections.get(view.collection)
+        await run_in(self._pool, self._store.set_status, job_id, "running")
+        batch = await run_in(self._pool, self._store.pending, job_id, self._batch_size)
+        loading = asyncio.ensure_future(self._load(collection.pin, batch))
         storing: asyncio.Future[None] | None = None
         try:
             while batch:
-                if self._stopping:
+                if self._stopping or job_id in self._cancelled:
                     break
                 loaded = await loading
-                following = await run_in_threadpool(
-                    self._store.pending, job_id, self._batch_size, batch[-1].position
+                following = await run_in(
+                    self._pool, self._store.pending, job_id, self._batch_size, batch[-1].position
                 )
-                loading = asyncio.ensure_future(self._load(following))
-                encoded = await self._encode(batch, loaded)
+                loading = asyncio.ensure_future(self._load(collection.pin, following))
+                try:
+                    encoded = await self._encode(batch, loaded)
+                except BaseException:
+                    await loaded.pin.release()
+                    raise
                 if storing is not None:
                     await storing
-                storing = asyncio.ensure_future(self._store_batch(job_id, encoded))
+                storing = asyncio.ensure_future(self._store_batch(job_id, encoded, loaded.pin))
                 batch = following
             if storing is not None:
                 await storing
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loading
+            await _drop_loading(loading)
             if storing is not None and not storing.done():
                 with contextlib.suppress(Exception):
                     await storing  # a write under way completes and is recorded
-        if batch and self._stopping:
-            await run_in_threadpool(self._store.set_status, job_id, "interrupted")
+        if job_id in self._cancelled:
+            self._cancelled.discard(job_id)
+            await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
             return
-        await run_in_threadpool(self._store.set_status, job_id, "done")
-        await run_in_threadpool(shutil.rmtree, self._staging_dir / job_id, True)
+        if batch and self._stopping:
+            await run_in(self._pool, self._store.set_status, job_id, "interrupted")
+            return
+        await run_in(self._pool, self._store.set_status, job_id, "done")
+        await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
 
-    async def _load(self, batch: Sequence[JobItem]) -> _LoadedBatch:
+    async def _load(
+        self, pin_collection: Callable[..., Awaitable[Pin]], batch: Sequence[JobItem]
+    ) -> _LoadedBatch:
         """Read, decode and prepare the images of a batch; failures are kept by position."""
-        loaded = _LoadedBatch()
-        sources: list[JobItem] = []
-        blobs: list[bytes] = []
-        for item in (i for i in batch if i.kind == "image"):
-            try:
-                blobs.append(await run_in_threadpool(self._read_source, item))
-                sources.append(item)
-            except InvalidInputError as e:
-                loaded.failed[item.position] = str(e)
-        prepared = await self._items.encoding.prepare_many(blobs)
+        pin = await pin_collection(write=True, model=True)
+        try:
+            loaded = _LoadedBatch(pin)
+            sources: list[JobItem] = []
+            blobs: list[bytes] = []
+            for item in (i for i in batch if i.kind == "image"):
+                try:
+                    blobs.append(await run_in(self._pool, self._read_source, item))
+                    sources.append(item)
+                except InvalidInputError as e:
+                    loaded.failed[item.position] = str(e)
+            prepared = await pin.items.encoding.prepare_many(blobs)
+        except BaseException:
+            await pin.release()
+            raise
         loaded.images = [
             (ImageInput(data, item.item_id, item.metadata), result)
             for item, data, result in zip(sources, blobs, prepared, strict=True)
@@ -263,15 +305,16 @@ class JobRunner:
         return loaded
 
     async def _encode(self, batch: Sequence[JobItem], loaded: _LoadedBatch) -> _EncodedBatch:
+        items = loaded.pin.items
         encoded = _EncodedBatch(failed=dict(loaded.failed))
         texts = [item for item in batch if item.kind == "text"]
         if texts:
-            encoded.items += await self._items.encode_texts(
+            encoded.items += await items.encode_texts(
                 [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts],
                 background=True,
             )
         if loaded.images:
-            images, decode_failures = await self._items.encode_images(
+            images, decode_failures = await items.encode_images(
                 [inp for inp, _ in loaded.images],
                 [prepared for _, prepared in loaded.images],
                 background=True,
@@ -282,9 +325,12 @@ class JobRunner:
         encoded.done = [item.position for item in batch if item.position not in encoded.failed]
         return encoded
 
-    async def _store_batch(self, job_id: str, encoded: _EncodedBatch) -> None:
-        await self._items.store_items(encoded.items)
-        await run_in_threadpool(self._store.record_results, job_id, encoded.done, encoded.failed)
+    async def _store_batch(self, job_id: str, encoded: _EncodedBatch, pin: Pin) -> None:
+        try:
+            await pin.items.store_items(encoded.items)
+        finally:
+            await pin.release()
+        await run_in(self._pool, self._store.record_results, job_id, encoded.done, encoded.failed)
 
     def _read_source(self, item: JobItem) -> bytes:
         """An item's image bytes; any problem with the file is that item's error, not the job's."""
@@ -299,6 +345,16 @@ class JobRunner:
         if os.path.isabs(source):  # recorded by an older release as a resolved absolute path
             source = os.path.relpath(source, self._import_root.resolve())
         return read_import_file(self._import_root, source, self._max_file_bytes)
+
+
+async def _drop_loading(loading: asyncio.Future[_LoadedBatch]) -> None:
+    """Stop a batch being loaded ahead and let go of the generation it holds."""
+    loading.cancel()
+    try:
+        loaded = await loading
+    except (asyncio.CancelledError, Exception):
+        return
+    await loaded.pin.release()
 
 
 def _staged_item(blob: StagedBlob, common: dict[str, Any]) -> JobItem:

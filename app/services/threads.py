@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
 from index import use_search_threads
@@ -62,3 +63,34 @@ def single_core_pool(workers: int, name: str, niceness: int = 0) -> ThreadPoolEx
 async def run_in(pool: Executor, fn: Callable[..., T], *args: object) -> T:
     """Await `fn(*args)` run in `pool`."""
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+LARGE_DECODE_NICENESS = 10  # below the model's threads when both want a core
+
+
+@dataclass(frozen=True)
+class Pools:
+    """The process's named thread pools; every blocking call leaves the event loop via `run_in`.
+
+    inference: the one thread that loads and runs every model (all cores).
+    decode: image decoding and preprocessing. large_decode: one image too large to wait for.
+    store: records, FAISS searches, job bookkeeping and other file work (one core each).
+    """
+
+    inference: ThreadPoolExecutor
+    decode: ThreadPoolExecutor
+    large_decode: ThreadPoolExecutor
+    store: ThreadPoolExecutor
+
+    @classmethod
+    def create(cls, decode_workers: int, store_workers: int | None = None) -> Pools:
+        return cls(
+            inference=inference_pool(),
+            decode=single_core_pool(decode_workers, "xmr-decode"),
+            large_decode=single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS),
+            store=single_core_pool(store_workers or decode_workers, "xmr-store"),
+        )
+
+    def shutdown(self) -> None:
+        for pool in (self.inference, self.decode, self.large_decode, self.store):
+            pool.shutdown(wait=True, cancel_futures=True)

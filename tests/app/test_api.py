@@ -448,7 +448,7 @@ def test_disk_full_is_a_507_with_a_clear_message(
 
 def test_sqlite_itself_out_of_space_is_a_507_and_changes_nothing(client: TestClient) -> None:
     index_texts(client, {"text": "before", "id": "before"})
-    store = client.app.state.services.store  # type: ignore[attr-defined]
+    store = client.app.state.services.collections.get("default").store  # type: ignore[attr-defined]
     if store.options.backend != "faiss":
         pytest.skip("the same records; the vector backend does not matter here")
     conn = store._records._conn

@@ -49,12 +49,15 @@ def test_metrics_count_requests_batches_and_index_sizes(client: TestClient) -> N
     assert metric_value(text, "xmr_encode_batch_size_sum", modality="image") == 2
     assert metric_value(text, "xmr_encode_batch_size_sum", modality="text") == 3 + 3
     assert metric_value(text, "xmr_encode_batch_duration_seconds_count", modality="text") >= 2
-    assert metric_value(text, "xmr_encode_queue_depth", modality="text") == 0
-    assert metric_value(text, "xmr_index_vectors", kind="image", structure="Flat") == 2
-    assert metric_value(text, "xmr_index_vectors", kind="text", structure="Flat") == 3
-    model = {"device": "cpu", "model_id": f"{TINY_MODEL}/random-init", "precision": "fp32"}
+    model_id = f"{TINY_MODEL}/random-init"
+    assert metric_value(text, "xmr_encode_queue_depth", model_id=model_id, modality="text") == 0
+    default = {"collection": "default"}
+    assert metric_value(text, "xmr_collection_info", **default, model_id=model_id) == 1
+    assert metric_value(text, "xmr_index_vectors", **default, kind="image", structure="Flat") == 2
+    assert metric_value(text, "xmr_index_vectors", **default, kind="text", structure="Flat") == 3
+    model = {"device": "cpu", "model_id": model_id, "precision": "fp32"}
     assert metric_value(text, "xmr_model_info", **model, runtime="openvino") == 1
-    assert metric_value(text, "xmr_index_building", kind="text") == 0
+    assert metric_value(text, "xmr_index_building", **default, kind="text") == 0
 
 
 def test_request_ids_are_echoed_or_made_up(client: TestClient) -> None:

@@ -556,7 +556,7 @@ def test_the_snapshot_loop_survives_any_error(
 ) -> None:
     frequent = settings.model_copy(update={"snapshot_interval_s": 0.05})
     with TestClient(create_app(frequent, encoder=tiny_encoder)) as client:
-        store = client.app.state.services.store  # type: ignore[attr-defined]
+        store = client.app.state.services.collections.get("default").store  # type: ignore[attr-defined]
         calls: list[float] = []
         real_snapshot = store.snapshot
 

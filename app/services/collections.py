@@ -1,0 +1,227 @@
+"""Collections: each a store of items made by one model, with its own generations.
+
+A request uses a collection through `use()` (or `pin()` for work spanning several awaits), which
+hands it one generation's store and, if asked, that generation's model: the query vector and
+the vectors it is compared with always come from the same model. A re-embedding switches a
+collection to its next generation with `switch_to`: new writes wait a moment, the writes in
+flight finish, the caller carries the last of them over, the pointer file is replaced, and the
+old generation is closed once the requests still reading it are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+from app.services.errors import CollectionNotFoundError, CollectionStateError
+from app.services.items import ItemService
+from app.services.models import LoadedModel, ModelPool
+from app.services.search import SearchService
+from app.services.threads import Pools, run_in
+from index import IndexOptions, ItemStore
+from index.layout import (
+    DEFAULT_COLLECTION,
+    CollectionFolder,
+    CollectionState,
+    Generation,
+)
+
+logger = logging.getLogger(__name__)
+OLD_READERS_GRACE_S = 60.0  # a search still reading the old generation after this is cut off
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits every collection's services apply (from Settings)."""
+
+    max_k: int
+    max_metadata_bytes: int
+    max_response_bytes: int
+
+
+@dataclass
+class Pin:
+    """One generation of a collection held for a request: its store and maybe its model."""
+
+    collection: Collection
+    generation: Generation
+    store: ItemStore
+    model: LoadedModel | None
+    write: bool
+    released: bool = False
+
+    @property
+    def items(self) -> ItemService:
+        return ItemService(
+            self.store,
+            self.model.encoding if self.model else None,
+            self.collection.pools.store,
+            self.collection.limits.max_metadata_bytes,
+        )
+
+    @property
+    def search(self) -> SearchService:
+        if self.model is None:
+            raise RuntimeError("searching needs the pin to hold the model")
+        limits = self.collection.limits
+        return SearchService(
+            self.store,
+            self.model.encoding,
+            limits.max_k,
+            self.collection.pools.store,
+            max_response_bytes=limits.max_response_bytes,
+        )
+
+    async def release(self) -> None:
+        if not self.released:
+            self.released = True
+            await self.collection.unpin(self)
+
+
+class Collection:
+    """One collection: its description, the store that serves it and who is using which."""
+
+    def __init__(
+        self,
+        folder: CollectionFolder,
+        state: CollectionState,
+        store: ItemStore,
+        models: ModelPool,
+        pools: Pools,
+        limits: Limits,
+    ) -> None:
+        self.folder = folder
+        self.state = state
+        self.store = store
+        self.models = models
+        self.pools = pools
+        self.limits = limits
+        self._changed = asyncio.Condition()
+        self._writers = 0
+        self._readers: dict[int, int] = {}  # id(store) -> requests using it
+        self._switching = False
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    async def pin(self, *, write: bool = False, model: bool = False) -> Pin:
+        """Hold the serving generation (and its model); `write` waits out a switch under way."""
+        async with self._changed:
+            while write and self._switching:
+                await self._changed.wait()
+            if self.closed:
+                raise CollectionNotFoundError(self.name)
+            pin = Pin(self, self.state.current, self.store, None, write)
+            self._writers += int(write)
+            self._readers[id(pin.store)] = self._readers.get(id(pin.store), 0) + 1
+        if model:
+            try:
+                pin.model = await self.models.acquire(pin.generation.spec)
+                self._check_model(pin)
+            except BaseException:
+                await pin.release()
+                raise
+        return pin
+
+    def _check_model(self, pin: Pin) -> None:
+        assert pin.model is not None
+        if pin.model.encoder.model_id != pin.generation.model_id:
+            raise CollectionStateError(
+                f"collection {self.name} holds vectors of {pin.generation.model_id}, but its "
+                f"model now loads as {pin.model.encoder.model_id}: re-embed it"
+            )
+
+    async def unpin(self, pin: Pin) -> None:
+        if pin.model is not None:
+            self.models.release(pin.model)
+        async with self._changed:
+            self._writers -= int(pin.write)
+            self._readers[id(pin.store)] -= 1
+            self._changed.notify_all()
+
+    @asynccontextmanager
+    async def use(self, *, write: bool = False, model: bool = False) -> AsyncIterator[Pin]:
+        pin = await self.pin(write=write, model=model)
+        try:
+            yield pin
+        finally:
+            await pin.release()
+
+    async def switch_to(
+        self,
+        state: CollectionState,
+        store: ItemStore,
+        carry_last_writes: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Make `store` (described by `state`) serve, with no write lost and no search mixed.
+
+        New writes wait; once the writes in flight are done, `carry_last_writes` brings the new
+        store level with the old, `state` is committed, and the old store is retired.
+        """
+        async with self._changed:
+            self._switching = True
+            await self._changed.wait_for(lambda: self._writers == 0)
+        old_store, old_generation = self.store, self.state.current
+        committed = False
+        try:
+            await carry_last_writes()
+            await run_in(self.pools.store, store.snapshot)
+            await run_in(self.pools.store, self.folder.write, state)
+            committed = True
+        finally:
+            async with self._changed:
+                self._switching = False
+                if committed:
+                    self.store, self.state = store, state
+                self._changed.notify_all()
+        await self._retire(old_store, old_generation)
+
+    async def _retire(self, store: ItemStore, generation: Generation) -> None:
+        try:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._readers.get(id(store), 0) == 0),
+                    OLD_READERS_GRACE_S,
+                )
+        except TimeoutError:
+            logger.warning("closing %s's old generation under running searches", self.name)
+        self._readers.pop(id(store), None)
+        await run_in(self.pools.store, store.close)
+        await run_in(self.pools.store, self.folder.remove, generation)
+        logger.info("collection %s: generation %r removed", self.name, generation.dir or "(root)")
+
+    async def set_state(self, state: CollectionState) -> None:
+        """Commit a description that keeps the serving generation (a re-embedding starts/ends)."""
+        if state.current != self.state.current:
+            raise ValueError("set_state cannot change the serving generation")
+        await run_in(self.pools.store, self.folder.write, state)
+        self.state = state
+
+    def close(self) -> None:
+        self.closed = True
+        self.store.close()
+
+
+def default_first(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda n: (n != DEFAULT_COLLECTION, n))
+
+
+def without_next(state: CollectionState) -> CollectionState:
+    return replace(state, next=None, reindex_job=None)
+
+
+def open_store(
+    folder: CollectionFolder, generation: Generation, options: IndexOptions
+) -> ItemStore:
+    """The ItemStore of one generation (Milvus names it by collection and generation)."""
+    namespace = "" if folder.name == DEFAULT_COLLECTION and not generation.dir else (
+        f"{folder.name}/{generation.dir}"
+    )
+    return ItemStore(
+        folder.path(generation), generation.model_id, generation.dim, options, namespace
+    )

@@ -1,0 +1,120 @@
+"""The loaded models: one per distinct (model, weights, precision), shared by the collections.
+
+At most `max_models` are loaded. A request takes a model for its duration (`acquire` ...
+`release`); when another model is needed and none is free to load it, the least recently used
+idle one is unloaded. If every loaded model is in use, the request is refused with
+ModelsBusyError (503, retry) rather than made to wait for a model that may never be free.
+
+Every model runs on the one inference thread (see app.services.threads) with its own
+EncodingService and batchers; loading happens on that thread too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from app.services.encoding import EncodingService
+from app.services.errors import ModelsBusyError
+from app.services.threads import Pools, run_in
+from index.layout import ModelSpec
+from models import Encoder
+from models.memory import release_free_memory
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[[ModelSpec], Encoder]
+EncodingFactory = Callable[[Encoder], EncodingService]
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    encoder: Encoder
+    encoding: EncodingService
+    users: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class ModelPool:
+    """Loads, shares and unloads models; bounded by `max_models`."""
+
+    def __init__(
+        self,
+        loader: ModelLoader,
+        encoding_for: EncodingFactory,
+        pools: Pools,
+        max_models: int,
+    ) -> None:
+        self._loader = loader
+        self._encoding_for = encoding_for
+        self._pools = pools
+        self.max_models = max_models
+        self._loaded: dict[ModelSpec, LoadedModel] = {}
+        self._loading = asyncio.Lock()  # one load at a time; loads are long and memory-heavy
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._loaded.values())
+
+    def peek(self, spec: ModelSpec) -> LoadedModel | None:
+        """The model if it is loaded now, without taking it."""
+        return self._loaded.get(spec)
+
+    @asynccontextmanager
+    async def use(self, spec: ModelSpec) -> AsyncIterator[LoadedModel]:
+        model = await self.acquire(spec)
+        try:
+            yield model
+        finally:
+            self.release(model)
+
+    async def acquire(self, spec: ModelSpec) -> LoadedModel:
+        """The model for `spec`, loaded if needed; the caller must `release` it."""
+        model = self._loaded.get(spec)
+        if model is None:
+            async with self._loading:
+                model = self._loaded.get(spec)
+                if model is None:
+                    model = await self._load(spec)
+        model.users += 1
+        model.last_used = time.monotonic()
+        return model
+
+    def release(self, model: LoadedModel) -> None:
+        model.users -= 1
+        model.last_used = time.monotonic()
+
+    async def _load(self, spec: ModelSpec) -> LoadedModel:
+        while len(self._loaded) >= self.max_models:
+            idle = [m for m in self._loaded.values() if m.users == 0]
+            if not idle:
+                raise ModelsBusyError(
+                    f"all {self.max_models} loaded models are in use (XMR_MAX_MODELS); "
+                    "retry shortly"
+                )
+            await self._unload(min(idle, key=lambda m: m.last_used))
+        encoder = await run_in(self._pools.inference, self._loader, spec)
+        model = LoadedModel(spec, encoder, self._encoding_for(encoder))
+        model.encoding.start()
+        self._loaded[spec] = model
+        logger.info("model %s is loaded (%d of at most %d)", encoder.model_id,
+                    len(self._loaded), self.max_models)
+        return model
+
+    async def _unload(self, model: LoadedModel) -> None:
+        del self._loaded[model.spec]
+        await model.encoding.stop()
+        model.encoding.close()
+        logger.info("unloaded model %s, idle the longest", model.encoder.model_id)
+        del model
+        await run_in(self._pools.inference, release_free_memory)
+
+    async def close(self) -> None:
+        for model in list(self._loaded.values()):
+            await model.encoding.stop()
+            model.encoding.close()
+        self._loaded.clear()

@@ -1,0 +1,197 @@
+"""The collections of one data directory: opened at start-up, created and deleted through the API.
+
+`default` is the data directory's own collection and follows the settings' model: started with
+another model than the one its vectors were made with, it keeps serving them with that model and
+re-embeds to the configured one in the background (app.services.reindex).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from app.services.collections import Collection, Limits, default_first, open_store
+from app.services.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    CollectionStateError,
+    InvalidInputError,
+)
+from app.services.models import ModelPool
+from app.services.reindex import Reindexer
+from app.services.threads import Pools, run_in
+from index import IndexOptions, ItemStore, ModelMismatchError
+from index.layout import (
+    COLLECTION_NAME,
+    DEFAULT_COLLECTION,
+    CollectionFolder,
+    CollectionState,
+    Generation,
+    ModelSpec,
+    collection_names,
+    is_collection_name,
+    new_state,
+)
+from index.records import RecordStore
+
+logger = logging.getLogger(__name__)
+
+
+class CollectionRegistry:
+    def __init__(
+        self,
+        data_dir: Path,
+        options: IndexOptions,
+        models: ModelPool,
+        pools: Pools,
+        limits: Limits,
+        reindexer: Reindexer,
+    ) -> None:
+        self.data_dir = data_dir
+        self.options = options
+        self.models = models
+        self.pools = pools
+        self.limits = limits
+        self.reindexer = reindexer
+        self._collections: dict[str, Collection] = {}
+        self._changing = asyncio.Lock()  # creations and deletions, one at a time
+
+    # -- start-up -------------------------------------------------------------------------
+    async def open_all(self, default_spec: ModelSpec) -> None:
+        """Open `default` (made or adopted with `default_spec`) and every other collection."""
+        await self._open_default(default_spec)
+        for name in await run_in(self.pools.store, collection_names, self.data_dir):
+            folder = CollectionFolder(self.data_dir, name)
+            state = await run_in(self.pools.store, folder.read)
+            if state is None:
+                continue
+            self._collections[name] = await self._open(folder, state)
+        for collection in self._collections.values():
+            job = self.reindexer.resume(collection)
+            if job is not None:
+                logger.info("collection %s: re-embedding resumed (job %s)", collection.name, job)
+
+    async def _open_default(self, spec: ModelSpec) -> None:
+        folder = CollectionFolder(self.data_dir, DEFAULT_COLLECTION)
+        await run_in(self.pools.store, folder.root.mkdir, 0o777, True, True)
+        state = await run_in(self.pools.store, folder.read)
+        if state is None:
+            state = await self._adopt_default(folder, spec)
+        collection = await self._open(folder, state)
+        self._collections[DEFAULT_COLLECTION] = collection
+        await self._check_weights(collection)
+        await self._follow_settings(collection, spec)
+
+    async def _check_weights(self, collection: Collection) -> None:
+        """Load the serving model now; refuse weights that changed under the same name."""
+        current = collection.state.current
+        async with self.models.use(current.spec) as model:
+            loaded_id = model.encoder.model_id
+        if loaded_id != current.model_id:
+            collection.close()
+            raise ModelMismatchError(
+                f"the data in {collection.folder.root} was indexed with {current.model_id}, "
+                f"but {current.spec.model} now loads as {loaded_id}: the weights changed under "
+                "the same name. Restore them, or point XMR_DATA_DIR at a new directory"
+            )
+
+    async def _adopt_default(self, folder: CollectionFolder, spec: ModelSpec) -> CollectionState:
+        """The description of a data directory without one: new, or written before collections."""
+        async with self.models.use(spec) as model:
+            model_id, dim = model.encoder.model_id, model.encoder.dim
+        stored = await run_in(self.pools.store, _stored_model, folder.root)
+        made_by = spec
+        if stored is not None and stored != (model_id, dim):
+            # vectors of another model: serve them with it (as named in the records)
+            model_id, dim = stored
+            name, _, pretrained = model_id.partition("/")
+            made_by = ModelSpec(name, pretrained, spec.precision)
+        state = new_state(DEFAULT_COLLECTION, Generation("", made_by, model_id, dim))
+        await run_in(self.pools.store, folder.write, state)
+        return state
+
+    async def _follow_settings(self, collection: Collection, spec: ModelSpec) -> None:
+        """Re-embed `default` to the configured model if it serves another one."""
+        state = collection.state
+        if state.current.spec == spec or (state.next is not None and state.next.spec == spec):
+            return
+        if state.next is not None and state.reindex_job is not None:
+            # configured to yet another model: the half-made generation is of no use now
+            await self.reindexer.abandon(collection)
+        logger.warning(
+            "the default collection holds vectors of %s; XMR_MODEL/XMR_PRETRAINED now ask for "
+            "%s %s: serving the existing vectors and re-embedding in the background",
+            state.current.model_id,
+            spec.model,
+            spec.pretrained or "(default weights)",
+        )
+        await self.reindexer.start(collection, spec, by_settings=True)
+
+    async def _open(self, folder: CollectionFolder, state: CollectionState) -> Collection:
+        removed = await run_in(self.pools.store, folder.remove_strays, state)
+        if removed:
+            logger.info("collection %s: removed leftover generations %s", state.name, removed)
+        store: ItemStore = await run_in(
+            self.pools.store, open_store, folder, state.current, self.options
+        )
+        return Collection(folder, state, store, self.models, self.pools, self.limits)
+
+    # -- the API --------------------------------------------------------------------------
+    def get(self, name: str) -> Collection:
+        collection = self._collections.get(name)
+        if collection is None or collection.closed:
+            raise CollectionNotFoundError(name)
+        return collection
+
+    def all(self) -> list[Collection]:
+        return [self._collections[n] for n in default_first(list(self._collections))]
+
+    async def create(self, name: str, spec: ModelSpec) -> Collection:
+        """A new empty collection; its model is loaded to learn (and check) it."""
+        if not is_collection_name(name):
+            raise InvalidInputError(
+                f"a collection name must match {COLLECTION_NAME.pattern} "
+                "(lowercase letters, digits, _ and -; at most 63 characters)"
+            )
+        async with self._changing:
+            if name in self._collections:
+                raise CollectionExistsError(name)
+            async with self.models.use(spec) as model:
+                generation = Generation("", spec, model.encoder.model_id, model.encoder.dim)
+            folder = CollectionFolder(self.data_dir, name)
+            state = new_state(name, generation)
+            await run_in(self.pools.store, folder.write, state)
+            collection = await self._open(folder, state)
+            self._collections[name] = collection
+            logger.info("collection %s created with %s", name, generation.model_id)
+            return collection
+
+    async def delete(self, name: str) -> None:
+        """Remove a collection with everything in it; its re-embedding is stopped first."""
+        if name == DEFAULT_COLLECTION:
+            raise CollectionStateError("the default collection cannot be deleted")
+        async with self._changing:
+            collection = self.get(name)
+            if collection.state.reindex_job is not None:
+                await self.reindexer.cancel(collection.state.reindex_job)
+            collection.closed = True
+            await run_in(self.pools.store, collection.close)
+            await run_in(self.pools.store, collection.folder.delete)
+            del self._collections[name]
+            logger.info("collection %s deleted", name)
+
+    def close(self) -> None:
+        for collection in self._collections.values():
+            collection.close()
+
+
+def _stored_model(folder: Path) -> tuple[str, int] | None:
+    path = folder / "records.sqlite3"
+    if not path.exists():
+        return None
+    records = RecordStore(path)
+    try:
+        return records.stored_model()
+    finally:
+        records.close()

@@ -1,0 +1,263 @@
+"""Re-embedding a collection with another model, in the background, without downtime.
+
+Every item of the serving generation is embedded again (images from their stored bytes, texts
+from their records) into the collection's next generation, in write order, with a cursor saved
+after each batch: a restart resumes at the cursor. Writes made meanwhile land in the serving
+generation and are picked up by the cursor (a replaced item is written anew, so it comes after
+it); deletions are carried over at the switch. When the cursor has caught up, the collection
+switches (Collection.switch_to). A failure or a cancel removes the next generation and leaves
+the collection as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import Executor
+from dataclasses import replace
+
+import numpy as np
+
+from app.services.collections import Collection, open_store, without_next
+from app.services.errors import CollectionStateError, InvalidInputError, JobStateError
+from app.services.items import image_content_type, new_item_id
+from app.services.job_store import JobStore
+from app.services.models import LoadedModel
+from app.services.threads import run_in
+from index import ItemStore, NewItem, Record, StorageError
+from index.layout import (
+    DEFAULT_COLLECTION,
+    Generation,
+    ModelSpec,
+    ReindexCursor,
+    read_cursor,
+    with_identity,
+    write_cursor,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ReindexFailed(Exception):
+    """An item could not be embedded again; the message names it."""
+
+
+class Reindexer:
+    """Starts, runs, resumes and cancels the re-embeddings of every collection."""
+
+    def __init__(self, job_store: JobStore, batch_size: int) -> None:
+        self._job_store = job_store
+        self._batch_size = batch_size
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # job id -> its task
+        self._cancelled: set[str] = set()
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._tasks
+
+    async def start(self, collection: Collection, spec: ModelSpec, by_settings: bool = False) -> str:
+        """Begin switching `collection` to `spec`; the job's id. One re-embedding at a time."""
+        if collection.name == DEFAULT_COLLECTION and not by_settings:
+            raise CollectionStateError(
+                "the default collection follows XMR_MODEL and XMR_PRETRAINED: change those and "
+                "restart to re-embed it"
+            )
+        if collection.state.next is not None:
+            raise JobStateError(
+                f"collection {collection.name} is being re-embedded already "
+                f"(job {collection.state.reindex_job})"
+            )
+        job_id = new_item_id()
+        generation = collection.folder.new_generation(collection.state, spec)
+        params = {"model": spec.model, "pretrained": spec.pretrained, "precision": spec.precision}
+        await run_in(
+            collection.pools.store,
+            lambda: self._job_store.create(job_id, [], collection.name, "reindex", params),
+        )
+        await collection.set_state(replace(collection.state, next=generation, reindex_job=job_id))
+        self._launch(collection, job_id)
+        return job_id
+
+    def resume(self, collection: Collection) -> str | None:
+        """At start-up: carry on with a re-embedding the last process left unfinished."""
+        job_id = collection.state.reindex_job
+        if collection.state.next is None or job_id is None or job_id in self._tasks:
+            return None
+        if self._job_store.get(job_id) is None:
+            params = vars(collection.state.next.spec)
+            self._job_store.create(job_id, [], collection.name, "reindex", dict(params))
+        self._launch(collection, job_id)
+        return job_id
+
+    def _launch(self, collection: Collection, job_id: str) -> None:
+        task = asyncio.create_task(self._run(collection, job_id), name=f"xmr-reindex-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a re-embedding and drop its generation; False if no such job is running."""
+        task = self._tasks.get(job_id)
+        if task is None:
+            return False
+        self._cancelled.add(job_id)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return True
+
+    async def abandon(self, collection: Collection) -> None:
+        """Give up the collection's re-embedding, running or left by the last process."""
+        job_id = collection.state.reindex_job
+        if job_id is not None and await self.cancel(job_id):
+            return
+        await self._abandon(collection, None)
+        if job_id is not None and self._job_store.get(job_id) is not None:
+            await run_in(collection.pools.store, self._job_store.set_status, job_id, "cancelled")
+
+    async def stop(self) -> None:
+        """Shutting down: stop every re-embedding where it is; each resumes at the next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- the work -------------------------------------------------------------------------
+    async def _run(self, collection: Collection, job_id: str) -> None:
+        store_pool = collection.pools.store
+        await run_in(store_pool, self._job_store.set_status, job_id, "running")
+        new_store: ItemStore | None = None
+        try:
+            async with collection.models.use(_next(collection).spec) as model:
+                new_store = await self._open_next(collection, model)
+                await self._catch_up(collection, job_id, model, new_store)
+                final = replace(
+                    collection.state, current=_next(collection), next=None, reindex_job=None
+                )
+                await collection.switch_to(
+                    final,
+                    new_store,
+                    lambda: self._finish(collection, job_id, model, new_store),
+                )
+                new_store = None  # it serves now
+            await run_in(store_pool, self._job_store.set_status, job_id, "done")
+            logger.info("collection %s now serves %s", collection.name, final.current.model_id)
+        except asyncio.CancelledError:
+            if job_id in self._cancelled:
+                self._cancelled.discard(job_id)
+                await self._abandon(collection, new_store)
+                await run_in(store_pool, self._job_store.set_status, job_id, "cancelled")
+            elif new_store is not None:  # shutting down: resume at the next start
+                await run_in(store_pool, new_store.close)
+            raise
+        except Exception as e:
+            logger.exception("re-embedding collection %s failed", collection.name)
+            await self._abandon(collection, new_store)
+            await run_in(store_pool, self._job_store.set_status, job_id, "failed", _public(e))
+
+    async def _open_next(self, collection: Collection, model: LoadedModel) -> ItemStore:
+        generation = with_identity(_next(collection), model.encoder.model_id, model.encoder.dim)
+        if generation != collection.state.next:
+            await collection.set_state(replace(collection.state, next=generation))
+        options = collection.store.options
+        return await run_in(
+            collection.pools.store, open_store, collection.folder, generation, options
+        )
+
+    async def _catch_up(
+        self,
+        collection: Collection,
+        job_id: str,
+        model: LoadedModel,
+        new_store: ItemStore,
+    ) -> None:
+        """Embed the serving generation's records past the cursor, until none are left."""
+        pool = collection.pools.store
+        folder = collection.folder.path(_next(collection))
+        cursor = await run_in(pool, read_cursor, folder)
+        while True:
+            old = collection.store
+            records = await run_in(pool, old.records_after, cursor.label, self._batch_size)
+            if not records:
+                return
+            items = await self._embed(old, model, records, pool)
+            await run_in(pool, new_store.upsert, items)
+            cursor = ReindexCursor(records[-1].label, cursor.done + len(records))
+            await run_in(pool, write_cursor, folder, cursor)
+            left = await run_in(pool, old.count_after, cursor.label)
+            await run_in(pool, self._job_store.set_progress, job_id, cursor.done + left, cursor.done)
+
+    async def _finish(
+        self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore
+    ) -> None:
+        """With writes held: the last writes and every deletion carried into the new store."""
+        await self._catch_up(collection, job_id, model, new_store)
+        pool = collection.pools.store
+        old_ids = await run_in(pool, collection.store.all_ids)
+        new_ids = await run_in(pool, new_store.all_ids)
+        for item_id in new_ids - old_ids:
+            await run_in(pool, new_store.delete, item_id)
+
+    async def _embed(
+        self, old: ItemStore, model: LoadedModel, records: list[Record], pool: Executor
+    ) -> list[NewItem]:
+        """The records as items of the new generation: same ids, contents and metadata."""
+        encoding = model.encoding
+        texts = [r for r in records if r.kind == "text"]
+        images = [r for r in records if r.kind == "image"]
+        vectors: dict[str, np.ndarray] = {}
+        if texts:
+            encoded = await encoding.encode_texts([r.text or "" for r in texts], background=True)
+            vectors.update({r.id: v for r, v in zip(texts, encoded, strict=True)})
+        blobs: dict[str, bytes] = {}
+        if images:
+            data = [await run_in(pool, old.read_content, r) for r in images]
+            blobs = {r.id: d for r, d in zip(images, data, strict=True)}
+            prepared = await encoding.prepare_many(data)
+            for record, result in zip(images, prepared, strict=True):
+                if isinstance(result, Exception):
+                    raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
+            encoded = await encoding.encode_prepared(prepared, background=True)
+            vectors.update({r.id: v for r, v in zip(images, encoded, strict=True)})
+        return [
+            NewItem(
+                id=r.id,
+                kind=r.kind,
+                vector=vectors[r.id],
+                metadata=r.metadata,
+                text=r.text,
+                content=blobs.get(r.id),
+                content_type=r.content_type or (
+                    image_content_type(blobs[r.id]) if r.id in blobs else None
+                ),
+                created_at=r.created_at,
+            )
+            for r in records
+        ]
+
+    async def _abandon(self, collection: Collection, new_store: ItemStore | None) -> None:
+        """Drop the next generation: the collection stays exactly as it was."""
+        generation = collection.state.next
+        if new_store is not None:
+            await run_in(collection.pools.store, new_store.close)
+        if generation is not None:
+            await collection.set_state(without_next(collection.state))
+            await run_in(collection.pools.store, collection.folder.remove, generation)
+
+
+def _next(collection: Collection) -> Generation:
+    generation = collection.state.next
+    if generation is None:
+        raise CollectionStateError(f"collection {collection.name} has no re-embedding under way")
+    return generation
+
+
+def _public(error: Exception) -> str:
+    if isinstance(error, StorageError | InvalidInputError | ReindexFailed | CollectionStateError):
+        return str(error)
+    from models import ModelLoadError
+
+    if isinstance(error, ModelLoadError):
+        return str(error)
+    return f"internal error ({type(error).__name__}); see the server log"
