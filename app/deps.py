@@ -55,8 +55,10 @@ CollectionDep = Annotated[Collection, Depends(get_collection)]
 def get_url_base(request: Request) -> str:
     """Where this collection's routes live: item content URLs are built on it."""
     name = collection_name(request)
-    return "/v1" if "collection" not in request.path_params else (
-        f"/v1/collections/{quote(name, safe='')}"
+    return (
+        "/v1"
+        if "collection" not in request.path_params
+        else (f"/v1/collections/{quote(name, safe='')}")
     )
 
 

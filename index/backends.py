@@ -78,9 +78,7 @@ class VectorBackend(Protocol):
         """The structure `index` should be rebuilt into, or None to keep it."""
         ...
 
-    def build(
-        self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
-    ) -> VectorIndex: ...
+    def build(self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorIndex: ...
 
     def serialize(self, index: VectorIndex) -> bytes: ...
 
@@ -209,4 +207,3 @@ def open_backend(
     raise ValueError(
         f"unknown index backend {options.backend!r}; expected one of {', '.join(BACKEND_NAMES)}"
     )
-

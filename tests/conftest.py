@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,18 @@ def settings(tmp_path: Path) -> Settings:
 def client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestClient]:
     with TestClient(create_app(settings, encoder=tiny_encoder)) as test_client:
         yield test_client
+
+
+COLLECTION_ROUTE = re.compile(r"^/v1/(images|texts|batch|search|embed|items)(?=[/?]|$)")
+
+
+class DefaultCollectionClient(TestClient):
+    """A TestClient that sends each `/v1/<data route>` to `/v1/collections/default/<route>`."""
+
+    def request(self, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if isinstance(url, str):
+            url = COLLECTION_ROUTE.sub(r"/v1/collections/default/\1", url)
+        return super().request(method, url, *args, **kwargs)
 
 
 def reference_open_clip(encoder: OpenClipEncoder) -> tuple[Any, Any, Any]:

@@ -117,7 +117,8 @@ class StateCollector(Collector):
             queue.add_metric([model_id, modality], depth)
         yield queue
         collections = GaugeMetricFamily(
-            "xmr_collection_info", "A collection and the model of its vectors",
+            "xmr_collection_info",
+            "A collection and the model of its vectors",
             labels=["collection", "model_id"],
         )
         vectors = GaugeMetricFamily(

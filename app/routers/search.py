@@ -99,6 +99,4 @@ async def search_by_images(
     if len(files) > MAX_QUERIES:
         raise InvalidInputError(f"at most {MAX_QUERIES} query images per request")
     blobs = [await read_upload(f, i) for i, f in enumerate(files)]
-    return _multi_response(
-        await search.by_images(blobs, _scope(k, target, filter, offset)), base
-    )
+    return _multi_response(await search.by_images(blobs, _scope(k, target, filter, offset)), base)

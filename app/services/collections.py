@@ -179,7 +179,8 @@ class Collection:
                 if committed:
                     self.store, self.state = store, state
                 self._changed.notify_all()
-        await self._retire(old_store, old_generation)
+        # the switch is made: retiring the old generation must finish even if the caller stops
+        await asyncio.shield(self._retire(old_store, old_generation))
 
     async def _retire(self, store: ItemStore, generation: Generation) -> None:
         try:
@@ -191,8 +192,12 @@ class Collection:
         except TimeoutError:
             logger.warning("closing %s's old generation under running searches", self.name)
         self._readers.pop(id(store), None)
-        await run_in(self.pools.store, store.close)
-        await run_in(self.pools.store, self.folder.remove, generation)
+        try:
+            await run_in(self.pools.store, store.close)
+            await run_in(self.pools.store, self.folder.remove, generation)
+        except Exception:  # the next start removes what is left (CollectionFolder.remove_strays)
+            logger.exception("collection %s: removing the old generation failed", self.name)
+            return
         logger.info("collection %s: generation %r removed", self.name, generation.dir or "(root)")
 
     async def set_state(self, state: CollectionState) -> None:
@@ -219,8 +224,10 @@ def open_store(
     folder: CollectionFolder, generation: Generation, options: IndexOptions
 ) -> ItemStore:
     """The ItemStore of one generation (Milvus names it by collection and generation)."""
-    namespace = "" if folder.name == DEFAULT_COLLECTION and not generation.dir else (
-        f"{folder.name}/{generation.dir}"
+    namespace = (
+        ""
+        if folder.name == DEFAULT_COLLECTION and not generation.dir
+        else (f"{folder.name}/{generation.dir}")
     )
     return ItemStore(
         folder.path(generation), generation.model_id, generation.dim, options, namespace

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from app.services.batcher import Batcher
-from app.services.threads import LARGE_DECODE_NICENESS, Pools, inference_pool, run_in, single_core_pool
+from app.services.threads import (
+    LARGE_DECODE_NICENESS,
+    Pools,
+    inference_pool,
+    run_in,
+    single_core_pool,
+)
 from models import Encoder, ImageDecodeError, decode_image
 from models.images import DEFAULT_MAX_DECODED_BYTES, read_header
 from models.memory import release_free_memory

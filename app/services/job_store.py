@@ -139,7 +139,14 @@ class JobStore:
             self._conn.execute(
                 "INSERT INTO jobs (id, status, created_at, updated_at, collection, kind, params) "
                 "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, now, now, collection, kind, None if params is None else json.dumps(params)),
+                (
+                    job_id,
+                    now,
+                    now,
+                    collection,
+                    kind,
+                    None if params is None else json.dumps(params),
+                ),
             )
             self._conn.executemany(
                 "INSERT INTO job_items (job_id, position, item_id, kind, text, source, staged, "
@@ -272,7 +279,11 @@ class JobStore:
                 (job_id, MAX_ERRORS_SHOWN),
             ).fetchall()
         if job[6] == "batch":
-            total, done, failed = sum(counts.values()), counts.get("done", 0), counts.get("failed", 0)
+            total, done, failed = (
+                sum(counts.values()),
+                counts.get("done", 0),
+                counts.get("failed", 0),
+            )
         else:
             total, done, failed = int(job[8] or 0), int(job[9] or 0), int(job[10] or 0)
         rate, eta = _rate(job[1], job[11], job[12], done, total)

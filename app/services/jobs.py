@@ -119,9 +119,7 @@ class JobRunner:
         job_id = new_item_id()
         try:
             job_items = await run_in(self._pool, self._prepare, job_id, entries)
-            await run_in(
-                self._pool, lambda: self._store.create(job_id, job_items, collection)
-            )
+            await run_in(self._pool, lambda: self._store.create(job_id, job_items, collection))
         except BaseException:
             await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
             raise

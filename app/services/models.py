@@ -101,8 +101,12 @@ class ModelPool:
         model = LoadedModel(spec, encoder, self._encoding_for(encoder))
         model.encoding.start()
         self._loaded[spec] = model
-        logger.info("model %s is loaded (%d of at most %d)", encoder.model_id,
-                    len(self._loaded), self.max_models)
+        logger.info(
+            "model %s is loaded (%d of at most %d)",
+            encoder.model_id,
+            len(self._loaded),
+            self.max_models,
+        )
         return model
 
     async def _unload(self, model: LoadedModel) -> None:

@@ -55,7 +55,9 @@ class Reindexer:
     def running(self, job_id: str) -> bool:
         return job_id in self._tasks
 
-    async def start(self, collection: Collection, spec: ModelSpec, by_settings: bool = False) -> str:
+    async def start(
+        self, collection: Collection, spec: ModelSpec, by_settings: bool = False
+    ) -> str:
         """Begin switching `collection` to `spec`; the job's id. One re-embedding at a time."""
         if collection.name == DEFAULT_COLLECTION and not by_settings:
             raise CollectionStateError(
@@ -130,31 +132,35 @@ class Reindexer:
         new_store: ItemStore | None = None
         try:
             async with collection.models.use(_next(collection).spec) as model:
-                new_store = await self._open_next(collection, model)
-                await self._catch_up(collection, job_id, model, new_store)
+                opened = new_store = await self._open_next(collection, model)
+                await self._catch_up(collection, job_id, model, opened)
                 final = replace(
                     collection.state, current=_next(collection), next=None, reindex_job=None
                 )
                 await collection.switch_to(
-                    final,
-                    new_store,
-                    lambda: self._finish(collection, job_id, model, new_store),
+                    final, opened, lambda: self._finish(collection, job_id, model, opened)
                 )
-                new_store = None  # it serves now
             await run_in(store_pool, self._job_store.set_status, job_id, "done")
             logger.info("collection %s now serves %s", collection.name, final.current.model_id)
         except asyncio.CancelledError:
-            if job_id in self._cancelled:
-                self._cancelled.discard(job_id)
+            if new_store is not None and collection.store is new_store:
+                pass  # switched already: nothing to undo
+            elif job_id in self._cancelled:
                 await self._abandon(collection, new_store)
                 await run_in(store_pool, self._job_store.set_status, job_id, "cancelled")
             elif new_store is not None:  # shutting down: resume at the next start
                 await run_in(store_pool, new_store.close)
             raise
         except Exception as e:
+            if new_store is not None and collection.store is new_store:
+                logger.exception("collection %s switched, but cleaning up failed", collection.name)
+                await run_in(store_pool, self._job_store.set_status, job_id, "done")
+                return
             logger.exception("re-embedding collection %s failed", collection.name)
             await self._abandon(collection, new_store)
             await run_in(store_pool, self._job_store.set_status, job_id, "failed", _public(e))
+        finally:
+            self._cancelled.discard(job_id)
 
     async def _open_next(self, collection: Collection, model: LoadedModel) -> ItemStore:
         generation = with_identity(_next(collection), model.encoder.model_id, model.encoder.dim)
@@ -186,7 +192,9 @@ class Reindexer:
             cursor = ReindexCursor(records[-1].label, cursor.done + len(records))
             await run_in(pool, write_cursor, folder, cursor)
             left = await run_in(pool, old.count_after, cursor.label)
-            await run_in(pool, self._job_store.set_progress, job_id, cursor.done + left, cursor.done)
+            await run_in(
+                pool, self._job_store.set_progress, job_id, cursor.done + left, cursor.done
+            )
 
     async def _finish(
         self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore
@@ -228,9 +236,8 @@ class Reindexer:
                 metadata=r.metadata,
                 text=r.text,
                 content=blobs.get(r.id),
-                content_type=r.content_type or (
-                    image_content_type(blobs[r.id]) if r.id in blobs else None
-                ),
+                content_type=r.content_type
+                or (image_content_type(blobs[r.id]) if r.id in blobs else None),
                 created_at=r.created_at,
             )
             for r in records

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from models import OpenClipEncoder
 from tests.conftest import (
     BACKENDS,
     TINY_MODEL,
+    DefaultCollectionClient,
     image_bytes,
     png_file,
     reference_open_clip,
@@ -32,6 +34,16 @@ from tests.conftest import (
 def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
     """These API tests run once per vector backend."""
     return with_backend(settings, request.param)
+
+
+@pytest.fixture(params=["/v1", "/v1/collections/default"])
+def client(
+    request: pytest.FixtureRequest, settings: Settings, tiny_encoder: OpenClipEncoder
+) -> Iterator[TestClient]:
+    """...and once through the routes of today, once through the default collection's."""
+    client_type = TestClient if request.param == "/v1" else DefaultCollectionClient
+    with client_type(create_app(settings, encoder=tiny_encoder)) as test_client:
+        yield test_client
 
 
 def index_texts(client: TestClient, *items: dict) -> list[str]:
