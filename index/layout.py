@@ -182,6 +182,36 @@ class CollectionFolder:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def namespace_of(collection: str, generation: Generation) -> str:
+    """Names one generation's vectors in a vector store several collections share (Milvus).
+
+    `default`'s first generation has none: its Milvus collections keep their earlier names.
+    """
+    if collection == DEFAULT_COLLECTION and not generation.dir:
+        return ""
+    return f"{collection}/{generation.dir}"
+
+
+def serving_generation(data_dir: Path, name: str) -> tuple[CollectionFolder, Generation]:
+    """A collection's folder and serving generation, for tools working on a stopped server.
+
+    A data directory without a description yet (new, or from before collections) is
+    `default`'s root generation, with no model named (the caller's settings say it).
+    """
+    folder = CollectionFolder(data_dir, name)
+    state = folder.read()
+    if state is not None:
+        if state.next is not None:
+            raise StorageError(
+                f"collection {name} is being re-embedded (job {state.reindex_job}); "
+                "start the server and let it finish first"
+            )
+        return folder, state.current
+    if name == DEFAULT_COLLECTION:
+        return folder, Generation("", ModelSpec(""), "", 0)
+    raise StorageError(f"{data_dir} holds no collection named {name!r}")
+
+
 def with_identity(generation: Generation, model_id: str, dim: int) -> Generation:
     return replace(generation, model_id=model_id, dim=dim)
 

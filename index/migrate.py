@@ -32,12 +32,19 @@ class MigrationReport:
 
 
 def migrate(
-    data_dir: Path, source: IndexOptions, target: IndexOptions, samples: int = 20
+    data_dir: Path,
+    source: IndexOptions,
+    target: IndexOptions,
+    samples: int = 20,
+    namespace: str = "",
 ) -> MigrationReport:
-    """Fill `target` from the records of `data_dir` and compare it with `source`."""
+    """Fill `target` from the records of `data_dir` and compare it with `source`.
+
+    `data_dir` is one store's folder (a collection's generation); `namespace` names it in Milvus.
+    """
     model_id, dim = _bound_model(data_dir)
     report = MigrationReport()
-    before = ItemStore(data_dir, model_id, dim, source)
+    before = ItemStore(data_dir, model_id, dim, source, namespace)
     try:
         before.wait_for_builds()
         queries = {kind: _sample_vectors(before, kind, dim, samples) for kind in KINDS}
@@ -45,7 +52,7 @@ def migrate(
         counts = before.counts()
     finally:
         before.close()
-    after = ItemStore(data_dir, model_id, dim, target)
+    after = ItemStore(data_dir, model_id, dim, target, namespace)
     try:
         after.wait_for_builds()
         for kind in KINDS:

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +44,10 @@ ServerOption = Annotated[
 ]
 KeyOption = Annotated[
     str | None, typer.Option("--api-key", envvar="XMR_API_KEY", help="the server's API key")
+]
+CollectionOption = Annotated[
+    str | None,
+    typer.Option("--collection", "-c", help="act on this collection (default: default)"),
 ]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
@@ -168,6 +171,7 @@ def index(
     data_dir: Annotated[
         Path | None, typer.Option(help="with --ray: the data directory (XMR_DATA_DIR)")
     ] = None,
+    collection: CollectionOption = None,
     server: ServerOption = DEFAULT_SERVER,
     api_key: KeyOption = None,
 ) -> None:
@@ -180,9 +184,9 @@ def index(
     if not files and captions is None:
         raise CliError("no image files found (use --recursive for subfolders)", 2)
     if ray:
-        index_on_ray(files, captions, data_dir, ray_address, workers, batch_size)
+        ray_index(files, captions, collection, data_dir, ray_address, workers, batch_size)
         return
-    with XmrClient(server, api_key, timeout=600) as client:
+    with XmrClient(server, api_key, timeout=600, collection=collection) as client:
         client.wait_ready(10)
         with progress_bar() as progress:
             hashing = progress.add_task("hashing", total=len(files))
@@ -206,65 +210,30 @@ def index(
         raise CliError(f"{len(failures)} images could not be indexed", 1)
 
 
-def index_on_ray(
+def ray_index(
     files: Sequence[ImageFile],
     captions: Path | None,
+    collection: str | None,
     data_dir: Path | None,
     address: str | None,
     workers: int,
     batch_size: int,
 ) -> None:
     """`xmr index --ray`: Ray Data embeds, this process writes into the data directory."""
-    import ray
+    from index import StorageError
+    from xmr.offline import index_on_ray
 
-    from app.config import Settings
-    from index import ItemStore, NewItem
-    from models import OpenClipEncoder
-    from xmr.distributed import index_with_ray
-
-    settings = Settings()
-    folder = data_dir or settings.data_dir
-    captions_by_name = read_captions(captions) if captions else {}
-    encoder = OpenClipEncoder.load(
-        settings.model,
-        settings.pretrained,
-        "cpu",
-        settings.model_cache_dir,
-        settings.precision,
-        settings.runtime,
-        settings.runtime_cache_dir,
-    )
-    store = ItemStore(folder, encoder.model_id, encoder.dim, settings.index_options())
-    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    texts = caption_items(files, read_captions(captions)) if captions else []
     try:
-        report = index_with_ray(
-            files,
-            store,
-            settings.model,
-            settings.pretrained,
-            workers=workers,
-            device=settings.device,
-            precision=settings.precision,
-            runtime=settings.runtime,
-            batch_size=batch_size,
-            max_pixels=settings.max_image_pixels,
+        report = index_on_ray(
+            files, texts, collection or "default", data_dir, address, workers, batch_size
         )
-        texts = caption_items(files, captions_by_name)
-        for part in chunks(texts, TEXT_CHUNK):
-            vectors = encoder.encode_texts([item["text"] for item in part])
-            store.upsert(
-                [
-                    NewItem(item["id"], "text", vector, item["metadata"], text=item["text"])
-                    for item, vector in zip(part, vectors, strict=True)
-                ]
-            )
-    finally:
-        ray.shutdown()
-        store.close()
+    except StorageError as e:
+        raise CliError(str(e), 2) from e
     out.print(
         f"indexed {report.indexed} images, skipped {report.skipped} already indexed, "
         f"{len(report.failed)} failed"
-        + (f", {len(texts)} captions" if captions else "")
+        + (f", {report.texts} captions" if captions else "")
         + f" ({report.indexed / max(report.seconds, 1e-9):.1f} images/s on Ray)"
     )
     for item_id, reason in report.failed[:20]:
@@ -340,35 +309,42 @@ def migrate(
         str | None, typer.Option(help="Milvus Lite file or http://host:19530 (XMR_MILVUS_URI)")
     ] = None,
     samples: Annotated[int, typer.Option(min=1, help="sample queries per kind to compare")] = 20,
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="only this collection (default: all)")
+    ] = None,
 ) -> None:
-    """Copy the vectors of a data directory into the other backend and verify them.
+    """Copy the vectors of the collections into the other backend and verify them.
 
     Counts must match, and so must the top-10 of sample queries in both backends. Then start
     the server with XMR_INDEX_BACKEND (and XMR_MILVUS_URI) set to the new backend.
     """
     from app.config import Settings
-    from index.migrate import migrate as run_migration
-    from index.migrate import opposite
+    from index import StorageError
+    from xmr.offline import migrate_collections
 
     if to not in ("milvus", "faiss"):
         raise CliError("--to must be milvus or faiss", 2)
-    settings = Settings()
-    folder = data_dir or settings.data_dir
-    if not (folder / "records.sqlite3").exists():
+    folder = data_dir or Settings().data_dir
+    if not (folder / "records.sqlite3").exists() and not (folder / "collections").is_dir():
         raise CliError(f"{folder} is not an xmr data directory", 2)
-    source = replace(settings.index_options(), backend="faiss" if to == "milvus" else "milvus")
-    if milvus_uri:
-        source = replace(source, milvus_uri=milvus_uri)
-    report = run_migration(folder, source, opposite(source, milvus_uri), samples)
-    for kind, (before, after) in report.counts.items():
-        out.print(f"{kind}: {before} vectors in {source.backend}, {after} in {to}")
-    out.print(
-        f"top-{10} of {report.queries} sample queries compared: {len(report.mismatches)} differ"
-    )
-    for line in report.mismatches[:10]:
-        err.print(f"  {line}", markup=False)
-    if not report.ok:
-        raise CliError("the backends disagree; keep using " + source.backend, 1)
+    try:
+        reports = migrate_collections(folder, to, collection, milvus_uri, samples)
+    except StorageError as e:
+        raise CliError(str(e), 2) from e
+    failed = []
+    for name, (source, report) in reports.items():
+        for kind, (before, after) in report.counts.items():
+            out.print(f"{name}: {kind}: {before} vectors in {source}, {after} in {to}")
+        out.print(
+            f"{name}: top-10 of {report.queries} sample queries compared: "
+            f"{len(report.mismatches)} differ"
+        )
+        for line in report.mismatches[:10]:
+            err.print(f"  {line}", markup=False)
+        if not report.ok:
+            failed.append(name)
+    if failed:
+        raise CliError(f"the backends disagree on {', '.join(failed)}; keep the old backend", 1)
     out.print(f"done: start the server with XMR_INDEX_BACKEND={to}")
 
 
@@ -386,6 +362,7 @@ def search(
     ] = None,
     offset: Annotated[int, typer.Option(min=0, help="skip this many results")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    collection: CollectionOption = None,
     server: ServerOption = DEFAULT_SERVER,
     api_key: KeyOption = None,
 ) -> None:
@@ -400,7 +377,7 @@ def search(
         raise CliError("--target must be images or texts", 2)
     if image is not None and not image.is_file():
         raise CliError(f"{image} is not a file", 2)
-    with XmrClient(server, api_key) as client:
+    with XmrClient(server, api_key, collection=collection) as client:
         if image is not None:
             result = client.search_image(image, k, target or "texts", conditions, offset)
         else:
@@ -434,6 +411,100 @@ def eval(ctx: typer.Context) -> None:  # noqa: A001 - the command is called eval
     code = eval_main(ctx.args)
     if code:
         raise typer.Exit(code)
+
+
+# -- collections ------------------------------------------------------------------------------
+collections_app = typer.Typer(help="List, create, show, delete and re-embed collections.")
+app.add_typer(collections_app, name="collections")
+
+ModelOption = Annotated[str, typer.Option(help="open_clip model name or a bundled one")]
+PretrainedOption = Annotated[
+    str | None, typer.Option(help="pretrained tag or checkpoint path ('' = random weights)")
+]
+PrecisionOption = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16")]
+
+
+@collections_app.command("list")
+def collections_list(server: ServerOption = DEFAULT_SERVER, api_key: KeyOption = None) -> None:
+    """Every collection with its model and size."""
+    with XmrClient(server, api_key) as client:
+        listed = client.collections()
+    table = Table("name", "model", "images", "texts", "status")
+    for c in listed:
+        table.add_row(c["name"], c["model_id"], str(c["images"]), str(c["texts"]), c["status"])
+    out.print(table)
+
+
+@collections_app.command("create")
+def collections_create(
+    name: Annotated[str, typer.Argument(help="lowercase letters, digits, _ and -")],
+    model: ModelOption,
+    pretrained: PretrainedOption = None,
+    precision: PrecisionOption = "auto",
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Create a collection with its own model (the server loads it to check it)."""
+    with XmrClient(server, api_key, timeout=600) as client:
+        out.print_json(json.dumps(client.create_collection(name, model, pretrained, precision)))
+
+
+@collections_app.command("show")
+def collections_show(
+    name: str, server: ServerOption = DEFAULT_SERVER, api_key: KeyOption = None
+) -> None:
+    """One collection: model, sizes, index structures, a re-embedding under way."""
+    with XmrClient(server, api_key) as client:
+        out.print_json(json.dumps(client.collection(name)))
+
+
+@collections_app.command("delete")
+def collections_delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Delete a collection with all its items, vectors and images."""
+    if not yes and not typer.confirm(f"delete collection {name} and everything in it?"):
+        raise typer.Abort()
+    with XmrClient(server, api_key) as client:
+        client.delete_collection(name)
+    out.print(f"deleted {name}")
+
+
+@collections_app.command("reindex")
+def collections_reindex(
+    name: str,
+    model: ModelOption,
+    pretrained: PretrainedOption = None,
+    precision: PrecisionOption = "auto",
+    wait: Annotated[bool, typer.Option(help="follow the job with a progress bar")] = True,
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Re-embed every item of a collection with another model; it serves throughout."""
+    with XmrClient(server, api_key) as client:
+        job_id = client.reindex_collection(name, model, pretrained, precision)
+        out.print(f"re-embedding {name}: job {job_id}")
+        if not wait:
+            return
+        job = follow_job(client, job_id, f"re-embedding {name}")
+    if job["status"] != "done":
+        raise CliError(f"job {job_id} ended {job['status']}: {job.get('error')}", 1)
+    out.print(f"{name} now runs {model}: {job['done']} items re-embedded")
+
+
+def follow_job(client: XmrClient, job_id: str, description: str) -> dict[str, Any]:
+    """A progress bar over a job until it ends; its final state."""
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=None)
+        while True:
+            job = client.job(job_id)
+            progress.update(task, total=job["total"] or None, completed=job["done"])
+            if job["status"] not in ("queued", "running"):
+                return job
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,17 @@ class XmrClient:
         api_key: str | None = None,
         timeout: float = 120.0,
         http: httpx.Client | None = None,
+        collection: str | None = None,
     ) -> None:
-        """Talk to `base_url`, or through `http` (any httpx.Client, e.g. a FastAPI TestClient)."""
+        """Talk to `base_url`, or through `http` (any httpx.Client, e.g. a FastAPI TestClient).
+
+        `collection`: the data calls act on it; by default on the server's `default` collection.
+        """
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = http or httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self._data = (
+            "/v1" if collection is None else f"/v1/collections/{quote(collection, safe='')}"
+        )
 
     def __enter__(self) -> XmrClient:
         return self
@@ -44,6 +51,35 @@ class XmrClient:
 
     def close(self) -> None:
         self._http.close()
+
+    # -- collections ------------------------------------------------------------------------
+    def collections(self) -> list[dict[str, Any]]:
+        return self._json(self._http.get("/v1/collections"))["collections"]
+
+    def collection(self, name: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/collections/{quote(name, safe='')}"))
+
+    def create_collection(
+        self, name: str, model: str, pretrained: str | None = None, precision: str = "auto"
+    ) -> dict[str, Any]:
+        body = {"name": name, "model": model, "pretrained": pretrained, "precision": precision}
+        return self._json(self._http.post("/v1/collections", json=body))
+
+    def delete_collection(self, name: str) -> None:
+        response = self._http.delete(f"/v1/collections/{quote(name, safe='')}")
+        if response.status_code != 204:
+            self._json(response)
+
+    def reindex_collection(
+        self, name: str, model: str, pretrained: str | None = None, precision: str = "auto"
+    ) -> str:
+        """Start re-embedding `name` with another model; returns the job's id."""
+        body = {"model": model, "pretrained": pretrained, "precision": precision}
+        path = f"/v1/collections/{quote(name, safe='')}/reindex"
+        return self._json(self._http.post(path, json=body))["job_id"]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._http.delete(f"/v1/jobs/{job_id}"))
 
     # -- calls ------------------------------------------------------------------------------
     def health(self) -> bool:
@@ -73,13 +109,17 @@ class XmrClient:
         metadata: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[str]:
         files, data = _multipart(images, ids, metadata)
-        return self._json(self._http.post("/v1/images", files=files, data=data))["ids"]
+        return self._json(self._http.post(f"{self._data}/images", files=files, data=data))["ids"]
 
     def index_texts(self, items: Sequence[dict[str, Any]]) -> list[str]:
-        return self._json(self._http.post("/v1/texts", json={"items": list(items)}))["ids"]
+        return self._json(self._http.post(f"{self._data}/texts", json={"items": list(items)}))[
+            "ids"
+        ]
 
     def submit_batch(self, items: Sequence[dict[str, Any]]) -> str:
-        return self._json(self._http.post("/v1/batch", json={"items": list(items)}))["job_id"]
+        return self._json(self._http.post(f"{self._data}/batch", json={"items": list(items)}))[
+            "job_id"
+        ]
 
     def submit_batch_files(
         self,
@@ -89,7 +129,7 @@ class XmrClient:
     ) -> str:
         """Upload images as one background batch job; returns its job id."""
         files, data = _multipart(images, ids, metadata)
-        return self._json(self._http.post("/v1/batch", files=files, data=data))["job_id"]
+        return self._json(self._http.post(f"{self._data}/batch", files=files, data=data))["job_id"]
 
     def wait_for_job(self, job_id: str, poll_s: float = 0.2) -> dict[str, Any]:
         """Poll a job until it is no longer queued or running; returns its final state."""
@@ -102,7 +142,7 @@ class XmrClient:
         if not digests:
             return {}
         body = {"sha256": list(digests)}
-        return self._json(self._http.post("/v1/items/lookup", json=body))["found"]
+        return self._json(self._http.post(f"{self._data}/items/lookup", json=body))["found"]
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/jobs/{job_id}"))
@@ -119,7 +159,7 @@ class XmrClient:
         params: dict[str, str | int] = {"q": query, "k": k, "target": target, "offset": offset}
         if where is not None:
             params["filter"] = json.dumps(where)
-        return self._json(self._http.get("/v1/search/text", params=params))
+        return self._json(self._http.get(f"{self._data}/search/text", params=params))
 
     def search_image(
         self,
@@ -133,7 +173,7 @@ class XmrClient:
         if where is not None:
             data["filter"] = json.dumps(where)
         response = self._http.post(
-            "/v1/search/image", files={"file": _file_part(image, 0)}, data=data
+            f"{self._data}/search/image", files={"file": _file_part(image, 0)}, data=data
         )
         return self._json(response)
 
@@ -142,34 +182,34 @@ class XmrClient:
     ) -> dict[str, Any]:
         """Several text queries in one request: `results` holds one ranked list per query."""
         body = {"queries": list(queries), "k": k, "target": target}
-        return self._json(self._http.post("/v1/search/text/batch", json=body))
+        return self._json(self._http.post(f"{self._data}/search/text/batch", json=body))
 
     def search_images(
         self, images: Sequence[ImageArg], k: int = 10, target: str = "texts"
     ) -> dict[str, Any]:
         files = [("files", _file_part(image, n)) for n, image in enumerate(images)]
         response = self._http.post(
-            "/v1/search/image/batch", files=files, data={"k": str(k), "target": target}
+            f"{self._data}/search/image/batch", files=files, data={"k": str(k), "target": target}
         )
         return self._json(response)
 
     def get_item(self, item_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/items/{quote(item_id, safe='')}"))
+        return self._json(self._http.get(f"{self._data}/items/{quote(item_id, safe='')}"))
 
     def item_content(self, item_id: str) -> bytes:
         """The stored image bytes, or the text as UTF-8."""
-        response = self._http.get(f"/v1/items/{quote(item_id, safe='')}/content")
+        response = self._http.get(f"{self._data}/items/{quote(item_id, safe='')}/content")
         if response.status_code >= 400:
             self._json(response)  # raises XmrError with the server's detail
         return response.content
 
     def delete_item(self, item_id: str) -> None:
-        response = self._http.delete(f"/v1/items/{quote(item_id, safe='')}")
+        response = self._http.delete(f"{self._data}/items/{quote(item_id, safe='')}")
         if response.status_code != 204:
             self._json(response)
 
     def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
-        return self._json(self._http.post("/v1/embed/text", json={"texts": list(texts)}))[
+        return self._json(self._http.post(f"{self._data}/embed/text", json={"texts": list(texts)}))[
             "embeddings"
         ]
 

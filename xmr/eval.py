@@ -161,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--collection", default=None, help="evaluate in this collection")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--shapes", action="store_true", help="generate a held-out shapes set")
     source.add_argument("--captions", type=Path, help="Karpathy-style captions JSON")
@@ -173,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the evaluation items indexed")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp, XmrClient(args.server, args.api_key) as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        XmrClient(args.server, args.api_key, collection=args.collection) as client,
+    ):
         if args.shapes:
             from xmr.shapes import write_eval_set
 

@@ -27,6 +27,7 @@ from index.layout import (
     CollectionFolder,
     CollectionState,
     Generation,
+    namespace_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,11 +225,7 @@ def open_store(
     folder: CollectionFolder, generation: Generation, options: IndexOptions
 ) -> ItemStore:
     """The ItemStore of one generation (Milvus names it by collection and generation)."""
-    namespace = (
-        ""
-        if folder.name == DEFAULT_COLLECTION and not generation.dir
-        else (f"{folder.name}/{generation.dir}")
-    )
+    namespace = namespace_of(folder.name, generation)
     return ItemStore(
         folder.path(generation), generation.model_id, generation.dim, options, namespace
     )

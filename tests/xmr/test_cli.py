@@ -18,15 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def xmr(*args: str, server: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {"XMR_SERVER": server}
-    return subprocess.run(
-        [sys.executable, "-m", "xmr", *args],
-        cwd=REPO,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
+    return xmr_with({}, *args, server=server)
 
 
 def gallery(folder: Path) -> dict[str, str]:
@@ -116,18 +108,90 @@ def test_migrate_to_milvus_and_back(tmp_path: Path) -> None:
         import pytest
 
         pytest.skip("pymilvus/milvus-lite missing")
+    from index.layout import CollectionFolder, Generation, ModelSpec, new_state
+
     data = tmp_path / "data"
     store = ItemStore(data, "m/1", 4)
     store.upsert([NewItem(f"t{i}", "text", np.eye(4, dtype=np.float32)[i % 4]) for i in range(12)])
+    store.close()
+    docs = CollectionFolder(data, "docs")
+    docs.write(new_state("docs", Generation("", ModelSpec("m"), "m/1", 4)))
+    store = ItemStore(docs.root, "m/1", 4)
+    store.upsert([NewItem(f"d{i}", "image", np.eye(4, dtype=np.float32)[i % 4]) for i in range(5)])
     store.close()
     uri = str(tmp_path / "milvus.db")
     there = xmr(
         "migrate", "--to", "milvus", "--data-dir", str(data), "--milvus-uri", uri, server=""
     )
     assert there.returncode == 0, there.stderr
-    assert "text: 12 vectors in faiss, 12 in milvus" in there.stdout
+    assert "default: text: 12 vectors in faiss, 12 in milvus" in there.stdout
+    assert "docs: image: 5 vectors in faiss, 5 in milvus" in there.stdout
     assert "0 differ" in there.stdout
+    one = xmr(
+        "migrate",
+        "--to",
+        "milvus",
+        "--data-dir",
+        str(data),
+        "--milvus-uri",
+        uri,
+        "--collection",
+        "docs",
+        server="",
+    )
+    assert one.returncode == 0 and "default:" not in one.stdout, one.stderr
     back = xmr("migrate", "--to", "faiss", "--data-dir", str(data), "--milvus-uri", uri, server="")
     assert back.returncode == 0 and "done" in back.stdout, back.stderr
     bad = xmr("migrate", "--to", "elsewhere", "--data-dir", str(data), server="")
     assert bad.returncode == 2
+
+
+def test_collections_commands(live_server: str, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    gallery(photos)
+    created = xmr("collections", "create", "shapes", "--model", "shapes-tiny", server=live_server)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["model"] == "shapes-tiny"
+    indexed = xmr("index", str(photos), "-r", "--collection", "shapes", server=live_server)
+    assert "indexed 3 images" in indexed.stdout, indexed.stderr
+    listed = xmr("collections", "list", server=live_server)
+    assert "shapes" in listed.stdout and "shapes-tiny/" in listed.stdout
+    found = xmr("search", "red", "-c", "shapes", "--json", server=live_server)
+    assert {h["id"] for h in json.loads(found.stdout)["results"]} == {
+        "red.png",
+        "sub/blue.png",
+        "sub/deeper/green.jpg",
+    }
+    assert json.loads(xmr("search", "red", "--json", server=live_server).stdout)["results"] == []
+    env_progress = {"XMR_PROGRESS": "1"}
+    switched = xmr_with(
+        env_progress,
+        "collections",
+        "reindex",
+        "shapes",
+        "--model",
+        "xmr-test-tiny",
+        "--pretrained",
+        "",
+        server=live_server,
+    )
+    assert switched.returncode == 0, switched.stderr
+    assert "re-embedding shapes" in switched.stderr and "3/3" in switched.stderr
+    assert "now runs xmr-test-tiny: 3 items" in switched.stdout
+    shown = json.loads(xmr("collections", "show", "shapes", server=live_server).stdout)
+    assert (shown["model"], shown["images"], shown["status"]) == ("xmr-test-tiny", 3, "ready")
+    assert xmr("collections", "delete", "shapes", "--yes", server=live_server).returncode == 0
+    gone = xmr("collections", "show", "shapes", server=live_server)
+    assert gone.returncode == 1 and "404" in gone.stderr
+
+
+def xmr_with(env: dict[str, str], *args: str, server: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")}
+    return subprocess.run(
+        [sys.executable, "-m", "xmr", *args],
+        cwd=REPO,
+        env=clean | env | {"XMR_SERVER": server},
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )

@@ -1,0 +1,137 @@
+"""The commands that work on a data directory directly, with the server stopped.
+
+`xmr index --ray` embeds on a Ray cluster and writes into a collection's store; `xmr migrate`
+moves collections between the FAISS and Milvus backends. Everything else in xmr/ is an HTTP
+client of a running server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from index import IndexOptions, ItemStore, NewItem
+from index.layout import (
+    DEFAULT_COLLECTION,
+    ModelSpec,
+    collection_names,
+    namespace_of,
+    serving_generation,
+)
+from index.migrate import MigrationReport, migrate, opposite
+from xmr.files import ImageFile
+
+TEXT_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class RayResult:
+    indexed: int
+    skipped: int
+    failed: list[tuple[str, str]]
+    texts: int
+    seconds: float
+
+
+def index_on_ray(
+    files: Sequence[ImageFile],
+    texts: Sequence[dict[str, Any]],
+    collection: str,
+    data_dir: Path | None,
+    address: str | None,
+    workers: int,
+    batch_size: int,
+) -> RayResult:
+    """Ray Data embeds the images, this process writes them (and `texts`) into `collection`."""
+    import ray
+
+    from app.config import Settings
+    from models import OpenClipEncoder
+    from xmr.distributed import index_with_ray
+
+    settings = Settings()
+    folder, generation = serving_generation(data_dir or settings.data_dir, collection)
+    spec = generation.spec
+    if not spec.model:  # a data directory the server has not described yet: the settings' model
+        spec = ModelSpec(settings.model, settings.pretrained, settings.precision)
+    encoder = OpenClipEncoder.load(
+        spec.model,
+        spec.pretrained,
+        "cpu",
+        settings.model_cache_dir,
+        spec.precision,
+        settings.runtime,
+        settings.runtime_cache_dir,
+    )
+    store = ItemStore(
+        folder.path(generation),
+        encoder.model_id,
+        encoder.dim,
+        settings.index_options(),
+        namespace_of(collection, generation),
+    )
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        report = index_with_ray(
+            files,
+            store,
+            spec.model,
+            spec.pretrained,
+            workers=workers,
+            device=settings.device,
+            precision=spec.precision,
+            runtime=settings.runtime,
+            batch_size=batch_size,
+            max_pixels=settings.max_image_pixels,
+        )
+        for start in range(0, len(texts), TEXT_CHUNK):
+            part = texts[start : start + TEXT_CHUNK]
+            vectors = encoder.encode_texts([item["text"] for item in part])
+            store.upsert(
+                [
+                    NewItem(item["id"], "text", vector, item["metadata"], text=item["text"])
+                    for item, vector in zip(part, vectors, strict=True)
+                ]
+            )
+    finally:
+        ray.shutdown()
+        store.close()
+    return RayResult(report.indexed, report.skipped, report.failed, len(texts), report.seconds)
+
+
+def migrate_collections(
+    data_dir: Path,
+    to: str,
+    collection: str | None,
+    milvus_uri: str | None,
+    samples: int,
+) -> dict[str, tuple[str, MigrationReport]]:
+    """Move one collection (or all) to the `to` backend: name -> (source backend, report)."""
+    from app.config import Settings
+
+    settings = Settings()
+    source: IndexOptions = replace(
+        settings.index_options(), backend="faiss" if to == "milvus" else "milvus"
+    )
+    if milvus_uri:
+        source = replace(source, milvus_uri=milvus_uri)
+    names = [collection] if collection else [DEFAULT_COLLECTION, *collection_names(data_dir)]
+    reports: dict[str, tuple[str, MigrationReport]] = {}
+    for name in names:
+        folder, generation = serving_generation(data_dir, name)
+        store_dir = folder.path(generation)
+        if not (store_dir / "records.sqlite3").exists():
+            continue
+        reports[name] = (
+            source.backend,
+            migrate(
+                store_dir,
+                source,
+                opposite(source, milvus_uri),
+                samples,
+                namespace_of(name, generation),
+            ),
+        )
+    return reports
