@@ -8,6 +8,11 @@ const state = { objectUrls: [] };
 function apiKey() { return localStorage.getItem("xmr-api-key") || ""; }
 function headers() { return apiKey() ? { "X-API-Key": apiKey() } : {}; }
 function target() { return document.querySelector("input[name=target]:checked").value; }
+function collection() { return localStorage.getItem("xmr-collection") || "default"; }
+// the routes of the chosen collection; `default` keeps the plain /v1 routes
+function base() {
+  return collection() === "default" ? "/v1" : `/v1/collections/${encodeURIComponent(collection())}`;
+}
 function k() { return Math.max(1, Math.min(200, parseInt($("k").value, 10) || 24)); }
 
 function setStatus(text, isError = false) {
@@ -28,7 +33,7 @@ async function api(path, options = {}) {
 async function searchText(query) {
   const params = new URLSearchParams({ q: query, k: k(), target: target() });
   setStatus(`Searching ${target()} for “${query}”…`);
-  const body = await (await api(`/v1/search/text?${params}`)).json();
+  const body = await (await api(`${base()}/search/text?${params}`)).json();
   show(body, `“${query}”`);
 }
 
@@ -38,7 +43,7 @@ async function searchImage(blob, what = target() === "images" ? "images" : "text
   form.append("k", k());
   form.append("target", what);
   setStatus(`Searching ${what} with an image…`);
-  const body = await (await api("/v1/search/image", { method: "POST", body: form })).json();
+  const body = await (await api(`${base()}/search/image`, { method: "POST", body: form })).json();
   show(body, "the image");
 }
 
@@ -154,10 +159,36 @@ $("upload-form").addEventListener("submit", async (event) => {
   form.append("ids", JSON.stringify(files.map((file) => file.name)));
   setStatus(`Indexing ${files.length} images…`);
   try {
-    const body = await (await api("/v1/images", { method: "POST", body: form })).json();
+    const body = await (await api(`${base()}/images`, { method: "POST", body: form })).json();
     setStatus(`Indexed ${body.ids.length} images: ${body.ids.join(", ")}`);
   } catch (e) { setStatus(e.message, true); }
 });
 
+async function loadCollections() {
+  const picker = $("collection");
+  let listed = [];
+  try {
+    listed = (await (await api("/v1/collections")).json()).collections;
+  } catch (e) { setStatus(e.message, true); return; }
+  if (!listed.some((c) => c.name === collection())) localStorage.removeItem("xmr-collection");
+  picker.replaceChildren(...listed.map((c) => {
+    const option = document.createElement("option");
+    option.value = c.name;
+    option.textContent = `${c.name} · ${c.model_id}${c.status === "reindexing" ? " (re-embedding)" : ""}`;
+    option.selected = c.name === collection();
+    return option;
+  }));
+}
+
+$("collection").addEventListener("change", (event) => {
+  localStorage.setItem("xmr-collection", event.target.value);
+  $("results").replaceChildren();
+  setStatus(`Searching in ${event.target.value}`);
+});
+
 $("api-key").value = apiKey();
-$("api-key").addEventListener("change", (event) => localStorage.setItem("xmr-api-key", event.target.value.trim()));
+$("api-key").addEventListener("change", (event) => {
+  localStorage.setItem("xmr-api-key", event.target.value.trim());
+  loadCollections();
+});
+loadCollections();

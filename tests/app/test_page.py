@@ -190,3 +190,36 @@ def test_the_page_asks_for_the_key_and_keeps_it(
         page.press("#query", "Enter")
         page.wait_for_selector("#results .hit.image")
         page.close()
+
+
+def test_the_collection_picker_searches_the_chosen_collection_and_is_remembered(
+    browser: Any, indexed_server: str
+) -> None:
+    created = httpx.post(
+        f"{indexed_server}/v1/collections",
+        json={"name": "shapes", "model": "shapes-tiny"},
+        timeout=120,
+    )
+    assert created.status_code == 201, created.text
+    files = [("files", ("cyan.png", image_bytes("cyan", size=(48, 48)), "image/png"))]
+    httpx.post(
+        f"{indexed_server}/v1/collections/shapes/images", files=files, data={"ids": '["cyan"]'}
+    ).raise_for_status()
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.wait_for_selector("#collection option[value=shapes]", state="attached")
+    assert "shapes-tiny/" in page.inner_text("#collection option[value=shapes]")
+    page.select_option("#collection", "shapes")
+    page.fill("#query", "a cyan square")
+    page.press("#query", "Enter")
+    page.wait_for_selector("#results .hit.image img")
+    wait_for_thumbnails(page)  # its content URL is the collection's
+    assert page.locator("#results .hit .id").all_inner_texts() == ["cyan"]
+    page.reload()
+    page.wait_for_selector("#collection option[value=shapes]", state="attached")
+    assert page.input_value("#collection") == "shapes"
+    page.select_option("#collection", "default")
+    page.fill("#query", "a cyan square")
+    page.press("#query", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 3")
+    page.close()
