@@ -54,6 +54,37 @@ class NewItem:
     content_type: str | None = None
     created_at: float | None = None
 
+    @classmethod
+    def text_item(
+        cls, item_id: str, vector: np.ndarray, text: str, metadata: dict[str, Any] | None = None
+    ) -> NewItem:
+        return cls(item_id, "text", vector, metadata, text=text)
+
+    @classmethod
+    def image_item(
+        cls,
+        item_id: str,
+        vector: np.ndarray,
+        content: bytes,
+        content_type: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> NewItem:
+        return cls(item_id, "image", vector, metadata, content=content, content_type=content_type)
+
+    @classmethod
+    def again(cls, record: Record, vector: np.ndarray, content: bytes | None) -> NewItem:
+        """A stored item with a new vector (a re-embedding): all else as it was."""
+        return cls(
+            record.id,
+            record.kind,
+            vector,
+            record.metadata,
+            text=record.text,
+            content=content,
+            content_type=record.content_type,
+            created_at=record.created_at,
+        )
+
 
 @dataclass(frozen=True)
 class Hit:

@@ -152,13 +152,8 @@ def index_with_ray(
                 continue
             content_type = CONTENT_TYPES[sniff_image_format(data)]
             items.append(
-                NewItem(
-                    str(item_id),
-                    "image",
-                    vector,
-                    metadata={"path": str(item_id)},
-                    content=bytes(data),
-                    content_type=content_type,
+                NewItem.image_item(
+                    str(item_id), vector, bytes(data), content_type, {"path": str(item_id)}
                 )
             )
         if items:

@@ -91,7 +91,7 @@ def index_on_ray(
             vectors = encoder.encode_texts([item["text"] for item in part])
             store.upsert(
                 [
-                    NewItem(item["id"], "text", vector, item["metadata"], text=item["text"])
+                    NewItem.text_item(item["id"], vector, item["text"], item["metadata"])
                     for item, vector in zip(part, vectors, strict=True)
                 ]
             )

@@ -10,8 +10,8 @@ from app.deps import JobsDep, collection_name
 from app.routers.common import parse_ids, parse_metadata
 from app.schemas import BatchRequest, JobAccepted, JobItemError, JobResponse
 from app.services.errors import InvalidInputError
+from app.services.intake import BatchEntry
 from app.services.job_store import JobView
-from app.services.jobs import BatchEntry
 
 router = APIRouter(tags=["batch"])  # /batch under /v1 and each collection
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])  # job ids are global

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from app.services.errors import OverloadedError
+from app.services.threads import run_in
 
 In = TypeVar("In")
 
@@ -124,7 +125,7 @@ class Batcher(Generic[In]):
             return
         items = [item for request in batch for item in request.items]
         try:
-            vectors = await loop.run_in_executor(self._executor, self._encode_chunked, items)
+            vectors = await run_in(self._executor, self._encode_chunked, items)
         except Exception as error:
             if len(batch) == 1:
                 if not batch[0].future.done():

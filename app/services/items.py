@@ -48,6 +48,10 @@ def check_item_id(item_id: str) -> str:
     return item_id
 
 
+def _item_id(given: str | None) -> str:
+    return check_item_id(given) if given is not None else new_item_id()
+
+
 def check_item_input(
     item_id: str | None, metadata: Any, where: str, max_metadata_bytes: int
 ) -> None:
@@ -130,13 +134,8 @@ class ItemService:
             return [], failures
         vectors = await self.encoding.encode_prepared(good, background)
         items = [
-            NewItem(
-                id=check_item_id(item.id) if item.id is not None else new_item_id(),
-                kind="image",
-                vector=vector,
-                metadata=item.metadata,
-                content=item.data,
-                content_type=image_content_type(item.data),
+            NewItem.image_item(
+                _item_id(item.id), vector, item.data, image_content_type(item.data), item.metadata
             )
             for item, vector in zip(good_inputs, vectors, strict=True)
         ]
@@ -148,13 +147,7 @@ class ItemService:
         """Items to store for texts; `background` work waits for room in the encoder queue."""
         vectors = await self.encoding.encode_texts([item.text for item in inputs], background)
         return [
-            NewItem(
-                id=check_item_id(item.id) if item.id is not None else new_item_id(),
-                kind="text",
-                vector=vector,
-                metadata=item.metadata,
-                text=item.text,
-            )
+            NewItem.text_item(_item_id(item.id), vector, item.text, item.metadata)
             for item, vector in zip(inputs, vectors, strict=True)
         ]
 

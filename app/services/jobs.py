@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -12,31 +10,20 @@ import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from app.services.collections import Pin
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
-from app.services.import_files import check_import_path, read_import_file
-from app.services.items import ImageInput, TextInput, check_item_input, new_item_id
+from app.services.import_files import read_import_file
+from app.services.intake import BatchEntry, stage_batch
+from app.services.items import ImageInput, TextInput, new_item_id
 from app.services.job_store import JobItem, JobStore, JobView
 from app.services.registry import CollectionRegistry
-from app.services.staging import StagedBlob, StagingWriter, read_staged
+from app.services.staging import read_staged
 from app.services.threads import run_in
-from index import NewItem, StorageError, excerpt
+from index import NewItem, StorageError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """One item of a batch request: exactly one of text, image_base64, image_path or upload."""
-
-    id: str | None = None
-    metadata: dict[str, Any] | None = None
-    text: str | None = None
-    image_base64: str | None = None
-    image_path: str | None = None
-    upload: BinaryIO | None = None
 
 
 @dataclass
@@ -118,7 +105,14 @@ class JobRunner:
         self._collections.get(collection)
         job_id = new_item_id()
         try:
-            job_items = await run_in(self._pool, self._prepare, job_id, entries)
+            job_items = await run_in(
+                self._pool,
+                stage_batch,
+                self._staging_dir / job_id,
+                entries,
+                self._import_root,
+                self._max_metadata_bytes,
+            )
             await run_in(self._pool, lambda: self._store.create(job_id, job_items, collection))
         except BaseException:
             await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
@@ -155,63 +149,6 @@ class JobRunner:
         if view is None:
             raise JobNotFoundError(job_id)
         return view
-
-    # -- submission -----------------------------------------------------------------------
-    def _prepare(self, job_id: str, entries: Sequence[BatchEntry]) -> list[JobItem]:
-        """Check every item and stage the uploaded images, synced once for the whole job."""
-        seen: set[str] = set()
-        prepared: list[JobItem] = []
-        staging = StagingWriter(self._staging_dir / job_id)
-        try:
-            for position, entry in enumerate(entries):
-                check_item_input(
-                    entry.id, entry.metadata, f"items[{position}]", self._max_metadata_bytes
-                )
-                item_id = entry.id if entry.id is not None else new_item_id()
-                if item_id in seen:
-                    raise InvalidInputError(
-                        f"items[{position}]: id {excerpt(item_id)} appears twice"
-                    )
-                seen.add(item_id)
-                prepared.append(self._prepare_one(staging, position, item_id, entry))
-            staging.commit()
-        except BaseException:
-            staging.discard()
-            raise
-        return prepared
-
-    def _prepare_one(
-        self, staging: StagingWriter, position: int, item_id: str, entry: BatchEntry
-    ) -> JobItem:
-        common: dict[str, Any] = {
-            "position": position,
-            "item_id": item_id,
-            "metadata": entry.metadata,
-        }
-        if entry.text is not None:
-            if not entry.text.strip():
-                raise InvalidInputError(f"items[{position}]: text is empty")
-            return JobItem(kind="text", text=entry.text, **common)
-        if entry.image_path is not None:
-            try:
-                relative = check_import_path(self._import_root, entry.image_path)
-            except ImportPathError as e:
-                raise ImportPathError(f"items[{position}]: {e}") from e
-            return JobItem(kind="image", source=relative, **common)
-        if entry.upload is not None:
-            return _staged_item(staging.add(entry.upload), common)
-        if entry.image_base64 is not None:
-            try:
-                data = base64.b64decode(entry.image_base64, validate=True)
-            except (binascii.Error, ValueError):
-                return JobItem(
-                    kind="image",
-                    status="failed",
-                    error="image_base64 is not valid base64",
-                    **common,
-                )
-            return _staged_item(staging.add(data), common)
-        raise InvalidInputError(f"items[{position}] needs one of text, image_base64 or image_path")
 
     # -- execution ------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -353,17 +290,6 @@ async def _drop_loading(loading: asyncio.Future[_LoadedBatch]) -> None:
     except (asyncio.CancelledError, Exception):
         return
     await loaded.pin.release()
-
-
-def _staged_item(blob: StagedBlob, common: dict[str, Any]) -> JobItem:
-    return JobItem(
-        kind="image",
-        source=blob.path,
-        staged=True,
-        offset=blob.offset,
-        length=blob.length,
-        **common,
-    )
 
 
 def _public(error: Exception) -> str:

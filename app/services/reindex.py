@@ -21,7 +21,7 @@ import numpy as np
 
 from app.services.collections import Collection, open_store, without_next
 from app.services.errors import CollectionStateError, InvalidInputError, JobStateError
-from app.services.items import image_content_type, new_item_id
+from app.services.items import new_item_id
 from app.services.job_store import JobStore
 from app.services.models import LoadedModel
 from app.services.threads import run_in
@@ -228,20 +228,7 @@ class Reindexer:
                     raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
             encoded = await encoding.encode_prepared(prepared, background=True)
             vectors.update({r.id: v for r, v in zip(images, encoded, strict=True)})
-        return [
-            NewItem(
-                id=r.id,
-                kind=r.kind,
-                vector=vectors[r.id],
-                metadata=r.metadata,
-                text=r.text,
-                content=blobs.get(r.id),
-                content_type=r.content_type
-                or (image_content_type(blobs[r.id]) if r.id in blobs else None),
-                created_at=r.created_at,
-            )
-            for r in records
-        ]
+        return [NewItem.again(r, vectors[r.id], blobs.get(r.id)) for r in records]
 
     async def _abandon(self, collection: Collection, new_store: ItemStore | None) -> None:
         """Drop the next generation: the collection stays exactly as it was."""

@@ -1,0 +1,107 @@
+"""Batch intake: check a batch request's items and stage its uploads before a job is queued.
+
+Nothing is queued unless every item passes (a bad path or id rejects the whole request); the
+uploaded images are written to the job's staging folder and synced once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from app.services.errors import ImportPathError, InvalidInputError
+from app.services.import_files import check_import_path
+from app.services.items import check_item_input, new_item_id
+from app.services.job_store import JobItem
+from app.services.staging import StagedBlob, StagingWriter
+from index import excerpt
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One item of a batch request: exactly one of text, image_base64, image_path or upload."""
+
+    id: str | None = None
+    metadata: dict[str, Any] | None = None
+    text: str | None = None
+    image_base64: str | None = None
+    image_path: str | None = None
+    upload: BinaryIO | None = None
+
+
+def stage_batch(
+    folder: Path,
+    entries: Sequence[BatchEntry],
+    import_root: Path | None,
+    max_metadata_bytes: int,
+) -> list[JobItem]:
+    """Check every item and stage the uploaded images in `folder`, synced once for the job."""
+    seen: set[str] = set()
+    prepared: list[JobItem] = []
+    staging = StagingWriter(folder)
+    try:
+        for position, entry in enumerate(entries):
+            check_item_input(entry.id, entry.metadata, f"items[{position}]", max_metadata_bytes)
+            item_id = entry.id if entry.id is not None else new_item_id()
+            if item_id in seen:
+                raise InvalidInputError(f"items[{position}]: id {excerpt(item_id)} appears twice")
+            seen.add(item_id)
+            prepared.append(_job_item(staging, import_root, position, item_id, entry))
+        staging.commit()
+    except BaseException:
+        staging.discard()
+        raise
+    return prepared
+
+
+def _job_item(
+    staging: StagingWriter,
+    import_root: Path | None,
+    position: int,
+    item_id: str,
+    entry: BatchEntry,
+) -> JobItem:
+    common: dict[str, Any] = {
+        "position": position,
+        "item_id": item_id,
+        "metadata": entry.metadata,
+    }
+    if entry.text is not None:
+        if not entry.text.strip():
+            raise InvalidInputError(f"items[{position}]: text is empty")
+        return JobItem(kind="text", text=entry.text, **common)
+    if entry.image_path is not None:
+        try:
+            relative = check_import_path(import_root, entry.image_path)
+        except ImportPathError as e:
+            raise ImportPathError(f"items[{position}]: {e}") from e
+        return JobItem(kind="image", source=relative, **common)
+    if entry.upload is not None:
+        return _staged_item(staging.add(entry.upload), common)
+    if entry.image_base64 is not None:
+        try:
+            data = base64.b64decode(entry.image_base64, validate=True)
+        except (binascii.Error, ValueError):
+            return JobItem(
+                kind="image",
+                status="failed",
+                error="image_base64 is not valid base64",
+                **common,
+            )
+        return _staged_item(staging.add(data), common)
+    raise InvalidInputError(f"items[{position}] needs one of text, image_base64 or image_path")
+
+
+def _staged_item(blob: StagedBlob, common: dict[str, Any]) -> JobItem:
+    return JobItem(
+        kind="image",
+        source=blob.path,
+        staged=True,
+        offset=blob.offset,
+        length=blob.length,
+        **common,
+    )
