@@ -38,6 +38,7 @@ STORE = "tests/index/test_store.py::"
 HOSTILE = "tests/reliability/test_hostile.py::"
 POWER = "tests/reliability/test_power_loss.py::"
 RUNTIMES = "tests/models/test_runtimes.py::"
+REINDEX = "tests/app/test_reindex.py::"
 
 BREAKS: tuple[Break, ...] = (
     # -- durability ---------------------------------------------------------------------------
@@ -50,8 +51,8 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "writes after a snapshot are replayed into it at start-up (not a full rebuild)",
-        "index/store.py",
-        "        for labels, vectors in self._records.vectors_after(kind, info.seq, self.dim):\n"
+        "index/backends.py",
+        "        for labels, vectors in records.vectors_after(kind, info.seq, self.dim):\n"
         "            index.add(labels, vectors)\n"
         "        if len(index)",
         "        if len(index)",
@@ -349,6 +350,30 @@ BREAKS: tuple[Break, ...] = (
         "        scores, labels = scores[:, offset:], labels[:, offset:]",
         "        scores, labels = scores[:, :k], labels[:, :k]",
         ("tests/app/test_search_filters.py::test_pages_follow_each_other",),
+    ),
+    # -- collections and re-embedding ---------------------------------------------------------
+    Break(
+        "items deleted during a re-embedding are deleted in the new generation too",
+        "app/services/reindex.py",
+        "        for item_id in new_ids - old_ids:",
+        "        for item_id in set[str]():",
+        (REINDEX + "test_searches_run_throughout_a_reindex_and_writes_are_carried_over",),
+    ),
+    Break(
+        "a re-embedding resumes from its cursor after kill -9, it does not start over",
+        "app/services/reindex.py",
+        "        cursor = await run_in(pool, read_cursor, folder)",
+        "        cursor = ReindexCursor()",
+        (
+            "tests/reliability/test_reindex_crash.py::test_kill_during_a_reindex_resumes_where_it_stopped",
+        ),
+    ),
+    Break(
+        "a cancelled re-embedding leaves the collection as it was (its generation is removed)",
+        "app/services/reindex.py",
+        "            await run_in(collection.pools.store, collection.folder.remove, generation)",
+        "            pass",
+        (REINDEX + "test_a_cancelled_reindex_leaves_the_collection_as_it_was",),
     ),
 )
 

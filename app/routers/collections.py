@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.deps import CollectionsDep
+from app.deps import CollectionsDep, JobsDep
 from app.schemas import (
     CollectionResponse,
     CollectionsResponse,
@@ -80,7 +80,11 @@ async def get_collection(collections: CollectionsDep, collection: str) -> Collec
     response_class=Response,
     summary="Delete a collection: its items, vectors, images and snapshots",
 )
-async def delete_collection(collections: CollectionsDep, collection: str) -> Response:
+async def delete_collection(
+    collections: CollectionsDep, jobs: JobsDep, collection: str
+) -> Response:
+    collections.check_deletable(collection)  # 404 or 409 before anything is stopped
+    await jobs.cancel_jobs_of(collection)
     await collections.delete(collection)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -69,6 +69,7 @@ class JobRunner:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._cancelled: set[str] = set()
+        self._running: str | None = None
         self.interrupted_at_start = store.interrupt_unfinished()
         self._remove_orphaned_staging()
 
@@ -78,7 +79,7 @@ class JobRunner:
             return
         for folder in self._staging_dir.iterdir():
             job = self._store.get(folder.name)
-            if job is None or job.status == "done":
+            if job is None or job.status in ("done", "cancelled"):
                 shutil.rmtree(folder, ignore_errors=True)
 
     # -- control --------------------------------------------------------------------------
@@ -133,6 +134,18 @@ class JobRunner:
             await run_in(self._pool, self._store.set_status, job_id, "cancelled")
         return await self.get(job_id)
 
+    async def cancel_jobs_of(self, collection: str, timeout_s: float = 30.0) -> None:
+        """Before a collection is deleted: cancel its batch jobs, and let a running one stop."""
+        ids = await run_in(self._pool, self._store.jobs_of, collection, ("queued", "running"))
+        for job_id in ids:
+            view = await self.get(job_id)
+            if view.kind == "batch":
+                self._cancelled.add(job_id)
+                await run_in(self._pool, self._store.set_status, job_id, "cancelled")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._running in ids and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
     async def resume(self, job_id: str) -> JobView:
         view = await self.get(job_id)
         if view.status not in ("interrupted", "failed") or view.kind != "batch":
@@ -157,12 +170,17 @@ class JobRunner:
             if self._stopping or not job_id:
                 continue
             if job_id in self._cancelled:
+                self._cancelled.discard(job_id)
+                await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
                 continue
+            self._running = job_id
             try:
                 await self._run_job(job_id)
             except Exception as e:  # a job must never take the worker down with it
                 logger.exception("batch job %s failed", job_id)
                 await run_in(self._pool, self._store.set_status, job_id, "failed", _public(e))
+            finally:
+                self._running = None
 
     async def _run_job(self, job_id: str) -> None:
         """Work through the pending items as a pipeline of three stages.

@@ -167,10 +167,14 @@ class CollectionRegistry:
             logger.info("collection %s created with %s", name, generation.model_id)
             return collection
 
-    async def delete(self, name: str) -> None:
-        """Remove a collection with everything in it; its re-embedding is stopped first."""
+    def check_deletable(self, name: str) -> None:
         if name == DEFAULT_COLLECTION:
             raise CollectionStateError("the default collection cannot be deleted")
+        self.get(name)
+
+    async def delete(self, name: str) -> None:
+        """Remove a collection with everything in it; its re-embedding is stopped first."""
+        self.check_deletable(name)
         async with self._changing:
             collection = self.get(name)
             if collection.state.reindex_job is not None:

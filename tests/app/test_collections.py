@@ -143,7 +143,12 @@ def test_deleting_a_collection_removes_everything_of_it(
     )
     folder = settings.data_dir / "collections" / "shapes"
     assert (folder / "records.sqlite3").exists() and any((folder / "blobs").rglob("*.png"))
+    items = [{"text": f"text {i}"} for i in range(3000)]
+    job_id = client.post("/v1/collections/shapes/batch", json={"items": items}).json()["job_id"]
+    default_job = client.post("/v1/batch", json={"items": items[:5]}).json()["job_id"]
     assert client.delete("/v1/collections/shapes").status_code == 204
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"  # stopped first
+    assert wait_for_job(client, default_job)["status"] == "done"  # other collections' go on
     assert not folder.exists()
     assert client.get("/v1/collections/shapes/items/red").status_code == 404
     assert [c["name"] for c in client.get("/v1/collections").json()["collections"]] == ["default"]
