@@ -16,6 +16,8 @@ import contextlib
 import logging
 from concurrent.futures import Executor
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -178,23 +180,58 @@ class Reindexer:
         model: LoadedModel,
         new_store: ItemStore,
     ) -> None:
-        """Embed the serving generation's records past the cursor, until none are left."""
+        """Embed the serving generation's records past the cursor, until none are left.
+
+        A pipeline like a batch job's: while batch n is encoded, batch n+1 is read and decoded
+        and batch n-1 is written with its cursor (fsyncs the model need not wait for).
+        """
         pool = collection.pools.store
+        old = collection.store
         folder = collection.folder.path(_next(collection))
         cursor = await run_in(pool, read_cursor, folder)
-        while True:
-            old = collection.store
-            records = await run_in(pool, old.records_after, cursor.label, self._batch_size)
-            if not records:
-                return
-            items = await self._embed(old, model, records, pool)
-            await run_in(pool, new_store.upsert, items)
-            cursor = ReindexCursor(records[-1].label, cursor.done + len(records))
-            await run_in(pool, write_cursor, folder, cursor)
-            left = await run_in(pool, old.count_after, cursor.label)
-            await run_in(
-                pool, self._job_store.set_progress, job_id, cursor.done + left, cursor.done
-            )
+        records = await run_in(pool, old.records_after, cursor.label, self._batch_size)
+        loading = asyncio.ensure_future(self._load(old, model, records, pool))
+        storing: asyncio.Future[None] | None = None
+        try:
+            while records:
+                blobs, prepared = await loading
+                following = await run_in(
+                    pool, old.records_after, records[-1].label, self._batch_size
+                )
+                loading = asyncio.ensure_future(self._load(old, model, following, pool))
+                items = await self._encode(model, records, blobs, prepared)
+                cursor = ReindexCursor(records[-1].label, cursor.done + len(records))
+                if storing is not None:
+                    await storing
+                storing = asyncio.ensure_future(
+                    self._store(old, new_store, items, folder, cursor, job_id, pool)
+                )
+                records = following
+            if storing is not None:
+                await storing
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            if storing is not None and not storing.done():
+                with contextlib.suppress(Exception):
+                    await storing
+
+    async def _store(
+        self,
+        old: ItemStore,
+        new_store: ItemStore,
+        items: list[NewItem],
+        folder: Path,
+        cursor: ReindexCursor,
+        job_id: str,
+        pool: Executor,
+    ) -> None:
+        """Write a batch into the new generation, then the cursor that says it is there."""
+        await run_in(pool, new_store.upsert, items)
+        await run_in(pool, write_cursor, folder, cursor)
+        left = await run_in(pool, old.count_after, cursor.label)
+        await run_in(pool, self._job_store.set_progress, job_id, cursor.done + left, cursor.done)
 
     async def _finish(
         self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore
@@ -207,8 +244,26 @@ class Reindexer:
         for item_id in new_ids - old_ids:
             await run_in(pool, new_store.delete, item_id)
 
-    async def _embed(
+    async def _load(
         self, old: ItemStore, model: LoadedModel, records: list[Record], pool: Executor
+    ) -> tuple[dict[str, bytes], list[Any]]:
+        """The stored bytes of the batch's images, decoded and prepared for the new model."""
+        images = [r for r in records if r.kind == "image"]
+        if not images:
+            return {}, []
+        data = [await run_in(pool, old.read_content, r) for r in images]
+        prepared = await model.encoding.prepare_many(data)
+        for record, result in zip(images, prepared, strict=True):
+            if isinstance(result, Exception):
+                raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
+        return {r.id: d for r, d in zip(images, data, strict=True)}, prepared
+
+    async def _encode(
+        self,
+        model: LoadedModel,
+        records: list[Record],
+        blobs: dict[str, bytes],
+        prepared: list[Any],
     ) -> list[NewItem]:
         """The records as items of the new generation: same ids, contents and metadata."""
         encoding = model.encoding
@@ -218,14 +273,7 @@ class Reindexer:
         if texts:
             encoded = await encoding.encode_texts([r.text or "" for r in texts], background=True)
             vectors.update({r.id: v for r, v in zip(texts, encoded, strict=True)})
-        blobs: dict[str, bytes] = {}
         if images:
-            data = [await run_in(pool, old.read_content, r) for r in images]
-            blobs = {r.id: d for r, d in zip(images, data, strict=True)}
-            prepared = await encoding.prepare_many(data)
-            for record, result in zip(images, prepared, strict=True):
-                if isinstance(result, Exception):
-                    raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
             encoded = await encoding.encode_prepared(prepared, background=True)
             vectors.update({r.id: v for r, v in zip(images, encoded, strict=True)})
         return [NewItem.again(r, vectors[r.id], blobs.get(r.id)) for r in records]
