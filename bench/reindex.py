@@ -6,11 +6,12 @@ A server (its default collection on the tiny test model) holds two collections m
 tiny model: one of `--images` JPEGs, one of `--texts` captions. Each is re-embedded to `--model`
 through `POST /v1/collections/{name}/reindex`, timed from the request to the job's own last
 update, with the new model already loaded (a collection made with it first: loading it is a
-one-time cost, reported apart). The baseline is the same model, loaded the way the server loads it and run in a thread
-set up like its inference thread, on the same items: images already decoded and preprocessed,
-and texts, in batches of the server's job step (`XMR_ENCODE_BATCH_SIZE`, 32); the better of two
-passes after a warm-up. The re-embedding also reads every image back from the blob store,
-decodes it, and writes a second copy of the collection (records, vectors, image bytes).
+one-time cost, reported apart). The baseline is the same model, loaded the way the server
+loads it and run in a thread set up like its inference thread, on the same items: images
+already decoded and preprocessed, and texts, in batches of the server's job step
+(`XMR_ENCODE_BATCH_SIZE`, 32); the better of two passes after a warm-up. The re-embedding
+also reads every image back from the blob store, decodes it, and writes a second copy of the
+collection (records, vectors, image bytes).
 """
 
 from __future__ import annotations

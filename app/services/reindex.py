@@ -22,7 +22,12 @@ from typing import Any
 import numpy as np
 
 from app.services.collections import Collection, open_store, without_next
-from app.services.errors import CollectionStateError, InvalidInputError, JobStateError
+from app.services.errors import (
+    CollectionStateError,
+    InvalidInputError,
+    JobStateError,
+    ModelsBusyError,
+)
 from app.services.items import new_item_id
 from app.services.job_store import JobStore
 from app.services.models import LoadedModel
@@ -39,6 +44,7 @@ from index.layout import (
 )
 
 logger = logging.getLogger(__name__)
+MODEL_RETRY_S = 1.0
 
 
 class ReindexFailed(Exception):
@@ -53,9 +59,7 @@ class Reindexer:
         self._batch_size = batch_size
         self._tasks: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._cancelled: set[str] = set()
-
-    def running(self, job_id: str) -> bool:
-        return job_id in self._tasks
+        self._starting: set[str] = set()  # collections between the check and the commit
 
     async def start(
         self, collection: Collection, spec: ModelSpec, by_settings: bool = False
@@ -66,19 +70,25 @@ class Reindexer:
                 "the default collection follows XMR_MODEL and XMR_PRETRAINED: change those and "
                 "restart to re-embed it"
             )
-        if collection.state.next is not None:
+        if collection.state.next is not None or collection.name in self._starting:
             raise JobStateError(
                 f"collection {collection.name} is being re-embedded already "
                 f"(job {collection.state.reindex_job})"
             )
-        job_id = new_item_id()
-        generation = collection.folder.new_generation(collection.state, spec)
-        params = {"model": spec.model, "pretrained": spec.pretrained, "precision": spec.precision}
-        await run_in(
-            collection.pools.store,
-            lambda: self._job_store.create(job_id, [], collection.name, "reindex", params),
-        )
-        await collection.set_state(replace(collection.state, next=generation, reindex_job=job_id))
+        self._starting.add(collection.name)
+        try:
+            job_id = new_item_id()
+            generation = collection.folder.new_generation(collection.state, spec)
+            params = dict(vars(spec))
+            await run_in(
+                collection.pools.store,
+                lambda: self._job_store.create(job_id, [], collection.name, "reindex", params),
+            )
+            await collection.set_state(
+                replace(collection.state, next=generation, reindex_job=job_id)
+            )
+        finally:
+            self._starting.discard(collection.name)
         self._launch(collection, job_id)
         return job_id
 
@@ -133,7 +143,8 @@ class Reindexer:
         await run_in(store_pool, self._job_store.set_status, job_id, "running")
         new_store: ItemStore | None = None
         try:
-            async with collection.models.use(_next(collection).spec) as model:
+            model = await self._acquire(collection)
+            try:
                 opened = new_store = await self._open_next(collection, model)
                 await self._catch_up(collection, job_id, model, opened)
                 final = replace(
@@ -142,6 +153,8 @@ class Reindexer:
                 await collection.switch_to(
                     final, opened, lambda: self._finish(collection, job_id, model, opened)
                 )
+            finally:
+                collection.models.release(model)
             await run_in(store_pool, self._job_store.set_status, job_id, "done")
             logger.info("collection %s now serves %s", collection.name, final.current.model_id)
         except asyncio.CancelledError:
@@ -163,6 +176,14 @@ class Reindexer:
             await run_in(store_pool, self._job_store.set_status, job_id, "failed", _public(e))
         finally:
             self._cancelled.discard(job_id)
+
+    async def _acquire(self, collection: Collection) -> LoadedModel:
+        """The new model; while every loaded model is busy, wait for one to become idle."""
+        while True:
+            try:
+                return await collection.models.acquire(_next(collection).spec)
+            except ModelsBusyError:
+                await asyncio.sleep(MODEL_RETRY_S)
 
     async def _open_next(self, collection: Collection, model: LoadedModel) -> ItemStore:
         generation = with_identity(_next(collection), model.encoder.model_id, model.encoder.dim)
