@@ -73,6 +73,19 @@ class DefaultCollectionClient(TestClient):
         return super().request(method, url, *args, **kwargs)
 
 
+def wait_for_job(client: Any, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    """Poll a job through `client` (a TestClient or an httpx.Client) until it has ended."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
 def reference_open_clip(encoder: OpenClipEncoder) -> tuple[Any, Any, Any]:
     """open_clip's own model, transform and tokenizer for TINY_MODEL, with `encoder`'s weights.
 

@@ -233,7 +233,7 @@ def ray_index(
     out.print(
         f"indexed {report.indexed} images, skipped {report.skipped} already indexed, "
         f"{len(report.failed)} failed"
-        + (f", {report.texts} captions" if captions else "")
+        + (f", {len(texts)} captions" if captions else "")
         + f" ({report.indexed / max(report.seconds, 1e-9):.1f} images/s on Ray)"
     )
     for item_id, reason in report.failed[:20]:

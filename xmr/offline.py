@@ -8,7 +8,7 @@ client of a running server.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,10 @@ from index.layout import (
     serving_generation,
 )
 from index.migrate import MigrationReport, migrate, opposite
+from xmr.distributed import RayIndexReport, index_with_ray
 from xmr.files import ImageFile
 
 TEXT_CHUNK = 256
-
-
-@dataclass(frozen=True)
-class RayResult:
-    indexed: int
-    skipped: int
-    failed: list[tuple[str, str]]
-    texts: int
-    seconds: float
 
 
 def index_on_ray(
@@ -43,13 +35,12 @@ def index_on_ray(
     address: str | None,
     workers: int,
     batch_size: int,
-) -> RayResult:
+) -> RayIndexReport:
     """Ray Data embeds the images, this process writes them (and `texts`) into `collection`."""
     import ray
 
     from app.config import Settings
     from models import OpenClipEncoder
-    from xmr.distributed import index_with_ray
 
     settings = Settings()
     folder, generation = serving_generation(data_dir or settings.data_dir, collection)
@@ -98,7 +89,7 @@ def index_on_ray(
     finally:
         ray.shutdown()
         store.close()
-    return RayResult(report.indexed, report.skipped, report.failed, len(texts), report.seconds)
+    return report
 
 
 def migrate_collections(

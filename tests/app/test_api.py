@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.conftest import (
     png_file,
     reference_open_clip,
     torch_state,
+    wait_for_job,
     with_backend,
 )
 
@@ -50,16 +50,6 @@ def index_texts(client: TestClient, *items: dict) -> list[str]:
     response = client.post("/v1/texts", json={"items": list(items)})
     assert response.status_code == 201, response.text
     return response.json()["ids"]
-
-
-def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def test_health_ready_and_info(client: TestClient) -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
-from tests.conftest import TINY_MODEL, image_bytes, png_file
+from tests.conftest import TINY_MODEL, image_bytes, png_file, wait_for_job
 
 SHAPES = "shapes-tiny"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -220,15 +220,3 @@ def _items_table_bytes(content: bytes, data_dir: Path) -> list[tuple]:
     copy.mkdir()
     (copy / "records.sqlite3").write_bytes(content)
     return _items_table(copy)
-
-
-def wait_for_job(client: TestClient, job_id: str, timeout_s: float = 120) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")

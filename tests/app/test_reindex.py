@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
-from tests.app.test_collections import SHAPES, shapes_encoder, wait_for_job  # noqa: F401
-from tests.conftest import TINY_MODEL, png_file, serve_in_thread
+from tests.app.test_collections import SHAPES, shapes_encoder  # noqa: F401
+from tests.conftest import TINY_MODEL, png_file, serve_in_thread, wait_for_job
 
 QUERY = "a note about shapes"
 ITEMS = 400
@@ -105,7 +105,7 @@ def test_searches_run_throughout_a_reindex_and_writes_are_carried_over(
         assert http.delete("/v1/collections/docs/items/t1").status_code == 204
         assert http.delete("/v1/collections/docs/items/blue").status_code == 204
         running = http.get(f"/v1/jobs/{job_id}").json()
-        job = wait_for_job(http, job_id)  # type: ignore[arg-type]
+        job = wait_for_job(http, job_id)
         time.sleep(0.3)
         stop.set()
         searcher.join(30)
