@@ -62,6 +62,10 @@ class VectorIndex(Protocol):
 
     def close(self) -> None: ...
 
+    def drop(self) -> None:
+        """Delete what the index keeps outside the data directory (a Milvus collection)."""
+        ...
+
 
 class VectorBackend(Protocol):
     """How the indexes of one data directory are opened, restructured and saved."""

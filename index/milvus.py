@@ -168,6 +168,16 @@ class MilvusVectorIndex:
                     added += int(keep.sum())
         return int(stale.size) + added
 
+    def drop(self) -> None:
+        """Delete the Milvus collection with its vectors (its xmr collection is being removed)."""
+        from pymilvus import MilvusException
+
+        try:
+            with self._lock:
+                self._client.drop_collection(self._name)
+        except MilvusException as e:
+            raise StorageError(f"Milvus could not drop {self._name}: {e.message}") from e
+
     def close(self) -> None:
         self._client.close()
 

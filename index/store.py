@@ -439,6 +439,20 @@ class ItemStore:
                 index.close()
             self._records.close()
 
+    def destroy(self) -> None:
+        """Close without saving and delete the vectors kept outside the folder (Milvus).
+
+        For a store whose folder is being removed: a deleted collection, a retired generation.
+        """
+        with self._write_lock:
+            self._closing = True
+        try:
+            for index in self._indexes.values():
+                index.drop()
+                index.close()
+        finally:
+            self._records.close()
+
     def _open_index(self, kind: Kind) -> VectorIndex:
         index, saved_seq = self._backend.open(kind, self._records)
         self._saved_seq[kind] = saved_seq

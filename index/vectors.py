@@ -252,6 +252,9 @@ class FaissVectorIndex:
     def close(self) -> None:
         """Nothing to release: the index lives in memory (the VectorIndex contract asks)."""
 
+    def drop(self) -> None:
+        """Nothing outside the data directory to delete: its snapshots go with the folder."""
+
     def serialize(self) -> bytes:
         """The FAISS index as bytes; lazily deleted vectors are still in it (see reconcile)."""
         with self._lock:

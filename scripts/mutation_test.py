@@ -371,7 +371,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "a cancelled re-embedding leaves the collection as it was (its generation is removed)",
         "app/services/reindex.py",
-        "            await run_in(collection.pools.store, collection.folder.remove, generation)",
+        "            await run_in(pool, collection.folder.remove, generation)",
         "            pass",
         (REINDEX + "test_a_cancelled_reindex_leaves_the_collection_as_it_was",),
     ),

@@ -100,7 +100,7 @@ class Collection:
         self.models = models
         self.pools = pools
         self.limits = limits
-        self._changed = asyncio.Condition()
+        self._change: asyncio.Event | None = None  # set at the next unpin or end of a switch
         self._writers = 0
         self._readers: dict[int, int] = {}  # id(store) -> requests using it
         self._switching = False
@@ -112,14 +112,14 @@ class Collection:
 
     async def pin(self, *, write: bool = False, model: bool = False) -> Pin:
         """Hold the serving generation (and its model); `write` waits out a switch under way."""
-        async with self._changed:
-            while write and self._switching:
-                await self._changed.wait()
-            if self.closed:
-                raise CollectionNotFoundError(self.name)
-            pin = Pin(self, self.state.current, self.store, None, write)
-            self._writers += int(write)
-            self._readers[id(pin.store)] = self._readers.get(id(pin.store), 0) + 1
+        if write:
+            await self._wait_until(lambda: not self._switching)
+        if self.closed:
+            raise CollectionNotFoundError(self.name)
+        # no await from the check above to here: the event loop makes this one step
+        pin = Pin(self, self.state.current, self.store, None, write)
+        self._writers += int(write)
+        self._readers[id(pin.store)] = self._readers.get(id(pin.store), 0) + 1
         if model:
             try:
                 pin.model = await self.models.acquire(pin.generation.spec)
@@ -140,10 +140,21 @@ class Collection:
     async def unpin(self, pin: Pin) -> None:
         if pin.model is not None:
             self.models.release(pin.model)
-        async with self._changed:
-            self._writers -= int(pin.write)
-            self._readers[id(pin.store)] -= 1
-            self._changed.notify_all()
+        self._writers -= int(pin.write)
+        self._readers[id(pin.store)] -= 1
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._change is not None:
+            self._change.set()
+            self._change = None
+
+    async def _wait_until(self, done: Callable[[], bool]) -> None:
+        """Wait, without a lock on the hot path, until `done()` holds after some change."""
+        while not done():
+            if self._change is None:
+                self._change = asyncio.Event()
+            await self._change.wait()
 
     @asynccontextmanager
     async def use(self, *, write: bool = False, model: bool = False) -> AsyncIterator[Pin]:
@@ -164,9 +175,8 @@ class Collection:
         New writes wait; once the writes in flight are done, `carry_last_writes` brings the new
         store level with the old, `state` is committed, and the old store is retired.
         """
-        async with self._changed:
-            self._switching = True
-            await self._changed.wait_for(lambda: self._writers == 0)
+        self._switching = True
+        await self._wait_until(lambda: self._writers == 0)
         old_store, old_generation = self.store, self.state.current
         committed = False
         try:
@@ -175,26 +185,24 @@ class Collection:
             await run_in(self.pools.store, self.folder.write, state)
             committed = True
         finally:
-            async with self._changed:
-                self._switching = False
-                if committed:
-                    self.store, self.state = store, state
-                self._changed.notify_all()
+            self._switching = False
+            if committed:
+                self.store, self.state = store, state
+            self._notify()
         # the switch is made: retiring the old generation must finish even if the caller stops
         await asyncio.shield(self._retire(old_store, old_generation))
 
     async def _retire(self, store: ItemStore, generation: Generation) -> None:
         try:
-            async with self._changed:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._readers.get(id(store), 0) == 0),
-                    OLD_READERS_GRACE_S,
-                )
+            await asyncio.wait_for(
+                self._wait_until(lambda: self._readers.get(id(store), 0) == 0),
+                OLD_READERS_GRACE_S,
+            )
         except TimeoutError:
             logger.warning("closing %s's old generation under running searches", self.name)
         self._readers.pop(id(store), None)
         try:
-            await run_in(self.pools.store, store.close)
+            await run_in(self.pools.store, store.destroy)
             await run_in(self.pools.store, self.folder.remove, generation)
         except Exception:  # the next start removes what is left (CollectionFolder.remove_strays)
             logger.exception("collection %s: removing the old generation failed", self.name)
@@ -211,6 +219,11 @@ class Collection:
     def close(self) -> None:
         self.closed = True
         self.store.close()
+
+    def destroy(self) -> None:
+        """Close and delete everything of the serving generation (the collection is deleted)."""
+        self.closed = True
+        self.store.destroy()
 
 
 def default_first(names: list[str]) -> list[str]:

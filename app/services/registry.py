@@ -180,7 +180,7 @@ class CollectionRegistry:
             if collection.state.reindex_job is not None:
                 await self.reindexer.cancel(collection.state.reindex_job)
             collection.closed = True
-            await run_in(self.pools.store, collection.close)
+            await run_in(self.pools.store, collection.destroy)
             await run_in(self.pools.store, collection.folder.delete)
             del self._collections[name]
             logger.info("collection %s deleted", name)

@@ -302,12 +302,19 @@ class Reindexer:
     async def _abandon(self, collection: Collection, new_store: ItemStore | None) -> None:
         """Drop the next generation: the collection stays exactly as it was."""
         generation = collection.state.next
-        if new_store is not None:
-            await run_in(collection.pools.store, new_store.close)
+        pool = collection.pools.store
+        try:
+            if new_store is None and generation is not None and generation.model_id:
+                # left by an earlier process: open it to delete what it keeps in Milvus too
+                options = collection.store.options
+                new_store = await run_in(pool, open_store, collection.folder, generation, options)
+            if new_store is not None:
+                await run_in(pool, new_store.destroy)
+        except Exception:  # its folder goes below all the same
+            logger.exception("collection %s: closing the abandoned generation", collection.name)
         if generation is not None:
             await collection.set_state(without_next(collection.state))
-            await run_in(collection.pools.store, collection.folder.remove, generation)
-
+            await run_in(pool, collection.folder.remove, generation)
 
 def _next(collection: Collection) -> Generation:
     generation = collection.state.next

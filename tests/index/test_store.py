@@ -281,3 +281,11 @@ def test_disk_full_while_storing_an_image_changes_nothing(
         store.upsert([text("t", 0), image("i", 1, b"new bytes")])
     assert store.counts() == {"image": 0, "text": 0}
     assert store.record_counts() == {"image": 0, "text": 0}
+
+
+def test_an_unknown_backend_is_a_clear_error_not_faiss(tmp_path: Path) -> None:
+    from index.planner import IndexOptions
+
+    with pytest.raises(ValueError, match="unknown index backend 'elastic'.*faiss, milvus"):
+        ItemStore(tmp_path / "data", "m/1", 4, IndexOptions(backend="elastic"))
+    assert not (tmp_path / "data").exists()  # refused before anything was made
