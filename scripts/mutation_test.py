@@ -124,8 +124,8 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "SIGTERM: requests in flight finish and the batch job is marked interrupted",
         "app/services/jobs.py",
-        'await run_in_threadpool(self._store.set_status, job_id, "interrupted")',
-        'await run_in_threadpool(self._store.set_status, job_id, "failed")',
+        'await run_in(self._pool, self._store.set_status, job_id, "interrupted")',
+        'await run_in(self._pool, self._store.set_status, job_id, "failed")',
         (
             "tests/app/test_server_process.py::"
             "test_sigterm_finishes_requests_in_flight_and_interrupts_the_batch_job",
