@@ -211,7 +211,7 @@ class Collection:
 
     async def set_state(self, state: CollectionState) -> None:
         """Commit a description that keeps the serving generation (a re-embedding starts/ends)."""
-        if state.current != self.state.current:
+        if state.current.dir != self.state.current.dir:
             raise ValueError("set_state cannot change the serving generation")
         await run_in(self.pools.store, self.folder.write, state)
         self.state = state

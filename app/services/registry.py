@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from app.services.collections import Collection, Limits, default_first, open_store
@@ -112,11 +113,23 @@ class CollectionRegistry:
         return state
 
     async def _follow_settings(self, collection: Collection, spec: ModelSpec) -> None:
-        """Re-embed `default` to the configured model if it serves another one."""
+        """Re-embed `default` to the configured model if it serves another one.
+
+        Other settings for the same weights (a precision, a tag spelled out that was the
+        default) make the same vectors within cosine 0.9999: the description follows them, no
+        re-embedding.
+        """
         state = collection.state
-        if state.current.spec == spec or (state.next is not None and state.next.spec == spec):
+        if state.next is not None and state.next.spec == spec:
+            return  # under way already; resumed with the others
+        if await self._same_weights(state.current, spec):
+            if state.next is not None:  # configured back to the serving model
+                await self.reindexer.abandon(collection)
+            if collection.state.current.spec != spec:
+                current = replace(collection.state.current, spec=spec)
+                await collection.set_state(replace(collection.state, current=current))
             return
-        if state.next is not None and state.reindex_job is not None:
+        if state.next is not None:
             # configured to yet another model: the half-made generation is of no use now
             await self.reindexer.abandon(collection)
         logger.warning(
@@ -127,6 +140,12 @@ class CollectionRegistry:
             spec.pretrained or "(default weights)",
         )
         await self.reindexer.start(collection, spec, by_settings=True)
+
+    async def _same_weights(self, generation: Generation, spec: ModelSpec) -> bool:
+        if (generation.spec.model, generation.spec.pretrained) == (spec.model, spec.pretrained):
+            return True
+        async with self.models.use(spec) as model:  # loaded now; the re-embedding needs it
+            return model.encoder.model_id == generation.model_id
 
     async def _open(self, folder: CollectionFolder, state: CollectionState) -> Collection:
         removed = await run_in(self.pools.store, folder.remove_strays, state)

@@ -224,3 +224,26 @@ def test_the_default_collection_follows_xmr_model(
     assert not (settings.data_dir / "records.sqlite3").exists()
     assert (settings.data_dir / "gen-1" / "records.sqlite3").exists()
     assert not Path(settings.data_dir / "collections").exists()
+
+
+def test_default_follows_settings_without_re_embedding_the_same_weights(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        items = [{"id": f"t{i}", "text": text_of(i)} for i in range(2000)]
+        for start in range(0, 2000, 500):
+            batch = {"items": items[start : start + 500]}
+            assert client.post("/v1/texts", json=batch).status_code == 201
+    other_precision = settings.model_copy(update={"precision": "bf16"})
+    with TestClient(create_app(other_precision)) as client:  # the same weights: no re-embedding
+        info = client.get("/v1/info").json()
+        assert (info["reindex_job"], info["precision"]) == (None, "bf16")
+    switched = settings.model_copy(update={"model": SHAPES, "pretrained": None})
+    with TestClient(create_app(switched)) as client:  # stopped while it re-embeds
+        job_id = client.get("/v1/info").json()["reindex_job"]
+        assert client.get("/v1/collections/default").json()["status"] == "reindexing"
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:  # configured back
+        assert client.get("/v1/collections/default").json()["status"] == "ready"
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        assert client.get("/v1/info").json()["texts"] == 2000
+    assert not list(settings.data_dir.glob("gen-*"))
