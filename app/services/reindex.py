@@ -316,6 +316,7 @@ class Reindexer:
             await collection.set_state(without_next(collection.state))
             await run_in(pool, collection.folder.remove, generation)
 
+
 def _next(collection: Collection) -> Generation:
     generation = collection.state.next
     if generation is None:
