@@ -168,6 +168,9 @@ class SearchResponse(BaseModel):
 MAX_QUERIES = 256
 
 
+MIN_SCORE_HELP = "only results scoring at least this (cosine); fewer than k may come back"
+
+
 class TextQueriesRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -181,6 +184,7 @@ class TextQueriesRequest(BaseModel):
     target: Target = "images"
     filter: dict[str, Any] | None = Field(None, description="metadata conditions, all required")
     offset: int = Field(0, ge=0, le=10_000, description="skip this many results (paging)")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP)
 
     @model_validator(mode="after")
     def _not_blank(self) -> TextQueriesRequest:

@@ -361,6 +361,9 @@ def search(
         str | None, typer.Option("--filter", help='metadata conditions as JSON: {"album": "2024"}')
     ] = None,
     offset: Annotated[int, typer.Option(min=0, help="skip this many results")] = 0,
+    min_score: Annotated[
+        float | None, typer.Option(min=-1.0, max=1.0, help="only results scoring at least this")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
     collection: CollectionOption = None,
     server: ServerOption = DEFAULT_SERVER,
@@ -379,9 +382,11 @@ def search(
         raise CliError(f"{image} is not a file", 2)
     with XmrClient(server, api_key, collection=collection) as client:
         if image is not None:
-            result = client.search_image(image, k, target or "texts", conditions, offset)
+            result = client.search_image(image, k, target or "texts", conditions, offset, min_score)
         else:
-            result = client.search_text(query or "", k, target or "images", conditions, offset)
+            result = client.search_text(
+                query or "", k, target or "images", conditions, offset, min_score
+            )
     if as_json:
         out.print_json(json.dumps(result))
         return

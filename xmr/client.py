@@ -154,11 +154,20 @@ class XmrClient:
         target: str = "images",
         where: dict[str, Any] | None = None,
         offset: int = 0,
+        min_score: float | None = None,
     ) -> dict[str, Any]:
-        """`where`: metadata conditions (see the README's filters); `offset` pages."""
-        params: dict[str, str | int] = {"q": query, "k": k, "target": target, "offset": offset}
+        """`where`: metadata conditions (see the README's filters); `offset` pages; only hits
+        scoring at least `min_score` come back."""
+        params: dict[str, str | int | float] = {
+            "q": query,
+            "k": k,
+            "target": target,
+            "offset": offset,
+        }
         if where is not None:
             params["filter"] = json.dumps(where)
+        if min_score is not None:
+            params["min_score"] = min_score
         return self._json(self._http.get(f"{self._data}/search/text", params=params))
 
     def search_image(
@@ -168,10 +177,13 @@ class XmrClient:
         target: str = "texts",
         where: dict[str, Any] | None = None,
         offset: int = 0,
+        min_score: float | None = None,
     ) -> dict[str, Any]:
         data = {"k": str(k), "target": target, "offset": str(offset)}
         if where is not None:
             data["filter"] = json.dumps(where)
+        if min_score is not None:
+            data["min_score"] = str(min_score)
         response = self._http.post(
             f"{self._data}/search/image", files={"file": _file_part(image, 0)}, data=data
         )

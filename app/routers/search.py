@@ -8,6 +8,7 @@ from app.deps import SearchDep, UrlBaseDep
 from app.routers.common import parse_filter_param, read_upload, search_hit
 from app.schemas import (
     MAX_QUERIES,
+    MIN_SCORE_HELP,
     TARGET_KIND,
     MultiSearchResponse,
     SearchResponse,
@@ -40,8 +41,11 @@ def _multi_response(result: MultiSearchResult, base: str) -> MultiSearchResponse
     )
 
 
-def _scope(k: int, target: Target, raw_filter: str | None, offset: int) -> SearchScope:
-    return SearchScope(k, TARGET_KIND[target], parse_filter_param(raw_filter), offset)
+def _scope(
+    k: int, target: Target, raw_filter: str | None, offset: int, min_score: float | None
+) -> SearchScope:
+    where = parse_filter_param(raw_filter)
+    return SearchScope(k, TARGET_KIND[target], where, offset, min_score)
 
 
 @router.get("/text", response_model=SearchResponse, summary="Search with a text query")
@@ -53,8 +57,10 @@ async def search_by_text(
     target: Target = Query("images", description="what to search: images or texts"),
     filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
     offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
+    min_score: float | None = Query(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
 ) -> SearchResponse:
-    return _response(await search.by_text(q, _scope(k, target, filter, offset)), base)
+    scope = _scope(k, target, filter, offset, min_score)
+    return _response(await search.by_text(q, scope), base)
 
 
 @router.post("/image", response_model=SearchResponse, summary="Search with an image query")
@@ -66,9 +72,11 @@ async def search_by_image(
     target: Target = Form("texts", description="what to search: texts or images"),
     filter: str | None = Form(None, description=FILTER_HELP),  # noqa: A002
     offset: int = Form(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
+    min_score: float | None = Form(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
 ) -> SearchResponse:
     data = await read_upload(file)
-    return _response(await search.by_image(data, _scope(k, target, filter, offset)), base)
+    scope = _scope(k, target, filter, offset, min_score)
+    return _response(await search.by_image(data, scope), base)
 
 
 @router.post(
@@ -78,7 +86,7 @@ async def search_by_texts(
     search: SearchDep, base: UrlBaseDep, body: TextQueriesRequest
 ) -> MultiSearchResponse:
     where = None if body.filter is None else parse_filter(body.filter)
-    scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset)
+    scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset, body.min_score)
     return _multi_response(await search.by_texts(body.queries, scope), base)
 
 
@@ -95,8 +103,10 @@ async def search_by_images(
     target: Target = Form("texts", description="what to search: texts or images"),
     filter: str | None = Form(None, description=FILTER_HELP),  # noqa: A002
     offset: int = Form(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
+    min_score: float | None = Form(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
 ) -> MultiSearchResponse:
     if len(files) > MAX_QUERIES:
         raise InvalidInputError(f"at most {MAX_QUERIES} query images per request")
     blobs = [await read_upload(f, i) for i, f in enumerate(files)]
-    return _multi_response(await search.by_images(blobs, _scope(k, target, filter, offset)), base)
+    scope = _scope(k, target, filter, offset, min_score)
+    return _multi_response(await search.by_images(blobs, scope), base)

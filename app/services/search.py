@@ -40,6 +40,7 @@ class SearchScope:
     target: Kind
     where: MetadataFilter | None = None
     offset: int = 0
+    min_score: float | None = None  # a page is cut where the ranking falls below it
 
 
 class SearchService:
@@ -102,6 +103,9 @@ class SearchService:
             scope.where,
             scope.offset,
         )
+        if scope.min_score is not None:
+            cutoff = scope.min_score
+            hits = [[hit for hit in row if hit.score >= cutoff] for row in hits]
         self._check_response_size(hits)
         return hits
 

@@ -96,3 +96,43 @@ def test_invalid_filters_and_offsets_get_422(
     response = client.get("/v1/search/text", params={"q": "x", **params})
     assert response.status_code == 422
     assert message in response.text
+
+
+def test_min_score_cuts_every_search_route_where_the_ranking_falls_below_it(
+    thousand_texts: TestClient,
+) -> None:
+    client = thousand_texts
+    ranked = search(client, k=100)
+    cutoff = (ranked[9]["score"] + ranked[10]["score"]) / 2  # between the 10th and 11th
+    above = [h["id"] for h in ranked if h["score"] >= cutoff]
+    assert len(above) == 10
+    assert [h["id"] for h in search(client, k=100, min_score=cutoff)] == above
+    # pages stay consistent: page 1 is cut short, the pages after it are empty
+    assert [h["id"] for h in search(client, k=6, min_score=cutoff)] == above[:6]
+    assert [h["id"] for h in search(client, k=6, offset=6, min_score=cutoff)] == above[6:]
+    assert search(client, k=6, offset=12, min_score=cutoff) == []
+    batch = client.post(
+        "/v1/search/text/batch",
+        json={"queries": ["caption", "caption"], "target": "texts", "k": 50, "min_score": cutoff},
+    ).json()["results"]
+    assert [[h["id"] for h in row] for row in batch] == [above, above]
+    image = {"file": ("q.png", image_bytes("red"), "image/png")}
+    by_image = client.post(
+        "/v1/search/image", files=image, data={"k": "100", "target": "texts"}
+    ).json()["results"]
+    image_cut = by_image[4]["score"]
+    cut = client.post(
+        "/v1/search/image",
+        files=image,
+        data={"k": "100", "target": "texts", "min_score": str(image_cut)},
+    ).json()["results"]
+    assert [h["id"] for h in cut] == [h["id"] for h in by_image if h["score"] >= image_cut]
+    images_batch = client.post(
+        "/v1/search/image/batch",
+        files=[("files", ("q.png", image_bytes("red"), "image/png"))],
+        data={"k": "100", "target": "texts", "min_score": str(image_cut)},
+    ).json()["results"]
+    assert [h["id"] for h in images_batch[0]] == [h["id"] for h in cut]
+    too_high = client.get("/v1/search/text", params={"q": "x", "min_score": 1.5})
+    assert too_high.status_code == 422 and "min_score" in too_high.text
+    assert search(client, k=10, min_score=1.0) == []

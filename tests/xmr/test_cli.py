@@ -163,6 +163,8 @@ def test_collections_commands(live_server: str, tmp_path: Path) -> None:
         "sub/deeper/green.jpg",
     }
     assert json.loads(xmr("search", "red", "--json", server=live_server).stdout)["results"] == []
+    strict = xmr("search", "red", "-c", "shapes", "--json", "--min-score", "1", server=live_server)
+    assert json.loads(strict.stdout)["results"] == [], strict.stderr
     env_progress = {"XMR_PROGRESS": "1"}
     switched = xmr_with(
         env_progress,
