@@ -87,6 +87,12 @@ async def searching(collection: CollectionDep) -> AsyncIterator[SearchService]:
         yield pin.search
 
 
+async def searching_stored(collection: CollectionDep) -> AsyncIterator[SearchService]:
+    """Searches by stored vectors: no model needed."""
+    async with collection.use() as pin:
+        yield pin.search
+
+
 async def encoding(collection: CollectionDep) -> AsyncIterator[EncodingService]:
     async with collection.use(model=True) as pin:
         assert pin.model is not None
@@ -105,6 +111,7 @@ IndexingDep = Annotated[ItemService, Depends(indexing_items)]
 ChangingDep = Annotated[ItemService, Depends(changing_items)]
 ItemsDep = Annotated[ItemService, Depends(reading_items)]
 SearchDep = Annotated[SearchService, Depends(searching)]
+StoredSearchDep = Annotated[SearchService, Depends(searching_stored)]
 EncodingDep = Annotated[EncodingService, Depends(encoding)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 CollectionsDep = Annotated[CollectionRegistry, Depends(get_collections)]

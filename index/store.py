@@ -25,7 +25,13 @@ import numpy as np
 
 from index.backends import UNSAVED, VectorIndex, open_backend
 from index.blobs import BlobStore
-from index.errors import DuplicateIdError, ModelMismatchError, StorageError, excerpt
+from index.errors import (
+    DuplicateIdError,
+    ItemNotFoundError,
+    ModelMismatchError,
+    StorageError,
+    excerpt,
+)
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
 from index.planner import IndexOptions
@@ -272,6 +278,14 @@ class ItemStore:
         if record.content_path is None:
             raise StorageError(f"item {excerpt(record.id)} has no stored content")
         return self._blobs.read(record.content_path)
+
+    def stored_vector(self, item_id: str) -> tuple[Record, np.ndarray]:
+        """An item's record and its vector as stored, (1, dim); ItemNotFoundError if absent."""
+        record = self._records.get(item_id)
+        _, vectors = self._records.vectors_of(np.array([record.label]), self.dim)
+        if len(vectors) == 0:  # deleted between the two reads
+            raise ItemNotFoundError(item_id)
+        return record, vectors
 
     def records_after(self, label: int, limit: int) -> list[Record]:
         """Records written after the one with `label`, in write order: a re-embedding's cursor."""

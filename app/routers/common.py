@@ -12,6 +12,12 @@ from app.schemas import ItemResponse, SearchHit
 from app.services.errors import InvalidInputError
 from index import Hit, InvalidFilterError, MetadataFilter, Record, parse_filter
 
+FILTER_HELP = (
+    'JSON object of metadata conditions, all required: {"album": "2024"}, '
+    '{"tag": {"in": ["cat", "dog"]}}, {"year": {"gte": 2000, "lt": 2010}}'
+)
+OFFSET_HELP = "skip this many results (paging)"
+
 
 def content_url(item_id: str, base: str = "/v1") -> str:
     """Where an item's bytes are served; `base` is its collection's route prefix."""

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from app.deps import ChangingDep, IndexingDep, ItemsDep, UrlBaseDep
-from app.routers.common import item_response, parse_ids, parse_metadata, read_upload
+from app.deps import ChangingDep, IndexingDep, ItemsDep, StoredSearchDep, UrlBaseDep
+from app.routers.common import (
+    FILTER_HELP,
+    OFFSET_HELP,
+    item_response,
+    parse_filter_param,
+    parse_ids,
+    parse_metadata,
+    read_upload,
+    search_hit,
+)
 from app.schemas import (
+    MIN_SCORE_HELP,
+    TARGET_KIND,
     HashLookupRequest,
     HashLookupResponse,
     IndexedResponse,
     IndexTextsRequest,
     ItemResponse,
+    SearchResponse,
+    Target,
 )
 from app.services.items import ImageInput, TextInput
+from app.services.search import MAX_OFFSET, SearchScope
 
 router = APIRouter(tags=["items"])  # mounted at /v1 and /v1/collections/{collection}
 
@@ -72,7 +87,7 @@ async def lookup_by_content_hash(body: HashLookupRequest, items: ItemsDep) -> Ha
 async def get_item_content(
     item_id: str, request: Request, items: ItemsDep, base: UrlBaseDep
 ) -> Response:
-    item_id, wants_content = item_path(request)
+    item_id, wants_content = item_path(request, CONTENT_SUFFIX)
     if not wants_content:  # /items/p%2Fcontent: the record of the item "p/content"
         record = item_response(await items.get(item_id), base)
         return JSONResponse(record.model_dump(mode="json"))
@@ -84,11 +99,38 @@ async def get_item_content(
     )
 
 
+@router.get(
+    "/items/{item_id:path}/similar",
+    response_model=SearchResponse,
+    summary="Items like this one, by its stored vector (itself left out)",
+)
+async def similar_items(
+    item_id: str,
+    request: Request,
+    search: StoredSearchDep,
+    items: ItemsDep,
+    base: UrlBaseDep,
+    k: int = Query(10, ge=1, description="how many results"),
+    target: Target = Query("images", description="what to search: images or texts"),
+    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
+    min_score: float | None = Query(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
+) -> Any:
+    item_id, wants_similar = item_path(request, SIMILAR_SUFFIX)
+    if not wants_similar:  # /items/p%2Fsimilar: the record of the item "p/similar"
+        return JSONResponse(item_response(await items.get(item_id), base).model_dump(mode="json"))
+    scope = SearchScope(k, TARGET_KIND[target], parse_filter_param(filter), offset, min_score)
+    result = await search.similar_to(item_id, scope)
+    return SearchResponse(
+        results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
+    )
+
+
 @router.get("/items/{item_id:path}", response_model=ItemResponse, summary="An item's record")
 async def get_item(
     item_id: str, request: Request, items: ItemsDep, base: UrlBaseDep
 ) -> ItemResponse:
-    return item_response(await items.get(item_path(request)[0]), base)
+    return item_response(await items.get(item_path(request, None)[0]), base)
 
 
 @router.delete(
@@ -98,23 +140,25 @@ async def get_item(
     summary="Delete an item; it is gone from search at once",
 )
 async def delete_item(item_id: str, request: Request, items: ChangingDep) -> Response:
-    await items.delete(item_path(request, content_suffix=False)[0])
+    await items.delete(item_path(request, None)[0])
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 CONTENT_SUFFIX = "/content"
+SIMILAR_SUFFIX = "/similar"
 
 
-def item_path(request: Request, content_suffix: bool = True) -> tuple[str, bool]:
-    """(item id, whether its content was asked for), read from the path as the client sent it.
+def item_path(request: Request, suffix: str | None) -> tuple[str, bool]:
+    """(item id, whether the path ends in `suffix`), read from the path as the client sent it.
 
     Routing sees the decoded path, where `p%2Fcontent` and `p/content` look alike; in the raw
-    path an encoded slash is part of the id, and only a literal `/content` asks for content.
+    path an encoded slash is part of the id, and only a literal `/content` (or `/similar`)
+    asks for content (or similar items).
     """
     raw: bytes | None = request.scope.get("raw_path")
     decode = unquote if raw else str  # without a raw path, the server decoded it already
     path = raw.decode("latin-1") if raw else request.scope["path"]
     tail = path.split("/items/", 1)[1]
-    if content_suffix and tail.endswith(CONTENT_SUFFIX) and len(tail) > len(CONTENT_SUFFIX):
-        return decode(tail[: -len(CONTENT_SUFFIX)]), True
+    if suffix and tail.endswith(suffix) and len(tail) > len(suffix):
+        return decode(tail[: -len(suffix)]), True
     return decode(tail), False

@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from app.deps import SearchDep, UrlBaseDep
-from app.routers.common import parse_filter_param, read_upload, search_hit
+from app.routers.common import (
+    FILTER_HELP,
+    OFFSET_HELP,
+    parse_filter_param,
+    read_upload,
+    search_hit,
+)
 from app.schemas import (
     MAX_QUERIES,
     MIN_SCORE_HELP,
@@ -20,12 +26,6 @@ from app.services.search import MAX_OFFSET, MultiSearchResult, SearchResult, Sea
 from index import parse_filter
 
 router = APIRouter(prefix="/search", tags=["search"])  # under /v1 and each collection
-
-FILTER_HELP = (
-    'JSON object of metadata conditions, all required: {"album": "2024"}, '
-    '{"tag": {"in": ["cat", "dog"]}}, {"year": {"gte": 2000, "lt": 2010}}'
-)
-OFFSET_HELP = "skip this many results (paging)"
 
 
 def _response(result: SearchResult, base: str) -> SearchResponse:

@@ -65,12 +65,11 @@ class Pin:
 
     @property
     def search(self) -> SearchService:
-        if self.model is None:
-            raise RuntimeError("searching needs the pin to hold the model")
+        """Searches; those that encode a query need the pin to hold the model."""
         limits = self.collection.limits
         return SearchService(
             self.store,
-            self.model.encoding,
+            self.model.encoding if self.model else None,
             limits.max_k,
             self.collection.pools.store,
             max_response_bytes=limits.max_response_bytes,

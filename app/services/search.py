@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -47,16 +47,22 @@ class SearchService:
     def __init__(
         self,
         store: ItemStore,
-        encoding: EncodingService,
+        encoding: EncodingService | None,
         max_k: int,
         store_pool: Executor,
         max_response_bytes: int = 64 * 2**20,
     ) -> None:
         self.store = store
-        self.encoding = encoding
+        self._encoding = encoding  # None: searches by stored vectors only (similar_to)
         self.max_k = max_k
         self.max_response_bytes = max_response_bytes
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
+
+    @property
+    def encoding(self) -> EncodingService:
+        if self._encoding is None:
+            raise RuntimeError("this SearchService was made without a model")
+        return self._encoding
 
     async def by_text(self, query: str, scope: SearchScope) -> SearchResult:
         started = time.perf_counter()
@@ -92,6 +98,15 @@ class SearchService:
                 raise result
         vectors = await self.encoding.encode_prepared(prepared)
         return MultiSearchResult(await self._search(vectors, scope), _elapsed_ms(started))
+
+    async def similar_to(self, item_id: str, scope: SearchScope) -> SearchResult:
+        """Items like a stored one, by its stored vector (no model call); itself left out."""
+        started = time.perf_counter()
+        self._check(scope)
+        record, vector = await run_in(self._store_pool, self.store.stored_vector, item_id)
+        wider = replace(scope, k=scope.offset + scope.k + 1, offset=0)
+        ranked = [h for h in (await self._search(vector, wider))[0] if h.record.id != record.id]
+        return SearchResult(ranked[scope.offset : scope.offset + scope.k], _elapsed_ms(started))
 
     async def _search(self, vectors: np.ndarray, scope: SearchScope) -> list[list[Hit]]:
         hits = await run_in(

@@ -105,8 +105,11 @@ function card(hit) {
 }
 
 async function moreLikeThis(hit) {
-  const blob = await (await api(hit.content_url)).blob();
-  await searchImage(new File([blob], hit.id), "images");
+  // by the item's stored vector: no upload, no model call
+  const params = new URLSearchParams({ k: k(), target: "images" });
+  setStatus(`Searching images like ${hit.id}…`);
+  const body = await (await api(`${base()}/items/${encodeURIComponent(hit.id)}/similar?${params}`)).json();
+  show(body, `items like ${hit.id}`);
 }
 
 function openDetails(text) {

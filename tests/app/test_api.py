@@ -500,3 +500,34 @@ def test_content_hash_lookup_finds_indexed_bytes_and_refuses_bad_digests(
     assert bad.status_code == 422
     assert "sha256[1] is not a hex SHA-256 digest" in bad.json()["detail"]
     assert client.post("/v1/items/lookup", json={"sha256": []}).status_code == 422
+
+
+def test_similar_items_rank_by_the_stored_vector_without_the_item_itself(
+    client: TestClient,
+) -> None:
+    colours = ["red", "orange", "blue", "green"]
+    files = [png_file(f"{c}.png", c) for c in colours]
+    ids = json.dumps(colours)
+    assert client.post("/v1/images", files=files, data={"ids": ids}).status_code == 201
+    index_texts(client, {"text": "a red thing", "id": "t-red"})
+    vectors = np.array(
+        client.post("/v1/embed/image", files=[png_file(f"{c}.png", c) for c in colours]).json()[
+            "embeddings"
+        ]
+    )
+    expected = sorted(
+        ((float(vectors[i] @ vectors[0]), c) for i, c in enumerate(colours) if c != "red"),
+        reverse=True,
+    )
+    similar = client.get("/v1/items/red/similar", params={"k": 10}).json()["results"]
+    assert [h["id"] for h in similar] == [c for _, c in expected]
+    np.testing.assert_allclose([h["score"] for h in similar], [s for s, _ in expected], atol=1e-4)
+    paged = client.get("/v1/items/red/similar", params={"k": 1, "offset": 1}).json()["results"]
+    assert [h["id"] for h in paged] == [expected[1][1]]
+    cut = client.get("/v1/items/red/similar", params={"min_score": expected[1][0] - 1e-6})
+    assert [h["id"] for h in cut.json()["results"]] == [c for _, c in expected[:2]]
+    texts = client.get("/v1/items/red/similar", params={"target": "texts"}).json()["results"]
+    assert [h["id"] for h in texts] == ["t-red"]
+    assert client.get("/v1/items/nope/similar").status_code == 404
+    index_texts(client, {"text": "an odd id", "id": "p/similar"})
+    assert client.get("/v1/items/p%2Fsimilar").json()["id"] == "p/similar"
