@@ -194,6 +194,65 @@ class TextQueriesRequest(BaseModel):
         return self
 
 
+MAX_QUERY_PARTS = 16
+
+
+class QueryPart(BaseModel):
+    """One part of a composite query: exactly one of text, image_base64 or item, and a weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
+    image_base64: str | None = Field(None, description="an image, base64-encoded")
+    item: str | None = Field(None, description="a stored item's id: its stored vector")
+    image_file: int | None = Field(
+        None, ge=0, description="multipart only: the position of an uploaded `files` part"
+    )
+    weight: float = Field(1.0, ge=-100.0, le=100.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> QueryPart:
+        kinds = ("text", "image_base64", "item", "image_file")
+        given = [n for n in kinds if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a query part needs exactly one of text, image_base64, item or image_file"
+            )
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text is empty or only whitespace")
+        return self
+
+
+class CompositeSearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "query": [
+                        {"text": "a dog on a beach", "weight": 1.0},
+                        {"item": "photo-17", "weight": 0.5},
+                        {"text": "blurry", "weight": -0.4},
+                    ],
+                    "target": "images",
+                    "k": 10,
+                }
+            ]
+        },
+    )
+
+    query: list[QueryPart] = Field(..., min_length=1, max_length=MAX_QUERY_PARTS)
+    target: Target = "images"
+    k: int = Field(10, ge=1)
+    offset: int = Field(0, ge=0, le=10_000, description="skip this many results (paging)")
+    filter: dict[str, Any] | None = Field(None, description="metadata conditions, all required")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP)
+    mode: Literal["vector"] = Field(
+        "vector", description="vector: cosine to the weighted sum of the parts' unit vectors"
+    )
+    exclude_query_items: bool = Field(True, description="leave the items named in the query out")
+
+
 class MultiSearchResponse(BaseModel):
     results: list[list[SearchHit]] = Field(..., description="one ranked list per query, in order")
     took_ms: float

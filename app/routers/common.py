@@ -6,7 +6,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.schemas import ItemResponse, SearchHit
 from app.services.errors import InvalidInputError
@@ -110,7 +110,7 @@ def parse_metadata(raw: str | None, expected: int) -> list[dict[str, Any] | None
     return metadata
 
 
-async def read_upload(upload: UploadFile, position: int | None = None) -> bytes:
+async def read_upload(upload: StarletteUploadFile, position: int | None = None) -> bytes:
     data = await upload.read()
     if not data:
         where = f"files[{position}]" if position is not None else "file"

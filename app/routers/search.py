@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+import base64
+import binascii
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from app.deps import SearchDep, UrlBaseDep
 from app.routers.common import (
@@ -14,15 +19,24 @@ from app.routers.common import (
 )
 from app.schemas import (
     MAX_QUERIES,
+    MAX_QUERY_PARTS,
     MIN_SCORE_HELP,
     TARGET_KIND,
+    CompositeSearchRequest,
     MultiSearchResponse,
+    QueryPart,
     SearchResponse,
     Target,
     TextQueriesRequest,
 )
 from app.services.errors import InvalidInputError
-from app.services.search import MAX_OFFSET, MultiSearchResult, SearchResult, SearchScope
+from app.services.search import (
+    MAX_OFFSET,
+    MultiSearchResult,
+    SearchResult,
+    SearchScope,
+    WeightedPart,
+)
 from index import parse_filter
 
 router = APIRouter(prefix="/search", tags=["search"])  # under /v1 and each collection
@@ -110,3 +124,77 @@ async def search_by_images(
     blobs = [await read_upload(f, i) for i, f in enumerate(files)]
     scope = _scope(k, target, filter, offset, min_score)
     return _multi_response(await search.by_images(blobs, scope), base)
+
+
+_COMPOSITE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": CompositeSearchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["request"],
+                    "properties": {
+                        "request": {
+                            "type": "string",
+                            "description": 'the JSON body; parts may name {"image_file": n}',
+                        },
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=SearchResponse,
+    openapi_extra=_COMPOSITE_BODY,
+    summary="One general search: weighted texts, images and stored items (negative weights too)",
+)
+async def composite_search(request: Request, search: SearchDep, base: UrlBaseDep) -> SearchResponse:
+    body, uploads = await _composite_request(request)
+    parts = [_weighted_part(part, position, uploads) for position, part in enumerate(body.query)]
+    where = None if body.filter is None else parse_filter(body.filter)
+    scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset, body.min_score)
+    return _response(await search.composite(parts, scope, body.exclude_query_items), base)
+
+
+async def _composite_request(request: Request) -> tuple[CompositeSearchRequest, list[bytes]]:
+    """The body from JSON, or from a multipart form's `request` field with its `files`."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=MAX_QUERY_PARTS, max_fields=10) as form:
+            raw = form.get("request")
+            if not isinstance(raw, str):
+                raise InvalidInputError("a multipart search needs a 'request' field (JSON)")
+            files = [f for f in form.getlist("files") if not isinstance(f, str)]
+            uploads = [await read_upload(f, i) for i, f in enumerate(files)]
+    elif content_type.startswith("application/json"):
+        raw, uploads = (await request.body()).decode("utf-8", "replace"), []
+    else:
+        raise InvalidInputError("send a JSON body, or multipart/form-data with 'request'")
+    try:
+        return CompositeSearchRequest.model_validate_json(raw), uploads
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from e
+
+
+def _weighted_part(part: QueryPart, position: int, uploads: list[bytes]) -> WeightedPart:
+    image = None
+    if part.image_base64 is not None:
+        try:
+            image = base64.b64decode(part.image_base64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InvalidInputError(f"query[{position}].image_base64 is not valid base64") from e
+    elif part.image_file is not None:
+        if part.image_file >= len(uploads):
+            raise InvalidInputError(
+                f"query[{position}].image_file is {part.image_file}, "
+                f"but {len(uploads)} files were sent"
+            )
+        image = uploads[part.image_file]
+    return WeightedPart(part.weight, text=part.text, image=image, item=part.item)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
@@ -16,6 +16,7 @@ from index import Hit, ItemStore, Kind, MetadataFilter
 from models import ImageDecodeError
 
 MAX_OFFSET = 10_000
+ZERO_QUERY_NORM = 1e-6  # a weighted sum shorter than this has no direction to search in
 # queries x (k + offset): bounds the arrays and the records that one request loads
 MAX_HITS_PER_REQUEST = 100_000
 
@@ -30,6 +31,16 @@ class SearchResult:
 class MultiSearchResult:
     hits: list[list[Hit]]  # one ranked list per query, in the order of the queries
     took_ms: float
+
+
+@dataclass(frozen=True)
+class WeightedPart:
+    """One part of a composite query: a text, image bytes or a stored item's id, and a weight."""
+
+    weight: float
+    text: str | None = None
+    image: bytes | None = None
+    item: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,54 @@ class SearchService:
         wider = replace(scope, k=scope.offset + scope.k + 1, offset=0)
         ranked = [h for h in (await self._search(vector, wider))[0] if h.record.id != record.id]
         return SearchResult(ranked[scope.offset : scope.offset + scope.k], _elapsed_ms(started))
+
+    async def composite(
+        self, parts: Sequence[WeightedPart], scope: SearchScope, exclude_items: bool = True
+    ) -> SearchResult:
+        """Cosine to the L2-normalized weighted sum of the parts' unit vectors.
+
+        A text or an image is embedded as /v1/embed/* embeds it; an item stands for its stored
+        vector. Parts that cancel out are refused. The items named are left out if asked.
+        """
+        started = time.perf_counter()
+        self._check(scope)
+        query = await self._weighted_sum(parts)
+        excluded = {p.item for p in parts if p.item is not None} if exclude_items else set()
+        wider = replace(scope, k=scope.offset + scope.k + len(excluded), offset=0)
+        ranked = [h for h in (await self._search(query, wider))[0] if h.record.id not in excluded]
+        return SearchResult(ranked[scope.offset : scope.offset + scope.k], _elapsed_ms(started))
+
+    async def _weighted_sum(self, parts: Sequence[WeightedPart]) -> np.ndarray:
+        vectors: list[np.ndarray] = []
+        texts = [p.text for p in parts if p.text is not None]
+        images = [p.image for p in parts if p.image is not None]
+        by_text = iter(await self.encoding.encode_texts(texts)) if texts else iter(())
+        by_image: Iterator[np.ndarray] = iter(())
+        if images:
+            prepared = await self.encoding.prepare_many(images)
+            for position, result in enumerate(prepared):
+                if isinstance(result, Exception):
+                    raise type(result)(f"query image {position}: {result}") from result
+            by_image = iter(await self.encoding.encode_prepared(prepared))
+        for part in parts:
+            if part.text is not None:
+                vectors.append(next(by_text))
+            elif part.image is not None:
+                vectors.append(next(by_image))
+            else:
+                _, stored = await run_in(
+                    self._store_pool, self.store.stored_vector, part.item or ""
+                )
+                vectors.append(stored[0])
+        weights = np.array([p.weight for p in parts], dtype=np.float64)
+        total = (weights[:, None] * np.stack(vectors).astype(np.float64)).sum(axis=0)
+        norm = float(np.linalg.norm(total))
+        if norm < ZERO_QUERY_NORM:
+            raise InvalidInputError(
+                "the query's weighted parts cancel out (their sum is the zero vector): "
+                "change a weight or a part"
+            )
+        return (total / norm).astype(np.float32).reshape(1, -1)
 
     async def _search(self, vectors: np.ndarray, scope: SearchScope) -> list[list[Hit]]:
         hits = await run_in(
