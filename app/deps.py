@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, Path, Request
 
+from app.services.classify import ClassifyService
 from app.services.collections import Collection
 from app.services.encoding import EncodingService
 from app.services.errors import NotReadyError
@@ -93,6 +94,11 @@ async def searching_stored(collection: CollectionDep) -> AsyncIterator[SearchSer
         yield pin.search
 
 
+async def classifying(collection: CollectionDep) -> AsyncIterator[ClassifyService]:
+    async with collection.use(model=True) as pin:
+        yield pin.classify
+
+
 async def encoding(collection: CollectionDep) -> AsyncIterator[EncodingService]:
     async with collection.use(model=True) as pin:
         assert pin.model is not None
@@ -112,6 +118,7 @@ ChangingDep = Annotated[ItemService, Depends(changing_items)]
 ItemsDep = Annotated[ItemService, Depends(reading_items)]
 SearchDep = Annotated[SearchService, Depends(searching)]
 StoredSearchDep = Annotated[SearchService, Depends(searching_stored)]
+ClassifyDep = Annotated[ClassifyService, Depends(classifying)]
 EncodingDep = Annotated[EncodingService, Depends(encoding)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 CollectionsDep = Annotated[CollectionRegistry, Depends(get_collections)]

@@ -253,6 +253,24 @@ class CompositeSearchRequest(BaseModel):
     exclude_query_items: bool = Field(True, description="leave the items named in the query out")
 
 
+class ClassifyItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[str] = Field(..., min_length=1, max_length=1000, description="stored item ids")
+    labels: list[str] = Field(..., min_length=2, max_length=1000)
+    template: str | None = Field(None, max_length=1000, examples=["a photo of {}"])
+
+
+class LabelResult(BaseModel):
+    label: str
+    score: float = Field(description="cosine between the image and the label's text")
+    probability: float = Field(description="softmax of the model's logit scale x the cosines")
+
+
+class ClassifyResponse(BaseModel):
+    results: list[list[LabelResult]] = Field(description="per image, in order: labels, best first")
+
+
 class MultiSearchResponse(BaseModel):
     results: list[list[SearchHit]] = Field(..., description="one ranked list per query, in order")
     took_ms: float

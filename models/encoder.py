@@ -39,6 +39,11 @@ class Encoder(Protocol):
         ...
 
     @property
+    def logit_scale(self) -> float:
+        """The temperature of zero-shot classification: logits = logit_scale * cosine."""
+        ...
+
+    @property
     def image_size(self) -> int:
         """The side of the square input the image tower takes (decoders may stop above it)."""
         ...

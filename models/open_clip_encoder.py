@@ -89,6 +89,7 @@ class OpenClipEncoder:
         self._model_id = model_id
         self._dim = _embedding_dim(model)
         self._image_size = image_side(model)
+        self._logit_scale = _logit_scale(model)
         self._towers: Towers = build_towers(
             model,
             device,
@@ -172,6 +173,11 @@ class OpenClipEncoder:
     def image_size(self) -> int:
         """The side of the square input the vision tower takes."""
         return self._image_size
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature: zero-shot logits are this times the cosine."""
+        return self._logit_scale
 
     @property
     def context_length(self) -> int:
@@ -283,3 +289,11 @@ def _pad_rows(tokens: torch.Tensor, rows: int) -> torch.Tensor:
     if rows == len(tokens):
         return tokens
     return torch.cat([tokens, tokens[:1].expand(rows - len(tokens), -1)])
+
+
+def _logit_scale(model: torch.nn.Module) -> float:
+    """exp(logit_scale) as CLIP uses it (100 for OpenAI's CLIP); 1 for a model without one."""
+    scale = getattr(model, "logit_scale", None)
+    if not isinstance(scale, torch.Tensor):
+        return 1.0
+    return float(scale.detach().float().exp().item())

@@ -61,7 +61,7 @@ def client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestCl
         yield test_client
 
 
-COLLECTION_ROUTE = re.compile(r"^/v1/(images|texts|batch|search|embed|items)(?=[/?]|$)")
+COLLECTION_ROUTE = re.compile(r"^/v1/(images|texts|batch|search|embed|items|classify)(?=[/?]|$)")
 
 
 class DefaultCollectionClient(TestClient):

@@ -13,9 +13,19 @@ from fastapi.params import Depends as DependsParam
 from fastapi.routing import APIRoute
 
 from app.deps import collection_param
-from app.routers import batch, collections, embed, health, items, metrics, page, search
+from app.routers import (
+    batch,
+    classify,
+    collections,
+    embed,
+    health,
+    items,
+    metrics,
+    page,
+    search,
+)
 
-COLLECTION_ROUTERS = (items.router, search.router, batch.router, embed.router)
+COLLECTION_ROUTERS = (items.router, search.router, batch.router, embed.router, classify.router)
 COLLECTION_PREFIX = "/v1/collections/{collection}"
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
+from app.services.classify import ClassifyService
 from app.services.errors import CollectionNotFoundError, CollectionStateError
 from app.services.items import ItemService
 from app.services.models import LoadedModel, ModelPool
@@ -73,6 +74,18 @@ class Pin:
             limits.max_k,
             self.collection.pools.store,
             max_response_bytes=limits.max_response_bytes,
+        )
+
+    @property
+    def classify(self) -> ClassifyService:
+        if self.model is None:
+            raise RuntimeError("classifying needs the pin to hold the model")
+        return ClassifyService(
+            self.store,
+            self.model.encoding,
+            self.model.labels,
+            self.model.encoder.logit_scale,
+            self.collection.pools.store,
         )
 
     async def release(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from app.services.classify import LabelVectors
 from app.services.encoding import EncodingService
 from app.services.errors import ModelsBusyError
 from app.services.threads import Pools, run_in
@@ -36,6 +37,7 @@ class LoadedModel:
     spec: ModelSpec
     encoder: Encoder
     encoding: EncodingService
+    labels: LabelVectors = field(default_factory=LabelVectors)  # zero-shot label cache
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
 

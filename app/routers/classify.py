@@ -1,0 +1,83 @@
+"""Zero-shot labels for uploaded images or stored items."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app.deps import ClassifyDep
+from app.routers.common import read_upload
+from app.schemas import ClassifyItemsRequest, ClassifyResponse, LabelResult
+from app.services.classify import MAX_IMAGES, LabelScore
+from app.services.errors import InvalidInputError
+
+router = APIRouter(tags=["classify"])  # under /v1 and each collection
+
+_CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ClassifyItemsRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files", "labels"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "labels": {"type": "string", "description": "JSON list of 2-1000 labels"},
+                        "template": {"type": "string", "description": 'e.g. "a photo of {}"'},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _response(results: list[list[LabelScore]]) -> ClassifyResponse:
+    return ClassifyResponse(
+        results=[
+            [LabelResult(label=s.label, score=s.score, probability=s.probability) for s in row]
+            for row in results
+        ]
+    )
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    openapi_extra=_CLASSIFY_BODY,
+    summary="Zero-shot labels: multipart image files, or JSON stored items, and the labels",
+)
+async def classify(request: Request, classify: ClassifyDep) -> ClassifyResponse:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=MAX_IMAGES, max_fields=10) as form:
+            files = [f for f in form.getlist("files") if not isinstance(f, str)]
+            blobs = [await read_upload(f, i) for i, f in enumerate(files)]
+            labels = _labels(form.get("labels"))
+            template = form.get("template")
+        text_template = template if isinstance(template, str) and template else None
+        return _response(await classify.images(blobs, labels, text_template))
+    if content_type.startswith("application/json"):
+        try:
+            body = ClassifyItemsRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise RequestValidationError(e.errors(include_url=False)) from e
+        return _response(await classify.items(body.items, body.labels, body.template))
+    raise InvalidInputError("send multipart/form-data image files, or JSON stored items")
+
+
+def _labels(raw: object) -> list[str]:
+    if not isinstance(raw, str):
+        raise InvalidInputError("labels must be a form field holding a JSON list of strings")
+    try:
+        value = json.loads(raw)
+    except ValueError as e:
+        raise InvalidInputError(f"labels must be a JSON list of strings: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError("labels must be a JSON list of strings")
+    return value
