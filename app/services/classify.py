@@ -18,7 +18,6 @@ from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
 from index import ItemStore
-from models import ImageDecodeError
 
 MIN_LABELS, MAX_LABELS = 2, 1000
 MAX_LABEL_CHARS = 1000
@@ -115,12 +114,7 @@ class ClassifyService:
         if not 1 <= len(blobs) <= MAX_IMAGES:
             raise InvalidInputError(f"send 1 to {MAX_IMAGES} images, got {len(blobs)}")
         texts = check_labels(labels, template)
-        prepared = await self.encoding.prepare_many(blobs)
-        for position, result in enumerate(prepared):
-            if isinstance(result, ImageDecodeError):
-                raise type(result)(f"files[{position}]: {result}") from result
-            if isinstance(result, Exception):
-                raise result
+        prepared = await self.encoding.prepare_all(blobs)
         vectors = await self.encoding.encode_prepared(prepared)
         return await self._rank(vectors, texts, labels)
 

@@ -143,6 +143,16 @@ class EncodingService:
                 raise result
         return list(results)
 
+    async def prepare_all(self, blobs: Sequence[bytes], name: str = "files") -> list[Any]:
+        """Prepare every upload, or fail on the first that is not an image, naming `name[i]`."""
+        prepared = await self.prepare_many(blobs)
+        for position, result in enumerate(prepared):
+            if isinstance(result, ImageDecodeError):
+                raise type(result)(f"{name}[{position}]: {result}") from result
+            if isinstance(result, Exception):
+                raise result
+        return prepared
+
     async def _prepare_large_aside(self, blobs: Sequence[bytes], large: set[int]) -> list[Any]:
         """On the CPU: small images in turn with the model, large ones beside it meanwhile."""
         small = [position for position in range(len(blobs)) if position not in large]

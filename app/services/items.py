@@ -98,12 +98,7 @@ class ItemService:
         """Decode, encode and store images; any undecodable image rejects the whole request."""
         for position, item in enumerate(inputs):
             self.check_input(item.id, item.metadata, f"files[{position}]")
-        prepared = await self.encoding.prepare_many([item.data for item in inputs])
-        for position, result in enumerate(prepared):
-            if isinstance(result, ImageDecodeError):
-                raise type(result)(f"files[{position}]: {result}") from result
-            if isinstance(result, Exception):
-                raise result
+        prepared = await self.encoding.prepare_all([item.data for item in inputs])
         items, _ = await self.encode_images(inputs, prepared)
         return await self.store_items(items)
 

@@ -13,7 +13,6 @@ from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
 from index import Hit, ItemStore, Kind, MetadataFilter
-from models import ImageDecodeError
 
 MAX_OFFSET = 10_000
 ZERO_QUERY_NORM = 1e-6  # a weighted sum shorter than this has no direction to search in
@@ -101,12 +100,7 @@ class SearchService:
         """Several image queries; an undecodable one fails the request, naming its position."""
         started = time.perf_counter()
         self._check(scope, len(blobs))
-        prepared = await self.encoding.prepare_many(blobs)
-        for position, result in enumerate(prepared):
-            if isinstance(result, ImageDecodeError):
-                raise type(result)(f"files[{position}]: {result}") from result
-            if isinstance(result, Exception):
-                raise result
+        prepared = await self.encoding.prepare_all(blobs)
         vectors = await self.encoding.encode_prepared(prepared)
         return MultiSearchResult(await self._search(vectors, scope), _elapsed_ms(started))
 
@@ -142,10 +136,7 @@ class SearchService:
         by_text = iter(await self.encoding.encode_texts(texts)) if texts else iter(())
         by_image: Iterator[np.ndarray] = iter(())
         if images:
-            prepared = await self.encoding.prepare_many(images)
-            for position, result in enumerate(prepared):
-                if isinstance(result, Exception):
-                    raise type(result)(f"query image {position}: {result}") from result
+            prepared = await self.encoding.prepare_all(images, "query images")
             by_image = iter(await self.encoding.encode_prepared(prepared))
         for part in parts:
             if part.text is not None:
