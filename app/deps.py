@@ -101,8 +101,8 @@ async def classifying(collection: CollectionDep) -> AsyncIterator[ClassifyServic
 
 async def encoding(collection: CollectionDep) -> AsyncIterator[EncodingService]:
     async with collection.use(model=True) as pin:
-        assert pin.model is not None
-        yield pin.model.encoding
+        assert pin.encoding is not None
+        yield pin.encoding
 
 
 def get_jobs(services: ServicesDep) -> JobRunner:

@@ -91,7 +91,7 @@ class Services:
             queues={
                 (m.encoder.model_id, modality): depth
                 for m in loaded
-                for modality, depth in m.encoding.queue_depths().items()
+                for modality, depth in m.queue_depths().items()
             },
             collections=[
                 CollectionState(c.name, c.state.current.model_id, c.store.index_info())

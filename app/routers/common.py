@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
+from fastapi import Depends, Query
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from app.schemas import ItemResponse, SearchHit
+from app.schemas import (
+    MIN_SCORE_HELP,
+    TARGET_KIND,
+    ItemResponse,
+    SearchHit,
+    SearchResponse,
+    Target,
+)
 from app.services.errors import InvalidInputError
+from app.services.search import MAX_OFFSET, SearchResult, SearchScope
 from index import Hit, InvalidFilterError, MetadataFilter, Record, parse_filter
 
 FILTER_HELP = (
@@ -17,6 +26,26 @@ FILTER_HELP = (
     '{"tag": {"in": ["cat", "dog"]}}, {"year": {"gte": 2000, "lt": 2010}}'
 )
 OFFSET_HELP = "skip this many results (paging)"
+
+
+def query_scope(
+    k: int = Query(10, ge=1, description="how many results"),
+    target: Target = Query("images", description="what to search: images or texts"),
+    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
+    min_score: float | None = Query(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
+) -> SearchScope:
+    """What a GET search asks for, from its query parameters."""
+    return SearchScope(k, TARGET_KIND[target], parse_filter_param(filter), offset, min_score)
+
+
+QueryScopeDep = Annotated[SearchScope, Depends(query_scope)]
+
+
+def search_response(result: SearchResult, base: str) -> SearchResponse:
+    return SearchResponse(
+        results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
+    )
 
 
 def content_url(item_id: str, base: str = "/v1") -> str:

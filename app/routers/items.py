@@ -5,33 +5,27 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from app.deps import ChangingDep, IndexingDep, ItemsDep, StoredSearchDep, UrlBaseDep
 from app.routers.common import (
-    FILTER_HELP,
-    OFFSET_HELP,
+    QueryScopeDep,
     item_response,
-    parse_filter_param,
     parse_ids,
     parse_metadata,
     read_upload,
-    search_hit,
+    search_response,
 )
 from app.schemas import (
-    MIN_SCORE_HELP,
-    TARGET_KIND,
     HashLookupRequest,
     HashLookupResponse,
     IndexedResponse,
     IndexTextsRequest,
     ItemResponse,
     SearchResponse,
-    Target,
 )
 from app.services.items import ImageInput, TextInput
-from app.services.search import MAX_OFFSET, SearchScope
 
 router = APIRouter(tags=["items"])  # mounted at /v1 and /v1/collections/{collection}
 
@@ -110,20 +104,12 @@ async def similar_items(
     search: StoredSearchDep,
     items: ItemsDep,
     base: UrlBaseDep,
-    k: int = Query(10, ge=1, description="how many results"),
-    target: Target = Query("images", description="what to search: images or texts"),
-    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
-    offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
-    min_score: float | None = Query(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
+    scope: QueryScopeDep,
 ) -> Any:
     item_id, wants_similar = item_path(request, SIMILAR_SUFFIX)
     if not wants_similar:  # /items/p%2Fsimilar: the record of the item "p/similar"
         return JSONResponse(item_response(await items.get(item_id), base).model_dump(mode="json"))
-    scope = SearchScope(k, TARGET_KIND[target], parse_filter_param(filter), offset, min_score)
-    result = await search.similar_to(item_id, scope)
-    return SearchResponse(
-        results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
-    )
+    return search_response(await search.similar_to(item_id, scope), base)
 
 
 @router.get("/items/{item_id:path}", response_model=ItemResponse, summary="An item's record")

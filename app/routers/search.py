@@ -13,9 +13,11 @@ from app.deps import SearchDep, UrlBaseDep
 from app.routers.common import (
     FILTER_HELP,
     OFFSET_HELP,
+    QueryScopeDep,
     parse_filter_param,
     read_upload,
     search_hit,
+    search_response,
 )
 from app.schemas import (
     MAX_QUERIES,
@@ -33,19 +35,12 @@ from app.services.errors import InvalidInputError
 from app.services.search import (
     MAX_OFFSET,
     MultiSearchResult,
-    SearchResult,
     SearchScope,
     WeightedPart,
 )
 from index import parse_filter
 
 router = APIRouter(prefix="/search", tags=["search"])  # under /v1 and each collection
-
-
-def _response(result: SearchResult, base: str) -> SearchResponse:
-    return SearchResponse(
-        results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
-    )
 
 
 def _multi_response(result: MultiSearchResult, base: str) -> MultiSearchResponse:
@@ -66,15 +61,10 @@ def _scope(
 async def search_by_text(
     search: SearchDep,
     base: UrlBaseDep,
+    scope: QueryScopeDep,
     q: str = Query(..., min_length=1, max_length=10_000, examples=["a red circle"]),
-    k: int = Query(10, ge=1, description="how many results"),
-    target: Target = Query("images", description="what to search: images or texts"),
-    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
-    offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
-    min_score: float | None = Query(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP),
 ) -> SearchResponse:
-    scope = _scope(k, target, filter, offset, min_score)
-    return _response(await search.by_text(q, scope), base)
+    return search_response(await search.by_text(q, scope), base)
 
 
 @router.post("/image", response_model=SearchResponse, summary="Search with an image query")
@@ -90,7 +80,7 @@ async def search_by_image(
 ) -> SearchResponse:
     data = await read_upload(file)
     scope = _scope(k, target, filter, offset, min_score)
-    return _response(await search.by_image(data, scope), base)
+    return search_response(await search.by_image(data, scope), base)
 
 
 @router.post(
@@ -160,7 +150,7 @@ async def composite_search(request: Request, search: SearchDep, base: UrlBaseDep
     parts = [_weighted_part(part, position, uploads) for position, part in enumerate(body.query)]
     where = None if body.filter is None else parse_filter(body.filter)
     scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset, body.min_score)
-    return _response(await search.composite(parts, scope, body.exclude_query_items), base)
+    return search_response(await search.composite(parts, scope, body.exclude_query_items), base)
 
 
 async def _composite_request(request: Request) -> tuple[CompositeSearchRequest, list[bytes]]:

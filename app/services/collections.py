@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
 from app.services.classify import ClassifyService
+from app.services.encoding import EncodingService
 from app.services.errors import CollectionNotFoundError, CollectionStateError
 from app.services.items import ItemService
 from app.services.models import LoadedModel, ModelPool
@@ -56,10 +57,15 @@ class Pin:
     released: bool = False
 
     @property
+    def encoding(self) -> EncodingService | None:
+        """The collection's own batchers on the model held, if one is."""
+        return self.model.encoding_for(self.collection.name) if self.model else None
+
+    @property
     def items(self) -> ItemService:
         return ItemService(
             self.store,
-            self.model.encoding if self.model else None,
+            self.encoding,
             self.collection.pools.store,
             self.collection.limits.max_metadata_bytes,
         )
@@ -70,7 +76,7 @@ class Pin:
         limits = self.collection.limits
         return SearchService(
             self.store,
-            self.model.encoding if self.model else None,
+            self.encoding,
             limits.max_k,
             self.collection.pools.store,
             max_response_bytes=limits.max_response_bytes,
@@ -78,11 +84,11 @@ class Pin:
 
     @property
     def classify(self) -> ClassifyService:
-        if self.model is None:
+        if self.model is None or self.encoding is None:
             raise RuntimeError("classifying needs the pin to hold the model")
         return ClassifyService(
             self.store,
-            self.model.encoding,
+            self.encoding,
             self.model.labels,
             self.model.encoder.logit_scale,
             self.collection.pools.store,

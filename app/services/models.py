@@ -5,8 +5,8 @@ At most `max_models` are loaded. A request takes a model for its duration (`acqu
 idle one is unloaded. If every loaded model is in use, the request is refused with
 ModelsBusyError (503, retry) rather than made to wait for a model that may never be free.
 
-Every model runs on the one inference thread (see app.services.threads) with its own
-EncodingService and batchers; loading happens on that thread too.
+Every model runs on the one inference thread (see app.services.threads); each collection using
+it has its own EncodingService and batchers on it. Loading happens on that thread too.
 """
 
 from __future__ import annotations
@@ -34,12 +34,37 @@ EncodingFactory = Callable[[Encoder], EncodingService]
 
 @dataclass
 class LoadedModel:
+    """A model in memory, with a batcher pair per collection that uses it."""
+
     spec: ModelSpec
     encoder: Encoder
-    encoding: EncodingService
+    make_encoding: EncodingFactory
+    encodings: dict[str, EncodingService] = field(default_factory=dict)  # by collection
     labels: LabelVectors = field(default_factory=LabelVectors)  # zero-shot label cache
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
+
+    def encoding_for(self, collection: str) -> EncodingService:
+        """The collection's own batchers on this model (made at its first request)."""
+        encoding = self.encodings.get(collection)
+        if encoding is None:
+            encoding = self.encodings[collection] = self.make_encoding(self.encoder)
+            encoding.start()
+        return encoding
+
+    def queue_depths(self) -> dict[str, int]:
+        """Items waiting per modality, over every collection's batchers."""
+        depths = {"text": 0, "image": 0}
+        for encoding in self.encodings.values():
+            for modality, depth in encoding.queue_depths().items():
+                depths[modality] = depths.get(modality, 0) + depth
+        return depths
+
+    async def stop(self) -> None:
+        for encoding in self.encodings.values():
+            await encoding.stop()
+            encoding.close()
+        self.encodings.clear()
 
 
 class ModelPool:
@@ -100,8 +125,7 @@ class ModelPool:
                 )
             await self._unload(min(idle, key=lambda m: m.last_used))
         encoder = await run_in(self._pools.inference, self._loader, spec)
-        model = LoadedModel(spec, encoder, self._encoding_for(encoder))
-        model.encoding.start()
+        model = LoadedModel(spec, encoder, self._encoding_for)
         self._loaded[spec] = model
         logger.info(
             "model %s is loaded (%d of at most %d)",
@@ -113,14 +137,11 @@ class ModelPool:
 
     async def _unload(self, model: LoadedModel) -> None:
         del self._loaded[model.spec]
-        await model.encoding.stop()
-        model.encoding.close()
+        await model.stop()
         logger.info("unloaded model %s, idle the longest", model.encoder.model_id)
-        del model
         await run_in(self._pools.inference, release_free_memory)
 
     async def close(self) -> None:
         for model in list(self._loaded.values()):
-            await model.encoding.stop()
-            model.encoding.close()
+            await model.stop()
         self._loaded.clear()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from app.services.collections import Collection, open_store, without_next
+from app.services.encoding import EncodingService
 from app.services.errors import (
     CollectionStateError,
     InvalidInputError,
@@ -42,6 +43,7 @@ from index.layout import (
     with_identity,
     write_cursor,
 )
+from models import ModelLoadError
 
 logger = logging.getLogger(__name__)
 MODEL_RETRY_S = 1.0
@@ -208,10 +210,11 @@ class Reindexer:
         """
         pool = collection.pools.store
         old = collection.store
+        encoding = model.encoding_for(collection.name)
         folder = collection.folder.path(_next(collection))
         cursor = await run_in(pool, read_cursor, folder)
         records = await run_in(pool, old.records_after, cursor.label, self._batch_size)
-        loading = asyncio.ensure_future(self._load(old, model, records, pool))
+        loading = asyncio.ensure_future(self._load(old, encoding, records, pool))
         storing: asyncio.Future[None] | None = None
         try:
             while records:
@@ -219,8 +222,8 @@ class Reindexer:
                 following = await run_in(
                     pool, old.records_after, records[-1].label, self._batch_size
                 )
-                loading = asyncio.ensure_future(self._load(old, model, following, pool))
-                items = await self._encode(model, records, blobs, prepared)
+                loading = asyncio.ensure_future(self._load(old, encoding, following, pool))
+                items = await self._encode(encoding, records, blobs, prepared)
                 cursor = ReindexCursor(records[-1].label, cursor.done + len(records))
                 if storing is not None:
                     await storing
@@ -266,14 +269,14 @@ class Reindexer:
             await run_in(pool, new_store.delete, item_id)
 
     async def _load(
-        self, old: ItemStore, model: LoadedModel, records: list[Record], pool: Executor
+        self, old: ItemStore, encoding: EncodingService, records: list[Record], pool: Executor
     ) -> tuple[dict[str, bytes], list[Any]]:
         """The stored bytes of the batch's images, decoded and prepared for the new model."""
         images = [r for r in records if r.kind == "image"]
         if not images:
             return {}, []
         data = [await run_in(pool, old.read_content, r) for r in images]
-        prepared = await model.encoding.prepare_many(data)
+        prepared = await encoding.prepare_many(data)
         for record, result in zip(images, prepared, strict=True):
             if isinstance(result, Exception):
                 raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
@@ -281,13 +284,12 @@ class Reindexer:
 
     async def _encode(
         self,
-        model: LoadedModel,
+        encoding: EncodingService,
         records: list[Record],
         blobs: dict[str, bytes],
         prepared: list[Any],
     ) -> list[NewItem]:
         """The records as items of the new generation: same ids, contents and metadata."""
-        encoding = model.encoding
         texts = [r for r in records if r.kind == "text"]
         images = [r for r in records if r.kind == "image"]
         vectors: dict[str, np.ndarray] = {}
@@ -325,10 +327,9 @@ def _next(collection: Collection) -> Generation:
 
 
 def _public(error: Exception) -> str:
-    if isinstance(error, StorageError | InvalidInputError | ReindexFailed | CollectionStateError):
-        return str(error)
-    from models import ModelLoadError
-
-    if isinstance(error, ModelLoadError):
+    if isinstance(
+        error,
+        StorageError | InvalidInputError | ReindexFailed | CollectionStateError | ModelLoadError,
+    ):
         return str(error)
     return f"internal error ({type(error).__name__}); see the server log"

@@ -240,3 +240,18 @@ def _items_table_bytes(content: bytes, data_dir: Path) -> list[tuple]:
     copy.mkdir()
     (copy / "records.sqlite3").write_bytes(content)
     return _items_table(copy)
+
+
+def test_collections_on_one_model_share_it_each_with_its_own_batchers(
+    client: TestClient, settings: Settings
+) -> None:
+    same = {"model": TINY_MODEL, "pretrained": "", "precision": settings.precision}
+    for name in ("a", "b"):
+        assert client.post("/v1/collections", json={"name": name, **same}).status_code == 201
+    for prefix in ("/v1", "/v1/collections/a", "/v1/collections/b"):
+        assert client.get(f"{prefix}/search/text", params={"q": "x"}).status_code == 200
+    loaded = client.app.state.services.models.loaded()  # type: ignore[attr-defined]
+    assert len(loaded) == 1  # loaded once
+    encodings = loaded[0].encodings
+    assert sorted(encodings) == ["a", "b", "default"]
+    assert len({id(e.texts) for e in encodings.values()}) == 3  # a batcher each
