@@ -154,7 +154,14 @@ class JobResponse(BaseModel):
 class SearchHit(BaseModel):
     id: str
     kind: Literal["image", "text"]
-    score: float = Field(..., description="cosine similarity in [-1, 1]")
+    score: float = Field(
+        ...,
+        description="vector mode: cosine in [-1, 1]; keyword: BM25; hybrid: the fused score",
+    )
+    vector_score: float | None = Field(None, description="hybrid: cosine to the query vector")
+    keyword_score: float | None = Field(
+        None, description="hybrid: BM25 of the query's words; null when the item has none"
+    )
     metadata: JSONObject | None = None
     text: str | None = None
     content_url: str
@@ -169,6 +176,21 @@ MAX_QUERIES = 256
 
 
 MIN_SCORE_HELP = "only results scoring at least this (cosine); fewer than k may come back"
+SCORED_MIN_SCORE_HELP = (
+    "only results whose score is at least this (vector mode: cosine; keyword: BM25; "
+    "hybrid: the fused score); fewer than k may come back"
+)
+MODE_HELP = (
+    "vector: cosine to the query's vector; keyword: BM25 over the query's words (only items "
+    "holding one); hybrid: both rankings fused"
+)
+ALPHA_HELP = "hybrid: the vector ranking's weight, the keyword ranking gets 1 - alpha"
+FUSION_HELP = (
+    "hybrid: relative (each ranking's scores min-max normalized, then weighted by alpha) or "
+    "rrf (reciprocal rank fusion, k=60, weighted by alpha)"
+)
+SearchMode = Literal["vector", "keyword", "hybrid"]
+FusionName = Literal["relative", "rrf"]
 
 
 class TextQueriesRequest(BaseModel):
@@ -246,10 +268,17 @@ class CompositeSearchRequest(BaseModel):
     k: int = Field(10, ge=1)
     offset: int = Field(0, ge=0, le=10_000, description="skip this many results (paging)")
     filter: dict[str, Any] | None = Field(None, description="metadata conditions, all required")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description=MIN_SCORE_HELP)
-    mode: Literal["vector"] = Field(
-        "vector", description="vector: cosine to the weighted sum of the parts' unit vectors"
+    min_score: float | None = Field(
+        None, ge=-1.0, allow_inf_nan=False, description=SCORED_MIN_SCORE_HELP
     )
+    mode: SearchMode = Field(
+        "vector",
+        description="vector: cosine to the weighted sum of the parts' unit vectors; keyword: "
+        "BM25 over the words of the text parts (negative ones leave their matches out); "
+        "hybrid: both rankings fused",
+    )
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description=ALPHA_HELP)
+    fusion: FusionName = Field("relative", description=FUSION_HELP)
     exclude_query_items: bool = Field(True, description="leave the items named in the query out")
 
 

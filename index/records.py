@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from index import keywords
 from index.errors import ItemNotFoundError, ModelMismatchError
 from index.filters import MetadataFilter
 from index.metadata import load_stored_metadata
@@ -26,7 +27,8 @@ from index.sqlite import open_database, transaction
 Kind = Literal["image", "text"]
 KINDS: tuple[Kind, Kind] = ("image", "text")
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     label INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,6 +54,8 @@ CREATE TABLE IF NOT EXISTS tombstones (
 );
 CREATE INDEX IF NOT EXISTS tombstones_kind_seq ON tombstones (kind, seq);
 """
+    + keywords.SCHEMA
+)
 
 _COLUMNS = (
     "label, id, kind, metadata, text, content_path, content_type, content_sha256, model, "
@@ -111,6 +115,22 @@ class RecordStore:
         self.path = path
         self._conn = open_database(path, _SCHEMA)
         self._lock = threading.RLock()
+        self._build_keywords()
+
+    def _build_keywords(self) -> None:
+        """Fill the keyword index from the items once (a database made before it existed)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM meta WHERE key = ?", (keywords.BUILT_KEY,)
+            ).fetchone()
+            if row is not None:
+                return
+            with self._transaction():
+                self._conn.execute("DELETE FROM keywords")
+                rows = self._conn.execute("SELECT label, text, metadata FROM items")
+                for label, text, metadata in rows.fetchall():
+                    keywords.add(self._conn, label, text, load_stored_metadata(metadata))
+                self._conn.execute("INSERT INTO meta VALUES (?, '1')", (keywords.BUILT_KEY,))
 
     def close(self) -> None:
         with self._lock:
@@ -172,6 +192,7 @@ class RecordStore:
                     ),
                 )
                 label = int(cursor.lastrowid or 0)
+                keywords.add(self._conn, label, item.text, item.metadata)
                 result.added[item.kind].append((label, item.vector))
             self._collect_released_blobs(result)
         return result
@@ -194,6 +215,7 @@ class RecordStore:
             return None
         label, kind, created_at, sha, path = row
         self._conn.execute("DELETE FROM items WHERE label = ?", (label,))
+        keywords.remove(self._conn, [label])
         self._conn.execute("INSERT INTO tombstones VALUES (?, ?, ?)", (label, kind, seq))
         result.removed[kind].append(int(label))
         if sha:
@@ -355,6 +377,40 @@ class RecordStore:
                 f"SELECT label FROM items WHERE kind = ? AND ({clause})", [kind, *params]
             ).fetchall()
         return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def keyword_search(
+        self,
+        kind: Kind,
+        match: str,
+        limit: int,
+        where: MetadataFilter | None = None,
+        offset: int = 0,
+    ) -> list[tuple[int, float]]:
+        """(label, BM25 score) of the items of `kind` matching `match`, best first.
+
+        Scores are FTS5's bm25() negated, so that higher is better like a cosine.
+        """
+        clause, params = where.sql() if where is not None else ("1", [])
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT items.label, -bm25(keywords) AS score FROM keywords "
+                "JOIN items ON items.label = keywords.rowid "
+                f"WHERE keywords MATCH ? AND items.kind = ? AND ({clause}) "
+                "ORDER BY score DESC, items.label LIMIT ? OFFSET ?",
+                [match, kind, *params, limit, offset],
+            ).fetchall()
+        return [(int(label), float(score)) for label, score in rows]
+
+    def keyword_scores(self, match: str, labels: Sequence[int]) -> dict[int, float]:
+        """The BM25 score of each of `labels` that matches `match` (as keyword_search scores)."""
+        marks = ",".join("?" * len(labels))
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT rowid, -bm25(keywords) FROM keywords "
+                f"WHERE keywords MATCH ? AND rowid IN ({marks})",
+                [match, *(int(x) for x in labels)],
+            ).fetchall()
+        return {int(label): float(score) for label, score in rows}
 
     def all_labels(self, kind: Kind) -> np.ndarray:
         with self._lock:

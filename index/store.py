@@ -34,6 +34,8 @@ from index.errors import (
 )
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
+from index.fusion import Fusion, fuse
+from index.keywords import KeywordQuery
 from index.planner import IndexOptions
 from index.records import KINDS, Kind, Record, RecordInput, RecordStore, WriteResult
 from index.snapshots import save_snapshot
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 # over them (20,000 x 512-d: about 40 MB read from SQLite and a 10 ms product per query batch):
 # the probed lists or graph neighbourhood of an approximate index may hold none of them.
 EXACT_FILTER_LIMIT = 20_000
+# How many of each side's best a hybrid search fuses: the normalization of relative fusion is
+# over these, so a page's scores do not depend on which page it is (up to this depth).
+HYBRID_DEPTH = 1000
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,23 @@ class NewItem:
 
 @dataclass(frozen=True)
 class Hit:
+    """A ranked item; a hybrid search also says what each side scored it."""
+
     record: Record
     score: float
+    vector_score: float | None = None  # cosine to the query vector
+    keyword_score: float | None = None  # BM25; None: the item has none of the query's words
+
+
+@dataclass(frozen=True)
+class HybridScope:
+    """A hybrid page: `k` hits after `offset`, matching `where`, fused by `fusion`."""
+
+    k: int
+    offset: int = 0
+    where: MetadataFilter | None = None
+    alpha: float = 0.5  # the vector side's weight; the keyword side gets 1 - alpha
+    fusion: Fusion = "relative"
 
 
 @dataclass(frozen=True)
@@ -321,13 +341,7 @@ class ItemStore:
         A filter restricts the candidates inside the vector search, so a filtered page is as
         full as the number of matching items allows.
         """
-        if where is None:
-            scores, labels = self._indexes[kind].search(queries, k + offset)
-        else:
-            allowed = self._records.labels_matching(kind, where)
-            if allowed.size == 0:
-                return [[] for _ in range(len(queries))]
-            scores, labels = self._search_filtered(kind, queries, k + offset, allowed)
+        scores, labels = self._ranked(kind, queries, k + offset, where)
         scores, labels = scores[:, offset:], labels[:, offset:]
         wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
         records = self._records.get_by_labels(wanted)
@@ -338,6 +352,76 @@ class ItemStore:
                 if int(label) in records
             ]
             for row_scores, row_labels in zip(scores, labels, strict=True)
+        ]
+
+    def _ranked(
+        self, kind: Kind, queries: np.ndarray, k: int, where: MetadataFilter | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, labels) of the best `k` per query; label -1 where there are fewer."""
+        if where is None:
+            return self._indexes[kind].search(queries, k)
+        allowed = self._records.labels_matching(kind, where)
+        if allowed.size == 0:
+            return (
+                np.full((len(queries), k), -np.inf, dtype=np.float32),
+                np.full((len(queries), k), -1, dtype=np.int64),
+            )
+        return self._search_filtered(kind, queries, k, allowed)
+
+    def keyword_search(
+        self,
+        kind: Kind,
+        query: KeywordQuery,
+        k: int,
+        where: MetadataFilter | None = None,
+        offset: int = 0,
+    ) -> list[Hit]:
+        """Items of `kind` holding the query's words, by BM25 (best first); no words, no hits."""
+        match = query.match_expression()
+        if match is None:
+            return []
+        ranking = self._records.keyword_search(kind, match, k, where, offset)
+        records = self._records.get_by_labels([label for label, _ in ranking])
+        return [Hit(records[label], score) for label, score in ranking if label in records]
+
+    def hybrid_search(
+        self,
+        kind: Kind,
+        vector: np.ndarray,
+        query: KeywordQuery,
+        scope: HybridScope,
+    ) -> list[Hit]:
+        """The vector ranking and the keyword ranking of `kind`, fused (index.fusion).
+
+        Each side contributes its best `max(HYBRID_DEPTH, offset + k)` items matching the
+        filter; every hit carries its cosine and its BM25 (None when it has none of the words).
+        """
+        match = query.match_expression()
+        depth = max(HYBRID_DEPTH, scope.offset + scope.k)
+        scores, labels = self._ranked(kind, vector.reshape(1, -1), depth, scope.where)
+        by_vector = [
+            (int(x), float(s)) for s, x in zip(scores[0], labels[0], strict=True) if x >= 0
+        ]
+        by_keyword = (
+            [] if match is None else self._records.keyword_search(kind, match, depth, scope.where)
+        )
+        fused = fuse(by_vector, by_keyword, scope.alpha, scope.fusion)
+        page = fused[scope.offset : scope.offset + scope.k]
+        wanted = [label for label, _ in page]
+        records = self._records.get_by_labels(wanted)
+        cosines = dict(by_vector)
+        missing = [label for label in wanted if label not in cosines]
+        if missing:
+            found, stored = self._records.vectors_of(np.array(missing), self.dim)
+            cosines.update(zip(found.tolist(), (stored @ vector.reshape(-1)).tolist(), strict=True))
+        bm25 = dict(by_keyword)
+        unscored = [label for label in wanted if label not in bm25]
+        if unscored and match is not None:
+            bm25.update(self._records.keyword_scores(match, unscored))
+        return [
+            Hit(records[label], score, cosines.get(label), bm25.get(label))
+            for label, score in page
+            if label in records
         ]
 
     def _search_filtered(

@@ -362,8 +362,15 @@ def search(
     ] = None,
     offset: Annotated[int, typer.Option(min=0, help="skip this many results")] = 0,
     min_score: Annotated[
-        float | None, typer.Option(min=-1.0, max=1.0, help="only results scoring at least this")
+        float | None, typer.Option(min=-1.0, help="only results scoring at least this")
     ] = None,
+    mode: Annotated[
+        str, typer.Option(help="text queries: vector, keyword (BM25) or hybrid (both fused)")
+    ] = "vector",
+    alpha: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="hybrid: the vector ranking's weight")
+    ] = 0.5,
+    fusion: Annotated[str, typer.Option(help="hybrid: relative or rrf")] = "relative",
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
     collection: CollectionOption = None,
     server: ServerOption = DEFAULT_SERVER,
@@ -372,6 +379,8 @@ def search(
     """Search images with a text, or texts (or images) with an image."""
     if (query is None) == (image is None):
         raise CliError("give either a text query or --image FILE", 2)
+    if image is not None and mode != "vector":
+        raise CliError("--mode keyword and hybrid take a text query, not --image", 2)
     try:
         conditions = json.loads(where) if where else None
     except json.JSONDecodeError as e:
@@ -385,7 +394,15 @@ def search(
             result = client.search_image(image, k, target or "texts", conditions, offset, min_score)
         else:
             result = client.search_text(
-                query or "", k, target or "images", conditions, offset, min_score
+                query or "",
+                k,
+                target or "images",
+                conditions,
+                offset,
+                min_score,
+                mode,
+                alpha,
+                fusion,
             )
     if as_json:
         out.print_json(json.dumps(result))

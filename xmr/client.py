@@ -155,15 +155,22 @@ class XmrClient:
         where: dict[str, Any] | None = None,
         offset: int = 0,
         min_score: float | None = None,
+        mode: str = "vector",
+        alpha: float = 0.5,
+        fusion: str = "relative",
     ) -> dict[str, Any]:
         """`where`: metadata conditions (see the README's filters); `offset` pages; only hits
-        scoring at least `min_score` come back."""
+        scoring at least `min_score` come back; `mode` vector, keyword or hybrid (`alpha`: the
+        vector side's weight, `fusion`: relative or rrf)."""
         params: dict[str, str | int | float] = {
             "q": query,
             "k": k,
             "target": target,
             "offset": offset,
+            "mode": mode,
         }
+        if mode == "hybrid":
+            params.update(alpha=alpha, fusion=fusion)
         if where is not None:
             params["filter"] = json.dumps(where)
         if min_score is not None:

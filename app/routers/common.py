@@ -10,10 +10,16 @@ from fastapi import Depends, Query
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.schemas import (
+    ALPHA_HELP,
+    FUSION_HELP,
     MIN_SCORE_HELP,
+    MODE_HELP,
+    SCORED_MIN_SCORE_HELP,
     TARGET_KIND,
+    FusionName,
     ItemResponse,
     SearchHit,
+    SearchMode,
     SearchResponse,
     Target,
 )
@@ -40,6 +46,24 @@ def query_scope(
 
 
 QueryScopeDep = Annotated[SearchScope, Depends(query_scope)]
+
+
+def text_query_scope(
+    k: int = Query(10, ge=1, description="how many results"),
+    target: Target = Query("images", description="what to search: images or texts"),
+    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
+    offset: int = Query(0, ge=0, le=MAX_OFFSET, description=OFFSET_HELP),
+    min_score: float | None = Query(None, ge=-1.0, description=SCORED_MIN_SCORE_HELP),
+    mode: SearchMode = Query("vector", description=MODE_HELP),
+    alpha: float = Query(0.5, ge=0.0, le=1.0, description=ALPHA_HELP),
+    fusion: FusionName = Query("relative", description=FUSION_HELP),
+) -> SearchScope:
+    """What a GET text search asks for: a query scope, and how to rank (mode, alpha, fusion)."""
+    where = parse_filter_param(filter)
+    return SearchScope(k, TARGET_KIND[target], where, offset, min_score, mode, alpha, fusion)
+
+
+TextQueryScopeDep = Annotated[SearchScope, Depends(text_query_scope)]
 
 
 def search_response(result: SearchResult, base: str) -> SearchResponse:
@@ -73,6 +97,8 @@ def search_hit(hit: Hit, base: str = "/v1") -> SearchHit:
         id=record.id,
         kind=record.kind,
         score=hit.score,
+        vector_score=hit.vector_score,
+        keyword_score=hit.keyword_score,
         metadata=record.metadata,
         text=record.text,
         content_url=content_url(record.id, base),

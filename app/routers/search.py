@@ -13,7 +13,7 @@ from app.deps import SearchDep, UrlBaseDep
 from app.routers.common import (
     FILTER_HELP,
     OFFSET_HELP,
-    QueryScopeDep,
+    TextQueryScopeDep,
     parse_filter_param,
     read_upload,
     search_hit,
@@ -61,7 +61,7 @@ def _scope(
 async def search_by_text(
     search: SearchDep,
     base: UrlBaseDep,
-    scope: QueryScopeDep,
+    scope: TextQueryScopeDep,
     q: str = Query(..., min_length=1, max_length=10_000, examples=["a red circle"]),
 ) -> SearchResponse:
     return search_response(await search.by_text(q, scope), base)
@@ -149,7 +149,16 @@ async def composite_search(request: Request, search: SearchDep, base: UrlBaseDep
     body, uploads = await _composite_request(request)
     parts = [_weighted_part(part, position, uploads) for position, part in enumerate(body.query)]
     where = None if body.filter is None else parse_filter(body.filter)
-    scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset, body.min_score)
+    scope = SearchScope(
+        body.k,
+        TARGET_KIND[body.target],
+        where,
+        body.offset,
+        body.min_score,
+        body.mode,
+        body.alpha,
+        body.fusion,
+    )
     return search_response(await search.composite(parts, scope, body.exclude_query_items), base)
 
 

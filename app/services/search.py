@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
@@ -13,6 +14,11 @@ from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
 from index import Hit, ItemStore, Kind, MetadataFilter
+from index.fusion import Fusion
+from index.keywords import KeywordQuery
+from index.store import HybridScope
+
+Mode = Literal["vector", "keyword", "hybrid"]
 
 MAX_OFFSET = 10_000
 ZERO_QUERY_NORM = 1e-6  # a weighted sum shorter than this has no direction to search in
@@ -51,6 +57,12 @@ class SearchScope:
     where: MetadataFilter | None = None
     offset: int = 0
     min_score: float | None = None  # a page is cut where the ranking falls below it
+    mode: Mode = "vector"
+    alpha: float = 0.5  # hybrid: the vector side's weight
+    fusion: Fusion = "relative"
+
+    def hybrid(self) -> HybridScope:
+        return HybridScope(self.k, self.offset, self.where, self.alpha, self.fusion)
 
 
 class SearchService:
@@ -75,9 +87,15 @@ class SearchService:
         return self._encoding
 
     async def by_text(self, query: str, scope: SearchScope) -> SearchResult:
+        """A text query in `scope.mode`: by its vector, by its words (BM25), or both fused."""
         started = time.perf_counter()
         self._check(scope)
+        words = KeywordQuery(query)
+        if scope.mode == "keyword":
+            return SearchResult(await self._keyword(words, scope), _elapsed_ms(started))
         vectors = await self.encoding.encode_texts([query])
+        if scope.mode == "hybrid":
+            return SearchResult(await self._hybrid(vectors, words, scope), _elapsed_ms(started))
         hits = await self._search(vectors, scope)
         return SearchResult(hits[0], _elapsed_ms(started))
 
@@ -123,10 +141,23 @@ class SearchService:
         """
         started = time.perf_counter()
         self._check(scope)
-        query = await self._weighted_sum(parts)
+        words = _keyword_query(parts)
+        if scope.mode != "vector" and words is None:
+            raise InvalidInputError(
+                f"a {scope.mode} search needs a text part with a positive weight: "
+                "its words are what the keyword index looks for"
+            )
         excluded = {p.item for p in parts if p.item is not None} if exclude_items else set()
         wider = replace(scope, k=scope.offset + scope.k + len(excluded), offset=0)
-        ranked = [h for h in (await self._search(query, wider))[0] if h.record.id not in excluded]
+        if scope.mode == "keyword" and words is not None:
+            hits = await self._keyword(words, wider)
+        else:
+            query = await self._weighted_sum(parts)
+            if scope.mode == "hybrid" and words is not None:
+                hits = await self._hybrid(query, words, wider)
+            else:
+                hits = (await self._search(query, wider))[0]
+        ranked = [h for h in hits if h.record.id not in excluded]
         return SearchResult(ranked[scope.offset : scope.offset + scope.k], _elapsed_ms(started))
 
     async def _weighted_sum(self, parts: Sequence[WeightedPart]) -> np.ndarray:
@@ -168,15 +199,39 @@ class SearchService:
             scope.where,
             scope.offset,
         )
-        if scope.min_score is not None:
-            cutoff = scope.min_score
-            hits = [[hit for hit in row if hit.score >= cutoff] for row in hits]
-        self._check_response_size(hits)
-        return hits
+        rows = [_above_cutoff(row, scope) for row in hits]
+        self._check_response_size(rows)
+        return rows
+
+    async def _keyword(self, words: KeywordQuery, scope: SearchScope) -> list[Hit]:
+        hits = await run_in(
+            self._store_pool,
+            self.store.keyword_search,
+            scope.target,
+            words,
+            scope.k,
+            scope.where,
+            scope.offset,
+        )
+        self._check_response_size([hits])
+        return _above_cutoff(hits, scope)
+
+    async def _hybrid(
+        self, vector: np.ndarray, words: KeywordQuery, scope: SearchScope
+    ) -> list[Hit]:
+        hits = await run_in(
+            self._store_pool, self.store.hybrid_search, scope.target, vector, words, scope.hybrid()
+        )
+        self._check_response_size([hits])
+        return _above_cutoff(hits, scope)
 
     def _check(self, scope: SearchScope, queries: int = 1) -> None:
         if not 1 <= scope.k <= self.max_k:
             raise InvalidInputError(f"k must be between 1 and {self.max_k}, got {scope.k}")
+        if scope.mode == "vector" and scope.min_score is not None and scope.min_score > 1.0:
+            raise InvalidInputError(
+                "min_score must be at most 1 in vector mode: scores are cosines in [-1, 1]"
+            )
         if not 0 <= scope.offset <= MAX_OFFSET:
             raise InvalidInputError(f"offset must be between 0 and {MAX_OFFSET}")
         if queries * (scope.k + scope.offset) > MAX_HITS_PER_REQUEST:
@@ -194,6 +249,22 @@ class SearchService:
                 f"{self.max_response_bytes / 2**20:.0f} MB a response may hold "
                 "(XMR_MAX_RESPONSE_MB): ask for fewer results (k) or fewer queries"
             )
+
+
+def _above_cutoff(hits: list[Hit], scope: SearchScope) -> list[Hit]:
+    """The hits scoring at least `min_score`, if one is set."""
+    if scope.min_score is None:
+        return hits
+    return [hit for hit in hits if hit.score >= scope.min_score]
+
+
+def _keyword_query(parts: Sequence[WeightedPart]) -> KeywordQuery | None:
+    """The words of the positive text parts; those of negative ones leave their items out."""
+    wanted = [p.text for p in parts if p.text is not None and p.weight > 0]
+    if not wanted:
+        return None
+    unwanted = [p.text for p in parts if p.text is not None and p.weight < 0]
+    return KeywordQuery(" ".join(wanted), " ".join(unwanted))
 
 
 HIT_OVERHEAD_BYTES = 200  # id, kind, score, content_url and JSON punctuation of one hit

@@ -223,6 +223,11 @@ def test_a_data_directory_from_before_collections_opens_as_default(
         assert (
             client.get("/v1/collections/default/items/t2").json()["text"] == "a blue square again"
         )
+        # its keyword index is built at the first start: texts and metadata strings
+        for words, found in (("again", "t2"), ("old", "t1")):
+            keyword = {"q": words, "target": "texts", "mode": "keyword"}
+            results = client.get("/v1/search/text", params=keyword).json()["results"]
+            assert [h["id"] for h in results] == [found]
     # opened, not re-embedded: the records were not rewritten
     assert (settings.data_dir / "collection.json").exists()
     assert _items_table(settings.data_dir) == _items_table_bytes(before, settings.data_dir)

@@ -165,6 +165,14 @@ def test_collections_commands(live_server: str, tmp_path: Path) -> None:
     assert json.loads(xmr("search", "red", "--json", server=live_server).stdout)["results"] == []
     strict = xmr("search", "red", "-c", "shapes", "--json", "--min-score", "1", server=live_server)
     assert json.loads(strict.stdout)["results"] == [], strict.stderr
+    # the file's path is in its metadata, so its words are found by keyword
+    for mode in ("keyword", "hybrid"):
+        by_name = xmr(
+            "search", "deeper", "-c", "shapes", "--json", "--mode", mode, server=live_server
+        )
+        hits = json.loads(by_name.stdout)["results"]
+        assert hits[0]["id"] == "sub/deeper/green.jpg", by_name.stderr
+        assert len(hits) == (1 if mode == "keyword" else 3)
     env_progress = {"XMR_PROGRESS": "1"}
     switched = xmr_with(
         env_progress,
