@@ -91,6 +91,11 @@ class Settings(BaseSettings):
         64.0, gt=0, description="largest search response; asking for more results is a 422"
     )
     max_k: int = Field(1000, ge=1)
+    duplicates_sync_limit: int = Field(
+        20_000,
+        ge=0,
+        description="GET /v1/duplicates over more items than this answers 202 and runs as a job",
+    )
     max_models: int = Field(
         2, ge=1, le=64, description="most models loaded at once, shared by the collections"
     )

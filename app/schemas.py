@@ -68,8 +68,23 @@ class IndexTextsRequest(BaseModel):
     items: list[TextItem] = Field(..., min_length=1, max_length=10_000)
 
 
+DEDUP_HELP = (
+    "images whose cosine to a stored image (or to one before them in the request) is at "
+    "least this are not stored again; their id is the existing item's"
+)
+
+
+class DuplicateResponse(BaseModel):
+    position: int = Field(description="the image's position in the request")
+    duplicate_of: str = Field(description="the id of the stored item it duplicates")
+    score: float = Field(description="their cosine")
+
+
 class IndexedResponse(BaseModel):
-    ids: list[str]
+    ids: list[str] = Field(description="per item, in order; a duplicate's is the existing id")
+    duplicates: list[DuplicateResponse] = Field(
+        default_factory=list, description="with dedup_threshold: the images not stored again"
+    )
 
 
 class HashLookupRequest(BaseModel):
@@ -121,6 +136,7 @@ class BatchRequest(BaseModel):
     )
 
     items: list[BatchItem] = Field(..., min_length=1, max_length=1_000_000)
+    dedup_threshold: float | None = Field(None, ge=-1.0, le=1.0, description=DEDUP_HELP)
 
 
 class JobAccepted(BaseModel):
@@ -134,9 +150,16 @@ class JobItemError(BaseModel):
     error: str
 
 
+class JobDuplicate(BaseModel):
+    position: int
+    id: str = Field(description="the id the item was submitted with")
+    duplicate_of: str = Field(description="the stored item it duplicates (it was not stored)")
+    score: float
+
+
 class JobResponse(BaseModel):
     job_id: str
-    kind: Literal["batch", "reindex"] = "batch"
+    kind: Literal["batch", "reindex", "duplicates", "classify"] = "batch"
     collection: str = "default"
     status: Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
     total: int
@@ -149,6 +172,11 @@ class JobResponse(BaseModel):
     items_per_s: float | None = Field(None, description="while running: rate since it started")
     eta_s: float | None = Field(None, description="while running: seconds left at that rate")
     model: JSONObject | None = Field(None, description="a re-embedding: the model it moves to")
+    params: JSONObject | None = Field(None, description="what the job was asked to do")
+    duplicates: list[JobDuplicate] = Field(
+        default_factory=list, description="a batch with dedup_threshold: items not stored"
+    )
+    result: JSONObject | None = Field(None, description="a finished duplicates job: its groups")
 
 
 class SearchHit(BaseModel):
@@ -280,6 +308,33 @@ class CompositeSearchRequest(BaseModel):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description=ALPHA_HELP)
     fusion: FusionName = Field("relative", description=FUSION_HELP)
     exclude_query_items: bool = Field(True, description="leave the items named in the query out")
+
+
+class DuplicateGroupResponse(BaseModel):
+    ids: list[str] = Field(description="the group's items, oldest first")
+    min_score: float = Field(description="the weakest pair's cosine")
+
+
+class DuplicatesResponse(BaseModel):
+    groups: list[DuplicateGroupResponse]
+    total_groups: int
+
+
+class TagRequestBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"labels": ["cat", "dog", "car"], "field": "tag", "template": "a photo of {}"}
+            ]
+        },
+    )
+
+    labels: list[str] = Field(..., min_length=2, max_length=1000)
+    field: str = Field(..., min_length=1, max_length=64, description="the metadata key to write")
+    template: str | None = Field(None, max_length=1000)
+    filter: dict[str, Any] | None = Field(None, description="only items matching these")
+    target: Target = Field("images", description="which items to label")
 
 
 class ClassifyItemsRequest(BaseModel):

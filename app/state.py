@@ -59,6 +59,7 @@ class Services:
                 max_k=settings.max_k,
                 max_metadata_bytes=settings.max_metadata_bytes,
                 max_response_bytes=int(settings.max_response_mb * 2**20),
+                duplicates_sync_limit=settings.duplicates_sync_limit,
             )
             collections = CollectionRegistry(
                 settings.data_dir, settings.index_options(), models, pools, limits, reindexer

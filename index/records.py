@@ -321,14 +321,41 @@ class RecordStore:
             yield labels, vectors.reshape(len(rows), dim)
             last_label = int(labels[-1])
 
-    def records_after(self, label: int, limit: int) -> list[Record]:
-        """Up to `limit` records with labels above `label`, in write order (labels only grow)."""
+    def records_after(
+        self,
+        label: int,
+        limit: int,
+        kind: Kind | None = None,
+        where: MetadataFilter | None = None,
+    ) -> list[Record]:
+        """Up to `limit` records with labels above `label`, in write order (labels only grow),
+        of one `kind` and matching `where` if given."""
+        clause, params = where.sql() if where is not None else ("1", [])
+        kinds = list(KINDS) if kind is None else [kind]
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE label > ? ORDER BY label LIMIT ?",
-                (label, limit),
+                f"SELECT {_COLUMNS} FROM items WHERE label > ? AND kind IN (?, ?) AND ({clause}) "
+                "ORDER BY label LIMIT ?",
+                [label, kinds[0], kinds[-1], *params, limit],
             ).fetchall()
         return [_record(row) for row in rows]
+
+    def set_metadata(self, updates: dict[str, dict[str, Any] | None]) -> None:
+        """New metadata for stored items (missing ids are skipped), keyword index in step."""
+        now = time.time()
+        with self._lock, self._transaction():
+            for item_id, metadata in updates.items():
+                row = self._conn.execute(
+                    "SELECT label, text FROM items WHERE id = ?", (item_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                self._conn.execute(
+                    "UPDATE items SET metadata = ?, updated_at = ? WHERE label = ?",
+                    (_dump_metadata(metadata), now, row[0]),
+                )
+                keywords.remove(self._conn, [row[0]])
+                keywords.add(self._conn, row[0], row[1], metadata)
 
     def count_after(self, label: int) -> int:
         with self._lock:

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 
 from index.backends import UNSAVED, VectorIndex, open_backend
 from index.blobs import BlobStore
+from index.duplicates import Duplicate, DuplicateGroup, Pair, group_pairs
 from index.errors import (
     DuplicateIdError,
     ItemNotFoundError,
@@ -188,10 +189,56 @@ class ItemStore:
             return []
         _check_unique_ids(items)
         with self._write_lock:
-            inputs = [self._record_input(item) for item in items]
-            result = self._records.upsert(inputs, self.model_id)
-            self._apply(result)
+            self._upsert_locked(items)
         return [item.id for item in items]
+
+    def upsert_distinct(
+        self, items: Sequence[NewItem], threshold: float
+    ) -> tuple[list[str], list[Duplicate]]:
+        """Like upsert, but an image whose cosine to a stored image, or to one before it in
+        `items`, is at least `threshold` is not stored: its entry in the ids returned is the
+        existing item's id, and it is listed among the duplicates."""
+        if not items:
+            return [], []
+        _check_unique_ids(items)
+        with self._write_lock:
+            duplicates = self._near_duplicates_of(items, threshold)
+            skipped = {d.position for d in duplicates}
+            kept = [item for position, item in enumerate(items) if position not in skipped]
+            if kept:
+                self._upsert_locked(kept)
+        existing = {d.position: d.existing_id for d in duplicates}
+        return [existing.get(position, item.id) for position, item in enumerate(items)], duplicates
+
+    def _upsert_locked(self, items: Sequence[NewItem]) -> None:
+        inputs = [self._record_input(item) for item in items]
+        self._apply(self._records.upsert(inputs, self.model_id))
+
+    def _near_duplicates_of(self, items: Sequence[NewItem], threshold: float) -> list[Duplicate]:
+        """The images among `items` as similar as `threshold` to a stored or an earlier one."""
+        positions = [p for p, item in enumerate(items) if item.kind == "image"]
+        if not positions:
+            return []
+        vectors = check_vectors(
+            np.stack([np.asarray(items[p].vector, dtype=np.float32) for p in positions]), self.dim
+        )
+        scores, labels = self._indexes["image"].search(vectors, 1)
+        stored = self._records.get_by_labels([int(x) for x in labels[:, 0] if x >= 0])
+        among_batch = vectors @ vectors.T
+        duplicates: list[Duplicate] = []
+        kept: list[int] = []  # rows of `vectors` that will be stored
+        for row, position in enumerate(positions):
+            best_id, best = None, -np.inf
+            if labels[row, 0] >= 0 and int(labels[row, 0]) in stored:
+                best_id, best = stored[int(labels[row, 0])].id, float(scores[row, 0])
+            for earlier in kept:
+                if among_batch[row, earlier] > best:
+                    best_id, best = items[positions[earlier]].id, float(among_batch[row, earlier])
+            if best_id is not None and best >= threshold:
+                duplicates.append(Duplicate(position, best_id, best))
+            else:
+                kept.append(row)
+        return duplicates
 
     def delete(self, item_id: str) -> None:
         """Remove an item; it is gone from search when this returns."""
@@ -307,9 +354,32 @@ class ItemStore:
             raise ItemNotFoundError(item_id)
         return record, vectors
 
-    def records_after(self, label: int, limit: int) -> list[Record]:
-        """Records written after the one with `label`, in write order: a re-embedding's cursor."""
-        return self._records.records_after(label, limit)
+    def count_matching(
+        self, kind: Kind, where: MetadataFilter | None = None, up_to_label: int | None = None
+    ) -> int:
+        """How many items of `kind` match `where` (with labels up to `up_to_label`)."""
+        labels = (
+            self._records.all_labels(kind)
+            if where is None
+            else self._records.labels_matching(kind, where)
+        )
+        return int((labels <= up_to_label).sum()) if up_to_label is not None else len(labels)
+
+    def vectors_of_records(self, records: Sequence[Record]) -> tuple[list[int], np.ndarray]:
+        """The stored vectors of these records: (labels found, vectors), in label order."""
+        labels, vectors = self._records.vectors_of(np.array([r.label for r in records]), self.dim)
+        return labels.tolist(), vectors
+
+    def records_after(
+        self,
+        label: int,
+        limit: int,
+        kind: Kind | None = None,
+        where: MetadataFilter | None = None,
+    ) -> list[Record]:
+        """Records written after the one with `label`, in write order (a job's cursor), of one
+        `kind` and matching `where` if given."""
+        return self._records.records_after(label, limit, kind, where)
 
     def all_ids(self) -> set[str]:
         return self._records.all_ids()
@@ -424,6 +494,78 @@ class ItemStore:
             if label in records
         ]
 
+    def near_duplicate_pairs(
+        self,
+        kind: Kind,
+        threshold: float,
+        where: MetadataFilter | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        chunk: int = 1024,
+    ) -> list[Pair]:
+        """Every pair of items of `kind` (matching `where`) with cosine >= `threshold`.
+
+        Each item's neighbours are searched with k doubling until the k-th scores below the
+        threshold: a range search on exact indexes. `on_progress(done, total)` after each chunk.
+        """
+        allowed = None if where is None else self._records.labels_matching(kind, where)
+        total = len(self._indexes[kind]) if allowed is None else int(allowed.size)
+        found: dict[tuple[int, int], float] = {}
+        done = 0
+        for labels, vectors in self._records.vectors_after(kind, 0, self.dim, chunk):
+            if allowed is not None:
+                keep = np.isin(labels, allowed)
+                labels, vectors = labels[keep], vectors[keep]
+            if len(labels):
+                for a, b, score in self._neighbours_above(kind, labels, vectors, threshold, where):
+                    found[(a, b)] = score
+            done += len(labels)
+            if on_progress is not None:
+                on_progress(min(done, total), total)
+        return [Pair(a, b, score) for (a, b), score in sorted(found.items())]
+
+    def duplicate_groups(
+        self,
+        kind: Kind,
+        threshold: float,
+        where: MetadataFilter | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[DuplicateGroup]:
+        """Groups of items connected by cosine >= `threshold`, largest first; ids in write order."""
+        groups = group_pairs(self.near_duplicate_pairs(kind, threshold, where, on_progress))
+        records: dict[int, Record] = {}
+        wanted = [label for group in groups for label in group.labels]
+        for start in range(0, len(wanted), 5000):  # SQLite caps the number of parameters
+            records.update(self._records.get_by_labels(wanted[start : start + 5000]))
+        return [
+            DuplicateGroup(
+                [records[label].id for label in group.labels if label in records], group.min_score
+            )
+            for group in groups
+        ]
+
+    def _neighbours_above(
+        self,
+        kind: Kind,
+        labels: np.ndarray,
+        vectors: np.ndarray,
+        threshold: float,
+        where: MetadataFilter | None,
+    ) -> Iterator[tuple[int, int, float]]:
+        size = len(self._indexes[kind])
+        k = min(16, size)
+        pending = np.arange(len(labels))
+        while len(pending):
+            scores, found = self._ranked(kind, vectors[pending], k, where)
+            for row, query in enumerate(pending):
+                for score, label in zip(scores[row], found[row], strict=True):
+                    if label >= 0 and label != labels[query] and score >= threshold:
+                        a, b = sorted((int(labels[query]), int(label)))
+                        yield a, b, float(score)
+            full = (found[:, -1] >= 0) & (scores[:, -1] >= threshold)
+            if k >= size:
+                return
+            pending, k = pending[full], min(k * 2, size)
+
     def _search_filtered(
         self, kind: Kind, queries: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -465,6 +607,11 @@ class ItemStore:
 
     def counts(self) -> dict[Kind, int]:
         return {kind: len(self._indexes[kind]) for kind in KINDS}
+
+    def set_metadata(self, updates: dict[str, dict[str, Any] | None]) -> None:
+        """Replace the metadata of stored items (by id) in one write; vectors stay as they are."""
+        with self._write_lock:
+            self._records.set_metadata(updates)
 
     def record_counts(self) -> dict[Kind, int]:
         return {kind: self._records.count(kind) for kind in KINDS}

@@ -381,10 +381,7 @@ def search(
         raise CliError("give either a text query or --image FILE", 2)
     if image is not None and mode != "vector":
         raise CliError("--mode keyword and hybrid take a text query, not --image", 2)
-    try:
-        conditions = json.loads(where) if where else None
-    except json.JSONDecodeError as e:
-        raise CliError(f"--filter is not valid JSON: {e.msg}", 2) from e
+    conditions = parse_filter_option(where)
     if target not in (None, "images", "texts"):
         raise CliError("--target must be images or texts", 2)
     if image is not None and not image.is_file():
@@ -515,6 +512,112 @@ def collections_reindex(
     if job["status"] != "done":
         raise CliError(f"job {job_id} ended {job['status']}: {job.get('error')}", 1)
     out.print(f"{name} now runs {model}: {job['done']} items re-embedded")
+
+
+# -- duplicates, zero-shot tags ----------------------------------------------------------------
+@app.command()
+def duplicates(
+    threshold: Annotated[
+        float, typer.Option(min=-1.0, max=1.0, help="the least cosine of two duplicates")
+    ] = 0.95,
+    target: Annotated[str, typer.Option(help="images or texts")] = "images",
+    where: Annotated[
+        str | None, typer.Option("--filter", help="metadata conditions as JSON")
+    ] = None,
+    delete_keep_first: Annotated[
+        bool,
+        typer.Option(
+            "--delete-keep-first", help="delete every item of a group but its first (oldest)"
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+    collection: CollectionOption = None,
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Report groups of near-duplicate items; optionally keep only the first of each."""
+    conditions = parse_filter_option(where)
+    with XmrClient(server, api_key, collection=collection) as client:
+        groups = all_duplicate_groups(client, threshold, target, conditions)
+        extra = sum(len(g["ids"]) - 1 for g in groups)
+        if delete_keep_first:
+            for group in groups:
+                for item_id in group["ids"][1:]:
+                    client.delete_item(item_id)
+    if as_json:
+        out.print_json(json.dumps({"groups": groups, "deleted": extra if delete_keep_first else 0}))
+        return
+    table = Table("group", "items", "least cosine", "keep", "duplicates")
+    for number, group in enumerate(groups, start=1):
+        ids = group["ids"]
+        table.add_row(
+            str(number), str(len(ids)), f"{group['min_score']:.4f}", ids[0], ", ".join(ids[1:])
+        )
+    out.print(table)
+    out.print(f"{len(groups)} groups, {extra} items beyond the first of each")
+    if delete_keep_first:
+        out.print(f"deleted {extra} items, kept the first of each group")
+
+
+def all_duplicate_groups(
+    client: XmrClient, threshold: float, target: str, where: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Every group, page by page; a large collection's answer comes from a job."""
+    groups: list[dict[str, Any]] = []
+    page = 1000
+    while True:
+        answer = client.duplicates(threshold, target, where, page, len(groups))
+        if "job_id" in answer:
+            job = follow_job(client, answer["job_id"], "finding duplicates")
+            if job["status"] != "done":
+                raise CliError(f"job {job['job_id']} ended {job['status']}: {job.get('error')}", 1)
+            answer = job["result"]
+        groups += answer["groups"]
+        if len(groups) >= answer["total_groups"] or not answer["groups"]:
+            return groups
+
+
+@app.command()
+def classify(
+    labels: Annotated[Path, typer.Option(help="a text file: one label per line")],
+    write_metadata: Annotated[
+        str, typer.Option("--write-metadata", help="the metadata key that gets the best label")
+    ],
+    template: Annotated[
+        str | None, typer.Option(help='how a label is phrased, e.g. "a photo of {}"')
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option("--filter", help="metadata conditions as JSON")
+    ] = None,
+    target: Annotated[str, typer.Option(help="images or texts")] = "images",
+    wait: Annotated[bool, typer.Option(help="follow the job with a progress bar")] = True,
+    collection: CollectionOption = None,
+    server: ServerOption = DEFAULT_SERVER,
+    api_key: KeyOption = None,
+) -> None:
+    """Tag stored items with zero-shot labels: the best label and its probability go into each
+    item's metadata (`<key>` and `<key>_probability`), in a job that resumes after a restart."""
+    try:
+        names = [line.strip() for line in labels.read_text("utf-8").splitlines() if line.strip()]
+    except OSError as e:
+        raise CliError(f"cannot read {labels}: {e.strerror or e}", 2) from e
+    conditions = parse_filter_option(where)
+    with XmrClient(server, api_key, collection=collection) as client:
+        job_id = client.tag_items(names, write_metadata, template, conditions, target)
+        out.print(f"tagging: job {job_id}")
+        if not wait:
+            return
+        job = follow_job(client, job_id, "tagging")
+    if job["status"] != "done":
+        raise CliError(f"job {job_id} ended {job['status']}: {job.get('error')}", 1)
+    out.print(f"tagged {job['done']} items: metadata {write_metadata!r}")
+
+
+def parse_filter_option(where: str | None) -> dict[str, Any] | None:
+    try:
+        return json.loads(where) if where else None
+    except json.JSONDecodeError as e:
+        raise CliError(f"--filter is not valid JSON: {e.msg}", 2) from e
 
 
 def follow_job(client: XmrClient, job_id: str, description: str) -> dict[str, Any]:

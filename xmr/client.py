@@ -212,6 +212,44 @@ class XmrClient:
         )
         return self._json(response)
 
+    def duplicates(
+        self,
+        threshold: float = 0.95,
+        target: str = "images",
+        where: dict[str, Any] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Near-duplicate groups: the answer, or (over the server's sync limit) a `job_id`
+        whose finished job's `result` holds the same."""
+        params: dict[str, str | int | float] = {
+            "threshold": threshold,
+            "target": target,
+            "limit": limit,
+            "offset": offset,
+        }
+        if where is not None:
+            params["filter"] = json.dumps(where)
+        return self._json(self._http.get(f"{self._data}/duplicates", params=params))
+
+    def tag_items(
+        self,
+        labels: Sequence[str],
+        field: str,
+        template: str | None = None,
+        where: dict[str, Any] | None = None,
+        target: str = "images",
+    ) -> str:
+        """Start a job writing each item's best zero-shot label into metadata `field`."""
+        body = {
+            "labels": list(labels),
+            "field": field,
+            "template": template,
+            "filter": where,
+            "target": target,
+        }
+        return self._json(self._http.post(f"{self._data}/classify/tag", json=body))["job_id"]
+
     def get_item(self, item_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"{self._data}/items/{quote(item_id, safe='')}"))
 

@@ -17,6 +17,7 @@ from app.routers import (
     batch,
     classify,
     collections,
+    duplicates,
     embed,
     health,
     items,
@@ -25,7 +26,14 @@ from app.routers import (
     search,
 )
 
-COLLECTION_ROUTERS = (items.router, search.router, batch.router, embed.router, classify.router)
+COLLECTION_ROUTERS = (
+    items.router,
+    search.router,
+    batch.router,
+    embed.router,
+    classify.router,
+    duplicates.router,
+)
 COLLECTION_PREFIX = "/v1/collections/{collection}"
 
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from app.deps import JobsDep, collection_name
 from app.routers.common import parse_ids, parse_metadata
-from app.schemas import BatchRequest, JobAccepted, JobItemError, JobResponse
+from app.schemas import BatchRequest, JobAccepted, JobDuplicate, JobItemError, JobResponse
 from app.services.errors import InvalidInputError
 from app.services.intake import BatchEntry
 from app.services.job_store import JobView
@@ -31,6 +31,7 @@ _BATCH_BODY = {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
                         "ids": {"type": "string", "description": "JSON list, one id per file"},
                         "metadata": {"type": "string", "description": "JSON list of objects"},
+                        "dedup_threshold": {"type": "number", "description": "see the JSON body"},
                     },
                 }
             },
@@ -54,7 +55,13 @@ def job_response(view: JobView) -> JobResponse:
         updated_at=view.updated_at,
         items_per_s=view.items_per_s,
         eta_s=view.eta_s,
-        model=view.params,
+        model=view.params if view.kind == "reindex" else None,
+        params=view.params,
+        duplicates=[
+            JobDuplicate(position=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score)
+            for d in view.duplicates
+        ],
+        result=view.result,
     )
 
 
@@ -75,18 +82,19 @@ async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
                 raise InvalidInputError("a multipart batch needs one or more 'files' parts")
             ids = parse_ids(_text_field(form.get("ids")), len(uploads))
             metadata = parse_metadata(_text_field(form.get("metadata")), len(uploads))
+            dedup = _threshold(_text_field(form.get("dedup_threshold")))
             entries = [
                 BatchEntry(id=i, metadata=m, upload=u.file)
                 for u, i, m in zip(uploads, ids, metadata, strict=True)
             ]
-            job_id = await jobs.submit(entries, collection)
+            job_id = await jobs.submit(entries, collection, dedup)
     elif content_type.startswith("application/json"):
         try:
             body = BatchRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise RequestValidationError(e.errors(include_url=False)) from e
         entries = [BatchEntry(**item.model_dump()) for item in body.items]
-        job_id = await jobs.submit(entries, collection)
+        job_id = await jobs.submit(entries, collection, body.dedup_threshold)
     else:
         raise InvalidInputError("send application/json items or multipart/form-data files")
     return JobAccepted(job_id=job_id)
@@ -94,6 +102,19 @@ async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
 
 def _text_field(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _threshold(raw: str | None) -> float | None:
+    """The multipart form's dedup_threshold: a cosine, or absent."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise InvalidInputError("dedup_threshold must be a number between -1 and 1") from e
+    if not -1.0 <= value <= 1.0:
+        raise InvalidInputError("dedup_threshold must be a number between -1 and 1")
+    return value
 
 
 @jobs_router.get("/{job_id}", response_model=JobResponse, summary="A job's progress")

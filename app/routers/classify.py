@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.deps import ClassifyDep
+from app.deps import ClassifyDep, ItemsDep, JobsDep, collection_name
 from app.routers.common import read_upload
-from app.schemas import ClassifyItemsRequest, ClassifyResponse, LabelResult
+from app.schemas import (
+    TARGET_KIND,
+    ClassifyItemsRequest,
+    ClassifyResponse,
+    JobAccepted,
+    LabelResult,
+    TagRequestBody,
+)
 from app.services.classify import MAX_IMAGES, LabelScore
 from app.services.errors import InvalidInputError
+from app.services.item_jobs import TagRequest
 
 router = APIRouter(tags=["classify"])  # under /v1 and each collection
 
@@ -69,6 +77,23 @@ async def classify(request: Request, classify: ClassifyDep) -> ClassifyResponse:
             raise RequestValidationError(e.errors(include_url=False)) from e
         return _response(await classify.items(body.items, body.labels, body.template))
     raise InvalidInputError("send multipart/form-data image files, or JSON stored items")
+
+
+@router.post(
+    "/classify/tag",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    summary="Write each stored item's best label into its metadata, as a resumable job",
+)
+async def tag_items(
+    body: TagRequestBody, request: Request, items: ItemsDep, jobs: JobsDep
+) -> JobAccepted:
+    tag = TagRequest(body.labels, body.field, body.template, body.filter, TARGET_KIND[body.target])
+    # items written after this are left alone: a rewrite gives an item a new label
+    params = {**tag.params(), "up_to_label": await items.last_label()}
+    return JobAccepted(
+        job_id=await jobs.submit_over_items(collection_name(request), "classify", params)
+    )
 
 
 def _labels(raw: object) -> list[str]:

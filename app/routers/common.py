@@ -16,6 +16,7 @@ from app.schemas import (
     MODE_HELP,
     SCORED_MIN_SCORE_HELP,
     TARGET_KIND,
+    DuplicateResponse,
     FusionName,
     ItemResponse,
     SearchHit,
@@ -26,6 +27,7 @@ from app.schemas import (
 from app.services.errors import InvalidInputError
 from app.services.search import MAX_OFFSET, SearchResult, SearchScope
 from index import Hit, InvalidFilterError, MetadataFilter, Record, parse_filter
+from index.duplicates import Duplicate
 
 FILTER_HELP = (
     'JSON object of metadata conditions, all required: {"album": "2024"}, '
@@ -70,6 +72,13 @@ def search_response(result: SearchResult, base: str) -> SearchResponse:
     return SearchResponse(
         results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
     )
+
+
+def duplicate_responses(duplicates: list[Duplicate]) -> list[DuplicateResponse]:
+    return [
+        DuplicateResponse(position=d.position, duplicate_of=d.existing_id, score=d.score)
+        for d in duplicates
+    ]
 
 
 def content_url(item_id: str, base: str = "/v1") -> str:
@@ -122,13 +131,20 @@ def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | N
 
 def parse_filter_param(raw: str | None) -> MetadataFilter | None:
     """A `filter` query or form field: a JSON object of metadata conditions."""
+    value = filter_object(raw)
+    return None if value is None else parse_filter(value)
+
+
+def filter_object(raw: str | None) -> dict[str, Any] | None:
+    """A `filter` field as its JSON object, checked (for work that keeps it, as a job does)."""
     if raw is None or not raw.strip():
         return None
     try:
         value = strict_json(raw)
     except ValueError as e:
         raise InvalidFilterError(f"filter: not valid JSON ({e})") from e
-    return parse_filter(value)
+    parse_filter(value)
+    return value  # type: ignore[no-any-return]
 
 
 def strict_json(raw: str) -> Any:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from app.deps import ChangingDep, IndexingDep, ItemsDep, StoredSearchDep, UrlBaseDep
 from app.routers.common import (
     QueryScopeDep,
+    duplicate_responses,
     item_response,
     parse_ids,
     parse_metadata,
@@ -18,6 +19,7 @@ from app.routers.common import (
     search_response,
 )
 from app.schemas import (
+    DEDUP_HELP,
     HashLookupRequest,
     HashLookupResponse,
     IndexedResponse,
@@ -41,6 +43,7 @@ async def index_images(
     files: list[UploadFile] = File(..., description="the images"),
     ids: str | None = Form(None, description='JSON list of ids, e.g. ["a", null]'),
     metadata: str | None = Form(None, description='JSON list of objects, e.g. [{"tag": "x"}]'),
+    dedup_threshold: float | None = Form(None, ge=-1.0, le=1.0, description=DEDUP_HELP),
 ) -> IndexedResponse:
     id_list = parse_ids(ids, len(files))
     metadata_list = parse_metadata(metadata, len(files))
@@ -50,7 +53,8 @@ async def index_images(
             zip(files, id_list, metadata_list, strict=True)
         )
     ]
-    return IndexedResponse(ids=await items.index_images(inputs))
+    stored, duplicates = await items.index_images(inputs, dedup_threshold)
+    return IndexedResponse(ids=stored, duplicates=duplicate_responses(duplicates))
 
 
 @router.post(

@@ -131,6 +131,12 @@ class ClassifyService:
         ]
         return await self._rank(np.stack(rows), texts, labels)
 
+    async def rank(
+        self, vectors: np.ndarray, labels: Sequence[str], template: str | None
+    ) -> list[list[LabelScore]]:
+        """Labels for vectors already at hand (stored ones), each row best first."""
+        return await self._rank(vectors, check_labels(labels, template), labels)
+
     async def _rank(
         self, vectors: np.ndarray, texts: list[str], labels: Sequence[str]
     ) -> list[list[LabelScore]]:

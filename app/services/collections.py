@@ -43,6 +43,7 @@ class Limits:
     max_k: int
     max_metadata_bytes: int
     max_response_bytes: int
+    duplicates_sync_limit: int = 20_000
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Pin:
             limits.max_k,
             self.collection.pools.store,
             max_response_bytes=limits.max_response_bytes,
+            duplicates_sync_limit=limits.duplicates_sync_limit,
         )
 
     @property

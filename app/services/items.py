@@ -13,6 +13,7 @@ from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
 from index import ItemStore, NewItem, Record, serialized_metadata
+from index.duplicates import Duplicate
 from models import ImageDecodeError
 from models.images import CONTENT_TYPES, sniff_image_format
 
@@ -94,13 +95,20 @@ class ItemService:
     def check_input(self, item_id: str | None, metadata: Any, where: str) -> None:
         check_item_input(item_id, metadata, where, self.max_metadata_bytes)
 
-    async def index_images(self, inputs: Sequence[ImageInput]) -> list[str]:
-        """Decode, encode and store images; any undecodable image rejects the whole request."""
+    async def index_images(
+        self, inputs: Sequence[ImageInput], dedup_threshold: float | None = None
+    ) -> tuple[list[str], list[Duplicate]]:
+        """Decode, encode and store images; any undecodable image rejects the whole request.
+
+        With `dedup_threshold`, images that similar to a stored one are not stored again.
+        """
         for position, item in enumerate(inputs):
             self.check_input(item.id, item.metadata, f"files[{position}]")
         prepared = await self.encoding.prepare_all([item.data for item in inputs])
         items, _ = await self.encode_images(inputs, prepared)
-        return await self.store_items(items)
+        if dedup_threshold is None:
+            return await self.store_items(items), []
+        return await self.store_distinct(items, dedup_threshold)
 
     async def index_texts(self, inputs: Sequence[TextInput]) -> list[str]:
         for position, item in enumerate(inputs):
@@ -151,6 +159,19 @@ class ItemService:
         if not items:
             return []
         return await run_in(self._store_pool, self.store.upsert, items)
+
+    async def store_distinct(
+        self, items: Sequence[NewItem], threshold: float
+    ) -> tuple[list[str], list[Duplicate]]:
+        """Store items but images as similar as `threshold` to a stored (or an earlier) image:
+        the ids (a duplicate's is the existing item's) and the duplicates found."""
+        if not items:
+            return [], []
+        return await run_in(self._store_pool, self.store.upsert_distinct, items, threshold)
+
+    async def last_label(self) -> int:
+        """The label of the newest write: jobs over stored items stop there."""
+        return await run_in(self._store_pool, self.store.last_label)
 
     async def get(self, item_id: str) -> Record:
         return await run_in(self._store_pool, self.store.get, item_id)

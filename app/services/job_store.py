@@ -7,14 +7,16 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from index.sqlite import open_database, transaction
 
 JobStatus = Literal["queued", "running", "done", "failed", "interrupted", "cancelled"]
-JobKind = Literal["batch", "reindex"]
+JobKind = Literal["batch", "reindex", "duplicates", "classify"]
+# jobs run by the JobRunner's queue: interrupted by a stop, resumed on request
+QUEUED_KINDS = ("batch", "duplicates", "classify")
 ItemStatus = Literal["pending", "done", "failed"]
 MAX_ERRORS_SHOWN = 1000
 
@@ -89,6 +91,19 @@ class JobView:
     items_per_s: float | None = None  # since the job last started running
     eta_s: float | None = None
     params: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    duplicates: list[DuplicateOf] = field(default_factory=list)
+    cursor: int = 0
+
+
+@dataclass(frozen=True)
+class DuplicateOf:
+    """A batch item that was not stored: an image as similar as the job's dedup threshold."""
+
+    position: int
+    id: str
+    duplicate_of: str
+    score: float
 
 
 # columns added after the first release: (name, SQL type and default)
@@ -101,6 +116,14 @@ _JOB_COLUMNS = (
     ("failed_count", "INTEGER"),
     ("run_started_at", "REAL"),
     ("run_started_done", "INTEGER"),
+    ("result", "TEXT"),  # what a finished job found (duplicates: the groups)
+    ("cursor", "INTEGER"),  # where a job over stored items goes on after a restart
+)
+_ITEM_COLUMNS = (
+    ("blob_offset", "INTEGER"),
+    ("blob_length", "INTEGER"),
+    ("duplicate_of", "TEXT"),
+    ("duplicate_score", "REAL"),
 )
 
 
@@ -114,9 +137,9 @@ class JobStore:
         """Files written before staged images had offsets get the columns (NULL: whole file)."""
         with self._transaction():
             present = {row[1] for row in self._conn.execute("PRAGMA table_info(job_items)")}
-            for column in ("blob_offset", "blob_length"):
+            for column, declaration in _ITEM_COLUMNS:
                 if column not in present:
-                    self._conn.execute(f"ALTER TABLE job_items ADD COLUMN {column} INTEGER")
+                    self._conn.execute(f"ALTER TABLE job_items ADD COLUMN {column} {declaration}")
             present = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
             for column, declaration in _JOB_COLUMNS:
                 if column not in present:
@@ -215,9 +238,36 @@ class JobStore:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def record_results(self, job_id: str, done: Sequence[int], failed: dict[int, str]) -> None:
-        """Mark items done or failed, in one transaction."""
+    def set_result(self, job_id: str, result: dict[str, Any]) -> None:
         with self._transaction():
+            self._conn.execute(
+                "UPDATE jobs SET result = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(result), time.time(), job_id),
+            )
+
+    def set_cursor(self, job_id: str, cursor: int, total: int, done: int) -> None:
+        """A job over stored items: how far it got (labels up to `cursor` are done)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE jobs SET cursor = ?, total = ?, done_count = ?, updated_at = ? "
+                "WHERE id = ?",
+                (cursor, total, done, time.time(), job_id),
+            )
+
+    def record_results(
+        self,
+        job_id: str,
+        done: Sequence[int],
+        failed: dict[int, str],
+        duplicates: dict[int, tuple[str, float]] | None = None,
+    ) -> None:
+        """Mark items done (some as duplicates of stored ones) or failed, in one transaction."""
+        with self._transaction():
+            self._conn.executemany(
+                "UPDATE job_items SET duplicate_of = ?, duplicate_score = ? "
+                "WHERE job_id = ? AND position = ?",
+                [(of, score, job_id, p) for p, (of, score) in (duplicates or {}).items()],
+            )
             self._conn.executemany(
                 "UPDATE job_items SET status = 'done', error = NULL "
                 "WHERE job_id = ? AND position = ?",
@@ -261,8 +311,8 @@ class JobStore:
         with self._lock:
             job = self._conn.execute(
                 "SELECT id, status, error, created_at, updated_at, collection, kind, params, "
-                "total, done_count, failed_count, run_started_at, run_started_done "
-                "FROM jobs WHERE id = ?",
+                "total, done_count, failed_count, run_started_at, run_started_done, result, "
+                "cursor FROM jobs WHERE id = ?",
                 (job_id,),
             ).fetchone()
             if job is None:
@@ -276,6 +326,11 @@ class JobStore:
             errors = self._conn.execute(
                 "SELECT position, item_id, error FROM job_items "
                 "WHERE job_id = ? AND status = 'failed' ORDER BY position LIMIT ?",
+                (job_id, MAX_ERRORS_SHOWN),
+            ).fetchall()
+            duplicates = self._conn.execute(
+                "SELECT position, item_id, duplicate_of, duplicate_score FROM job_items "
+                "WHERE job_id = ? AND duplicate_of IS NOT NULL ORDER BY position LIMIT ?",
                 (job_id, MAX_ERRORS_SHOWN),
             ).fetchall()
         if job[6] == "batch":
@@ -302,20 +357,24 @@ class JobStore:
             items_per_s=rate,
             eta_s=eta,
             params=None if job[7] is None else json.loads(job[7]),
+            result=None if job[13] is None else json.loads(job[13]),
+            duplicates=[DuplicateOf(d[0], d[1], d[2], float(d[3])) for d in duplicates],
+            cursor=int(job[14] or 0),
         )
 
     def interrupt_unfinished(self) -> list[str]:
-        """At start-up: batch jobs left queued or running by the last process become `interrupted`.
+        """At start-up: queued jobs left queued or running by the last process are `interrupted`.
 
         Re-embeddings are resumed by their collection instead.
         """
+        kinds = ",".join(f"'{kind}'" for kind in QUEUED_KINDS)
         with self._transaction():
             rows = self._conn.execute(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running') AND kind = 'batch'"
+                f"SELECT id FROM jobs WHERE status IN ('queued', 'running') AND kind IN ({kinds})"
             ).fetchall()
             self._conn.execute(
                 "UPDATE jobs SET status = 'interrupted', updated_at = ? "
-                "WHERE status IN ('queued', 'running') AND kind = 'batch'",
+                f"WHERE status IN ('queued', 'running') AND kind IN ({kinds})",
                 (time.time(),),
             )
         return [row[0] for row in rows]

@@ -16,8 +16,9 @@ from app.services.collections import Pin
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
 from app.services.import_files import read_import_file
 from app.services.intake import BatchEntry, stage_batch
+from app.services.item_jobs import DuplicatesQuery, TagRequest, find_duplicates, tag_next
 from app.services.items import ImageInput, TextInput, new_item_id
-from app.services.job_store import JobItem, JobStore, JobView
+from app.services.job_store import QUEUED_KINDS, JobItem, JobKind, JobStore, JobView
 from app.services.registry import CollectionRegistry
 from app.services.staging import read_staged
 from app.services.threads import run_in
@@ -41,8 +42,13 @@ class _EncodedBatch:
     """A batch's items with their vectors, ready to store, and the positions done or failed."""
 
     items: list[NewItem] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # of `items`, in the job
     done: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+
+
+class _Stopped(Exception):
+    """A job over stored items saw that it was cancelled or that the service is stopping."""
 
 
 class JobRunner:
@@ -99,12 +105,21 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def submit(self, entries: Sequence[BatchEntry], collection: str = "default") -> str:
-        """Validate, stage and queue a job; returns its id. Bad paths reject the whole request."""
+    async def submit(
+        self,
+        entries: Sequence[BatchEntry],
+        collection: str = "default",
+        dedup_threshold: float | None = None,
+    ) -> str:
+        """Validate, stage and queue a job; returns its id. Bad paths reject the whole request.
+
+        With `dedup_threshold`, an image as similar as that to a stored one is not stored.
+        """
         if not entries:
             raise InvalidInputError("a batch needs at least one item")
         self._collections.get(collection)
         job_id = new_item_id()
+        params = None if dedup_threshold is None else {"dedup_threshold": dedup_threshold}
         try:
             job_items = await run_in(
                 self._pool,
@@ -114,10 +129,23 @@ class JobRunner:
                 self._import_root,
                 self._max_metadata_bytes,
             )
-            await run_in(self._pool, lambda: self._store.create(job_id, job_items, collection))
+            await run_in(
+                self._pool,
+                lambda: self._store.create(job_id, job_items, collection, "batch", params),
+            )
         except BaseException:
             await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
             raise
+        self._queue.put_nowait(job_id)
+        return job_id
+
+    async def submit_over_items(
+        self, collection: str, kind: JobKind, params: dict[str, Any]
+    ) -> str:
+        """Queue a job over a collection's stored items (duplicates, classify); its id."""
+        self._collections.get(collection)
+        job_id = new_item_id()
+        await run_in(self._pool, lambda: self._store.create(job_id, [], collection, kind, params))
         self._queue.put_nowait(job_id)
         return job_id
 
@@ -148,9 +176,10 @@ class JobRunner:
 
     async def resume(self, job_id: str) -> JobView:
         view = await self.get(job_id)
-        if view.status not in ("interrupted", "failed") or view.kind != "batch":
+        if view.status not in ("interrupted", "failed") or view.kind not in QUEUED_KINDS:
             raise JobStateError(
-                f"job {job_id} is {view.status}; only interrupted or failed batch jobs resume"
+                f"job {job_id} is {view.status}; only interrupted or failed batch, duplicates "
+                "and classify jobs resume"
             )
         self._cancelled.discard(job_id)
         await run_in(self._pool, self._store.set_status, job_id, "queued")
@@ -175,7 +204,13 @@ class JobRunner:
                 continue
             self._running = job_id
             try:
-                await self._run_job(job_id)
+                kind = (await self.get(job_id)).kind
+                if kind == "duplicates":
+                    await self._run_duplicates(job_id)
+                elif kind == "classify":
+                    await self._run_tagging(job_id)
+                else:
+                    await self._run_job(job_id)
             except Exception as e:  # a job must never take the worker down with it
                 logger.exception("batch job %s failed", job_id)
                 await run_in(self._pool, self._store.set_status, job_id, "failed", _public(e))
@@ -192,6 +227,7 @@ class JobRunner:
         """
         view = await self.get(job_id)
         collection = self._collections.get(view.collection)
+        dedup = (view.params or {}).get("dedup_threshold")
         await run_in(self._pool, self._store.set_status, job_id, "running")
         batch = await run_in(self._pool, self._store.pending, job_id, self._batch_size)
         loading = asyncio.ensure_future(self._load(collection.pin, batch))
@@ -212,7 +248,9 @@ class JobRunner:
                     raise
                 if storing is not None:
                     await storing
-                storing = asyncio.ensure_future(self._store_batch(job_id, encoded, loaded.pin))
+                storing = asyncio.ensure_future(
+                    self._store_batch(job_id, encoded, loaded.pin, dedup)
+                )
                 batch = following
             if storing is not None:
                 await storing
@@ -266,6 +304,7 @@ class JobRunner:
                 [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts],
                 background=True,
             )
+            encoded.positions += [t.position for t in texts]
         if loaded.images:
             images, decode_failures = await items.encode_images(
                 [inp for inp, _ in loaded.images],
@@ -273,17 +312,98 @@ class JobRunner:
                 background=True,
             )
             encoded.items += images
+            encoded.positions += [
+                p for slot, p in enumerate(loaded.positions) if slot not in decode_failures
+            ]
             for slot, reason in decode_failures.items():
                 encoded.failed[loaded.positions[slot]] = reason
         encoded.done = [item.position for item in batch if item.position not in encoded.failed]
         return encoded
 
-    async def _store_batch(self, job_id: str, encoded: _EncodedBatch, pin: Pin) -> None:
+    async def _store_batch(
+        self, job_id: str, encoded: _EncodedBatch, pin: Pin, dedup: float | None
+    ) -> None:
+        duplicates: dict[int, tuple[str, float]] = {}
         try:
-            await pin.items.store_items(encoded.items)
+            if dedup is None:
+                await pin.items.store_items(encoded.items)
+            else:
+                _, found = await pin.items.store_distinct(encoded.items, dedup)
+                duplicates = {
+                    encoded.positions[d.position]: (d.existing_id, d.score) for d in found
+                }
         finally:
             await pin.release()
-        await run_in(self._pool, self._store.record_results, job_id, encoded.done, encoded.failed)
+        await run_in(
+            self._pool,
+            self._store.record_results,
+            job_id,
+            encoded.done,
+            encoded.failed,
+            duplicates,
+        )
+
+    # -- jobs over stored items -----------------------------------------------------------
+    async def _run_duplicates(self, job_id: str) -> None:
+        """Find the groups (one scan of the index, in the background thread) and keep them."""
+        view = await self.get(job_id)
+        query = DuplicatesQuery(**(view.params or {}))
+        collection = self._collections.get(view.collection)
+        await run_in(self._pool, self._store.set_status, job_id, "running")
+
+        def progress(done: int, total: int) -> None:
+            if self._stopping or job_id in self._cancelled:
+                raise _Stopped
+            self._store.set_progress(job_id, total, done)
+
+        pools = self._collections.pools
+        try:
+            async with collection.use() as pin:
+                page = await find_duplicates(pin.store, pools.background, query, progress)
+        except _Stopped:
+            await self._stopped(job_id)
+            return
+        await run_in(self._pool, self._store.set_result, job_id, page.as_json())
+        await run_in(self._pool, self._store.set_status, job_id, "done")
+
+    async def _run_tagging(self, job_id: str) -> None:
+        """Label the collection's items batch by batch from the job's cursor (resumable)."""
+        view = await self.get(job_id)
+        params = dict(view.params or {})
+        up_to = int(params.pop("up_to_label"))
+        request = TagRequest(**params)
+        collection = self._collections.get(view.collection)
+        await run_in(self._pool, self._store.set_status, job_id, "running")
+        cursor, done = view.cursor, view.done
+        async with collection.use() as pin:
+            total = (
+                done
+                + await run_in(
+                    self._pool, pin.store.count_matching, request.target, request.where, up_to
+                )
+                - await run_in(
+                    self._pool, pin.store.count_matching, request.target, request.where, cursor
+                )
+            )
+        await run_in(self._pool, self._store.set_cursor, job_id, cursor, total, done)
+        while True:
+            if self._stopping or job_id in self._cancelled:
+                await self._stopped(job_id)
+                return
+            async with collection.use(write=True, model=True) as pin:
+                step = await tag_next(pin.store, pin.classify, self._pool, request, cursor, up_to)
+            if step is None:
+                break
+            cursor, tagged = step
+            done += tagged
+            await run_in(self._pool, self._store.set_cursor, job_id, cursor, total, done)
+        await run_in(self._pool, self._store.set_status, job_id, "done")
+
+    async def _stopped(self, job_id: str) -> None:
+        if job_id in self._cancelled:
+            self._cancelled.discard(job_id)  # its status says cancelled already
+        else:
+            await run_in(self._pool, self._store.set_status, job_id, "interrupted")
 
     def _read_source(self, item: JobItem) -> bytes:
         """An item's image bytes; any problem with the file is that item's error, not the job's."""

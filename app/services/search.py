@@ -12,6 +12,7 @@ import numpy as np
 
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
+from app.services.item_jobs import DuplicatesPage, DuplicatesQuery, find_duplicates
 from app.services.threads import run_in
 from index import Hit, ItemStore, Kind, MetadataFilter
 from index.fusion import Fusion
@@ -73,12 +74,14 @@ class SearchService:
         max_k: int,
         store_pool: Executor,
         max_response_bytes: int = 64 * 2**20,
+        duplicates_sync_limit: int = 20_000,
     ) -> None:
         self.store = store
         self._encoding = encoding  # None: searches by stored vectors only (similar_to)
         self.max_k = max_k
         self.max_response_bytes = max_response_bytes
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
+        self.duplicates_sync_limit = duplicates_sync_limit
 
     @property
     def encoding(self) -> EncodingService:
@@ -159,6 +162,14 @@ class SearchService:
                 hits = (await self._search(query, wider))[0]
         ranked = [h for h in hits if h.record.id not in excluded]
         return SearchResult(ranked[scope.offset : scope.offset + scope.k], _elapsed_ms(started))
+
+    async def duplicates(self, query: DuplicatesQuery) -> DuplicatesPage | None:
+        """Near-duplicate groups now, or None when there are too many items to answer inline
+        (XMR_DUPLICATES_SYNC_LIMIT): those run as a job."""
+        counts = await run_in(self._store_pool, self.store.counts)
+        if counts[query.target] > self.duplicates_sync_limit:
+            return None
+        return await find_duplicates(self.store, self._store_pool, query)
 
     async def _weighted_sum(self, parts: Sequence[WeightedPart]) -> np.ndarray:
         vectors: list[np.ndarray] = []

@@ -75,12 +75,15 @@ class Pools:
     inference: the one thread that loads and runs every model (all cores).
     decode: image decoding and preprocessing. large_decode: one image too large to wait for.
     store: records, FAISS searches, job bookkeeping and other file work (one core each).
+    background: one thread, at a lower priority, for long scans of a whole index (a
+    duplicates job): searches keep the store threads.
     """
 
     inference: ThreadPoolExecutor
     decode: ThreadPoolExecutor
     large_decode: ThreadPoolExecutor
     store: ThreadPoolExecutor
+    background: ThreadPoolExecutor
 
     @classmethod
     def create(cls, decode_workers: int, store_workers: int | None = None) -> Pools:
@@ -89,8 +92,9 @@ class Pools:
             decode=single_core_pool(decode_workers, "xmr-decode"),
             large_decode=single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS),
             store=single_core_pool(store_workers or decode_workers, "xmr-store"),
+            background=single_core_pool(1, "xmr-background", LARGE_DECODE_NICENESS),
         )
 
     def shutdown(self) -> None:
-        for pool in (self.inference, self.decode, self.large_decode, self.store):
+        for pool in (self.inference, self.decode, self.large_decode, self.store, self.background):
             pool.shutdown(wait=True, cancel_futures=True)

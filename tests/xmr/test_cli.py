@@ -205,3 +205,61 @@ def xmr_with(env: dict[str, str], *args: str, server: str) -> subprocess.Complet
         capture_output=True,
         timeout=120,
     )
+
+
+def test_duplicates_report_and_delete_keep_first(live_server: str, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    gallery(photos)
+    Image.open(photos / "red.png").save(photos / "red-copy.jpg", quality=90)  # re-encoded
+    assert xmr("index", str(photos), "-r", server=live_server).returncode == 0
+    report = xmr("duplicates", "--threshold", "0.999", "--json", server=live_server)
+    assert report.returncode == 0, report.stderr
+    groups = json.loads(report.stdout)["groups"]
+    assert [g["ids"] for g in groups] == [["red-copy.jpg", "red.png"]] or [
+        g["ids"] for g in groups
+    ] == [["red.png", "red-copy.jpg"]]
+    first = groups[0]["ids"][0]
+    deleted = xmr("duplicates", "--threshold", "0.999", "--delete-keep-first", server=live_server)
+    assert "deleted 1 items" in deleted.stdout, deleted.stderr
+    with XmrClient(live_server) as client:
+        assert client.info()["images"] == 3
+        assert client.get_item(first)["id"] == first
+    again = xmr("duplicates", "--threshold", "0.999", server=live_server)
+    assert "0 groups" in again.stdout
+
+
+def test_classify_writes_labels_into_metadata(live_server: str, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    gallery(photos)
+    assert xmr("index", str(photos), "-r", server=live_server).returncode == 0
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\nblue\n\ngreen\n")
+    tagged = xmr(
+        "classify",
+        "--labels",
+        str(labels),
+        "--write-metadata",
+        "colour",
+        "--template",
+        "a {} picture",
+        "--filter",
+        '{"path": {"in": ["red.png", "sub/blue.png"]}}',
+        server=live_server,
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    assert "tagged 2 items" in tagged.stdout
+    with XmrClient(live_server) as client:
+        for item_id in ("red.png", "sub/blue.png"):
+            metadata = client.get_item(item_id)["metadata"]
+            assert metadata["colour"] in ("red", "blue", "green") and metadata["path"] == item_id
+            assert 0 < metadata["colour_probability"] <= 1
+        assert "colour" not in client.get_item("sub/deeper/green.jpg")["metadata"]
+    missing = xmr(
+        "classify",
+        "--labels",
+        str(tmp_path / "nope.txt"),
+        "--write-metadata",
+        "x",
+        server=live_server,
+    )
+    assert missing.returncode == 2

@@ -1,0 +1,41 @@
+"""Near-duplicate groups of a collection's items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from app.deps import JobsDep, StoredSearchDep, collection_name
+from app.routers.common import FILTER_HELP, filter_object
+from app.schemas import TARGET_KIND, DuplicatesResponse, JobAccepted, Target
+from app.services.item_jobs import MAX_DUPLICATE_GROUPS_PAGE, DuplicatesQuery
+
+router = APIRouter(tags=["duplicates"])  # under /v1 and each collection
+
+
+@router.get(
+    "/duplicates",
+    response_model=DuplicatesResponse,
+    responses={202: {"model": JobAccepted, "description": "too many items: a job finds them"}},
+    summary="Groups of near-duplicate items (cosine at least the threshold), largest first",
+)
+async def duplicates(
+    request: Request,
+    search: StoredSearchDep,
+    jobs: JobsDep,
+    target: Target = Query("images", description="which items: images or texts"),
+    threshold: float = Query(0.95, ge=-1.0, le=1.0, description="the least cosine of a pair"),
+    limit: int = Query(100, ge=1, le=MAX_DUPLICATE_GROUPS_PAGE, description="groups per page"),
+    offset: int = Query(0, ge=0, description="skip this many groups"),
+    filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
+) -> Any:
+    query = DuplicatesQuery(TARGET_KIND[target], threshold, filter_object(filter), limit, offset)
+    page = await search.duplicates(query)
+    if page is not None:
+        return page.as_json()
+    job_id = await jobs.submit_over_items(collection_name(request), "duplicates", query.params())
+    return JSONResponse(
+        JobAccepted(job_id=job_id).model_dump(), status_code=status.HTTP_202_ACCEPTED
+    )
