@@ -1,13 +1,20 @@
-// The xmr search page: text -> images/texts, image -> texts/images, "more like this", upload.
-// Plain JavaScript against the public HTTP API; no build step, nothing loaded from elsewhere.
+// The xmr search page: text and/or an image (weighted), "not" words, keyword/hybrid ranking, a
+// score cutoff, "more/less like this", near-duplicates, upload. The URL holds the query, so a
+// search can be shared and the back button goes back. Plain JavaScript against the public HTTP
+// API; no build step, nothing loaded from elsewhere.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { objectUrls: [] };
+const state = { objectUrls: [], image: null, steer: [] }; // steer: [{ id, weight }]
+const LESS_WEIGHT = -0.5;
+const NOT_WEIGHT = -0.5;
 
 function apiKey() { return localStorage.getItem("xmr-api-key") || ""; }
 function headers() { return apiKey() ? { "X-API-Key": apiKey() } : {}; }
 function target() { return document.querySelector("input[name=target]:checked").value; }
+function mode() { return document.querySelector("input[name=mode]:checked").value; }
+function minScore() { const v = parseFloat($("min-score").value); return v > 0 ? v : null; }
+function imageWeight() { return parseFloat($("image-weight").value) || 1; }
 function collection() { return localStorage.getItem("xmr-collection") || "default"; }
 // the routes of the chosen collection; `default` keeps the plain /v1 routes
 function base() {
@@ -19,6 +26,7 @@ function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
 }
+const failed = (e) => setStatus(e.message, true);
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
@@ -30,21 +38,105 @@ async function api(path, options = {}) {
   return response;
 }
 
+// -- the query in the URL ---------------------------------------------------------------------
+function queryParams() {
+  const params = new URLSearchParams();
+  const text = $("query").value.trim();
+  if (text) params.set("q", text);
+  const not = $("not").value.trim();
+  if (not) params.set("not", not);
+  params.set("target", target());
+  if (mode() !== "vector") params.set("mode", mode());
+  if (minScore() !== null) params.set("min_score", minScore());
+  if (k() !== 24) params.set("k", k());
+  if (state.steer.length) params.set("items", state.steer.map((s) => `${s.weight < 0 ? "-" : ""}${s.id}`).join(","));
+  return params;
+}
+
+function remember(params) {
+  const url = `${location.pathname}?${params}`;
+  if (url !== `${location.pathname}${location.search}`) history.pushState(null, "", url);
+}
+
+function restore() {
+  const params = new URLSearchParams(location.search);
+  $("query").value = params.get("q") || "";
+  $("not").value = params.get("not") || "";
+  const wantedTarget = params.get("target") || "images";
+  document.querySelector(`input[name=target][value=${wantedTarget === "texts" ? "texts" : "images"}]`).checked = true;
+  const wantedMode = ["keyword", "hybrid"].includes(params.get("mode")) ? params.get("mode") : "vector";
+  document.querySelector(`input[name=mode][value=${wantedMode}]`).checked = true;
+  $("min-score").value = params.get("min_score") || "0";
+  showMinScore();
+  if (params.get("k")) $("k").value = params.get("k");
+  state.steer = (params.get("items") || "").split(",").filter(Boolean).map((entry) => (
+    entry.startsWith("-") ? { id: entry.slice(1), weight: LESS_WEIGHT } : { id: entry, weight: 1 }
+  ));
+  showSteering();
+  if (params.get("view") === "duplicates") {
+    $("threshold").value = params.get("threshold") || "0.95";
+    openDuplicates(false);
+    findDuplicates(false).catch(failed);
+  } else if (params.get("q") || state.steer.length) {
+    closeDuplicates();
+    search(false).catch(failed);
+  }
+}
+
+// -- searching --------------------------------------------------------------------------------
+// One text alone goes to GET /search/text (mode, cutoff); one item alone to /similar; anything
+// combined (an image, "not" words, items to steer by) is one POST /v1/search.
+async function search(push = true) {
+  const text = $("query").value.trim();
+  const not = $("not").value.trim();
+  if (!text && !state.image && !state.steer.length) { setStatus("type something or drop an image", true); return; }
+  if (push) remember(queryParams());
+  closeDuplicates();
+  if (text && !not && !state.image && !state.steer.length) return searchText(text);
+  if (!text && !not && !state.image && state.steer.length === 1 && state.steer[0].weight > 0) {
+    return similarTo(state.steer[0].id);
+  }
+  return searchComposite(text, not);
+}
+
 async function searchText(query) {
-  const params = new URLSearchParams({ q: query, k: k(), target: target() });
+  const params = new URLSearchParams({ q: query, k: k(), target: target(), mode: mode() });
+  if (minScore() !== null) params.set("min_score", minScore());
   setStatus(`Searching ${target()} for “${query}”…`);
   const body = await (await api(`${base()}/search/text?${params}`)).json();
   show(body, `“${query}”`);
 }
 
-async function searchImage(blob, what = target() === "images" ? "images" : "texts") {
+async function similarTo(id) {
+  // by the item's stored vector: no upload, no model call
+  const params = new URLSearchParams({ k: k(), target: target() });
+  if (minScore() !== null) params.set("min_score", minScore());
+  setStatus(`Searching ${target()} like ${id}…`);
+  const body = await (await api(`${base()}/items/${encodeURIComponent(id)}/similar?${params}`)).json();
+  show(body, `items like ${id}`);
+}
+
+function compositeRequest(text, not) {
+  const query = [];
+  if (text) query.push({ text, weight: 1 });
+  if (state.image) query.push({ image_file: 0, weight: imageWeight() });
+  if (not) query.push({ text: not, weight: NOT_WEIGHT });
+  state.steer.forEach((s) => query.push({ item: s.id, weight: s.weight }));
+  const request = { query, target: target(), k: k(), mode: mode() };
+  if (minScore() !== null) request.min_score = minScore();
+  return request;
+}
+
+async function searchComposite(text, not) {
+  const request = compositeRequest(text, not);
   const form = new FormData();
-  form.append("file", blob, blob.name || "query");
-  form.append("k", k());
-  form.append("target", what);
-  setStatus(`Searching ${what} with an image…`);
-  const body = await (await api(`${base()}/search/image`, { method: "POST", body: form })).json();
-  show(body, "the image");
+  form.append("request", JSON.stringify(request));
+  if (state.image) form.append("files", state.image, state.image.name || "query");
+  setStatus(`Searching ${target()}…`);
+  const body = await (await api(`${base()}/search`, { method: "POST", body: form })).json();
+  const parts = [text && `“${text}”`, state.image && "the image", not && `not “${not}”`,
+    state.steer.length && `${state.steer.length} items`].filter(Boolean);
+  show(body, parts.join(" + "));
 }
 
 async function imageUrl(contentUrl) {
@@ -55,27 +147,48 @@ async function imageUrl(contentUrl) {
   return url;
 }
 
-function show(body, what) {
+function releaseImages() {
   state.objectUrls.forEach(URL.revokeObjectURL);
   state.objectUrls = [];
-  const grid = $("results");
-  grid.replaceChildren(...body.results.map(card));
-  setStatus(`${body.results.length} results for ${what} in ${body.took_ms.toFixed(1)} ms`);
+}
+
+function show(body, what) {
+  releaseImages();
+  $("results").replaceChildren(...body.results.map(card));
+  const cut = minScore() !== null ? ` at or above ${minScore()}` : "";
+  setStatus(`${body.results.length} results for ${what}${cut} in ${body.took_ms.toFixed(1)} ms`);
+}
+
+function thumbnail(hit, described) {
+  const img = document.createElement("img");
+  img.alt = hit.id;
+  img.loading = "lazy";
+  imageUrl(hit.content_url).then((url) => { img.src = url; }).catch(failed);
+  img.addEventListener("click", () => openDetails(described));
+  return img;
+}
+
+function button(className, label, onClick) {
+  const b = document.createElement("button");
+  b.className = `secondary ${className}`;
+  b.type = "button";
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
 }
 
 function card(hit) {
   const item = document.createElement("article");
   item.className = `hit ${hit.kind}`;
   item.dataset.id = hit.id;
-  const described = JSON.stringify({ id: hit.id, kind: hit.kind, score: hit.score, metadata: hit.metadata }, null, 2);
+  const shown = { id: hit.id, kind: hit.kind, score: hit.score, metadata: hit.metadata };
+  if (hit.vector_score !== null && hit.vector_score !== undefined) {
+    Object.assign(shown, { vector_score: hit.vector_score, keyword_score: hit.keyword_score });
+  }
+  const described = JSON.stringify(shown, null, 2);
   item.title = described;
   if (hit.kind === "image") {
-    const img = document.createElement("img");
-    img.alt = hit.id;
-    img.loading = "lazy";
-    imageUrl(hit.content_url).then((url) => { img.src = url; }).catch((e) => setStatus(e.message, true));
-    img.addEventListener("click", () => openDetails(described));
-    item.append(img);
+    item.append(thumbnail(hit, described));
   } else {
     const text = document.createElement("div");
     text.className = "text";
@@ -91,25 +204,34 @@ function card(hit) {
   const id = document.createElement("span");
   id.className = "id";
   id.textContent = hit.id;
-  meta.append(score, id);
-  if (hit.kind === "image") {
-    const more = document.createElement("button");
-    more.className = "secondary more-like-this";
-    more.type = "button";
-    more.textContent = "more like this";
-    more.addEventListener("click", () => moreLikeThis(hit).catch((e) => setStatus(e.message, true)));
-    meta.append(more);
-  }
+  meta.append(score, id,
+    button("more-like-this", "more like this", () => moreLikeThis(hit).catch(failed)),
+    button("less-like-this", "less like this", () => lessLikeThis(hit).catch(failed)));
   item.append(meta);
   return item;
 }
 
 async function moreLikeThis(hit) {
-  // by the item's stored vector: no upload, no model call
-  const params = new URLSearchParams({ k: k(), target: "images" });
-  setStatus(`Searching images like ${hit.id}…`);
-  const body = await (await api(`${base()}/items/${encodeURIComponent(hit.id)}/similar?${params}`)).json();
-  show(body, `items like ${hit.id}`);
+  // a fresh query: this item alone, among items of its own kind
+  $("query").value = "";
+  $("not").value = "";
+  clearQueryImage();
+  document.querySelector(`input[name=target][value=${hit.kind === "image" ? "images" : "texts"}]`).checked = true;
+  state.steer = [{ id: hit.id, weight: 1 }];
+  showSteering();
+  await search();
+}
+
+async function lessLikeThis(hit) {
+  // the query as it is, pushed away from this item
+  state.steer = state.steer.filter((s) => s.id !== hit.id).concat([{ id: hit.id, weight: LESS_WEIGHT }]);
+  showSteering();
+  await search();
+}
+
+function showSteering() {
+  $("steering").hidden = !state.steer.length;
+  $("steering-items").textContent = state.steer.map((s) => `${s.weight > 0 ? "more" : "less"} like ${s.id}`).join(", ");
 }
 
 function openDetails(text) {
@@ -117,24 +239,111 @@ function openDetails(text) {
   $("details").showModal();
 }
 
+// -- the query image ----------------------------------------------------------------------------
 function preview(file) {
   const img = $("query-preview");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   img.src = URL.createObjectURL(file);
   img.hidden = false;
+  $("image-weight-label").hidden = false;
+  $("query-image-clear").hidden = false;
+}
+
+function clearQueryImage() {
+  state.image = null;
+  $("query-preview").hidden = true;
+  $("image-weight-label").hidden = true;
+  $("query-image-clear").hidden = true;
 }
 
 function useQueryImage(file) {
   if (!file) return;
   if (!file.type.startsWith("image/")) { setStatus(`${file.name} is not an image`, true); return; }
+  state.image = file;
   preview(file);
-  searchImage(file).catch((e) => setStatus(e.message, true));
+  search().catch(failed);
 }
 
+function showMinScore() {
+  $("min-score-value").textContent = minScore() === null ? "off" : minScore().toFixed(2);
+}
+
+// -- near-duplicates ----------------------------------------------------------------------------
+function openDuplicates(push = true) {
+  $("duplicates").hidden = false;
+  $("results").replaceChildren();
+  if (push) remember(new URLSearchParams({ view: "duplicates", threshold: $("threshold").value }));
+}
+
+function closeDuplicates() {
+  $("duplicates").hidden = true;
+  $("groups").replaceChildren();
+}
+
+async function findDuplicates(push = true) {
+  const threshold = $("threshold").value;
+  if (push) remember(new URLSearchParams({ view: "duplicates", threshold }));
+  const params = new URLSearchParams({ threshold, target: "images", limit: 200 });
+  setStatus(`Looking for images at least ${threshold} alike…`);
+  let body = await (await api(`${base()}/duplicates?${params}`)).json();
+  if (body.job_id) body = await followJob(body.job_id);
+  releaseImages();
+  $("groups").replaceChildren(...body.groups.map(duplicateGroup));
+  setStatus(`${body.total_groups} groups of near-duplicates (similarity ≥ ${threshold})`);
+}
+
+async function followJob(jobId) {
+  for (;;) {
+    const job = await (await api(`/v1/jobs/${encodeURIComponent(jobId)}`)).json();
+    if (job.status === "done") return job.result;
+    if (!["queued", "running"].includes(job.status)) throw new Error(`the job ${job.status}: ${job.error || ""}`);
+    setStatus(`Looking for duplicates: ${job.done} of ${job.total || "?"} images…`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+function duplicateGroup(group) {
+  const row = document.createElement("div");
+  row.className = "group";
+  row.dataset.ids = group.ids.join(",");
+  const caption = document.createElement("p");
+  caption.textContent = `${group.ids.length} images, least similarity ${group.min_score.toFixed(3)}`;
+  const strip = document.createElement("div");
+  strip.className = "strip";
+  group.ids.forEach((id) => {
+    const hit = { id, content_url: `${base()}/items/${encodeURIComponent(id)}/content` };
+    const figure = document.createElement("figure");
+    const label = document.createElement("figcaption");
+    label.textContent = id;
+    figure.append(thumbnail(hit, id), label);
+    strip.append(figure);
+  });
+  row.append(caption, strip);
+  return row;
+}
+
+// -- wiring ------------------------------------------------------------------------------------
 $("text-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  const query = $("query").value.trim();
-  if (query) searchText(query).catch((e) => setStatus(e.message, true));
+  search().catch(failed);
 });
+$("not").addEventListener("keydown", (event) => {
+  if (event.key === "Enter") { event.preventDefault(); search().catch(failed); }
+});
+document.querySelectorAll("input[name=mode]").forEach((radio) => radio.addEventListener("change", () => {
+  if ($("query").value.trim()) search().catch(failed);
+}));
+$("min-score").addEventListener("input", showMinScore);
+$("min-score").addEventListener("change", () => {
+  if ($("query").value.trim() || state.image || state.steer.length) search().catch(failed);
+});
+$("image-weight").addEventListener("input", () => { $("image-weight-value").textContent = imageWeight().toFixed(1); });
+$("image-weight").addEventListener("change", () => search().catch(failed));
+$("query-image-clear").addEventListener("click", clearQueryImage);
+$("steering-clear").addEventListener("click", () => { state.steer = []; showSteering(); });
+$("duplicates-open").addEventListener("click", () => openDuplicates());
+$("duplicates-find").addEventListener("click", () => findDuplicates().catch(failed));
+window.addEventListener("popstate", restore);
 
 $("query-file").addEventListener("change", (event) => useQueryImage(event.target.files[0]));
 
@@ -164,7 +373,7 @@ $("upload-form").addEventListener("submit", async (event) => {
   try {
     const body = await (await api(`${base()}/images`, { method: "POST", body: form })).json();
     setStatus(`Indexed ${body.ids.length} images: ${body.ids.join(", ")}`);
-  } catch (e) { setStatus(e.message, true); }
+  } catch (e) { failed(e); }
 });
 
 async function loadCollections() {
@@ -172,7 +381,7 @@ async function loadCollections() {
   let listed = [];
   try {
     listed = (await (await api("/v1/collections")).json()).collections;
-  } catch (e) { setStatus(e.message, true); return; }
+  } catch (e) { failed(e); return; }
   if (!listed.some((c) => c.name === collection())) localStorage.removeItem("xmr-collection");
   picker.replaceChildren(...listed.map((c) => {
     const option = document.createElement("option");
@@ -195,3 +404,4 @@ $("api-key").addEventListener("change", (event) => {
   loadCollections();
 });
 loadCollections();
+restore();

@@ -7,6 +7,7 @@ where either is missing the test is skipped and says why.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +227,169 @@ def test_the_collection_picker_searches_the_chosen_collection_and_is_remembered(
     page.press("#query", "Enter")
     page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 3")
     page.close()
+
+
+def composite_ids(server: str, request: dict, image: bytes | None = None) -> list[str]:
+    """What POST /v1/search answers for the request the page should have sent."""
+    if image is None:
+        response = httpx.post(f"{server}/v1/search", json=request)
+    else:
+        response = httpx.post(
+            f"{server}/v1/search",
+            data={"request": json.dumps(request)},
+            files=[("files", ("q.png", image, "image/png"))],
+        )
+    response.raise_for_status()
+    return [h["id"] for h in response.json()["results"]]
+
+
+def shown_ids(page: Any) -> list[str]:
+    return page.locator("#results .hit .id").all_inner_texts()
+
+
+def wait_for_status(page: Any, text: str) -> None:
+    page.wait_for_function(
+        "(text) => document.querySelector('#status').textContent.includes(text)", arg=text
+    )
+
+
+def test_text_image_and_not_words_combine_into_one_weighted_query_kept_in_the_url(
+    browser: Any, indexed_server: str
+) -> None:
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.fill("#query", "a red thing")
+    page.fill("#not", "green")
+    page.press("#query", "Enter")
+    wait_for_status(page, "not “green”")
+    expected = composite_ids(
+        indexed_server,
+        {
+            "query": [{"text": "a red thing", "weight": 1}, {"text": "green", "weight": -0.5}],
+            "target": "images",
+            "k": 24,
+            "mode": "vector",
+        },
+    )
+    assert shown_ids(page) == expected
+    assert "q=a+red+thing" in page.url and "not=green" in page.url
+    # drop an image as well: text + image (weighted) + not
+    blue = image_bytes("blue", size=(48, 48))
+    transfer = page.evaluate_handle(DROP_FILE, base64.b64encode(blue).decode())
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    wait_for_status(page, "the image")
+    page.fill("#image-weight", "1.5")
+    page.dispatch_event("#image-weight", "change")
+    page.wait_for_function(
+        "() => document.querySelector('#image-weight-value').textContent === '1.5'"
+    )
+    wait_for_status(page, "results for")
+    expected = composite_ids(
+        indexed_server,
+        {
+            "query": [
+                {"text": "a red thing", "weight": 1},
+                {"image_file": 0, "weight": 1.5},
+                {"text": "green", "weight": -0.5},
+            ],
+            "target": "images",
+            "k": 24,
+            "mode": "vector",
+        },
+        blue,
+    )
+    page.wait_for_function(
+        "(ids) => [...document.querySelectorAll('#results .hit .id')]"
+        ".map(e => e.textContent).join() === ids.join()",
+        arg=expected,
+    )
+    page.close()
+
+
+def test_keyword_mode_cutoff_and_the_back_button(browser: Any, indexed_server: str) -> None:
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.fill("#query", "plants")  # only green's metadata holds the word
+    page.check("input[name=mode][value=keyword]")
+    page.press("#query", "Enter")
+    wait_for_status(page, "1 results")
+    assert shown_ids(page) == ["green"] and "mode=keyword" in page.url
+    page.check("input[name=mode][value=vector]")
+    wait_for_status(page, "3 results")
+    all_scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    cutoff = round(sorted(all_scores)[1] - 0.005, 2)  # keeps the best two
+    page.fill("#min-score", str(cutoff))
+    page.dispatch_event("#min-score", "change")
+    wait_for_status(page, f"at or above {cutoff}")
+    kept = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+    assert kept == [s for s in all_scores if s >= cutoff] and len(kept) == 2
+    assert f"min_score={cutoff}" in page.url
+    page.go_back()  # the uncut vector query
+    wait_for_status(page, "3 results")
+    page.go_back()  # the keyword query, restored from the URL
+    wait_for_status(page, "1 results")
+    assert page.input_value("#query") == "plants" and shown_ids(page) == ["green"]
+    assert page.is_checked("input[name=mode][value=keyword]")
+    # a shared link runs its query on opening
+    shared = browser.new_page()
+    shared.goto(indexed_server + "/?q=a+red+thing&target=texts&mode=hybrid")
+    wait_for_status(shared, "3 results")
+    assert shared.is_checked("input[name=target][value=texts]")
+    expected = httpx.get(
+        f"{indexed_server}/v1/search/text",
+        params={"q": "a red thing", "target": "texts", "mode": "hybrid", "k": 24},
+    ).json()["results"]
+    assert shown_ids(shared) == [h["id"] for h in expected]
+    page.close()
+    shared.close()
+
+
+def test_less_like_this_pushes_the_query_away_from_an_item(
+    browser: Any, indexed_server: str
+) -> None:
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.fill("#query", "a red thing")
+    page.press("#query", "Enter")
+    wait_for_status(page, "3 results")
+    page.locator(".hit[data-id=green] .less-like-this").click()
+    wait_for_status(page, "1 items")
+    expected = composite_ids(
+        indexed_server,
+        {
+            "query": [{"text": "a red thing", "weight": 1}, {"item": "green", "weight": -0.5}],
+            "target": "images",
+            "k": 24,
+            "mode": "vector",
+        },
+    )
+    assert shown_ids(page) == expected and "green" not in expected
+    assert "less like green" in page.inner_text("#steering") and "items=-green" in page.url
+    page.close()
+
+
+def test_the_duplicates_view_groups_copies(browser: Any, indexed_server: str) -> None:
+    files = [("files", ("copy.png", image_bytes("red", size=(48, 48)), "image/png"))]
+    httpx.post(
+        f"{indexed_server}/v1/images", files=files, data={"ids": '["red-copy"]'}
+    ).raise_for_status()
+    page = browser.new_page()
+    page.goto(indexed_server + "/")
+    page.click("#duplicates-open")
+    page.fill("#threshold", "0.99")
+    page.click("#duplicates-find")
+    wait_for_status(page, "1 groups")
+    assert page.get_attribute("#groups .group", "data-ids") == "red,red-copy"
+    wait_for_thumbnails_in(page, "#groups img")
+    assert "view=duplicates" in page.url and "threshold=0.99" in page.url
+    page.reload()  # the view is in the URL too
+    wait_for_status(page, "1 groups")
+    page.close()
+
+
+def wait_for_thumbnails_in(page: Any, selector: str) -> None:
+    page.wait_for_function(
+        "(selector) => [...document.querySelectorAll(selector)]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        arg=selector,
+    )
