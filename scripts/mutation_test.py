@@ -124,8 +124,10 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "SIGTERM: requests in flight finish and the batch job is marked interrupted",
         "app/services/jobs.py",
-        'await run_in(self._pool, self._store.set_status, job_id, "interrupted")',
-        'await run_in(self._pool, self._store.set_status, job_id, "failed")',
+        "if batch and self._stopping:\n"
+        '            await run_in(self._pool, self._store.set_status, job_id, "interrupted")',
+        "if batch and self._stopping:\n"
+        '            await run_in(self._pool, self._store.set_status, job_id, "failed")',
         (
             "tests/app/test_server_process.py::"
             "test_sigterm_finishes_requests_in_flight_and_interrupts_the_batch_job",
@@ -350,6 +352,57 @@ BREAKS: tuple[Break, ...] = (
         "        scores, labels = scores[:, offset:], labels[:, offset:]",
         "        scores, labels = scores[:, :k], labels[:, :k]",
         ("tests/app/test_search_filters.py::test_pages_follow_each_other",),
+    ),
+    # -- steered queries ------------------------------------------------------------------------
+    Break(
+        "a deleted item is gone from keyword search at once",
+        "index/records.py",
+        "        keywords.remove(self._conn, [label])\n",
+        "",
+        ("tests/index/test_keywords.py::test_keyword_index_follows_writes_and_survives_reopening",),
+    ),
+    Break(
+        "relative fusion min-max normalizes each ranking before weighting it",
+        "index/fusion.py",
+        "    return [(label, (score - low) / (high - low)) for label, score in ranking]",
+        "    return [(label, score) for label, score in ranking]",
+        (
+            "tests/index/test_keywords.py::test_relative_fusion_normalizes_each_list_then_weights_by_alpha",
+        ),
+    ),
+    Break(
+        "nothing a user types is read as FTS5 syntax",
+        "index/keywords.py",
+        """            phrases.append('"' + " ".join(tokens) + '"')""",
+        """            phrases.append(term)""",
+        (
+            "tests/app/test_api.py::test_keyword_and_hybrid_search_find_an_exact_rare_token_that_vectors_rank_low",
+        ),
+    ),
+    Break(
+        "near-duplicate groups are an exact range search on Flat, however large",
+        "index/store.py",
+        "            pending, k = pending[full], min(k * 2, size)",
+        "            return",
+        (
+            "tests/index/test_duplicates.py::test_a_group_larger_than_the_first_search_is_found_whole",
+        ),
+    ),
+    Break(
+        "dedup_threshold at indexing does not store an image that similar to a stored one",
+        "index/store.py",
+        "            if best_id is not None and best >= threshold:",
+        "            if best_id is not None and best > 1.5:",
+        ("tests/app/test_item_jobs.py::test_dedup_at_indexing_returns_the_existing_id",),
+    ),
+    Break(
+        "a tagging job resumes from its cursor, it does not label items twice",
+        "app/services/jobs.py",
+        "        cursor, done = view.cursor, view.done",
+        "        cursor, done = 0, 0",
+        (
+            "tests/app/test_item_jobs.py::test_tagging_writes_the_best_label_into_metadata_and_resumes",
+        ),
     ),
     # -- collections and re-embedding ---------------------------------------------------------
     Break(
