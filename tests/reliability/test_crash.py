@@ -157,9 +157,20 @@ def verify(client: XmrClient, acked: Acknowledged, data_dir: Path) -> int:
     for item_id, data in acked.images.items():
         hits = client.search_image(data, k=10, target="images")["results"]
         lost += not _found_with_own_record(hits, item_id)
+    # the keyword index is written in the records' transactions: exactly one row per item
+    for item_id in list(expected)[:50]:
+        hits = client.search_text(item_id, k=10, target="texts", mode="keyword")["results"]
+        lost += item_id not in [h["id"] for h in hits]
     info = client.info()
     with sqlite3.connect(data_dir / "records.sqlite3") as records_db:
         rows = records_db.execute("SELECT kind, COUNT(*) FROM items GROUP BY kind").fetchall()
+        unindexed = records_db.execute(
+            "SELECT label FROM items EXCEPT SELECT rowid FROM keywords"
+        ).fetchall()
+        orphans = records_db.execute(
+            "SELECT rowid FROM keywords EXCEPT SELECT label FROM items"
+        ).fetchall()
+    assert unindexed == [] and orphans == []
     counts = dict(rows)
     assert (info["images"], info["texts"]) == (counts.get("image", 0), counts.get("text", 0))
     assert info["texts"] >= len(expected) and info["images"] >= len(acked.images)

@@ -113,11 +113,14 @@ json_values = st.recursive(
     q=st.text(max_size=300),
     k=st.one_of(st.integers(-5, 5000), st.text(max_size=5)),
     target=st.sampled_from(["images", "texts", "both", "", "IMAGES"]),
+    mode=st.sampled_from(["vector", "keyword", "hybrid", "", "KEYWORD"]),
 )
 def test_search_parameters_never_cause_5xx(
-    client: TestClient, q: str, k: object, target: str
+    client: TestClient, q: str, k: object, target: str, mode: str
 ) -> None:
-    no_server_error(client.get("/v1/search/text", params={"q": q, "k": k, "target": target}))
+    """Any text in any mode: FTS5 syntax in a keyword query is never an error of the server."""
+    params = {"q": q, "k": k, "target": target, "mode": mode}
+    no_server_error(client.get("/v1/search/text", params=params))
 
 
 raw_json_values = st.recursive(
