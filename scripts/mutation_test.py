@@ -355,7 +355,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     # -- steered queries ------------------------------------------------------------------------
     Break(
-        "a deleted item is gone from keyword search at once",
+        "a replaced or deleted item's keyword row goes with it (the index never outgrows the items)",
         "index/records.py",
         "        keywords.remove(self._conn, [label])\n",
         "",

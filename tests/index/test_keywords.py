@@ -78,6 +78,10 @@ def test_keyword_index_follows_writes_and_survives_reopening(tmp_path: Path) -> 
     assert ids(store.keyword_search("text", fox, 10)) == ["b"]
     store.delete("b")
     store.close()
+    with sqlite3.connect(tmp_path / "records.sqlite3") as conn:  # no row outlives its item
+        rows = conn.execute("SELECT rowid FROM keywords ORDER BY rowid").fetchall()
+        labels = conn.execute("SELECT label FROM items ORDER BY label").fetchall()
+    assert rows == labels and len(rows) == 2
     reopened = ItemStore(tmp_path, "m/1", DIM)
     assert ids(reopened.keyword_search("text", fox, 10)) == []
     assert ids(reopened.keyword_search("text", KeywordQuery("cat"), 10)) == ["a"]
