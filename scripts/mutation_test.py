@@ -355,7 +355,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     # -- steered queries ------------------------------------------------------------------------
     Break(
-        "a replaced or deleted item's keyword row goes with it (the index never outgrows the items)",
+        "a replaced or deleted item's keyword row goes with it (no row outlives its item)",
         "index/records.py",
         "        keywords.remove(self._conn, [label])\n",
         "",
