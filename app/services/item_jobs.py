@@ -97,6 +97,15 @@ class TagRequest:
         return asdict(self)
 
 
+async def items_to_tag(
+    store: ItemStore, pool: Executor, request: TagRequest, after_label: int, up_to_label: int
+) -> int:
+    """How many items a tagging job has left between its cursor and its last label."""
+    up_to = await run_in(pool, store.count_matching, request.target, request.where, up_to_label)
+    done = await run_in(pool, store.count_matching, request.target, request.where, after_label)
+    return up_to - done
+
+
 async def tag_next(
     store: ItemStore,
     classify: ClassifyService,

@@ -16,7 +16,13 @@ from app.services.collections import Pin
 from app.services.errors import ImportPathError, InvalidInputError, JobNotFoundError, JobStateError
 from app.services.import_files import read_import_file
 from app.services.intake import BatchEntry, stage_batch
-from app.services.item_jobs import DuplicatesQuery, TagRequest, find_duplicates, tag_next
+from app.services.item_jobs import (
+    DuplicatesQuery,
+    TagRequest,
+    find_duplicates,
+    items_to_tag,
+    tag_next,
+)
 from app.services.items import ImageInput, TextInput, new_item_id
 from app.services.job_store import QUEUED_KINDS, JobItem, JobKind, JobStore, JobView
 from app.services.registry import CollectionRegistry
@@ -376,15 +382,7 @@ class JobRunner:
         await run_in(self._pool, self._store.set_status, job_id, "running")
         cursor, done = view.cursor, view.done
         async with collection.use() as pin:
-            total = (
-                done
-                + await run_in(
-                    self._pool, pin.store.count_matching, request.target, request.where, up_to
-                )
-                - await run_in(
-                    self._pool, pin.store.count_matching, request.target, request.where, cursor
-                )
-            )
+            total = done + await items_to_tag(pin.store, self._pool, request, cursor, up_to)
         await run_in(self._pool, self._store.set_cursor, job_id, cursor, total, done)
         while True:
             if self._stopping or job_id in self._cancelled:

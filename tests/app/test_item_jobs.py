@@ -282,3 +282,35 @@ def test_tagging_writes_the_best_label_into_metadata_and_resumes(
         assert "d0" in [h["id"] for h in found]
         bad = client.post(f"{BASE}/classify/tag", json={**request, "field": "a.b"})
         assert bad.status_code == 422
+
+
+def test_a_cancelled_tagging_job_stops_between_batches(
+    settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(item_jobs, "TAG_BATCH", 2)
+    step = item_jobs.tag_next
+
+    async def slow(*args: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await step(*args)
+
+    monkeypatch.setattr("app.services.jobs.tag_next", slow)
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        create_shapes(client)
+        upload(client, gallery())
+        request = {"labels": LABELS, "field": "tag"}
+        job_id = client.post(f"{BASE}/classify/tag", json=request).json()["job_id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job_id}").json()["done"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        time.sleep(1.0)  # more than a step: a job that went on would have moved
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "cancelled" and job["done"] < job["total"] == 7
+        tagged = [
+            i
+            for i in gallery()
+            if "tag" in (client.get(f"{BASE}/items/{i}").json()["metadata"] or {})
+        ]
+        assert len(tagged) == job["done"]
