@@ -269,7 +269,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--servers",
+        default="",
+        help="only these runtime-precision servers, e.g. torch-bf16,openvino-bf16 (default: all)",
+    )
     args = parser.parse_args()
+    wanted = {name for name in args.servers.split(",") if name}
     torch.set_num_threads(os.cpu_count() or 1)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,6 +286,7 @@ def main() -> int:
         http = {
             f"{runtime}-{precision}": through_http(args, runtime, precision, paths, root, cache)
             for runtime, precision in variants()
+            if not wanted or f"{runtime}-{precision}" in wanted
         }
     for name, figures in http.items():
         # against the fastest raw encode in the same precision: a CPU without bf16 has only fp32

@@ -82,6 +82,111 @@ def test_openvino_bf16_stays_within_the_reduced_precision_cosine(
     assert worst_cosine(encoder, shapes_fp32) >= 0.9999
 
 
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="the CPU has no bf16 instructions")
+def test_openvino_bf16_runs_fp16_weights_where_they_pass_and_fp32_weights_where_not(
+    torch_encoder: OpenClipEncoder,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtimes, "FP16_WEIGHTS_MIN_PARAMETERS", 0)  # as for a large model
+    caplog.set_level(logging.INFO, logger="models.runtimes")
+    cache = tmp_path / "cache"
+
+    def load(pretrained: str) -> OpenClipEncoder:
+        return OpenClipEncoder.load(
+            TINY_MODEL,
+            pretrained,
+            "cpu",
+            precision="bf16",
+            runtime="openvino",
+            runtime_cache_dir=cache,
+        )
+
+    assert worst_cosine(load(""), torch_encoder) >= 0.9999
+    assert any("from fp16 weights" in r.message for r in caplog.records)
+    (ours,) = {path.parent for path in cache.rglob("text.xml")}
+    # fp16 weights that are not these weights (another checkpoint's) must be refused, and
+    # the fp32 weights run, without exporting again
+    checkpoint = tmp_path / "other.pt"
+    torch.save({k: v * 0.5 for k, v in torch_state(torch_encoder).items()}, checkpoint)
+    load(str(checkpoint))
+    (others,) = {path.parent for path in cache.rglob("text.xml")} - {ours}
+    monkeypatch.setattr(
+        runtimes,
+        "openvino_fp16_graphs",
+        lambda folder: {tower: others / f"{tower}.xml" for tower in ("text", "image")},
+    )
+    caplog.clear()
+    encoder = load("")
+    assert (encoder.runtime, encoder.precision) == ("openvino", "bf16")
+    assert any("fp16 weights not used" in r.message for r in caplog.records)
+    assert any("from fp32 weights" in r.message for r in caplog.records)
+    assert not any("exporting" in r.message for r in caplog.records)
+    assert worst_cosine(encoder, torch_encoder) >= 0.9999
+
+
+def test_fp16_weights_are_tried_first_only_for_large_models_in_bf16() -> None:
+    large, small = 151_277_313, 4_688_729  # ViT-B-32, shapes-tiny
+    assert runtimes.weight_formats("openvino", "bf16", large) == ("fp16", "fp32")
+    assert runtimes.weight_formats("openvino", "bf16", small) == ("fp32",)
+    assert runtimes.weight_formats("openvino", "fp32", large) == ("fp32",)
+    assert runtimes.weight_formats("onnxruntime", "fp32", large) == ("fp32",)
+
+
+def test_openvino_leaves_the_files_it_packed_its_weights_from_paged_out(
+    tmp_path: Path,
+) -> None:
+    """A start after the first maps the compiled graphs from the cache; after the first
+    inference they are not needed in memory (BENCHMARKS.md: hundreds of MB for ViT-B-32)."""
+
+    def load() -> OpenClipEncoder:
+        return OpenClipEncoder.load(
+            TINY_MODEL, "", "cpu", precision="auto", runtime="openvino", runtime_cache_dir=tmp_path
+        )
+
+    load()  # compiles the exported graphs into the cache
+    encoder = load()
+    encoder.encode_texts(TEXTS)
+    encoder.encode_images(sample_images())
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    mapped = [path for path in files if _resident_kb(path) or _mapped(path)]
+    assert mapped, "OpenVINO maps its cache: nothing mapped means this test checks nothing"
+    size_kb = sum(path.stat().st_size for path in mapped) / 1024
+    assert sum(_resident_kb(path) for path in mapped) < 0.5 * size_kb
+
+
+def _mapped(path: Path) -> bool:
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
+def test_mapped_file_pages_are_handed_back_and_read_again_when_touched(tmp_path: Path) -> None:
+    import mmap
+
+    from models.memory import page_out_mappings
+
+    path = tmp_path / "cache" / "graph.blob"
+    path.parent.mkdir()
+    path.write_bytes(bytes(range(256)) * 16384)  # 4 MB
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        checksum = sum(mapped[::4096])  # touch every page
+        resident_before = _resident_kb(path)
+        assert page_out_mappings(tmp_path / "cache") >= 4 * 2**20
+        assert _resident_kb(path) < resident_before / 2
+        assert sum(mapped[::4096]) == checksum  # the same bytes, read again
+        assert page_out_mappings(tmp_path / "elsewhere") == 0
+
+
+def _resident_kb(path: Path) -> int:
+    resident, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            resident += int(line.split()[1])
+    return resident
+
+
 def test_export_is_cached_per_weights_and_reused(
     torch_encoder: OpenClipEncoder, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
