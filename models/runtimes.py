@@ -9,8 +9,8 @@ its own version. Before a runtime is used its vectors for fixed probes must matc
 warning, never other vectors.
 
 `auto` on the CPU is OpenVINO: it measured fastest of the three for text queries, single images
-and batches both on AVX2 and on AVX512-BF16 CPUs (BENCHMARKS.md, `python -m bench.runtimes`).
-On CUDA it is PyTorch.
+and batches both on AVX2 and on AVX512-BF16 CPUs (BENCHMARKS.md, `python -m bench.runtimes`),
+except for bf16 on CPUs with AMX, where PyTorch encodes batches faster. On CUDA it is PyTorch.
 """
 
 from __future__ import annotations
@@ -65,8 +65,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "xmr" / "runtimes"
 
 
-def runtime_candidates(requested: str, device: torch.device) -> tuple[str, ...]:
-    """The runtimes to try before PyTorch, in order; empty: PyTorch."""
+def runtime_candidates(
+    requested: str, device: torch.device, precision: str = "fp32", amx: bool | None = None
+) -> tuple[str, ...]:
+    """The runtimes to try before PyTorch, in order; empty: PyTorch.
+
+    `auto` in bf16 on a CPU with AMX is PyTorch: oneDNN's AMX kernels encoded image batches
+    faster there than OpenVINO's (145.7 against 125.0 images/s for ViT-B-32; indexing through
+    HTTP 125 against 96 /s), and PyTorch bf16 was the default before. On AVX512-BF16 without
+    AMX and on AVX2 OpenVINO was the fastest everywhere (BENCHMARKS.md).
+    """
     if requested not in ("auto", *RUNTIMES):
         raise ModelLoadError(f"XMR_RUNTIME={requested!r} is not one of auto, {', '.join(RUNTIMES)}")
     if device.type != "cpu":
@@ -74,8 +82,14 @@ def runtime_candidates(requested: str, device: torch.device) -> tuple[str, ...]:
             raise ModelLoadError(f"XMR_RUNTIME={requested} runs on the CPU; on {device} use torch")
         return ()
     if requested == "auto":
-        return AUTO_CPU_RUNTIMES
+        has_amx = cpu_has_amx() if amx is None else amx
+        return () if precision == "bf16" and has_amx else AUTO_CPU_RUNTIMES
     return () if requested == "torch" else (requested,)
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def runtime_precision(runtime: str, requested: str, resolved: str) -> str:
@@ -103,7 +117,7 @@ def build_towers(
     `model` is open_clip's model in fp32 on the CPU, as created; `precision` is already resolved
     for PyTorch on `device`.
     """
-    candidates = runtime_candidates(requested_runtime, device)
+    candidates = runtime_candidates(requested_runtime, device, precision)
     if candidates:
         reference = TorchTowers(model, torch.device("cpu"), "fp32", split, probe_tokens)
         export = Export(

@@ -76,7 +76,7 @@ def test_openvino_bf16_stays_within_the_reduced_precision_cosine(
     shapes_fp32: OpenClipEncoder, tmp_path: Path
 ) -> None:
     encoder = OpenClipEncoder.load(
-        "shapes-tiny", None, "cpu", precision="auto", runtime="auto", runtime_cache_dir=tmp_path
+        "shapes-tiny", None, "cpu", precision="auto", runtime="openvino", runtime_cache_dir=tmp_path
     )
     assert (encoder.runtime, encoder.precision) == ("openvino", "bf16")
     assert worst_cosine(encoder, shapes_fp32) >= 0.9999
@@ -281,9 +281,20 @@ def test_a_failed_export_falls_back_to_pytorch(
     assert not any(tmp_path.iterdir())  # no partial export left behind
 
 
+def test_auto_runs_what_this_cpu_measured_fastest(tmp_path: Path) -> None:
+    encoder = OpenClipEncoder.load(TINY_MODEL, "", "cpu", runtime_cache_dir=tmp_path)
+    expected = "torch" if encoder.precision == "bf16" and runtimes.cpu_has_amx() else "openvino"
+    assert encoder.runtime == expected
+
+
 def test_runtime_choice_by_device_and_setting() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert runtime_candidates("auto", cpu) == ("openvino",)
+    # bf16: OpenVINO on AVX512-BF16 alone, PyTorch (oneDNN's AMX kernels) where there is AMX
+    assert runtime_candidates("auto", cpu, "bf16", amx=False) == ("openvino",)
+    assert runtime_candidates("auto", cpu, "bf16", amx=True) == ()
+    assert runtime_candidates("auto", cpu, "fp32", amx=True) == ("openvino",)
+    assert runtime_candidates("openvino", cpu, "bf16", amx=True) == ("openvino",)
     assert runtime_candidates("torch", cpu) == ()
     assert runtime_candidates("onnxruntime", cpu) == ("onnxruntime",)
     assert runtime_candidates("auto", cuda) == ()  # PyTorch fp16 on CUDA
