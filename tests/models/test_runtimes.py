@@ -42,6 +42,18 @@ def worst_cosine(encoder: OpenClipEncoder, reference: OpenClipEncoder) -> float:
     return min(float((a * b).sum(axis=1).min()) for a, b in pairs)
 
 
+def openvino_tiny(pretrained: str, precision: str, cache: Path) -> OpenClipEncoder:
+    """The tiny model with `pretrained` weights, run by OpenVINO, exported into `cache`."""
+    return OpenClipEncoder.load(
+        TINY_MODEL,
+        pretrained,
+        "cpu",
+        precision=precision,
+        runtime="openvino",
+        runtime_cache_dir=cache,
+    )
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_runtime_reproduces_pytorch_fp32_on_the_tiny_model(
     runtime: str, torch_encoder: OpenClipEncoder, tmp_path: Path
@@ -94,14 +106,7 @@ def test_openvino_bf16_runs_fp16_weights_where_they_pass_and_fp32_weights_where_
     cache = tmp_path / "cache"
 
     def load(pretrained: str) -> OpenClipEncoder:
-        return OpenClipEncoder.load(
-            TINY_MODEL,
-            pretrained,
-            "cpu",
-            precision="bf16",
-            runtime="openvino",
-            runtime_cache_dir=cache,
-        )
+        return openvino_tiny(pretrained, "bf16", cache)
 
     assert worst_cosine(load(""), torch_encoder) >= 0.9999
     assert any("from fp16 weights" in r.message for r in caplog.records)
@@ -194,14 +199,7 @@ def test_export_is_cached_per_weights_and_reused(
     cache = tmp_path / "cache"
 
     def load(pretrained: str) -> OpenClipEncoder:
-        return OpenClipEncoder.load(
-            TINY_MODEL,
-            pretrained,
-            "cpu",
-            precision="fp32",
-            runtime="openvino",
-            runtime_cache_dir=cache,
-        )
+        return openvino_tiny(pretrained, "fp32", cache)
 
     first = load("")
     assert sum("exported" in r.message for r in caplog.records) == 1
