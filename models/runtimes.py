@@ -118,6 +118,8 @@ def build_towers(
     for PyTorch on `device`.
     """
     candidates = runtime_candidates(requested_runtime, device, precision)
+    if requested_runtime == "auto" and device.type == "cpu" and not candidates:
+        logger.info("XMR_RUNTIME=auto: PyTorch runs %s (bf16 on a CPU with AMX)", model_id)
     if candidates:
         reference = TorchTowers(model, torch.device("cpu"), "fp32", split, probe_tokens)
         export = Export(
