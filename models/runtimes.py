@@ -141,8 +141,8 @@ def weight_formats(runtime: str, precision: str, parameters: int) -> tuple[str, 
     """How the weights are given to `runtime`, in the order to try them.
 
     For bf16 arithmetic OpenVINO gets fp16 weights first where the model is large: it then
-    keeps about 200 MB less resident for ViT-B-32, with the same vectors (lowest cosine to
-    PyTorch fp32 0.99992 either way; BENCHMARKS.md). OpenVINO also runs more of the graph in
+    keeps about 220 MB less resident for ViT-B-32, as fast and within the same cosine to
+    PyTorch fp32 (BENCHMARKS.md). OpenVINO also runs more of the graph in
     bf16 from them, which moved one flat image of the small shapes-tiny from 0.99999 to
     0.99985: below FP16_WEIGHTS_MIN_PARAMETERS the saving is a few MB, not worth that. A model
     whose fp16 weights fail the probes (fp16 has less range than bf16) gets its fp32 weights.
@@ -180,6 +180,10 @@ def _checked_runtime(
         else:
             needed = MIN_COSINE.get(towers.precision, MIN_COSINE["bf16"])
             if agreement >= needed:
+                # the probes ran both towers, so OpenVINO has packed its weights out of the
+                # files it maps (the graphs, or its cache of them) and will not read those
+                # pages again, whatever shapes follow (BENCHMARKS.md): the kernel may take them
+                page_out_mappings(folder)
                 logger.info(
                     "%s runs %s in %s from %s weights (cosine to PyTorch fp32 >= %.6f)",
                     name,
@@ -411,11 +415,15 @@ def openvino_fp16_graphs(folder: Path) -> dict[str, Path]:
     graphs = {tower: target / f"{tower}.xml" for tower in ("text", "image")}
     if all(path.is_file() for path in graphs.values()):
         return graphs
+    logger.info("storing the weights of %s in fp16 for OpenVINO (once)", folder.name)
+    started = time.perf_counter()
+    core = openvino.Core()
     with _made_whole(target, lambda: all(path.is_file() for path in graphs.values())) as partial:
         for tower, source in onnx_graphs(folder).items():
-            model = openvino.Core().read_model(str(source))
+            model = core.read_model(str(source))
             openvino.save_model(model, str(partial / f"{tower}.xml"), compress_to_fp16=True)
             del model  # its fp32 weights: one tower's at a time
+    logger.info("stored fp16 weights in %.1f s (%s)", time.perf_counter() - started, target)
     return graphs
 
 
@@ -480,13 +488,6 @@ class OpenVinoTowers:
             "text": (self._text.create_infer_request(), threading.Lock()),
             "image": (self._image.create_infer_request(), threading.Lock()),
         }
-        # OpenVINO packs the weights out of the files it maps (the graphs, or its cache of
-        # them) at each tower's first inference and does not read those pages again (measured
-        # on ViT-B-32: 289 MB of fp16 weights, 577 MB of fp32, stay out once paged out after
-        # it, whatever shapes follow), so the kernel may take them back
-        for tower, compiled in (("text", self._text), ("image", self._image)):
-            self._infer(tower, _smallest_input(compiled))
-        page_out_mappings(folder)
 
     def image(self, pixels: torch.Tensor) -> np.ndarray:
         return self._infer("image", pixels.numpy())
@@ -520,13 +521,6 @@ def _made_whole(target: Path, complete: Callable[[], bool]) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-
-
-def _smallest_input(compiled: Any) -> np.ndarray:
-    """Zeros of the smallest shape `compiled`'s one input takes (its dynamic dimensions' least)."""
-    port = compiled.input(0)
-    shape = [dim.get_min_length() for dim in port.get_partial_shape()]
-    return np.zeros([max(1, length) for length in shape], dtype=port.get_element_type().to_dtype())
 
 
 @contextlib.contextmanager

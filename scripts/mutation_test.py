@@ -168,7 +168,7 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "OpenVINO's mapped graphs are handed back once it has packed its weights",
         "models/runtimes.py",
-        "        page_out_mappings(folder)\n",
+        "                page_out_mappings(folder)\n",
         "",
         (RUNTIMES + "test_openvino_leaves_the_files_it_packed_its_weights_from_paged_out",),
     ),
