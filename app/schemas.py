@@ -335,6 +335,10 @@ class TagRequestBody(BaseModel):
     template: str | None = Field(None, max_length=1000)
     filter: dict[str, Any] | None = Field(None, description="only items matching these")
     target: Target = Field("images", description="which items to label")
+    overwrite: bool = Field(
+        False,
+        description="replace the field where items have it already (without: 409 if any has)",
+    )
 
 
 class ClassifyItemsRequest(BaseModel):

@@ -340,22 +340,51 @@ class RecordStore:
             ).fetchall()
         return [_record(row) for row in rows]
 
-    def set_metadata(self, updates: dict[str, dict[str, Any] | None]) -> None:
-        """New metadata for stored items (missing ids are skipped), keyword index in step."""
+    def merge_tags(
+        self, tags: dict[int, dict[str, Any]], max_bytes: int, overwrite: bool = False
+    ) -> int:
+        """Merge `tags` into the current metadata of the records with those labels, in one
+        transaction; how many were written.
+
+        A label no longer stored (the item was rewritten, which gives it a new label, or deleted)
+        is skipped, and so is a record whose metadata would grow past `max_bytes` or, unless
+        `overwrite`, that has one of the keys already: nothing a client wrote is lost.
+        """
+        written = 0
         now = time.time()
         with self._lock, self._transaction():
-            for item_id, metadata in updates.items():
+            for label, tag in tags.items():
                 row = self._conn.execute(
-                    "SELECT label, text FROM items WHERE id = ?", (item_id,)
+                    "SELECT text, metadata FROM items WHERE label = ?", (label,)
                 ).fetchone()
                 if row is None:
                     continue
+                current = load_stored_metadata(row[1]) or {}
+                if not overwrite and any(key in current for key in tag):
+                    continue
+                merged = {**current, **tag}
+                text = _dump_metadata(merged) or ""
+                if len(text.encode("utf-8")) > max_bytes:
+                    continue
                 self._conn.execute(
                     "UPDATE items SET metadata = ?, updated_at = ? WHERE label = ?",
-                    (_dump_metadata(metadata), now, row[0]),
+                    (text, now, label),
                 )
-                keywords.remove(self._conn, [row[0]])
-                keywords.add(self._conn, row[0], row[1], metadata)
+                keywords.remove(self._conn, [label])
+                keywords.add(self._conn, label, row[0], merged)
+                written += 1
+        return written
+
+    def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
+        """How many items of `kind` (matching `where`) have the top-level metadata key `field`."""
+        clause, params = where.sql() if where is not None else ("1", [])
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM items WHERE kind = ? AND json_type(metadata, ?) IS NOT NULL "
+                f"AND ({clause})",
+                [kind, f'$."{field}"', *params],
+            ).fetchone()
+        return int(row[0])
 
     def count_after(self, label: int) -> int:
         with self._lock:

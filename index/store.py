@@ -608,10 +608,15 @@ class ItemStore:
     def counts(self) -> dict[Kind, int]:
         return {kind: len(self._indexes[kind]) for kind in KINDS}
 
-    def set_metadata(self, updates: dict[str, dict[str, Any] | None]) -> None:
-        """Replace the metadata of stored items (by id) in one write; vectors stay as they are."""
+    def merge_tags(
+        self, tags: dict[int, dict[str, Any]], max_bytes: int, overwrite: bool = False
+    ) -> int:
+        """Merge tags into stored items' current metadata (see RecordStore.merge_tags)."""
         with self._write_lock:
-            self._records.set_metadata(updates)
+            return self._records.merge_tags(tags, max_bytes, overwrite)
+
+    def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
+        return self._records.count_with_field(kind, field, where)
 
     def record_counts(self) -> dict[Kind, int]:
         return {kind: self._records.count(kind) for kind in KINDS}

@@ -20,7 +20,7 @@ from app.schemas import (
 )
 from app.services.classify import MAX_IMAGES, LabelScore
 from app.services.errors import InvalidInputError
-from app.services.item_jobs import TagRequest
+from app.services.item_jobs import TagRequest, check_tag_field
 
 router = APIRouter(tags=["classify"])  # under /v1 and each collection
 
@@ -88,7 +88,15 @@ async def classify(request: Request, classify: ClassifyDep) -> ClassifyResponse:
 async def tag_items(
     body: TagRequestBody, request: Request, items: ItemsDep, jobs: JobsDep
 ) -> JobAccepted:
-    tag = TagRequest(body.labels, body.field, body.template, body.filter, TARGET_KIND[body.target])
+    tag = TagRequest(
+        body.labels,
+        body.field,
+        body.template,
+        body.filter,
+        TARGET_KIND[body.target],
+        body.overwrite,
+    )
+    await check_tag_field(items, tag)
     # items written after this are left alone: a rewrite gives an item a new label
     params = {**tag.params(), "up_to_label": await items.last_label()}
     return JobAccepted(

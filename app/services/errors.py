@@ -48,3 +48,7 @@ class CollectionStateError(ServiceError):
 
 class ModelsBusyError(ServiceError):
     """Every loaded model is in use and no other may be loaded (XMR_MAX_MODELS); retry soon."""
+
+
+class FieldInUseError(ServiceError):
+    """A tagging job would write into a metadata field that items hold already."""

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.services.classify import ClassifyService, check_labels
-from app.services.errors import InvalidInputError
+from app.services.errors import FieldInUseError, InvalidInputError
+from app.services.items import ItemService
 from app.services.threads import run_in
 from index import ItemStore, Kind, MetadataFilter, parse_filter
 from index.duplicates import DuplicateGroup
@@ -77,6 +78,7 @@ class TagRequest:
     template: str | None = None
     filter: dict[str, Any] | None = None
     target: Kind = "image"
+    overwrite: bool = False  # replace the field where items have it (else they keep theirs)
 
     def __post_init__(self) -> None:
         check_labels(self.labels, self.template)
@@ -97,6 +99,18 @@ class TagRequest:
         return asdict(self)
 
 
+async def check_tag_field(items: ItemService, request: TagRequest) -> None:
+    """Refuse to tag into a key some of the items hold already, unless asked to overwrite."""
+    if request.overwrite:
+        return
+    holding = await items.count_with_field(request.target, request.field, request.where)
+    if holding:
+        raise FieldInUseError(
+            f"{holding} of the items to tag have a metadata field {request.field!r} already; "
+            'send "overwrite": true to replace it, or choose another field'
+        )
+
+
 async def items_to_tag(
     store: ItemStore, pool: Executor, request: TagRequest, after_label: int, up_to_label: int
 ) -> int:
@@ -113,10 +127,15 @@ async def tag_next(
     request: TagRequest,
     after_label: int,
     up_to_label: int,
+    max_metadata_bytes: int,
 ) -> tuple[int, int] | None:
     """Tag the next batch of items after `after_label` (up to `up_to_label`: items rewritten
     since the job started are not seen twice). (last label done, items tagged), or None at the
-    end."""
+    end.
+
+    Each tag is merged into the item's metadata as it is when written, and only if the item is
+    still the one classified (same label): a client's write during the job is never undone.
+    """
     records = await run_in(
         pool, store.records_after, after_label, TAG_BATCH, request.target, request.where
     )
@@ -125,13 +144,12 @@ async def tag_next(
         return None
     labels, vectors = await run_in(pool, store.vectors_of_records, records)
     ranked = await classify.rank(vectors, request.labels, request.template)
-    by_label = {r.label: r for r in records}
-    updates: dict[str, dict[str, Any] | None] = {}
-    for label, row in zip(labels, ranked, strict=True):
-        record = by_label[label]
-        metadata = dict(record.metadata or {})
-        metadata[request.field] = row[0].label
-        metadata[request.probability_field] = row[0].probability
-        updates[record.id] = metadata
-    await run_in(pool, store.set_metadata, updates)
-    return records[-1].label, len(updates)
+    tags = {
+        int(label): {
+            request.field: row[0].label,
+            request.probability_field: row[0].probability,
+        }
+        for label, row in zip(labels, ranked, strict=True)
+    }
+    tagged = await run_in(pool, store.merge_tags, tags, max_metadata_bytes, request.overwrite)
+    return records[-1].label, tagged

@@ -12,7 +12,7 @@ from typing import Any
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
-from index import ItemStore, NewItem, Record, serialized_metadata
+from index import ItemStore, Kind, MetadataFilter, NewItem, Record, serialized_metadata
 from index.duplicates import Duplicate
 from models import ImageDecodeError
 from models.images import CONTENT_TYPES, sniff_image_format
@@ -172,6 +172,10 @@ class ItemService:
     async def last_label(self) -> int:
         """The label of the newest write: jobs over stored items stop there."""
         return await run_in(self._store_pool, self.store.last_label)
+
+    async def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
+        """How many items of `kind` (matching `where`) hold the metadata key `field`."""
+        return await run_in(self._store_pool, self.store.count_with_field, kind, field, where)
 
     async def get(self, item_id: str) -> Record:
         return await run_in(self._store_pool, self.store.get, item_id)

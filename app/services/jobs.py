@@ -389,7 +389,15 @@ class JobRunner:
                 await self._stopped(job_id)
                 return
             async with collection.use(write=True, model=True) as pin:
-                step = await tag_next(pin.store, pin.classify, self._pool, request, cursor, up_to)
+                step = await tag_next(
+                    pin.store,
+                    pin.classify,
+                    self._pool,
+                    request,
+                    cursor,
+                    up_to,
+                    collection.limits.max_metadata_bytes,
+                )
             if step is None:
                 break
             cursor, tagged = step
