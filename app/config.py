@@ -96,6 +96,16 @@ class Settings(BaseSettings):
         ge=0,
         description="GET /v1/duplicates over more items than this answers 202 and runs as a job",
     )
+    allowed_models: str | None = Field(
+        None,
+        description="comma-separated models API clients may name when they create or re-embed "
+        "a collection: MODEL (any pretrained tag open_clip knows for it) or MODEL/PRETRAINED "
+        "(exactly; local paths, hf-hub:, local-dir: and random weights only when listed so). "
+        "Unset: the configured XMR_MODEL/XMR_PRETRAINED and the bundled models",
+    )
+    max_collections: int = Field(
+        100, ge=1, le=100_000, description="most collections a server holds, default included"
+    )
     max_models: int = Field(
         2, ge=1, le=64, description="most models loaded at once, shared by the collections"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from app.services.errors import (
     CollectionExistsError,
+    CollectionLimitError,
     CollectionNotFoundError,
     CollectionStateError,
     FieldInUseError,
@@ -19,6 +21,7 @@ from app.services.errors import (
     ModelsBusyError,
     NotReadyError,
     OverloadedError,
+    ResourcesExhaustedError,
 )
 from index import (
     DuplicateIdError,
@@ -26,6 +29,7 @@ from index import (
     InvalidMetadataError,
     ItemNotFoundError,
     StorageError,
+    TooManyDuplicatesError,
 )
 from models import (
     EmptyTextError,
@@ -44,6 +48,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (CollectionNotFoundError, 404),
     (JobStateError, 409),
     (CollectionExistsError, 409),
+    (CollectionLimitError, 409),
     (CollectionStateError, 409),
     (FieldInUseError, 409),
     (ImageTooLargeError, 413),
@@ -52,12 +57,14 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (EmptyTextError, 422),
     (DuplicateIdError, 422),
     (InvalidFilterError, 422),
+    (TooManyDuplicatesError, 422),
     (InvalidMetadataError, 422),
     (InvalidInputError, 422),
     (ModelLoadError, 422),
     (OverloadedError, 429),
     (NotReadyError, 503),
     (ModelsBusyError, 503),
+    (ResourcesExhaustedError, 503),
     (StorageError, 507),
 )
 
@@ -72,17 +79,25 @@ def status_for(error: Exception) -> int | None:
     return None
 
 
+# an absolute path in a message (not `XMR_MODEL/XMR_PRETRAINED` nor `ViT-B-32/laion...`)
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"(),;]+")
+
+
+def public_message(error: Exception) -> str:
+    """What a client is told: the domain error's own text, with any server path taken out
+    (storage and model-loading messages may carry them; the log keeps the whole text)."""
+    text = str(error)
+    if isinstance(error, StorageError | ModelLoadError):
+        text = _SERVER_PATH.sub("<path>", text)
+    return text
+
+
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     status = status_for(error) or 500
-    if status >= 500:
+    if status >= 500 or isinstance(error, ModelLoadError):
         logger.error("%s %s -> %d: %s", request.method, request.url.path, status, error)
     headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
-    return JSONResponse({"detail": str(error)}, status_code=status, headers=headers)
-
-
-async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    return JSONResponse({"detail": public_message(error)}, status_code=status, headers=headers)
 
 
 async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
@@ -103,4 +118,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     for error_type, _ in STATUS_BY_ERROR:
         app.add_exception_handler(error_type, _domain_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # anything else: app.middleware.UnhandledErrorMiddleware (a JSON 500, the connection kept)

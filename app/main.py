@@ -18,7 +18,9 @@ from app.middleware import (
     ApiKeyMiddleware,
     BodySizeLimitMiddleware,
     CrossSiteWriteMiddleware,
+    FetchMetadataMiddleware,
     SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
 )
 from app.observability.metrics import Metrics
 from app.observability.middleware import RequestObservabilityMiddleware
@@ -77,11 +79,13 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """From the inside out: body limits, the API key, cross-site writes, CORS, trusted hosts.
+    """From the inside out: unhandled errors, body limits, the API key, cross-site writes and
+    reads, CORS, trusted hosts.
 
     A request from a foreign Host or a foreign page's write is refused before its body or key
     is looked at; CORS preflights are answered before the key is asked for.
     """
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,
         default_limit=megabytes(settings.max_upload_mb),
@@ -101,6 +105,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         )
     origins = settings.allowed_origins()
     app.add_middleware(CrossSiteWriteMiddleware, allowed_origins=origins)
+    app.add_middleware(FetchMetadataMiddleware, allowed_origins=origins)
     if origins:
         app.add_middleware(
             CORSMiddleware,

@@ -6,13 +6,19 @@ All are pure ASGI (not BaseHTTPMiddleware), so bodies stream through them untouc
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability.logs import loggable
+
+logger = logging.getLogger(__name__)
 
 
 async def _send_json(
@@ -231,3 +237,79 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class FetchMetadataMiddleware:
+    """A resource isolation policy: requests a browser marks `Sec-Fetch-Site: cross-site` are
+    refused (403), reads included, unless they are a plain navigation to the search page or
+    come from an origin listed in XMR_CORS_ORIGINS.
+
+    Without it a page of any site can make a visitor's browser run costly reads on a server it
+    reaches (`<img src=http://127.0.0.1:8000/v1/duplicates?threshold=0.5>`); such requests carry
+    no Origin, so the cross-site write check cannot see them. Clients that are not browsers
+    send no Sec-Fetch-* headers and are not affected.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        self._allowed = frozenset(origin.lower().encode() for origin in allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._allowed_request(scope):
+            await _send_json(
+                send, 403, "a page of another site may not call this server from a browser"
+            )
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed_request(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        if headers.get(b"sec-fetch-site", b"").lower() != b"cross-site":
+            return True
+        if headers.get(b"origin", b"").lower().rstrip(b"/") in self._allowed:
+            return True
+        return (
+            scope["method"] == "GET"
+            and scope["path"] == "/"
+            and headers.get(b"sec-fetch-mode") == b"navigate"
+            and headers.get(b"sec-fetch-dest", b"document") == b"document"
+        )
+
+
+class UnhandledErrorMiddleware:
+    """An error no handler knew becomes a JSON 500 (503 for too many open files) here, and goes
+    no further: Starlette's own last handler answers, then re-raises to the server, which
+    closes the connection the client was keeping alive."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            logger.exception(
+                "unhandled error on %s %s", scope["method"], loggable(scope["path"]), exc_info=error
+            )
+            if started:
+                return  # the answer is on its way; there is nothing better to send
+            if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+                await _send_json(
+                    send,
+                    503,
+                    "the server has too many open files right now; retry shortly",
+                    [(b"retry-after", b"5")],
+                )
+                return
+            await _send_json(send, 500, "internal server error")

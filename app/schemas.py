@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from index import InvalidMetadataError, check_metadata_shape
 
@@ -28,7 +35,10 @@ def storable_metadata(value: JSONObject | None) -> JSONObject | None:
 Metadata = Annotated[JSONObject | None, AfterValidator(storable_metadata)]
 
 TARGET_KIND: dict[str, Literal["image", "text"]] = {"images": "image", "texts": "text"}
-MAX_TEXT_CHARS = 100_000  # stored whole and returned with each hit; encoded cut to the context
+# every text a route takes (to index, to search with, to embed): stored whole and returned
+# with each hit, encoded cut to the model's context (models.text)
+MAX_TEXT_CHARS = 100_000
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 
 
 class TextItem(BaseModel):
@@ -177,6 +187,9 @@ class JobResponse(BaseModel):
         default_factory=list, description="a batch with dedup_threshold: items not stored"
     )
     result: JSONObject | None = Field(None, description="a finished duplicates job: its groups")
+    waiting_for: str | None = Field(
+        None, description="what a queued or running job waits for now, e.g. 'a model slot'"
+    )
 
 
 class SearchHit(BaseModel):
@@ -229,7 +242,7 @@ class TextQueriesRequest(BaseModel):
         },
     )
 
-    queries: list[str] = Field(..., min_length=1, max_length=MAX_QUERIES)
+    queries: list[QueryText] = Field(..., min_length=1, max_length=MAX_QUERIES)
     k: int = Field(10, ge=1)
     target: Target = "images"
     filter: dict[str, Any] | None = Field(None, description="metadata conditions, all required")
@@ -381,7 +394,7 @@ class EmbedTextRequest(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"texts": ["a red circle", "a dog"]}]}
     )
 
-    texts: list[str] = Field(..., min_length=1, max_length=1024)
+    texts: list[QueryText] = Field(..., min_length=1, max_length=1024)
 
     @model_validator(mode="after")
     def _not_blank(self) -> EmbedTextRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from app.services.collections import Limits
 from app.services.encoding import EncodingService
 from app.services.job_store import JobStore
 from app.services.jobs import JobRunner
+from app.services.model_policy import AllowedModels, allowed_models
 from app.services.models import ModelLoader, ModelPool
 from app.services.registry import CollectionRegistry
 from app.services.reindex import Reindexer
@@ -44,6 +46,7 @@ class Services:
 
         `encoder`, if given, is used for the settings' model instead of loading it.
         """
+        raise_descriptor_limit()
         pools = Pools.create(settings.decode_workers)
         job_store: JobStore | None = None
         try:
@@ -62,7 +65,15 @@ class Services:
                 duplicates_sync_limit=settings.duplicates_sync_limit,
             )
             collections = CollectionRegistry(
-                settings.data_dir, settings.index_options(), models, pools, limits, reindexer
+                settings.data_dir,
+                settings.index_options(),
+                models,
+                pools,
+                limits,
+                reindexer,
+                policy=model_policy(settings),
+                max_collections=settings.max_collections,
+                export_root=settings.runtime_cache_dir,
             )
             await collections.open_all(default_spec(settings))
             jobs = JobRunner(
@@ -120,6 +131,17 @@ class Services:
             self.pools.shutdown()
 
 
+def raise_descriptor_limit() -> None:
+    """Let the process open as many files as the system allows it (the hard limit): each
+    collection holds a few descriptors, and the usual soft limit is 1,024 or less."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            logger.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
+
+
 def model_labels(encoder: Encoder) -> dict[str, str]:
     return {
         "model_id": encoder.model_id,
@@ -132,6 +154,15 @@ def model_labels(encoder: Encoder) -> dict[str, str]:
 def default_spec(settings: Settings) -> ModelSpec:
     """The model the default collection follows."""
     return ModelSpec(settings.model, settings.pretrained, settings.precision)
+
+
+def model_policy(settings: Settings) -> AllowedModels:
+    """What API clients may name; open_clip's tag table is read here, once, at start-up."""
+    from models.registry import list_bundled_models, pretrained_tags
+
+    return allowed_models(
+        settings.allowed_models, default_spec(settings), list_bundled_models(), pretrained_tags
+    )
 
 
 def model_loader(settings: Settings, preloaded: Encoder | None) -> ModelLoader:

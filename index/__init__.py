@@ -8,6 +8,7 @@ from index.errors import (
     ModelMismatchError,
     SnapshotError,
     StorageError,
+    TooManyDuplicatesError,
     excerpt,
 )
 from index.filters import MetadataFilter, parse_filter
@@ -35,6 +36,7 @@ __all__ = [
     "Hit",
     "IndexInfo",
     "InvalidFilterError",
+    "TooManyDuplicatesError",
     "MetadataFilter",
     "IndexOptions",
     "ItemNotFoundError",

@@ -42,5 +42,9 @@ class InvalidFilterError(IndexError_):
     """A metadata filter is malformed; the message names the bad part."""
 
 
+class TooManyDuplicatesError(IndexError_):
+    """A near-duplicate scan found more pairs or larger groups than one request may build."""
+
+
 class InvalidMetadataError(IndexError_):
     """Item metadata is not a JSON object within the depth and size limits."""

@@ -12,6 +12,7 @@ Errors name the part that is wrong, e.g. `filter.year.gte: must be a number`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -104,13 +105,24 @@ def _operators(field: str, spec: dict[str, Any], where: str) -> list[Condition]:
         elif op in _RANGE_SQL:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidFilterError(f"{at}: must be a number")
-            conditions.append(Condition(field, op, value))
+            conditions.append(Condition(field, op, _in_range(value, at)))
         else:
             raise InvalidFilterError(f"{at}: unknown operator; use eq, in, gt, gte, lt or lte")
     return conditions
 
 
 def _scalar(value: Any, where: str) -> Scalar:
-    if isinstance(value, str | int | float | bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _in_range(value, where)
+    if isinstance(value, str | float | bool):
         return value
     raise InvalidFilterError(f"{where}: must be a string, number or boolean")
+
+
+def _in_range(value: int | float, where: str) -> int | float:
+    """SQLite's integers are 64-bit: a larger one cannot be compared there (OverflowError)."""
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidFilterError(f"{where}: integers must fit in 64 bits")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilterError(f"{where}: must be a finite number")
+    return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import shutil
 import time
@@ -24,6 +25,8 @@ from typing import Any
 
 from index.errors import StorageError
 from index.files import write_atomic
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "default"
 COLLECTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -126,18 +129,24 @@ class CollectionFolder:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise StorageError(f"{path} is unreadable: {e}") from e
+            logger.error("%s is unreadable: %s", path, e)
+            raise StorageError(f"collection {self.name}'s description is unreadable") from e
         try:
             return CollectionState.from_json(raw)
         except (KeyError, TypeError, ValueError) as e:
-            raise StorageError(f"{path} is not a collection description: {e}") from e
+            logger.error("%s is not a collection description: %s", path, e)
+            raise StorageError(f"collection {self.name}'s description is damaged") from e
 
     def write(self, state: CollectionState) -> None:
         """Replace the description atomically: the commit point of a switch of generation."""
         try:
             write_atomic(self.root / STATE_FILE, state.to_json())
-        except OSError as e:
-            raise StorageError(f"could not save {self.root / STATE_FILE}: {e.strerror or e}") from e
+        except OSError as e:  # the path for the log, the reason for the client
+            logger.error("could not save %s: %s", self.root / STATE_FILE, e)
+            reason = e.strerror or type(e).__name__
+            raise StorageError(
+                f"could not save collection {self.name}'s description: {reason}"
+            ) from e
 
     def path(self, generation: Generation) -> Path:
         return self.root / generation.dir if generation.dir else self.root

@@ -14,7 +14,7 @@ class Encoder(Protocol):
 
     Images are encoded in two stages so that a server can overlap them: `prepare_image` is the
     CPU work for one image (resize, normalize) and may run in any thread; `encode_prepared` runs
-    the model on a batch of prepared images.
+    the model on a batch of prepared images. Texts likewise: `tokenize`, then `encode_tokens`.
     """
 
     @property
@@ -60,6 +60,15 @@ class Encoder(Protocol):
         """Both stages at once: RGB images to a float32 (n, dim) array with unit-norm rows."""
         ...
 
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """The per-text CPU stage (bounded work per text, any thread): one row per text, for
+        `encode_tokens`. Raises EmptyTextError for an empty or blank text."""
+        ...
+
+    def encode_tokens(self, rows: Sequence[Any]) -> np.ndarray:
+        """Encode rows of `tokenize` to a float32 array of shape (n, dim) with unit-norm rows."""
+        ...
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode texts to a float32 array of shape (n, dim) with unit-norm rows."""
+        """Both stages at once: texts to a float32 (n, dim) array with unit-norm rows."""
         ...

@@ -18,6 +18,7 @@ from models.memory import release_free_memory
 from models.registry import WeightsSource, model_id_for, resolve_weights
 from models.runtimes import build_towers, runtime_candidates
 from models.shapes import batch_bucket, batch_chunks, text_length_bucket
+from models.text import bound_word_cache, fit_to_context, longest_token
 from models.towers import DTYPES, SHORT_TEXT_PROBES, TorchTowers, Towers, image_side, text_length
 from models.transforms import split_transform
 
@@ -86,6 +87,8 @@ class OpenClipEncoder:
         self._preprocess = preprocess
         self._split = split_transform(preprocess)
         self._tokenizer = tokenizer
+        bound_word_cache(tokenizer)
+        self._longest_token = longest_token(tokenizer)
         self._model_id = model_id
         self._dim = _embedding_dim(model)
         self._image_size = image_side(model)
@@ -123,7 +126,12 @@ class OpenClipEncoder:
             # in fp32: on the CPU another runtime is exported from, and checked against, them
             model, preprocess = _create(model_name, source, torch_device, cache_dir)
         except (RuntimeError, OSError, ValueError, KeyError) as e:
-            raise ModelLoadError(f"could not load {model_name} with {source.label}: {e}") from e
+            # the inner text names server paths and library internals: the log keeps it
+            logger.error("could not load %s with %s: %s", model_name, source.label, e)
+            raise ModelLoadError(
+                f"could not load {model_name} with {source.label} ({type(e).__name__}); "
+                "see the server log"
+            ) from e
         tokenizer = open_clip.get_tokenizer(source.open_clip_name or model_name)
         model_id = model_id_for(model_name, source)
         encoder = cls(
@@ -226,17 +234,29 @@ class OpenClipEncoder:
         return self._towers.pixels(pixels)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
+        return self.encode_tokens(list(self.tokenize(texts)))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """The text stage, for any thread: (n, context_length) token ids, each text cut first
+        to what can reach the context (models.text)."""
         if any(not text.strip() for text in texts):
             raise EmptyTextError("a text to encode is empty or only whitespace")
-        tokens = self._tokenizer(list(texts))
+        if not texts:
+            return torch.zeros((0, self.context_length), dtype=torch.long)
+        context, longest = self.context_length, self._longest_token
+        return self._tokenizer([fit_to_context(text, context, longest) for text in texts])
+
+    def encode_tokens(self, rows: Sequence[torch.Tensor]) -> np.ndarray:
+        """Encode rows of `tokenize`'s output to a float32 (n, dim) array with unit-norm rows."""
+        if not rows:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        tokens = torch.stack(list(rows))
         length = text_length(tokens) if self.short_text else tokens.shape[1]
         if self.fixed_shapes:
             # padding rows and tokens is cheap next to a new shape's cache entry
-            tokens = _pad_rows(tokens, batch_bucket(len(texts)))
+            tokens = _pad_rows(tokens, batch_bucket(len(rows)))
             length = text_length_bucket(length, tokens.shape[1])
-        return self._towers.text(tokens[:, :length])[: len(texts)]
+        return self._towers.text(tokens[:, :length])[: len(rows)]
 
 
 def _create(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,6 +84,11 @@ def list_bundled_models() -> list[str]:
     return sorted(p.parent.name for p in BUNDLED_MODELS_DIR.glob("*/open_clip_config.json"))
 
 
+def pretrained_tags(model_name: str) -> list[str]:
+    """The pretrained tags open_clip knows for `model_name` (none for an unknown model)."""
+    return list(open_clip.list_pretrained_tags_by_model(model_name))
+
+
 def resolve_weights(
     model_name: str, pretrained: str | None, cache_dir: str | None = None
 ) -> WeightsSource:
@@ -112,12 +118,30 @@ def resolve_weights(
     return _resolve_tag(model_name, pretrained, cache_dir)
 
 
+MAX_CHECKPOINT_BYTES = 64 * 2**30  # ViT-bigG-14's fp32 weights are about 10 GB
+
+
 def file_fingerprint(path: Path) -> str:
-    """Short SHA-256 of a checkpoint, so that other weights under the same name are told apart."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    """Short SHA-256 of a checkpoint, so that other weights under the same name are told apart.
+
+    Regular files only, at most MAX_CHECKPOINT_BYTES, and no more is read than their size says
+    (files under /proc say 0 and never end).
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    with open(descriptor, "rb", buffering=0) as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            raise ModelLoadError(f"{path.name} is not a checkpoint file (empty or not a file)")
+        if info.st_size > MAX_CHECKPOINT_BYTES:
+            raise ModelLoadError(f"{path.name} is larger than any checkpoint xmr loads")
+        digest = hashlib.sha256()
+        left = info.st_size
+        while left > 0:
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                break
             digest.update(block)
+            left -= len(block)
     return digest.hexdigest()[:12]
 
 

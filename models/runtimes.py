@@ -36,6 +36,7 @@ import open_clip
 import torch
 
 from models.errors import ModelLoadError
+from models.export_cache import default_cache_dir, export_slug
 from models.memory import page_out_mappings
 from models.shapes import text_length_bucket
 from models.towers import (
@@ -57,12 +58,6 @@ MAX_EXPORT_BATCH = 4096  # XMR_MAX_BATCH's bound
 MIN_COSINE = {"fp32": 0.99999, "bf16": 0.9999}
 IMAGE_PROBES = 3
 FP16_WEIGHTS_MIN_PARAMETERS = 50_000_000  # ViT-B-32 has 151 M; shapes-tiny 4.7 M
-
-
-def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/xmr/runtimes`, by default `~/.cache/xmr/runtimes`."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "xmr" / "runtimes"
 
 
 def runtime_candidates(
@@ -331,8 +326,7 @@ def export_folder(
             short_text,
         ]
     )
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:60]
-    return root / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return root / f"{export_slug(model_id)}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def weights_digest(model: Any) -> str:
@@ -393,7 +387,8 @@ def _onnx_export(
 def open_exported(
     name: str, folder: Path, precision: str, short_text: bool, weights: str = "fp32"
 ) -> Towers:
-    threads = torch.get_num_threads()  # the inference thread's cores (app.services.threads)
+    # the inference thread's cores (app.services.threads): all of them, whichever thread loads
+    threads = os.cpu_count() or 1
     if name == "onnxruntime":
         return OnnxRuntimeTowers(folder, short_text, threads)
     if name == "openvino":

@@ -62,6 +62,7 @@ def job_response(view: JobView) -> JobResponse:
             for d in view.duplicates
         ],
         result=view.result,
+        waiting_for=view.waiting_for,
     )
 
 

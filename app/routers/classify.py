@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.deps import ClassifyDep, ItemsDep, JobsDep, collection_name
-from app.routers.common import read_upload
+from app.routers.common import read_upload, strict_json
 from app.schemas import (
     TARGET_KIND,
     ClassifyItemsRequest,
@@ -108,7 +106,7 @@ def _labels(raw: object) -> list[str]:
     if not isinstance(raw, str):
         raise InvalidInputError("labels must be a form field holding a JSON list of strings")
     try:
-        value = json.loads(raw)
+        value = strict_json(raw)
     except ValueError as e:
         raise InvalidInputError(f"labels must be a JSON list of strings: {e}") from e
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -98,6 +98,4 @@ async def delete_collection(
 async def reindex_collection(
     collections: CollectionsDep, collection: str, body: ModelRequest
 ) -> JobAccepted:
-    target = collections.get(collection)
-    job_id = await collections.reindexer.start(target, _spec(body))
-    return JobAccepted(job_id=job_id)
+    return JobAccepted(job_id=await collections.reindex(collection, _spec(body)))

@@ -10,7 +10,11 @@ from fastapi.responses import JSONResponse
 from app.deps import JobsDep, StoredSearchDep, collection_name
 from app.routers.common import FILTER_HELP, filter_object
 from app.schemas import TARGET_KIND, DuplicatesResponse, JobAccepted, Target
-from app.services.item_jobs import MAX_DUPLICATE_GROUPS_PAGE, DuplicatesQuery
+from app.services.item_jobs import (
+    MAX_DUPLICATE_GROUPS_PAGE,
+    MIN_DUPLICATE_THRESHOLD,
+    DuplicatesQuery,
+)
 
 router = APIRouter(tags=["duplicates"])  # under /v1 and each collection
 
@@ -26,7 +30,9 @@ async def duplicates(
     search: StoredSearchDep,
     jobs: JobsDep,
     target: Target = Query("images", description="which items: images or texts"),
-    threshold: float = Query(0.95, ge=-1.0, le=1.0, description="the least cosine of a pair"),
+    threshold: float = Query(
+        0.95, le=1.0, description=f"the least cosine of a pair, {MIN_DUPLICATE_THRESHOLD} to 1"
+    ),
     limit: int = Query(100, ge=1, le=MAX_DUPLICATE_GROUPS_PAGE, description="groups per page"),
     offset: int = Query(0, ge=0, description="skip this many groups"),
     filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name

@@ -22,6 +22,7 @@ from app.routers.common import (
 from app.schemas import (
     MAX_QUERIES,
     MAX_QUERY_PARTS,
+    MAX_TEXT_CHARS,
     MIN_SCORE_HELP,
     TARGET_KIND,
     CompositeSearchRequest,
@@ -62,7 +63,7 @@ async def search_by_text(
     search: SearchDep,
     base: UrlBaseDep,
     scope: TextQueryScopeDep,
-    q: str = Query(..., min_length=1, max_length=10_000, examples=["a red circle"]),
+    q: str = Query(..., min_length=1, max_length=MAX_TEXT_CHARS, examples=["a red circle"]),
 ) -> SearchResponse:
     return search_response(await search.by_text(q, scope), base)
 

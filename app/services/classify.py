@@ -21,6 +21,8 @@ from index import ItemStore
 
 MIN_LABELS, MAX_LABELS = 2, 1000
 MAX_LABEL_CHARS = 1000
+MAX_TEMPLATE_CHARS = 1000
+LABEL_CACHE_BYTES = 64 * 2**20  # label vectors kept per model, with their texts
 MAX_IMAGES = 64
 LABEL_CHUNK = 64  # label texts per encoder call
 
@@ -33,24 +35,34 @@ class LabelScore:
 
 
 class LabelVectors:
-    """Text vectors of labels already embedded by one model (least recently used dropped)."""
+    """Text vectors of labels already embedded by one model, at most `max_bytes` of them with
+    their texts (least recently used dropped)."""
 
-    def __init__(self, max_entries: int = 50_000) -> None:
+    def __init__(self, max_bytes: int = LABEL_CACHE_BYTES) -> None:
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self.bytes = 0
 
     async def of(self, encoding: EncodingService, texts: Sequence[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         for start in range(0, len(missing), LABEL_CHUNK):
             chunk = missing[start : start + LABEL_CHUNK]
             vectors = await encoding.encode_texts(chunk, background=True)
-            self._vectors.update(zip(chunk, vectors, strict=True))
+            for text, vector in zip(chunk, vectors, strict=True):
+                if text not in self._vectors:
+                    self.bytes += _cost(text, vector)
+                self._vectors[text] = vector
         for text in texts:
             self._vectors.move_to_end(text)
         rows = np.stack([self._vectors[t] for t in texts])
-        while len(self._vectors) > self._max_entries:
-            self._vectors.popitem(last=False)
+        while self.bytes > self._max_bytes and self._vectors:
+            text, vector = self._vectors.popitem(last=False)
+            self.bytes -= _cost(text, vector)
         return rows
+
+
+def _cost(text: str, vector: np.ndarray) -> int:
+    return len(text.encode("utf-8")) + vector.nbytes
 
 
 def check_labels(labels: Sequence[str], template: str | None) -> list[str]:
@@ -66,6 +78,8 @@ def check_labels(labels: Sequence[str], template: str | None) -> list[str]:
         raise InvalidInputError("labels must not repeat")
     if template is None:
         return list(labels)
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise InvalidInputError(f"template must be at most {MAX_TEMPLATE_CHARS} characters")
     if template.count("{}") != 1:
         raise InvalidInputError('template must hold "{}" exactly once, e.g. "a photo of {}"')
     return [template.replace("{}", label) for label in labels]

@@ -82,6 +82,7 @@ class Pin:
             self.collection.pools.store,
             max_response_bytes=limits.max_response_bytes,
             duplicates_sync_limit=limits.duplicates_sync_limit,
+            background_pool=self.collection.pools.background,
         )
 
     @property

@@ -80,8 +80,8 @@ class EncodingService:
             self._inference = inference or inference_pool()
             self._decode = single_core_pool(decode_workers, "xmr-decode")
             self._large_decode = single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS)
-        self.texts: Batcher[str] = Batcher(
-            "text", encoder.encode_texts, self._inference, max_batch, max_queue, on_batch
+        self.texts: Batcher[Any] = Batcher(
+            "text", encoder.encode_tokens, self._inference, max_batch, max_queue, on_batch
         )
         self.images: Batcher[Any] = Batcher(
             "image", encoder.encode_prepared, self._inference, max_batch, max_queue, on_batch
@@ -104,8 +104,13 @@ class EncodingService:
         await self.images.stop()
 
     async def encode_texts(self, texts: Sequence[str], background: bool = False) -> np.ndarray:
-        """Vectors for `texts`; `background` work waits for room instead of being refused."""
-        return await self.texts.submit(list(texts), wait_for_room=background)
+        """Vectors for `texts`; `background` work waits for room instead of being refused.
+
+        Tokenized in the decode pool (each text cut to what reaches the context first), so the
+        inference thread only runs the model.
+        """
+        rows = await run_in(self._decode, self.encoder.tokenize, list(texts))
+        return await self.texts.submit(list(rows), wait_for_room=background)
 
     async def encode_prepared(
         self, prepared: Sequence[Any], background: bool = False

@@ -52,3 +52,15 @@ class ModelsBusyError(ServiceError):
 
 class FieldInUseError(ServiceError):
     """A tagging job would write into a metadata field that items hold already."""
+
+
+class ModelNotAllowedError(InvalidInputError):
+    """An API client named a model or weights that XMR_ALLOWED_MODELS does not list."""
+
+
+class CollectionLimitError(ServiceError):
+    """Creating another collection would pass XMR_MAX_COLLECTIONS."""
+
+
+class ResourcesExhaustedError(ServiceError):
+    """The process ran out of file descriptors or a like resource: retry later (503)."""

@@ -17,6 +17,7 @@ from index.duplicates import DuplicateGroup
 
 TAG_BATCH = 256  # stored items labelled and written per step of a tagging job
 MAX_DUPLICATE_GROUPS_PAGE = 10_000
+MIN_DUPLICATE_THRESHOLD = 0.5  # below it nearly every pair is a "duplicate": n² work for nothing
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,10 @@ class DuplicatesQuery:
     offset: int = 0
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.threshold <= 1.0:
-            raise InvalidInputError("threshold must be between -1 and 1 (a cosine)")
+        if not MIN_DUPLICATE_THRESHOLD <= self.threshold <= 1.0:
+            raise InvalidInputError(
+                f"threshold must be between {MIN_DUPLICATE_THRESHOLD} and 1 (a cosine)"
+            )
         if not 1 <= self.limit <= MAX_DUPLICATE_GROUPS_PAGE:
             raise InvalidInputError(f"limit must be between 1 and {MAX_DUPLICATE_GROUPS_PAGE}")
         if self.offset < 0:

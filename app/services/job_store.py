@@ -94,6 +94,7 @@ class JobView:
     result: dict[str, Any] | None = None
     duplicates: list[DuplicateOf] = field(default_factory=list)
     cursor: int = 0
+    waiting_for: str | None = None  # while queued or running: what it waits for (not stored)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self._conn = open_database(path, _SCHEMA)
         self._lock = threading.RLock()  # guards the connection: every statement takes it
+        self._waiting_for: dict[str, str] = {}  # job id -> what it waits for, while it does
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -307,6 +309,13 @@ class JobStore:
             for r in rows
         ]
 
+    def set_waiting(self, job_id: str, waiting_for: str | None) -> None:
+        """Say what a job waits for now (None: it waits for nothing); shown, never stored."""
+        if waiting_for is None:
+            self._waiting_for.pop(job_id, None)
+        else:
+            self._waiting_for[job_id] = waiting_for
+
     def get(self, job_id: str) -> JobView | None:
         with self._lock:
             job = self._conn.execute(
@@ -360,6 +369,7 @@ class JobStore:
             result=None if job[13] is None else json.loads(job[13]),
             duplicates=[DuplicateOf(d[0], d[1], d[2], float(d[3])) for d in duplicates],
             cursor=int(job[14] or 0),
+            waiting_for=self._waiting_for.get(job_id) if job[1] in ("queued", "running") else None,
         )
 
     def interrupt_unfinished(self) -> list[str]:

@@ -28,7 +28,7 @@ from app.services.job_store import QUEUED_KINDS, JobItem, JobKind, JobStore, Job
 from app.services.registry import CollectionRegistry
 from app.services.staging import read_staged
 from app.services.threads import run_in
-from index import NewItem, StorageError
+from index import NewItem, StorageError, TooManyDuplicatesError
 
 logger = logging.getLogger(__name__)
 
@@ -438,6 +438,6 @@ async def _drop_loading(loading: asyncio.Future[_LoadedBatch]) -> None:
 
 def _public(error: Exception) -> str:
     """A message safe to show to clients: the domain errors' own text, else only the type."""
-    if isinstance(error, StorageError | InvalidInputError):
+    if isinstance(error, StorageError | InvalidInputError | TooManyDuplicatesError):
         return str(error)
     return f"internal error ({type(error).__name__}); see the server log"

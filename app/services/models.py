@@ -5,8 +5,14 @@ At most `max_models` are loaded. A request takes a model for its duration (`acqu
 idle one is unloaded. If every loaded model is in use, the request is refused with
 ModelsBusyError (503, retry) rather than made to wait for a model that may never be free.
 
+Who may unload whom (`Purpose`): a search of a collection may unload any idle model. Background
+work (a re-embedding's new model) and creating a collection may unload only idle models that
+serve no collection: a model that serves searches is never unloaded to make room for them.
+
 Every model runs on the one inference thread (see app.services.threads); each collection using
-it has its own EncodingService and batchers on it. Loading happens on that thread too.
+it has its own EncodingService and batchers on it. Loading (hashing weights, exporting and
+checking a runtime) happens on the load thread, beside the model that serves: a search never
+waits for a load. A load that fails for any reason is a ModelLoadError (422), never a 500.
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 from app.services.classify import LabelVectors
 from app.services.encoding import EncodingService
 from app.services.errors import ModelsBusyError
 from app.services.threads import Pools, run_in
 from index.layout import ModelSpec
-from models import Encoder
+from models import Encoder, ModelLoadError
 from models.memory import release_free_memory
 
 logger = logging.getLogger(__name__)
 
 ModelLoader = Callable[[ModelSpec], Encoder]
+Purpose = Literal["serve", "background"]
 EncodingFactory = Callable[[Encoder], EncodingService]
 
 
@@ -83,6 +91,7 @@ class ModelPool:
         self.max_models = max_models
         self._loaded: dict[ModelSpec, LoadedModel] = {}
         self._loading = asyncio.Lock()  # one load at a time; loads are long and memory-heavy
+        self.serving: Callable[[], set[ModelSpec]] = set  # the models collections serve with
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
@@ -92,21 +101,21 @@ class ModelPool:
         return self._loaded.get(spec)
 
     @asynccontextmanager
-    async def use(self, spec: ModelSpec) -> AsyncIterator[LoadedModel]:
-        model = await self.acquire(spec)
+    async def use(self, spec: ModelSpec, purpose: Purpose = "serve") -> AsyncIterator[LoadedModel]:
+        model = await self.acquire(spec, purpose)
         try:
             yield model
         finally:
             self.release(model)
 
-    async def acquire(self, spec: ModelSpec) -> LoadedModel:
+    async def acquire(self, spec: ModelSpec, purpose: Purpose = "serve") -> LoadedModel:
         """The model for `spec`, loaded if needed; the caller must `release` it."""
         model = self._loaded.get(spec)
         if model is None:
             async with self._loading:
                 model = self._loaded.get(spec)
                 if model is None:
-                    model = await self._load(spec)
+                    model = await self._load(spec, purpose)
         model.users += 1
         model.last_used = time.monotonic()
         return model
@@ -115,16 +124,19 @@ class ModelPool:
         model.users -= 1
         model.last_used = time.monotonic()
 
-    async def _load(self, spec: ModelSpec) -> LoadedModel:
+    async def _load(self, spec: ModelSpec, purpose: Purpose) -> LoadedModel:
         while len(self._loaded) >= self.max_models:
             idle = [m for m in self._loaded.values() if m.users == 0]
+            if purpose != "serve":
+                serving = self.serving()
+                idle = [m for m in idle if m.spec not in serving]
             if not idle:
                 raise ModelsBusyError(
                     f"all {self.max_models} loaded models are in use (XMR_MAX_MODELS); "
                     "retry shortly"
                 )
             await self._unload(min(idle, key=lambda m: m.last_used))
-        encoder = await run_in(self._pools.inference, self._loader, spec)
+        encoder = await run_in(self._pools.load, self._load_or_explain, spec)
         model = LoadedModel(spec, encoder, self._encoding_for)
         self._loaded[spec] = model
         logger.info(
@@ -134,6 +146,18 @@ class ModelPool:
             self.max_models,
         )
         return model
+
+    def _load_or_explain(self, spec: ModelSpec) -> Encoder:
+        try:
+            return self._loader(spec)
+        except ModelLoadError:
+            raise
+        except Exception as e:  # the detail (paths, library internals) stays in the log
+            logger.exception("loading %s %s failed", spec.model, spec.pretrained)
+            raise ModelLoadError(
+                f"the model {spec.model} could not be loaded ({type(e).__name__}); "
+                "see the server log"
+            ) from e
 
     async def _unload(self, model: LoadedModel) -> None:
         del self._loaded[model.spec]

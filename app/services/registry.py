@@ -8,19 +8,25 @@ re-embeds to the configured one in the background (app.services.reindex).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import resource
 from dataclasses import replace
 from pathlib import Path
 
 from app.services.collections import Collection, Limits, default_first, open_store
 from app.services.errors import (
     CollectionExistsError,
+    CollectionLimitError,
     CollectionNotFoundError,
     CollectionStateError,
     InvalidInputError,
+    ResourcesExhaustedError,
 )
+from app.services.model_policy import AllowedModels
 from app.services.models import ModelPool
-from app.services.reindex import Reindexer
+from app.services.reindex import Reindexer, check_reindexable
 from app.services.threads import Pools, run_in
 from index import IndexOptions, ItemStore, ModelMismatchError
 from index.layout import (
@@ -35,6 +41,7 @@ from index.layout import (
     new_state,
 )
 from index.records import RecordStore
+from models.export_cache import remove_exports
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +55,14 @@ class CollectionRegistry:
         pools: Pools,
         limits: Limits,
         reindexer: Reindexer,
+        policy: AllowedModels,
+        max_collections: int = 100,
+        export_root: Path | None = None,
     ) -> None:
+        self.export_root = export_root  # runtime exports (models.export_cache)
         self.data_dir = data_dir
+        self.policy = policy
+        self.max_collections = max_collections
         self.options = options
         self.models = models
         self.pools = pools
@@ -57,6 +70,7 @@ class CollectionRegistry:
         self.reindexer = reindexer
         self._collections: dict[str, Collection] = {}
         self._changing = asyncio.Lock()  # creations and deletions, one at a time
+        models.serving = self.serving_models
 
     # -- start-up -------------------------------------------------------------------------
     async def open_all(self, default_spec: ModelSpec) -> None:
@@ -156,6 +170,10 @@ class CollectionRegistry:
         )
         return Collection(folder, state, store, self.models, self.pools, self.limits)
 
+    def serving_models(self) -> set[ModelSpec]:
+        """The models collections serve their searches with now."""
+        return {c.state.current.spec for c in self._collections.values() if not c.closed}
+
     # -- the API --------------------------------------------------------------------------
     def get(self, name: str) -> Collection:
         collection = self._collections.get(name)
@@ -173,18 +191,40 @@ class CollectionRegistry:
                 f"a collection name must match {COLLECTION_NAME.pattern} "
                 "(lowercase letters, digits, _ and -; at most 63 characters)"
             )
+        self.policy.check(spec)
         async with self._changing:
             if name in self._collections:
                 raise CollectionExistsError(name)
-            async with self.models.use(spec) as model:
+            if len(self._collections) >= self.max_collections:
+                raise CollectionLimitError(
+                    f"this server holds {len(self._collections)} collections, the most "
+                    "XMR_MAX_COLLECTIONS allows; delete one first"
+                )
+            # never unloads a model that serves: no slot, no create (503, retry)
+            async with self.models.use(spec, "background") as model:
                 generation = Generation("", spec, model.encoder.model_id, model.encoder.dim)
             folder = CollectionFolder(self.data_dir, name)
             state = new_state(name, generation)
-            await run_in(self.pools.store, folder.write, state)
-            collection = await self._open(folder, state)
+            try:
+                await run_in(self.pools.store, folder.write, state)
+                collection = await self._open(folder, state)
+            except BaseException as e:  # nothing half-made comes back as a collection later
+                await run_in(self.pools.store, folder.delete)
+                if out_of_descriptors(e):
+                    raise ResourcesExhaustedError(
+                        "the server has too many open files to open another collection now"
+                    ) from e
+                raise
             self._collections[name] = collection
             logger.info("collection %s created with %s", name, generation.model_id)
             return collection
+
+    async def reindex(self, name: str, spec: ModelSpec) -> str:
+        """Start re-embedding collection `name` with `spec`, a model clients may name."""
+        collection = self.get(name)
+        check_reindexable(collection)
+        self.policy.check(spec)
+        return await self.reindexer.start(collection, spec)
 
     def check_deletable(self, name: str) -> None:
         if name == DEFAULT_COLLECTION:
@@ -203,10 +243,46 @@ class CollectionRegistry:
             await run_in(self.pools.store, collection.folder.delete)
             del self._collections[name]
             logger.info("collection %s deleted", name)
+            await self._remove_unused_exports(_model_ids(collection.state))
+
+    async def _remove_unused_exports(self, model_ids: set[str]) -> None:
+        """Runtime exports of models no collection uses any more are deleted (a gigabyte each
+        for a large model): they would otherwise stay in the cache for good."""
+        in_use = set().union(*(_model_ids(c.state) for c in self._collections.values()))
+        for model_id in sorted(model_ids - in_use):
+            removed = await run_in(self.pools.store, remove_exports, model_id, self.export_root)
+            if removed:
+                logger.info("removed the runtime exports of %s, used by no collection", model_id)
 
     def close(self) -> None:
         for collection in self._collections.values():
             collection.close()
+
+
+def out_of_descriptors(error: BaseException) -> bool:
+    """Whether `error`, or one it was raised from, is the process running out of descriptors
+    (SQLite says only "unable to open database file")."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if "unable to open database file" in str(seen) and _descriptors_nearly_used():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _descriptors_nearly_used() -> bool:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        return len(os.listdir("/proc/self/fd")) >= soft - 16
+    except OSError:
+        return False
+
+
+def _model_ids(state: CollectionState) -> set[str]:
+    generations = [state.current] + ([state.next] if state.next is not None else [])
+    return {generation.model_id for generation in generations}
 
 
 def _stored_model(folder: Path) -> tuple[str, int] | None:

@@ -53,6 +53,15 @@ class ReindexFailed(Exception):
     """An item could not be embedded again; the message names it."""
 
 
+def check_reindexable(collection: Collection) -> None:
+    """Through the API: any collection but `default`, which follows the settings."""
+    if collection.name == DEFAULT_COLLECTION:
+        raise CollectionStateError(
+            "the default collection follows XMR_MODEL and XMR_PRETRAINED: change those and "
+            "restart to re-embed it"
+        )
+
+
 class Reindexer:
     """Starts, runs, resumes and cancels the re-embeddings of every collection."""
 
@@ -67,11 +76,8 @@ class Reindexer:
         self, collection: Collection, spec: ModelSpec, by_settings: bool = False
     ) -> str:
         """Begin switching `collection` to `spec`; the job's id. One re-embedding at a time."""
-        if collection.name == DEFAULT_COLLECTION and not by_settings:
-            raise CollectionStateError(
-                "the default collection follows XMR_MODEL and XMR_PRETRAINED: change those and "
-                "restart to re-embed it"
-            )
+        if not by_settings:
+            check_reindexable(collection)
         if collection.state.next is not None or collection.name in self._starting:
             raise JobStateError(
                 f"collection {collection.name} is being re-embedded already "
@@ -145,7 +151,7 @@ class Reindexer:
         await run_in(store_pool, self._job_store.set_status, job_id, "running")
         new_store: ItemStore | None = None
         try:
-            model = await self._acquire(collection)
+            model = await self._acquire(collection, job_id)
             try:
                 opened = new_store = await self._open_next(collection, model)
                 await self._catch_up(collection, job_id, model, opened)
@@ -179,13 +185,18 @@ class Reindexer:
         finally:
             self._cancelled.discard(job_id)
 
-    async def _acquire(self, collection: Collection) -> LoadedModel:
-        """The new model; while every loaded model is busy, wait for one to become idle."""
-        while True:
-            try:
-                return await collection.models.acquire(_next(collection).spec)
-            except ModelsBusyError:
-                await asyncio.sleep(MODEL_RETRY_S)
+    async def _acquire(self, collection: Collection, job_id: str) -> LoadedModel:
+        """The new model; while no slot is free (models that serve collections are never
+        unloaded for a re-embedding), wait for one, and say so in the job."""
+        try:
+            while True:
+                try:
+                    return await collection.models.acquire(_next(collection).spec, "background")
+                except ModelsBusyError:
+                    self._job_store.set_waiting(job_id, "a model slot")
+                    await asyncio.sleep(MODEL_RETRY_S)
+        finally:
+            self._job_store.set_waiting(job_id, None)
 
     async def _open_next(self, collection: Collection, model: LoadedModel) -> ItemStore:
         generation = with_identity(_next(collection), model.encoder.model_id, model.encoder.dim)

@@ -75,8 +75,10 @@ class SearchService:
         store_pool: Executor,
         max_response_bytes: int = 64 * 2**20,
         duplicates_sync_limit: int = 20_000,
+        background_pool: Executor | None = None,
     ) -> None:
         self.store = store
+        self._background_pool = background_pool or store_pool  # long scans (duplicates)
         self._encoding = encoding  # None: searches by stored vectors only (similar_to)
         self.max_k = max_k
         self.max_response_bytes = max_response_bytes
@@ -169,7 +171,8 @@ class SearchService:
         counts = await run_in(self._store_pool, self.store.counts)
         if counts[query.target] > self.duplicates_sync_limit:
             return None
-        return await find_duplicates(self.store, self._store_pool, query)
+        # a scan of the whole index: the background thread, never a thread searches need
+        return await find_duplicates(self.store, self._background_pool, query)
 
     async def _weighted_sum(self, parts: Sequence[WeightedPart]) -> np.ndarray:
         vectors: list[np.ndarray] = []

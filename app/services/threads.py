@@ -77,6 +77,8 @@ class Pools:
     store: records, FAISS searches, job bookkeeping and other file work (one core each).
     background: one thread, at a lower priority, for long scans of a whole index (a
     duplicates job): searches keep the store threads.
+    load: one thread, one core, at a lower priority, that loads, hashes, exports and checks
+    models: seconds to minutes of work that must never hold up the model already serving.
     """
 
     inference: ThreadPoolExecutor
@@ -84,6 +86,7 @@ class Pools:
     large_decode: ThreadPoolExecutor
     store: ThreadPoolExecutor
     background: ThreadPoolExecutor
+    load: ThreadPoolExecutor
 
     @classmethod
     def create(cls, decode_workers: int, store_workers: int | None = None) -> Pools:
@@ -93,8 +96,10 @@ class Pools:
             large_decode=single_core_pool(1, "xmr-decode-large", LARGE_DECODE_NICENESS),
             store=single_core_pool(store_workers or decode_workers, "xmr-store"),
             background=single_core_pool(1, "xmr-background", LARGE_DECODE_NICENESS),
+            load=single_core_pool(1, "xmr-load", LARGE_DECODE_NICENESS),
         )
 
     def shutdown(self) -> None:
         for pool in (self.inference, self.decode, self.large_decode, self.store, self.background):
             pool.shutdown(wait=True, cancel_futures=True)
+        self.load.shutdown(wait=False, cancel_futures=True)  # a load under way is abandoned

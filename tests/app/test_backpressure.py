@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -22,9 +23,9 @@ class GatedEncoder(SlowEncoder):
         super().__init__(inner, 0.0)
         self.gate = threading.Event()
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_tokens(self, rows: Sequence[Any]) -> np.ndarray:
         assert self.gate.wait(60), "the test never opened the gate"
-        return super().encode_texts(texts)
+        return super().encode_tokens(rows)
 
 
 def test_overload_gets_429_at_once_and_others_succeed(

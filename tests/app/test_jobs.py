@@ -26,10 +26,14 @@ class SlowEncoder:
         self.precision, self.image_size = inner.precision, inner.image_size
         self.runtime = inner.runtime
         self.prepare_image = inner.prepare_image
+        self.tokenize = inner.tokenize
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_tokens(list(self.tokenize(texts)))
+
+    def encode_tokens(self, rows: Sequence[Any]) -> np.ndarray:
         time.sleep(self._delay_s)
-        return self._inner.encode_texts(texts)
+        return self._inner.encode_tokens(rows)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         time.sleep(self._delay_s)

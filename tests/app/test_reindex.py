@@ -180,6 +180,9 @@ def test_a_cancelled_reindex_leaves_the_collection_as_it_was(
 def test_a_failed_reindex_leaves_the_collection_as_it_was(
     settings: Settings, tiny_encoder: OpenClipEncoder
 ) -> None:
+    # weights that cannot be loaded, listed by the operator
+    allowed = f"{TINY_MODEL}/,{TINY_MODEL}//no/such.pt,{SHAPES}"
+    settings = settings.model_copy(update={"allowed_models": allowed})
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         make_docs(client, items=20)
         before = client.get("/v1/collections/docs").json()

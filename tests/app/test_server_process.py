@@ -205,27 +205,6 @@ def test_sigterm_finishes_requests_in_flight_and_interrupts_the_batch_job(tmp_pa
         restarted.wait()
 
 
-def test_restart_with_other_model_refuses_the_data(tmp_path: Path) -> None:
-    port = free_port()
-    env = server_env(tmp_path / "data", port)
-    process = start_server(env)
-    with XmrClient(f"http://127.0.0.1:{port}") as client:
-        client.wait_ready(60)
-        client.index_texts([{"text": "hello"}])
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=REPO,
-        text=True,
-        capture_output=True,
-        env=env | {"XMR_MODEL": "shapes-tiny", "XMR_PRETRAINED": ""},
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "was indexed with xmr-test-tiny/random-init" in result.stderr
-
-
 def test_chunked_upload_is_cut_off_without_being_read_whole(tmp_path: Path) -> None:
     port = free_port()
     process = start_server(server_env(tmp_path / "data", port, XMR_MAX_UPLOAD_MB="1"))

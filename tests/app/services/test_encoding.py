@@ -38,6 +38,12 @@ class RecordingEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._inner.encode_texts(texts)
 
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        return self._inner.tokenize(texts)
+
+    def encode_tokens(self, rows: Sequence[Any]) -> np.ndarray:
+        return self._inner.encode_tokens(rows)
+
     def _timed(self, what: str, delay_s: float, call: Callable[[Any], T], argument: Any) -> T:
         started = time.perf_counter()
         time.sleep(delay_s)
