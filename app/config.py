@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="when set, every route but /healthz and /readyz needs this key"
     )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="when set, creating, deleting and re-embedding collections and starting "
+        "tagging jobs need this key (403 with XMR_API_KEY's); it works on every other route too",
+    )
     docs_public: bool = Field(False, description="serve /docs and /openapi.json without the key")
     allowed_hosts: str | None = Field(
         None,

@@ -13,16 +13,34 @@ from urllib.parse import quote
 
 from fastapi import Depends, Path, Request
 
+from app.config import Settings
+from app.middleware import key_matches, supplied_key
 from app.services.classify import ClassifyService
 from app.services.collections import Collection
 from app.services.encoding import EncodingService
-from app.services.errors import NotReadyError
+from app.services.errors import AdminKeyRequiredError, NotReadyError
 from app.services.items import ItemService
 from app.services.jobs import JobRunner
 from app.services.registry import CollectionRegistry
 from app.services.search import SearchService
 from app.state import Services
 from index.layout import COLLECTION_NAME, DEFAULT_COLLECTION
+
+
+def require_admin(request: Request) -> None:
+    """Routes that change what every client shares need XMR_ADMIN_KEY, when one is set."""
+    settings: Settings = request.app.state.settings
+    if settings.admin_key is None:
+        return
+    supplied = supplied_key(dict(request.scope["headers"]))
+    if not key_matches(supplied, settings.admin_key.get_secret_value().encode()):
+        raise AdminKeyRequiredError(
+            "creating, deleting and re-embedding collections and tagging need the admin key "
+            "(XMR_ADMIN_KEY)"
+        )
+
+
+AdminOnly = Depends(require_admin)
 
 
 def get_services(request: Request) -> Services:

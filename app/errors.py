@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.services.errors import (
+    AdminKeyRequiredError,
     CollectionExistsError,
     CollectionLimitError,
     CollectionNotFoundError,
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides the status.
 STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (AdminKeyRequiredError, 403),
     (ItemNotFoundError, 404),
     (JobNotFoundError, 404),
     (CollectionNotFoundError, 404),

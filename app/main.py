@@ -97,9 +97,10 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         public = {"/healthz", "/readyz", "/"}  # the page holds no data; it asks for the key
         if settings.docs_public:
             public |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+        admin_key = settings.admin_key.get_secret_value() if settings.admin_key else ""
         app.add_middleware(
             ApiKeyMiddleware,
-            api_key=api_key,
+            keys=[key for key in (api_key, admin_key) if key],
             public_paths=public,
             public_prefixes=("/static/",),
         )

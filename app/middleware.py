@@ -120,18 +120,36 @@ class BodyRefusedError(Exception):
     """Raised inside the app's body reading when the body passes its limit or stalls."""
 
 
+def supplied_key(headers: dict[bytes, bytes]) -> bytes | None:
+    """The key a request carries: `X-API-Key`, else `Authorization: Bearer`."""
+    supplied = headers.get(b"x-api-key")
+    if supplied is None:
+        authorization = headers.get(b"authorization", b"")
+        scheme, _, token = authorization.partition(b" ")
+        supplied = token.strip() if scheme.lower() == b"bearer" else None
+    return supplied
+
+
+def key_matches(supplied: bytes | None, key: bytes) -> bool:
+    return supplied is not None and hmac.compare_digest(supplied, key)
+
+
 class ApiKeyMiddleware:
-    """Require `X-API-Key: KEY` or `Authorization: Bearer KEY` on every path but the public ones."""
+    """Require `X-API-Key: KEY` or `Authorization: Bearer KEY` on every path but the public ones.
+
+    Any of `keys` will do (the user key, and the admin key where one is set); which routes need
+    the admin key is said by those routes (app.deps.require_admin).
+    """
 
     def __init__(
         self,
         app: ASGIApp,
-        api_key: str,
+        keys: Iterable[str],
         public_paths: Iterable[str],
         public_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
-        self._key = api_key.encode()
+        self._keys = tuple(key.encode() for key in keys)
         self._public = frozenset(public_paths)
         self._public_prefixes = public_prefixes
 
@@ -150,13 +168,9 @@ class ApiKeyMiddleware:
         )
 
     def _authorized(self, scope: Scope) -> bool:
-        headers = dict(scope["headers"])
-        supplied = headers.get(b"x-api-key")
-        if supplied is None:
-            authorization = headers.get(b"authorization", b"")
-            scheme, _, token = authorization.partition(b" ")
-            supplied = token.strip() if scheme.lower() == b"bearer" else None
-        return supplied is not None and hmac.compare_digest(supplied, self._key)
+        supplied = supplied_key(dict(scope["headers"]))
+        # every key is compared, so the time taken does not say which one nearly matched
+        return any([key_matches(supplied, key) for key in self._keys])
 
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

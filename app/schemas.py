@@ -38,7 +38,7 @@ TARGET_KIND: dict[str, Literal["image", "text"]] = {"images": "image", "texts": 
 # every text a route takes (to index, to search with, to embed): stored whole and returned
 # with each hit, encoded cut to the model's context (models.text)
 MAX_TEXT_CHARS = 100_000
-QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+QueryText = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]  # blank: validators
 
 
 class TextItem(BaseModel):

@@ -76,6 +76,7 @@ class Services:
                 export_root=settings.runtime_cache_dir,
             )
             await collections.open_all(default_spec(settings))
+            models.started = True  # from now on, loads run beside the models that serve
             jobs = JobRunner(
                 job_store,
                 collections,

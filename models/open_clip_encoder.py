@@ -82,6 +82,7 @@ class OpenClipEncoder:
         precision: str = "fp32",
         runtime: str = "torch",
         runtime_cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         self._device = device
         self._preprocess = preprocess
@@ -103,6 +104,7 @@ class OpenClipEncoder:
             tokenizer(list(SHORT_TEXT_PROBES)),
             model_id,
             runtime_cache_dir,
+            threads,
         )
         self.fixed_shapes = self._towers.fixed_shapes
         self.short_text = self._towers.short_text
@@ -117,8 +119,12 @@ class OpenClipEncoder:
         precision: str = "auto",
         runtime: str = "auto",
         runtime_cache_dir: Path | None = None,
+        *,
+        threads: int | None = None,
     ) -> OpenClipEncoder:
-        """Build the model through open_clip's normal loading path, then pick its runtime."""
+        """Build the model through open_clip's normal loading path, then pick its runtime.
+
+        `threads`: the cores the model will run on (the inference thread's; default all)."""
         source = resolve_weights(model_name, pretrained, cache_dir)
         torch_device = resolve_device(device)
         runtime_candidates(runtime, torch_device)  # a bad setting fails before the weights load
@@ -143,6 +149,7 @@ class OpenClipEncoder:
             precision,
             runtime,
             runtime_cache_dir,
+            threads,
         )
         del model  # another runtime holds its own copy; PyTorch's fp32 one is then garbage
         release_free_memory()

@@ -106,8 +106,12 @@ def build_towers(
     probe_tokens: torch.Tensor,
     model_id: str,
     cache_dir: Path | None,
+    threads: int | None = None,
 ) -> Towers:
     """The fastest allowed runtime whose vectors equal PyTorch fp32's; PyTorch otherwise.
+
+    `threads`: the cores another runtime runs on (the inference thread's; default all), not
+    those of the thread that loads it (app.services.threads).
 
     `model` is open_clip's model in fp32 on the CPU, as created; `precision` is already resolved
     for PyTorch on `device`.
@@ -125,7 +129,9 @@ def build_towers(
         for name in candidates:
             runtime_prec = runtime_precision(name, requested_precision, precision)
             for weights in weight_formats(name, runtime_prec, parameter_count(model)):
-                towers = _checked_runtime(name, runtime_prec, weights, export, probes, expected)
+                towers = _checked_runtime(
+                    name, runtime_prec, weights, export, probes, expected, threads
+                )
                 if towers is not None:
                     return towers
         logger.warning("%s: no other runtime passed; running PyTorch", model_id)
@@ -158,6 +164,7 @@ def _checked_runtime(
     export: Export,
     probes: Probes,
     expected: dict[str, np.ndarray],
+    threads: int | None = None,
 ) -> Towers | None:
     """`name` running the export, if its vectors equal PyTorch fp32's; None (logged) if not.
 
@@ -168,7 +175,7 @@ def _checked_runtime(
         cached = False  # an export that failed as it was made is not made again
         try:
             folder, cached = export.folder(replace)
-            towers = open_exported(name, folder, precision, export.short_text, weights)
+            towers = open_exported(name, folder, precision, export.short_text, weights, threads)
             agreement = probes.agreement(towers, expected)
         except Exception as e:  # any failure of another runtime means PyTorch, never worse
             problem = f"{type(e).__name__}: {e}"
@@ -385,10 +392,14 @@ def _onnx_export(
 
 # -- runtimes ----------------------------------------------------------------------------
 def open_exported(
-    name: str, folder: Path, precision: str, short_text: bool, weights: str = "fp32"
+    name: str,
+    folder: Path,
+    precision: str,
+    short_text: bool,
+    weights: str = "fp32",
+    threads: int | None = None,
 ) -> Towers:
-    # the inference thread's cores (app.services.threads): all of them, whichever thread loads
-    threads = os.cpu_count() or 1
+    threads = threads or os.cpu_count() or 1  # the inference thread's, whichever thread loads
     if name == "onnxruntime":
         return OnnxRuntimeTowers(folder, short_text, threads)
     if name == "openvino":

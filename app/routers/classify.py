@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.deps import ClassifyDep, ItemsDep, JobsDep, collection_name
+from app.deps import AdminOnly, ClassifyDep, ItemsDep, JobsDep, collection_name
 from app.routers.common import read_upload, strict_json
 from app.schemas import (
     TARGET_KIND,
@@ -79,6 +79,7 @@ async def classify(request: Request, classify: ClassifyDep) -> ClassifyResponse:
 
 @router.post(
     "/classify/tag",
+    dependencies=[AdminOnly],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     summary="Write each stored item's best label into its metadata, as a resumable job",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.deps import CollectionsDep, JobsDep
+from app.deps import AdminOnly, CollectionsDep, JobsDep
 from app.schemas import (
     CollectionResponse,
     CollectionsResponse,
@@ -54,6 +54,7 @@ def _spec(body: ModelRequest) -> ModelSpec:
 
 @router.post(
     "",
+    dependencies=[AdminOnly],
     status_code=status.HTTP_201_CREATED,
     response_model=CollectionResponse,
     summary="Create a collection with its own model (loaded now, to check it)",
@@ -76,6 +77,7 @@ async def get_collection(collections: CollectionsDep, collection: str) -> Collec
 
 @router.delete(
     "/{collection}",
+    dependencies=[AdminOnly],
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Delete a collection: its items, vectors, images and snapshots",
@@ -91,6 +93,7 @@ async def delete_collection(
 
 @router.post(
     "/{collection}/reindex",
+    dependencies=[AdminOnly],
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     summary="Re-embed every item with another model; searches go on, the switch is atomic",

@@ -1,9 +1,14 @@
 """Dynamic batching: concurrent encode requests share one model call.
 
-Requests queue up while the model is busy; when it is free, the batcher takes everything
-waiting (up to `max_batch` items) as one batch. A lone request is never held back, so latency
-at concurrency 1 is that of a direct call, while under load the batches grow by themselves.
-The queue is bounded: past `max_queue` waiting items a request is refused at once.
+Requests queue up while the model is busy; when it is free, the batcher takes what is waiting
+(up to `max_batch` items) as one batch. A lone request is never held back, so latency at
+concurrency 1 is that of a direct call, while under load the batches grow by themselves.
+
+Requests wait in lanes (one per collection using the model) and batches are filled from the
+lanes in turn, a request larger than `max_batch` a piece at a time: 4,000 texts posted to one
+collection once held the model for 9 s while another collection's searches waited; now they
+wait for at most one batch. The queue is bounded over all lanes: past `max_queue` waiting
+items a request is refused at once, unless its lane has nothing waiting.
 """
 
 from __future__ import annotations
@@ -28,15 +33,25 @@ In = TypeVar("In")
 class _Request(Generic[In]):
     items: Sequence[In]
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    taken: int = 0  # items handed to batches so far
+    parts: list[np.ndarray] = field(default_factory=list)  # their rows, in order
+
+    @property
+    def left(self) -> int:
+        return len(self.items) - self.taken
 
 
 @dataclass
-class BatcherStats:
-    batches: int = 0
-    items: int = 0
-    refused: int = 0
-    last_batch_size: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+class _Slice(Generic[In]):
+    """Items `start:stop` of one request, in one batch."""
+
+    request: _Request[In]
+    start: int
+    stop: int
+
+    @property
+    def items(self) -> Sequence[In]:
+        return self.request.items[self.start : self.stop]
 
 
 class Batcher(Generic[In]):
@@ -55,7 +70,8 @@ class Batcher(Generic[In]):
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._on_batch = on_batch
-        self._waiting: deque[_Request[In]] = deque()
+        self._lanes: dict[str, deque[_Request[In]]] = {}
+        self._turns: deque[str] = deque()  # lanes with requests waiting, the next to serve first
         self._queued_items = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -72,14 +88,23 @@ class Batcher(Generic[In]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for request in self._waiting:
-            if not request.future.done():
-                request.future.set_exception(OverloadedError("the service is shutting down"))
-        self._waiting.clear()
+        for lane in self._lanes.values():
+            for request in lane:
+                if not request.future.done():
+                    request.future.set_exception(OverloadedError("the service is shutting down"))
+        self._lanes.clear()
+        self._turns.clear()
+        self._queued_items = 0
 
-    async def submit(self, items: Sequence[In], wait_for_room: bool = False) -> np.ndarray:
-        """Encode `items` in some batch; refuse (or, for background work, wait) when full."""
-        while self._queued_items + len(items) > self._max_queue and self._queued_items > 0:
+    async def submit(
+        self, items: Sequence[In], wait_for_room: bool = False, lane: str = ""
+    ) -> np.ndarray:
+        """Encode `items` in some batches; refuse (or, for background work, wait) when full.
+
+        A lane with nothing waiting is always let in, so one lane's large request cannot shut
+        the others out: the bound is `max_queue` items, plus one request per lane past it.
+        """
+        while self._queued_items + len(items) > self._max_queue and self._lanes.get(lane):
             if not wait_for_room:
                 raise OverloadedError(
                     f"the {self.name} encoder queue is full ({self._queued_items} waiting); "
@@ -87,7 +112,10 @@ class Batcher(Generic[In]):
                 )
             await asyncio.sleep(0.05)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Request(items, future))
+        waiting = self._lanes.setdefault(lane, deque())
+        if not waiting:
+            self._turns.append(lane)
+        waiting.append(_Request(items, future))
         self._queued_items += len(items)
         self._wakeup.set()
         return await future
@@ -97,53 +125,68 @@ class Batcher(Generic[In]):
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._waiting:
+            while self._turns:
                 batch = self._take_batch()
                 started = loop.time()
-                await self._run(batch, loop)
-                if self._on_batch is not None:
-                    size = sum(len(r.items) for r in batch)
+                await self._run(batch)
+                if self._on_batch is not None and batch:
+                    size = sum(s.stop - s.start for s in batch)
                     self._on_batch(self.name, size, loop.time() - started)
 
-    def _take_batch(self) -> list[_Request[In]]:
-        batch: list[_Request[In]] = []
+    def _take_batch(self) -> list[_Slice[In]]:
+        """Up to `max_batch` items: the lanes waiting share it, a piece of each one's first
+        request in turn."""
+        batch: list[_Slice[In]] = []
         size = 0
-        while self._waiting:
-            request = self._waiting[0]
-            if batch and size + len(request.items) > self._max_batch:
-                break
-            self._waiting.popleft()
-            self._queued_items -= len(request.items)
-            if request.future.done():  # the caller went away
-                continue
-            batch.append(request)
-            size += len(request.items)
+        share = max(1, self._max_batch // max(1, len(self._turns)))
+        while self._turns and size < self._max_batch:
+            lane = self._turns.popleft()
+            waiting = self._lanes[lane]
+            request = waiting[0]
+            if request.future.done():  # the caller went away: drop what is left of it
+                self._queued_items -= request.left
+                request.taken = len(request.items)
+            else:
+                count = min(self._max_batch - size, request.left, share)
+                batch.append(_Slice(request, request.taken, request.taken + count))
+                request.taken += count
+                self._queued_items -= count
+                size += count
+            if request.left == 0:
+                waiting.popleft()
+            if waiting:
+                self._turns.append(lane)
         return batch
 
-    async def _run(self, batch: list[_Request[In]], loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(self, batch: list[_Slice[In]]) -> None:
         if not batch:
             return
-        items = [item for request in batch for item in request.items]
+        items = [item for piece in batch for item in piece.items]
         try:
-            vectors = await run_in(self._executor, self._encode_chunked, items)
+            vectors = await run_in(self._executor, self._encode, items)
         except Exception as error:
             if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(error)
+                self._fail(batch[0].request, error)
                 return
-            for request in batch:  # one bad request must not fail its neighbours
-                await self._run([request], loop)
+            for piece in batch:  # one bad request must not fail its neighbours
+                await self._run([piece])
             return
         start = 0
-        for request in batch:
-            rows = vectors[start : start + len(request.items)]
-            start += len(request.items)
-            if not request.future.done():
-                request.future.set_result(rows)
+        for piece in batch:
+            count = piece.stop - piece.start
+            self._deliver(piece, vectors[start : start + count])
+            start += count
 
-    def _encode_chunked(self, items: list[In]) -> np.ndarray:
-        chunks = [
-            self._encode(items[i : i + self._max_batch])
-            for i in range(0, len(items), self._max_batch)
-        ]
-        return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    def _deliver(self, piece: _Slice[In], rows: np.ndarray) -> None:
+        request = piece.request
+        if request.future.done():
+            return
+        request.parts.append(rows)
+        if piece.stop == len(request.items):
+            parts = request.parts
+            request.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    def _fail(self, request: _Request[In], error: Exception) -> None:
+        """A request whose piece failed fails whole; what is left of it is not encoded."""
+        if not request.future.done():
+            request.future.set_exception(error)

@@ -237,6 +237,17 @@ class Collection:
         await run_in(self.pools.store, self.folder.write, state)
         self.state = state
 
+    async def close_when_unused(self, grace_s: float = OLD_READERS_GRACE_S) -> None:
+        """Take no new requests (they get 404) and wait for those using the store to finish,
+        as a generation retired by a switch does: a search is never cut off mid-way."""
+        self.closed = True
+        try:
+            await asyncio.wait_for(
+                self._wait_until(lambda: self._readers.get(id(self.store), 0) == 0), grace_s
+            )
+        except TimeoutError:
+            logger.warning("deleting collection %s under requests still running", self.name)
+
     def close(self) -> None:
         self.closed = True
         self.store.close()

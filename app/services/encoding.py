@@ -20,6 +20,7 @@ afterwards the freed memory is handed back to the system.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -87,6 +88,16 @@ class EncodingService:
             "image", encoder.encode_prepared, self._inference, max_batch, max_queue, on_batch
         )
 
+    lane = ""  # whose requests these are, among the users of one model (a collection)
+
+    def in_lane(self, lane: str) -> EncodingService:
+        """This service for one of the model's users: the same batchers and threads, its
+        requests queued in a lane of their own, served in turn with the other lanes."""
+        view = copy.copy(self)
+        view.lane = lane
+        view._owns_pools = False
+        return view
+
     @property
     def dim(self) -> int:
         return self.encoder.dim
@@ -110,13 +121,13 @@ class EncodingService:
         inference thread only runs the model.
         """
         rows = await run_in(self._decode, self.encoder.tokenize, list(texts))
-        return await self.texts.submit(list(rows), wait_for_room=background)
+        return await self.texts.submit(list(rows), wait_for_room=background, lane=self.lane)
 
     async def encode_prepared(
         self, prepared: Sequence[Any], background: bool = False
     ) -> np.ndarray:
         """Vectors for images that went through `prepare`."""
-        return await self.images.submit(list(prepared), wait_for_room=background)
+        return await self.images.submit(list(prepared), wait_for_room=background, lane=self.lane)
 
     async def prepare(self, data: bytes) -> Any:
         """Decode one upload and run the encoder's CPU stage on it, in the decode pool.

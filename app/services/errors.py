@@ -46,6 +46,10 @@ class CollectionStateError(ServiceError):
     """The collection cannot do that now or ever (e.g. re-embed `default` through the API)."""
 
 
+class AdminKeyRequiredError(ServiceError):
+    """The route changes what every client shares: it needs XMR_ADMIN_KEY (403)."""
+
+
 class ModelsBusyError(ServiceError):
     """Every loaded model is in use and no other may be loaded (XMR_MAX_MODELS); retry soon."""
 

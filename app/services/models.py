@@ -42,36 +42,32 @@ EncodingFactory = Callable[[Encoder], EncodingService]
 
 @dataclass
 class LoadedModel:
-    """A model in memory, with a batcher pair per collection that uses it."""
+    """A model in memory, with one batcher pair that every collection using it shares, each
+    collection's requests in a lane of their own (app.services.batcher), one bound on them all.
+    """
 
     spec: ModelSpec
     encoder: Encoder
-    make_encoding: EncodingFactory
+    encoding: EncodingService  # started once loaded; the collections' views share it
     encodings: dict[str, EncodingService] = field(default_factory=dict)  # by collection
     labels: LabelVectors = field(default_factory=LabelVectors)  # zero-shot label cache
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
     def encoding_for(self, collection: str) -> EncodingService:
-        """The collection's own batchers on this model (made at its first request)."""
+        """The collection's lane on this model's batchers."""
         encoding = self.encodings.get(collection)
         if encoding is None:
-            encoding = self.encodings[collection] = self.make_encoding(self.encoder)
-            encoding.start()
+            encoding = self.encodings[collection] = self.encoding.in_lane(collection)
         return encoding
 
     def queue_depths(self) -> dict[str, int]:
-        """Items waiting per modality, over every collection's batchers."""
-        depths = {"text": 0, "image": 0}
-        for encoding in self.encodings.values():
-            for modality, depth in encoding.queue_depths().items():
-                depths[modality] = depths.get(modality, 0) + depth
-        return depths
+        """Items waiting per modality, over every collection's lane."""
+        return self.encoding.queue_depths()
 
     async def stop(self) -> None:
-        for encoding in self.encodings.values():
-            await encoding.stop()
-            encoding.close()
+        await self.encoding.stop()
+        self.encoding.close()
         self.encodings.clear()
 
 
@@ -92,6 +88,9 @@ class ModelPool:
         self._loaded: dict[ModelSpec, LoadedModel] = {}
         self._loading = asyncio.Lock()  # one load at a time; loads are long and memory-heavy
         self.serving: Callable[[], set[ModelSpec]] = set  # the models collections serve with
+        # before the service answers, loads have every core (the inference thread's): a first
+        # export of ViT-B-32 takes 30 s there; once it serves, the load thread's one core
+        self.started = False
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
@@ -136,8 +135,11 @@ class ModelPool:
                     "retry shortly"
                 )
             await self._unload(min(idle, key=lambda m: m.last_used))
-        encoder = await run_in(self._pools.load, self._load_or_explain, spec)
-        model = LoadedModel(spec, encoder, self._encoding_for)
+        pool = self._pools.load if self.started else self._pools.inference
+        encoder = await run_in(pool, self._load_or_explain, spec)
+        encoding = self._encoding_for(encoder)
+        encoding.start()
+        model = LoadedModel(spec, encoder, encoding)
         self._loaded[spec] = model
         logger.info(
             "model %s is loaded (%d of at most %d)",

@@ -238,7 +238,7 @@ class CollectionRegistry:
             collection = self.get(name)
             if collection.state.reindex_job is not None:
                 await self.reindexer.cancel(collection.state.reindex_job)
-            collection.closed = True
+            await collection.close_when_unused()
             await run_in(self.pools.store, collection.destroy)
             await run_in(self.pools.store, collection.folder.delete)
             del self._collections[name]

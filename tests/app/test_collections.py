@@ -255,7 +255,7 @@ def _items_table_bytes(content: bytes, data_dir: Path) -> list[tuple]:
     return _items_table(copy)
 
 
-def test_collections_on_one_model_share_it_each_with_its_own_batchers(
+def test_collections_on_one_model_share_it_each_with_its_own_lane(
     client: TestClient, settings: Settings
 ) -> None:
     same = {"model": TINY_MODEL, "pretrained": "", "precision": settings.precision}
@@ -267,4 +267,5 @@ def test_collections_on_one_model_share_it_each_with_its_own_batchers(
     assert len(loaded) == 1  # loaded once
     encodings = loaded[0].encodings
     assert sorted(encodings) == ["a", "b", "default"]
-    assert len({id(e.texts) for e in encodings.values()}) == 3  # a batcher each
+    assert sorted(e.lane for e in encodings.values()) == ["a", "b", "default"]  # a lane each
+    assert len({id(e.texts) for e in encodings.values()}) == 1  # in one batcher

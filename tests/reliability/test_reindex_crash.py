@@ -41,9 +41,10 @@ def test_kill_during_a_reindex_resumes_where_it_stopped(tmp_path: Path) -> None:
     process = start_server(env)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
         wait_ready(http)
-        created = http.post(
-            "/v1/collections", json={"name": "docs", "model": "xmr-test-tiny", "pretrained": ""}
-        )
+        # the default collection's model: the other slot of XMR_MAX_MODELS stays free for the
+        # re-embedding (a model that serves a collection is never unloaded for one)
+        docs = {"name": "docs", "model": "xmr-test-tiny", "pretrained": "", "precision": "fp32"}
+        created = http.post("/v1/collections", json=docs)
         assert created.status_code == 201, created.text
         for start in range(0, ITEMS, 200):
             items = [{"id": f"t{i}", "text": f"note {i}"} for i in range(start, start + 200)]

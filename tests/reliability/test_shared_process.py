@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.main import create_app
@@ -578,3 +579,152 @@ def test_a_duplicates_job_is_bounded_the_same_way(
         assert job["status"] == "failed" and "raise the threshold" in job["error"]
         low = client.get("/v1/duplicates", params={"threshold": 0.1, "target": "texts"})
         assert low.status_code == 422
+
+
+# -- 15. an admin key for what every client shares ----------------------------------------------
+
+
+def test_the_admin_key_guards_collections_and_tagging(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    keys = {"api_key": SecretStr("user-key"), "admin_key": SecretStr("admin-key")}
+    keyed = settings.model_copy(update=keys)
+    user = {"X-API-Key": "user-key"}
+    admin = {"Authorization": "Bearer admin-key"}
+    tag = {"labels": ["cat", "dog"], "field": "t", "target": "texts"}
+    with TestClient(create_app(keyed, encoder=tiny_encoder)) as client:
+        assert (
+            client.post("/v1/texts", json={"items": [{"text": "x"}]}, headers=user).status_code
+            == 201
+        )
+        refused = [
+            client.post("/v1/collections", json=collection("shapes"), headers=user),
+            client.post("/v1/classify/tag", json=tag, headers=user),
+            client.post("/v1/collections/default/classify/tag", json=tag, headers=user),
+        ]
+        assert [r.status_code for r in refused] == [403, 403, 403]
+        assert "XMR_ADMIN_KEY" in refused[0].json()["detail"]
+        created = client.post("/v1/collections", json=collection("shapes"), headers=admin)
+        assert created.status_code == 201
+        reindex = {"model": TINY_MODEL, "pretrained": "", "precision": "fp32"}
+        assert (
+            client.post("/v1/collections/shapes/reindex", json=reindex, headers=user).status_code
+            == 403
+        )
+        assert client.delete("/v1/collections/shapes", headers=user).status_code == 403
+        assert client.post("/v1/classify/tag", json=tag, headers=admin).status_code == 202
+        assert client.delete("/v1/collections/shapes", headers=admin).status_code == 204
+        # the admin key works everywhere the user key does; no key, nothing
+        for headers in (user, admin):
+            assert (
+                client.get("/v1/search/text", params={"q": "x"}, headers=headers).status_code == 200
+            )
+        assert client.get("/v1/search/text", params={"q": "x"}).status_code == 401
+        assert client.post("/v1/collections", json=collection("other")).status_code == 401
+
+
+def test_without_an_admin_key_the_user_key_does_everything(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    keyed = settings.model_copy(update={"api_key": SecretStr("user-key")})
+    with TestClient(create_app(keyed, encoder=tiny_encoder)) as client:
+        user = {"X-API-Key": "user-key"}
+        assert (
+            client.post("/v1/collections", json=collection("shapes"), headers=user).status_code
+            == 201
+        )
+        assert client.delete("/v1/collections/shapes", headers=user).status_code == 204
+
+
+# -- 10. deleting a collection under load --------------------------------------------------------
+
+
+def test_deleting_a_collection_waits_for_the_searches_on_it(
+    settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from index import ItemStore
+
+    search = ItemStore.search
+
+    def slow_search(self: ItemStore, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # a search over a large index, in a store thread
+        return search(self, *args, **kwargs)
+
+    with (
+        serve_in_thread(create_app(settings, encoder=tiny_encoder)) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+        assert http.post("/v1/collections", json=collection("shop")).status_code == 201
+        items = {"items": [{"id": f"t{i}", "text": f"a red circle {i}"} for i in range(50)]}
+        assert http.post("/v1/collections/shop/texts", json=items).status_code == 201
+        monkeypatch.setattr(ItemStore, "search", slow_search)
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def searching() -> None:
+            with httpx.Client(base_url=url, timeout=60) as own:
+                while not stop.is_set():
+                    try:
+                        response = own.get("/v1/collections/shop/search/text", params={"q": "red"})
+                        statuses.append(response.status_code)
+                    except httpx.HTTPError:
+                        statuses.append(0)
+
+        threads = [threading.Thread(target=searching) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        assert http.delete("/v1/collections/shop").status_code == 204
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert set(statuses) <= {200, 404} and 200 in statuses and 404 in statuses, statuses
+        assert http.get("/v1/collections/shop/search/text", params={"q": "x"}).status_code == 404
+
+
+# -- 7. one big request does not hold the model ------------------------------------------------
+
+
+def test_a_big_request_to_another_collection_does_not_hold_the_model(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    from tests.app.test_jobs import SlowEncoder
+
+    encoder = SlowEncoder(tiny_encoder, 0.05)  # each model call takes 50 ms more
+    with (
+        serve_in_thread(create_app(settings, encoder=encoder)) as url,  # type: ignore[arg-type]
+        httpx.Client(base_url=url, timeout=120) as http,
+    ):
+        bulk = collection("bulk", TINY_MODEL, pretrained="")
+        assert http.post("/v1/collections", json=bulk).status_code == 201
+        loaded = http.get("/metrics").text
+        assert loaded.count("xmr_model_info{") == 1  # one model, shared
+        texts = [{"text": f"{n} " + "lorem ipsum dolor " * 500} for n in range(4000)]
+        posted: list[int] = []
+        poster = threading.Thread(
+            target=lambda: posted.append(
+                http.post("/v1/collections/bulk/texts", json={"items": texts}).status_code
+            )
+        )
+        with Prober(url) as prober:
+            poster.start()
+            poster.join(120)
+        assert posted == [201]
+        assert set(prober.statuses) == {200}
+        # 63 model calls of 64 texts, 3 s and more in all: a search waits for one of them
+        assert max(prober.latencies) < 1.0, max(prober.latencies)
+
+
+def test_public_messages_hold_no_server_path() -> None:
+    from app.errors import public_message
+    from index import StorageError
+
+    message = public_message(
+        StorageError("could not save /srv/xmr/data/collections/a/collection.json: disk full")
+    )
+    assert "/srv" not in message and "disk full" in message
+    kept = public_message(
+        ModelLoadError("ViT-B-32/laion2b_s34b_b79k: set XMR_MODEL/XMR_PRETRAINED")
+    )
+    assert kept == "ViT-B-32/laion2b_s34b_b79k: set XMR_MODEL/XMR_PRETRAINED"

@@ -140,3 +140,43 @@ def test_full_queue_refuses_at_once_but_background_work_waits() -> None:
 
     background = run(scenario, model, max_queue=2)
     assert background.shape == (1, 2)
+
+
+def test_a_large_request_is_encoded_a_batch_at_a_time_in_turn_with_other_lanes() -> None:
+    model = SlowModel(0.02)
+
+    async def scenario(batcher: Batcher[str]) -> tuple[int, np.ndarray]:
+        big = asyncio.ensure_future(batcher.submit(["b"] * 640, lane="bulk"))
+        await asyncio.sleep(0.03)  # the first piece of the big request is being encoded
+        small = await batcher.submit(["ss"], lane="default")
+        calls_when_small_done = len(model.calls)
+        return calls_when_small_done, np.concatenate([small, await big])
+
+    calls_when_small_done, rows = run(scenario, model, max_batch=64)
+    # the call under way when it came, then the next, shared: not behind the big request's ten
+    assert calls_when_small_done <= 3
+    assert max(model.calls) <= 64 and sum(model.calls) == 641
+    assert rows[0, 0] == 2 and (rows[1:, 0] == 1).all() and len(rows) == 641
+    assert list(rows[1:, 1]) == sorted(rows[1:, 1])  # the big request's rows in its order
+
+
+def test_the_queue_bound_is_shared_by_the_lanes_but_lets_an_idle_lane_in() -> None:
+    model = SlowModel(0.2)
+
+    async def scenario(batcher: Batcher[str]) -> list[object]:
+        first = asyncio.ensure_future(batcher.submit(["a"] * 30, lane="a"))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(["a"] * 15, lane="a"))
+        await asyncio.sleep(0.01)
+        results: list[object] = []
+        for lane in ("a", "b"):
+            try:
+                results.append(await batcher.submit(["x"] * 30, lane=lane))
+            except OverloadedError as e:
+                results.append(e)
+        await asyncio.gather(first, second)
+        return results
+
+    refused, admitted = run(scenario, model, max_batch=10, max_queue=40)
+    assert isinstance(refused, OverloadedError)  # lane a is full: its third request waits out
+    assert isinstance(admitted, np.ndarray) and len(admitted) == 30
