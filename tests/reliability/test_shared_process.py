@@ -659,16 +659,23 @@ def test_deleting_a_collection_waits_for_the_searches_on_it(
         assert http.post("/v1/collections/shop/texts", json=items).status_code == 201
         monkeypatch.setattr(ItemStore, "search", slow_search)
         statuses: list[int] = []
+        answers: list[int] = []
         stop = threading.Event()
 
         def searching() -> None:
             with httpx.Client(base_url=url, timeout=60) as own:
                 while not stop.is_set():
                     try:
-                        response = own.get("/v1/collections/shop/search/text", params={"q": "red"})
-                        statuses.append(response.status_code)
+                        response = own.get(
+                            "/v1/collections/shop/search/text",
+                            params={"q": "red", "k": 10, "target": "texts"},
+                        )
                     except httpx.HTTPError:
                         statuses.append(0)
+                        continue
+                    statuses.append(response.status_code)
+                    if response.status_code == 200:  # whole: not cut off by the deletion
+                        answers.append(len(response.json()["results"]))
 
         threads = [threading.Thread(target=searching) for _ in range(4)]
         for thread in threads:
@@ -680,6 +687,7 @@ def test_deleting_a_collection_waits_for_the_searches_on_it(
         for thread in threads:
             thread.join(30)
         assert set(statuses) <= {200, 404} and 200 in statuses and 404 in statuses, statuses
+        assert set(answers) == {10}, answers
         assert http.get("/v1/collections/shop/search/text", params={"q": "x"}).status_code == 404
 
 
