@@ -24,5 +24,5 @@ def preflight(settings: Settings) -> str | None:
     except OSError as e:
         return f"XMR_DATA_DIR {settings.data_dir} cannot be created: {e.strerror or e}"
     # a data directory indexed with another model is not refused: `default` serves its vectors
-    # with the model that made them and re-embeds to the configured one (app.services.registry)
-    return None
+    # with the model that made them and re-embeds to the configured one
+    return None  # default serves its vectors and re-embeds (app.services.registry)

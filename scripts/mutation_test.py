@@ -645,6 +645,13 @@ BREAKS: tuple[Break, ...] = (
         "",
         ("tests/models/test_text.py::test_the_word_cache_is_bounded",),
     ),
+    Break(
+        "python -m app starts with another XMR_MODEL than the data's (default re-embeds)",
+        "app/preflight.py",
+        "    return None  # default serves its vectors and re-embeds (app.services.registry)",
+        "    return 'another model' if (settings.data_dir / 'records.sqlite3').exists() else None",
+        (SHARED + "test_python_m_app_started_with_another_model_serves_and_reembeds",),
+    ),
 )
 
 
