@@ -119,6 +119,15 @@ def live_server(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[s
         yield url
 
 
+@pytest.fixture
+def http(live_server: str) -> Iterator[Any]:
+    """An httpx client of `live_server`: requests that run side by side, as clients send them."""
+    import httpx
+
+    with httpx.Client(base_url=live_server, timeout=60) as client:
+        yield client
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Run `app` under uvicorn on a free loopback port in a thread; yields its URL."""

@@ -7,28 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from app.config import Settings
-from app.main import create_app
 from app.services import classify as classify_module
-from models import OpenClipEncoder
-from tests.conftest import serve_in_thread, wait_for_job
+from tests.conftest import wait_for_job
 
 LABELS = [f"label {n}" for n in range(50)]
-
-
-@pytest.fixture
-def http(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[httpx.Client]:
-    with (
-        serve_in_thread(create_app(settings, encoder=tiny_encoder)) as url,
-        httpx.Client(base_url=url, timeout=60) as client,
-    ):
-        yield client
 
 
 def put_texts(http: httpx.Client, *items: dict[str, Any]) -> None:

@@ -14,7 +14,6 @@ import io
 import os
 import socket
 import struct
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.app.test_server_process import free_port, server_env, start_server
+from tests.reliability.probe import Probe
 from tests.reliability.test_load import rss_mb
 from xmr.client import XmrClient
 
@@ -72,37 +72,6 @@ def stall_uploads(port: int, count: int) -> list[socket.socket]:
         )
         sockets.append(s)
     return sockets
-
-
-class Probe:
-    """A text query every 100 ms in a thread of its own, timed."""
-
-    def __init__(self, base: str) -> None:
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(base,), daemon=True)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self, base: str) -> None:
-        with httpx.Client(base_url=base, timeout=30) as http:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    response = http.get("/v1/search/text", params={"q": "probe", "k": 5})
-                    if response.status_code != 200:
-                        self.failures.append(str(response.status_code))
-                except httpx.HTTPError as e:
-                    self.failures.append(type(e).__name__)
-                self.latencies.append(time.perf_counter() - started)
-                self._stop.wait(0.1)
 
 
 async def attack(base: str, rgba16: bytes, rgb8: bytes) -> dict[str, list[int]]:
@@ -158,7 +127,7 @@ def test_attacks_at_once_leave_queries_fast_and_memory_bounded(tmp_path: Path) -
             s.close()
         process.kill()
         process.wait(30)
-    latencies = np.array(probe.latencies) * 1000
+    latencies = np.array(probe.all_latencies) * 1000
     print(
         f"\nhostile soak: {STALLED} stalled uploads, 4 x 49 Mpx 16-bit RGBA {statuses['rgba16']}, "
         f"4 x 49 Mpx 8-bit RGB {statuses['rgb8']}, 256-query batch {statuses['batch']} in "

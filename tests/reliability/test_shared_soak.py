@@ -8,7 +8,6 @@ anything but a 200. Run alone with `pytest -m hostile -s` for the figures (RELIA
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,44 +18,12 @@ import pytest
 
 from tests.app.test_server_process import free_port, server_env, start_server
 from tests.conftest import TINY_MODEL
+from tests.reliability.probe import Probe, Searchers
 from xmr.client import XmrClient
 
 pytestmark = pytest.mark.hostile
 SHAPES = "shapes-tiny"
 PROBE_EVERY_S = 0.2
-
-
-class Probe:
-    """A `default` text search every 200 ms; latencies and statuses by the attack under way."""
-
-    def __init__(self, base: str) -> None:
-        self.current = "idle"
-        self.latencies: dict[str, list[float]] = {}
-        self.failures: list[tuple[str, str]] = []
-        self._base = base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self._base, timeout=30) as http:
-            while not self._stop.is_set():
-                attack, started = self.current, time.perf_counter()
-                try:
-                    response = http.get("/v1/search/text", params={"q": "probe", "k": 5})
-                    if response.status_code != 200:
-                        self.failures.append((attack, str(response.status_code)))
-                except httpx.HTTPError as e:
-                    self.failures.append((attack, type(e).__name__))
-                self.latencies.setdefault(attack, []).append(time.perf_counter() - started)
-                self._stop.wait(PROBE_EVERY_S)
 
 
 @pytest.fixture
@@ -177,28 +144,11 @@ def attacks(http: httpx.Client, base: str) -> dict[str, Callable[[], None]]:
             assert http.delete(f"/v1/collections/many{n}").status_code == 204
 
     def delete_under_load() -> None:
-        statuses: list[int] = []
-        stop = threading.Event()
-
-        def searching() -> None:
-            with httpx.Client(base_url=base, timeout=30) as own:
-                while not stop.is_set():
-                    try:
-                        response = own.get("/v1/collections/bulk/search/text", params={"q": "x"})
-                        statuses.append(response.status_code)
-                    except httpx.HTTPError:
-                        statuses.append(0)
-
-        threads = [threading.Thread(target=searching) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        time.sleep(0.5)
-        assert http.delete("/v1/collections/bulk").status_code == 204
-        time.sleep(0.3)
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-        assert set(statuses) <= {200, 404}, statuses
+        with Searchers(base, "/v1/collections/bulk/search/text", {"q": "x"}, 3) as searchers:
+            time.sleep(0.5)
+            assert http.delete("/v1/collections/bulk").status_code == 204
+            time.sleep(0.3)
+        assert set(searchers.statuses) <= {200, 404}, searchers.statuses
 
     def huge_filter_integers() -> None:
         params = {"q": "x", "filter": json.dumps({"n": {"gte": 2**69}})}
@@ -231,7 +181,7 @@ def tiny_png() -> bytes:
 def test_no_client_can_stall_or_break_the_shared_process(server: str) -> None:
     with httpx.Client(base_url=server, timeout=300) as http:
         assert http.post("/v1/texts", json={"items": texts(50, "p")}).status_code == 201
-        with Probe(server) as probe:
+        with Probe(server, PROBE_EVERY_S) as probe:
             time.sleep(1)
             for name, attack in attacks(http, server).items():
                 probe.current = name
