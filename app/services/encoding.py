@@ -41,6 +41,7 @@ from models.memory import release_free_memory
 
 DRAFT_FACTOR = 2  # large images are decoded or reduced to no less than twice the model input
 LARGE_IMAGE_PIXELS = 12_000_000  # a PNG this size decodes in about 0.2 s on one core
+INLINE_TOKENIZE_CHARS = 1_000  # texts of a request tokenized on the event loop up to this
 
 
 class EncodingService:
@@ -117,10 +118,14 @@ class EncodingService:
     async def encode_texts(self, texts: Sequence[str], background: bool = False) -> np.ndarray:
         """Vectors for `texts`; `background` work waits for room instead of being refused.
 
-        Tokenized in the decode pool (each text cut to what reaches the context first), so the
-        inference thread only runs the model.
+        Tokenized off the inference thread, each text cut first to what reaches the context:
+        short ones right here (tens of microseconds, less than a hop to another thread, which on
+        the CPU also takes a core from the model's threads), longer ones in the decode pool.
         """
-        rows = await run_in(self._decode, self.encoder.tokenize, list(texts))
+        if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
+            rows = self.encoder.tokenize(list(texts))
+        else:
+            rows = await run_in(self._decode, self.encoder.tokenize, list(texts))
         return await self.texts.submit(list(rows), wait_for_room=background, lane=self.lane)
 
     async def encode_prepared(
