@@ -10,9 +10,10 @@ work (a re-embedding's new model) and creating a collection may unload only idle
 serve no collection: a model that serves searches is never unloaded to make room for them.
 
 Every model runs on the one inference thread (see app.services.threads); each collection using
-it has its own EncodingService and batchers on it. Loading (hashing weights, exporting and
-checking a runtime) happens on the load thread, beside the model that serves: a search never
-waits for a load. A load that fails for any reason is a ModelLoadError (422), never a 500.
+it has a lane of its own on the model's batchers. Once the service serves, loading (hashing
+weights, exporting and checking a runtime) happens on the load thread, beside the models that
+serve: a search of a loaded model never waits for a load. A load that fails for any reason is
+a ModelLoadError (422), never a 500.
 """
 
 from __future__ import annotations
