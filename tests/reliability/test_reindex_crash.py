@@ -39,54 +39,65 @@ def test_kill_during_a_reindex_resumes_where_it_stopped(tmp_path: Path) -> None:
     )
     folder = data_dir / "collections" / "docs"
     process = start_server(env)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
-        wait_ready(http)
-        # the default collection's model: the other slot of XMR_MAX_MODELS stays free for the
-        # re-embedding (a model that serves a collection is never unloaded for one)
-        docs = {"name": "docs", "model": "xmr-test-tiny", "pretrained": "", "precision": "fp32"}
-        created = http.post("/v1/collections", json=docs)
-        assert created.status_code == 201, created.text
-        for start in range(0, ITEMS, 200):
-            items = [{"id": f"t{i}", "text": f"note {i}"} for i in range(start, start + 200)]
-            assert http.post("/v1/collections/docs/texts", json={"items": items}).status_code == 201
-        job_id = http.post(
-            "/v1/collections/docs/reindex", json={"model": SHAPES, "precision": "fp32"}
-        ).json()["job_id"]
-
-        progress: list[int] = []
-        for kill in range(KILLS):
-            target = (kill + 1) * ITEMS // (KILLS + 2)
-            done = wait_for_progress(http, job_id, target, not_below=max(progress, default=0))
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            progress.append(done)
-            state = json.loads((folder / "collection.json").read_text())
-            assert state["current"]["spec"]["model"] == "xmr-test-tiny"  # not switched yet
-            assert state["next"]["spec"]["model"] == SHAPES and state["reindex_job"] == job_id
-            process = start_server(env)
+    try:  # a failing assertion must not leave the server running
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             wait_ready(http)
-            described = http.get("/v1/collections/docs").json()
-            assert (described["model"], described["status"]) == ("xmr-test-tiny", "reindexing")
-            assert (
-                http.get(
-                    "/v1/collections/docs/search/text", params={"q": "note 7", "target": "texts"}
-                ).status_code
-                == 200
-            )
-        try:
-            final = wait_for_progress(http, job_id, ITEMS, not_below=progress[-1], until_done=True)
-            assert final == ITEMS
-            described = http.get("/v1/collections/docs").json()
-            assert (described["model"], described["texts"], described["status"]) == (
-                SHAPES,
-                ITEMS,
-                "ready",
-            )
-            query = {"q": "note 7", "target": "texts", "k": 3}
-            hits = http.get("/v1/collections/docs/search/text", params=query).json()["results"]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+            # the default collection's model: the other slot of XMR_MAX_MODELS stays free for the
+            # re-embedding (a model that serves a collection is never unloaded for one)
+            docs = {"name": "docs", "model": "xmr-test-tiny", "pretrained": "", "precision": "fp32"}
+            created = http.post("/v1/collections", json=docs)
+            assert created.status_code == 201, created.text
+            for start in range(0, ITEMS, 200):
+                items = [{"id": f"t{i}", "text": f"note {i}"} for i in range(start, start + 200)]
+                assert (
+                    http.post("/v1/collections/docs/texts", json={"items": items}).status_code
+                    == 201
+                )
+            job_id = http.post(
+                "/v1/collections/docs/reindex", json={"model": SHAPES, "precision": "fp32"}
+            ).json()["job_id"]
+
+            progress: list[int] = []
+            for kill in range(KILLS):
+                target = (kill + 1) * ITEMS // (KILLS + 2)
+                done = wait_for_progress(http, job_id, target, not_below=max(progress, default=0))
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                progress.append(done)
+                state = json.loads((folder / "collection.json").read_text())
+                assert state["current"]["spec"]["model"] == "xmr-test-tiny"  # not switched yet
+                assert state["next"]["spec"]["model"] == SHAPES and state["reindex_job"] == job_id
+                process = start_server(env)
+                wait_ready(http)
+                described = http.get("/v1/collections/docs").json()
+                assert (described["model"], described["status"]) == ("xmr-test-tiny", "reindexing")
+                assert (
+                    http.get(
+                        "/v1/collections/docs/search/text",
+                        params={"q": "note 7", "target": "texts"},
+                    ).status_code
+                    == 200
+                )
+            try:
+                final = wait_for_progress(
+                    http, job_id, ITEMS, not_below=progress[-1], until_done=True
+                )
+                assert final == ITEMS
+                described = http.get("/v1/collections/docs").json()
+                assert (described["model"], described["texts"], described["status"]) == (
+                    SHAPES,
+                    ITEMS,
+                    "ready",
+                )
+                query = {"q": "note 7", "target": "texts", "k": 3}
+                hits = http.get("/v1/collections/docs/search/text", params=query).json()["results"]
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
     assert progress == sorted(progress) and progress[0] > 0
     shapes = OpenClipEncoder.load(SHAPES, None, device="cpu", precision="fp32", runtime="torch")
     query_vector = shapes.encode_texts(["note 7"])[0]
