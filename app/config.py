@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index import DEFAULT_MAX_METADATA_BYTES, IndexOptions
+from models.options import LoadOptions
 
 
 class Settings(BaseSettings):
@@ -162,6 +163,17 @@ class Settings(BaseSettings):
 
     def allowed_origins(self) -> list[str]:
         return [origin.rstrip("/") for origin in _split(self.cors_origins)]
+
+    def load_options(self, precision: str, device: str | None = None) -> LoadOptions:
+        """How a model is loaded here: its spec's precision, the settings' device (or
+        `device`), runtime and caches."""
+        return LoadOptions(
+            device=device or self.device,
+            precision=precision,
+            runtime=self.runtime,
+            model_cache_dir=self.model_cache_dir,
+            runtime_cache_dir=self.runtime_cache_dir,
+        )
 
     def index_options(self) -> IndexOptions:
         return IndexOptions(

@@ -14,13 +14,13 @@ from urllib.parse import quote
 from fastapi import Depends, Path, Request
 
 from app.config import Settings
+from app.jobs.runner import JobRunner
 from app.middleware import key_matches, supplied_key
 from app.services.classify import ClassifyService
 from app.services.collections import Collection
 from app.services.encoding import EncodingService
 from app.services.errors import AdminKeyRequiredError, NotReadyError
 from app.services.items import ItemService
-from app.services.jobs import JobRunner
 from app.services.registry import CollectionRegistry
 from app.services.search import SearchService
 from app.state import Services

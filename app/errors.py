@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +22,7 @@ from app.services.errors import (
     NotReadyError,
     OverloadedError,
     ResourcesExhaustedError,
+    public_message,
 )
 from index import (
     DuplicateIdError,
@@ -79,19 +79,6 @@ def status_for(error: Exception) -> int | None:
         if isinstance(error, error_type):
             return status
     return None
-
-
-# an absolute path in a message (not `XMR_MODEL/XMR_PRETRAINED` nor `ViT-B-32/laion...`)
-_SERVER_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"(),;]+")
-
-
-def public_message(error: Exception) -> str:
-    """What a client is told: the domain error's own text, with any server path taken out
-    (storage and model-loading messages may carry them; the log keeps the whole text)."""
-    text = str(error)
-    if isinstance(error, StorageError | ModelLoadError):
-        text = _SERVER_PATH.sub("<path>", text)
-    return text
 
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:

@@ -8,15 +8,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.jobs.batch import BatchJob, Sources
+from app.jobs.context import JobHandler
+from app.jobs.duplicates import DuplicatesJob
+from app.jobs.ledger import JobKind, JobLedger, open_ledger
+from app.jobs.reindex import Reindexer
+from app.jobs.runner import JobRunner
+from app.jobs.tagging import TaggingJob
 from app.observability.metrics import CollectionState, ServiceState
 from app.services.collections import Limits
 from app.services.encoding import EncodingService
-from app.services.job_store import JobStore
-from app.services.jobs import JobRunner
 from app.services.model_policy import AllowedModels, allowed_models
 from app.services.models import ModelLoader, ModelPool
 from app.services.registry import CollectionRegistry
-from app.services.reindex import Reindexer
 from app.services.threads import Pools, run_in
 from index import StorageError
 from index.layout import ModelSpec
@@ -33,7 +37,7 @@ class Services:
     collections: CollectionRegistry
     reindexer: Reindexer
     jobs: JobRunner
-    job_store: JobStore
+    job_store: JobLedger
 
     @classmethod
     async def start(
@@ -48,7 +52,7 @@ class Services:
         """
         raise_descriptor_limit()
         pools = Pools.create(settings.decode_workers)
-        job_store: JobStore | None = None
+        job_store: JobLedger | None = None
         try:
             models = ModelPool(
                 model_loader(settings, encoder),
@@ -56,7 +60,7 @@ class Services:
                 pools,
                 settings.max_models,
             )
-            job_store = await run_in(pools.store, JobStore, settings.data_dir / "jobs.sqlite3")
+            job_store = await run_in(pools.store, open_ledger, settings.data_dir)
             reindexer = Reindexer(job_store, settings.encode_batch_size)
             limits = Limits(
                 max_k=settings.max_k,
@@ -77,14 +81,7 @@ class Services:
             )
             await collections.open_all(default_spec(settings))
             models.started = True  # from now on, loads run beside the models that serve
-            jobs = JobRunner(
-                job_store,
-                collections,
-                staging_dir=settings.data_dir / "staging",
-                import_root=settings.import_root,
-                batch_size=settings.encode_batch_size,
-                max_file_bytes=int(settings.max_upload_mb * 2**20),  # one file, not a request
-            )
+            jobs = job_runner(settings, job_store, collections)
         except BaseException:
             if job_store is not None:
                 job_store.close()
@@ -132,6 +129,26 @@ class Services:
             self.pools.shutdown()
 
 
+def job_runner(settings: Settings, ledger: JobLedger, collections: CollectionRegistry) -> JobRunner:
+    """The job queue, with a handler for each kind of job it runs."""
+    sources = Sources(
+        settings.import_root,
+        max_file_bytes=int(settings.max_upload_mb * 2**20),  # one file, not a request
+    )
+    handlers: dict[JobKind, JobHandler] = {
+        "batch": BatchJob(collections, sources, settings.encode_batch_size),
+        "duplicates": DuplicatesJob(collections),
+        "classify": TaggingJob(collections),
+    }
+    return JobRunner(
+        ledger,
+        collections,
+        handlers,
+        staging_dir=settings.data_dir / "staging",
+        import_root=settings.import_root,
+    )
+
+
 def raise_descriptor_limit() -> None:
     """Let the process open as many files as the system allows it (the hard limit): each
     collection holds a few descriptors, and the usual soft limit is 1,024 or less."""
@@ -176,13 +193,7 @@ def model_loader(settings: Settings, preloaded: Encoder | None) -> ModelLoader:
         from models import OpenClipEncoder  # torch and open_clip: only to load a model
 
         return OpenClipEncoder.load(
-            spec.model,
-            spec.pretrained,
-            settings.device,
-            settings.model_cache_dir,
-            spec.precision,
-            settings.runtime,
-            settings.runtime_cache_dir,
+            spec.model, spec.pretrained, settings.load_options(spec.precision)
         )
 
     return load

@@ -25,6 +25,7 @@ from app.config import Settings
 from app.main import create_app
 from bench.report import benchmark_parser, emit
 from models import OpenClipEncoder
+from models.options import LoadOptions
 
 
 def main() -> int:
@@ -32,7 +33,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.set_defaults(model="xmr-test-tiny")  # intake does not touch the model
     options = parser.parse_args()
-    encoder = OpenClipEncoder.load(options.model, options.pretrained, device="cpu")
+    encoder = OpenClipEncoder.load(options.model, options.pretrained, LoadOptions(device="cpu"))
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(buffer, "PNG")
     picture = base64.b64encode(buffer.getvalue()).decode()

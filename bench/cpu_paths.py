@@ -34,6 +34,7 @@ from PIL import Image
 
 from bench.report import benchmark_parser, emit
 from models import OpenClipEncoder, decode_image
+from models.options import LoadOptions
 from xmr.shapes import random_scene, render
 
 TEXTS = ["a red circle", "a photo of a dog on the beach", "two people walking at sunset", "cat"]
@@ -54,8 +55,12 @@ def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def precision_report(args: argparse.Namespace) -> dict[str, Any]:
-    fp32 = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="fp32")
-    bf16 = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="bf16")
+    fp32 = OpenClipEncoder.load(
+        args.model, args.pretrained, LoadOptions(device="cpu", precision="fp32")
+    )
+    bf16 = OpenClipEncoder.load(
+        args.model, args.pretrained, LoadOptions(device="cpu", precision="bf16")
+    )
     pixels = torch.randn(args.batch, 3, fp32.image_size, fp32.image_size)
     texts = [TEXTS[i % len(TEXTS)] for i in range(args.batch)]
     reference = (fp32.encode_pixels(pixels), fp32.encode_texts(texts))
@@ -102,7 +107,7 @@ def draft_report(args: argparse.Namespace) -> dict[str, Any]:
     photos = [photo_jpeg(rng, args.photo_side) for _ in range(args.photos)]
     report: dict[str, Any] = {"photo_side_px": args.photo_side}
     for model, pretrained in ((args.model, args.pretrained), ("shapes-tiny", None)):
-        encoder = OpenClipEncoder.load(model, pretrained, device="cpu")
+        encoder = OpenClipEncoder.load(model, pretrained, LoadOptions(device="cpu"))
         draft = encoder.image_size * 2
         full_ms = timed(lambda e=encoder: [e.prepare_image(decode_image(p)) for p in photos], 2)
         draft_ms = timed(
@@ -127,7 +132,9 @@ def resize_report(args: argparse.Namespace) -> dict[str, Any]:
 
     from models.transforms import pil_to_uint8
 
-    encoder = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="fp32")
+    encoder = OpenClipEncoder.load(
+        args.model, args.pretrained, LoadOptions(device="cpu", precision="fp32")
+    )
     rng = np.random.default_rng(1)
     images = [
         decode_image(photo_jpeg(rng, int(side))) for side in rng.integers(200, 640, args.photos)
@@ -149,7 +156,9 @@ def resize_report(args: argparse.Namespace) -> dict[str, Any]:
 def contention_report(args: argparse.Namespace) -> dict[str, Any]:
     import threading
 
-    encoder = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="auto")
+    encoder = OpenClipEncoder.load(
+        args.model, args.pretrained, LoadOptions(device="cpu", precision="auto")
+    )
     rng = np.random.default_rng(2)
     photos = [photo_jpeg(rng, 480) for _ in range(16)]
     batch = [encoder.prepare_image(decode_image(p)) for p in photos] * (args.batch // 16)
@@ -182,7 +191,9 @@ def contention_report(args: argparse.Namespace) -> dict[str, Any]:
 def shapes_report(args: argparse.Namespace) -> dict[str, Any]:
     import random
 
-    encoder = OpenClipEncoder.load(args.model, args.pretrained, device="cpu", precision="bf16")
+    encoder = OpenClipEncoder.load(
+        args.model, args.pretrained, LoadOptions(device="cpu", precision="bf16")
+    )
     words = [word for text in TEXTS for word in text.split(" ")]
     report: dict[str, Any] = {}
     for fixed in (True, False):  # fixed first: its few shapes are a subset of the second run's

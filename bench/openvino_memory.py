@@ -49,9 +49,10 @@ def resident_mb() -> dict[str, int]:
 
 def child(args: Any) -> dict[str, Any]:
     """One variant, in this process: memory after every shape once, then timings."""
-    import models.runtimes as runtimes
+    import models.runtimes.selection as runtimes
     from app.services.threads import inference_pool
     from models import OpenClipEncoder
+    from models.options import LoadOptions
 
     runtimes.weight_formats = lambda *_: (args.weights,)  # type: ignore[assignment]
     if not args.page_out:
@@ -59,7 +60,15 @@ def child(args: Any) -> dict[str, Any]:
 
     def run() -> dict[str, Any]:
         encoder = OpenClipEncoder.load(
-            args.model, args.pretrained, "cpu", None, args.precision, args.runtime, args.cache
+            args.model,
+            args.pretrained,
+            LoadOptions(
+                device="cpu",
+                model_cache_dir=None,
+                precision=args.precision,
+                runtime=args.runtime,
+                runtime_cache_dir=args.cache,
+            ),
         )
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))

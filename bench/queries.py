@@ -32,9 +32,12 @@ import numpy as np
 
 from bench.report import benchmark_parser, emit
 from bench.run import REPO, free_port, stop, wait_http
-from index import IndexOptions, ItemStore, NewItem
+from index import IndexOptions, NewItem
 from index.duplicates import Pair, group_pairs
+from index.store import ItemStore
 from models import OpenClipEncoder
+from models.options import LoadOptions
+from xmr.client import XmrClient
 
 VOCABULARY = 20_000
 WRITE_BATCH = 2_000
@@ -107,14 +110,11 @@ def latencies(base: str, params: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def duplicates_job(base: str, threshold: float, expected: set[frozenset[str]]) -> dict[str, Any]:
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with XmrClient(base, timeout=60) as client:
         started = time.time()
-        params = {"target": "texts", "threshold": threshold, "limit": 10_000}
-        answer = client.get("/v1/duplicates", params=params)
-        assert answer.status_code == 202, answer.text
-        job_id = answer.json()["job_id"]
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(1)
+        answer = client.duplicates(threshold, "texts", None, 10_000, 0)
+        assert "job_id" in answer, answer
+        job = client.wait_for_job(answer["job_id"], poll_s=1)
         assert job["status"] == "done", job
         seconds = float(job["updated_at"]) - started
         found = {frozenset(g["ids"]) for g in job["result"]["groups"]}
@@ -134,7 +134,9 @@ def main() -> int:
     parser.add_argument("--duplicates", type=int, default=1_000)
     parser.add_argument("--threshold", type=float, default=0.95)
     args = parser.parse_args()
-    encoder = OpenClipEncoder.load(args.model, args.pretrained, "cpu", runtime="torch")
+    encoder = OpenClipEncoder.load(
+        args.model, args.pretrained, LoadOptions(device="cpu", runtime="torch")
+    )
     model_id, dim = encoder.model_id, encoder.dim
     del encoder
     rng = np.random.default_rng(7)

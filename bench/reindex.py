@@ -102,8 +102,7 @@ def reindex_rates(args: Any, paths: list[Path], texts: list[str], root: Path) ->
 def reindex_seconds(client: XmrClient, name: str, args: Any) -> float:
     started = time.time()
     job_id = client.reindex_collection(name, args.model, args.pretrained, args.precision)
-    while (job := client.job(job_id))["status"] in ("queued", "running"):
-        time.sleep(0.5)
+    job = client.wait_for_job(job_id, poll_s=0.5)
     assert job["status"] == "done", job
     return float(job["updated_at"]) - started
 

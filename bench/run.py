@@ -225,8 +225,7 @@ def bench_xmr(args: argparse.Namespace, paths: list[Path], root: Path) -> dict:
             # one batch first, as the raw baseline warms up: the first call of a shape pays
             # one-time costs (oneDNN's kernels in bf16)
             warm_up = client.submit_batch([{"image_path": p.name} for p in paths[: args.batch]])
-            while client.job(warm_up)["status"] in ("queued", "running"):
-                time.sleep(0.1)
+            client.wait_for_job(warm_up, poll_s=0.1)
             # the better of two jobs, as the raw baseline is the better of two passes
             index_rate = max(index_images_per_s(client, paths) for _ in range(2))
         search = {
@@ -250,8 +249,7 @@ def index_images_per_s(client: XmrClient, paths: list[Path]) -> float:
     """
     started = time.time()
     job_id = client.submit_batch([{"image_path": p.name} for p in paths])
-    while (job := client.job(job_id))["status"] in ("queued", "running"):
-        time.sleep(0.5)
+    job = client.wait_for_job(job_id, poll_s=0.5)
     assert job["done"] == len(paths), job
     return len(paths) / (job["updated_at"] - started)
 

@@ -46,6 +46,7 @@ from bench.run import (
 )
 from models import OpenClipEncoder
 from models.open_clip_encoder import cpu_has_native_bf16
+from models.options import LoadOptions
 from xmr.client import XmrClient
 
 LOAD_CLIENTS = 32
@@ -118,10 +119,9 @@ def raw_all(args: Any, paths: list[Path], cache: Path) -> tuple[dict[str, Any], 
             return OpenClipEncoder.load(
                 args.model,
                 args.pretrained,
-                "cpu",
-                precision=precision,
-                runtime=runtime,
-                runtime_cache_dir=cache,
+                LoadOptions(
+                    device="cpu", precision=precision, runtime=runtime, runtime_cache_dir=cache
+                ),
             )
 
         reference_encoder = pool.submit(load, "torch", "fp32").result()
@@ -241,8 +241,7 @@ def through_http(
         assert (info["runtime"], info["precision"]) == (runtime, precision), info
         with XmrClient(base) as client:
             warm_up = client.submit_batch([{"image_path": p.name} for p in paths[:32]])
-            while client.job(warm_up)["status"] in ("queued", "running"):
-                time.sleep(0.1)
+            client.wait_for_job(warm_up, poll_s=0.1)
             index_rate = max(index_images_per_s(client, paths) for _ in range(2))
         text_1 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 1))
         text_32 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 32))

@@ -1,4 +1,10 @@
-"""Store and search vectors and their records."""
+"""index/ stores and searches vectors and their records.
+
+This top level holds only the values and errors every layer may use (items, records, hits,
+filters, options). The stores and backends are imported from their modules (`index.store`,
+`index.backends`) where one is opened, so importing `index` loads neither FAISS nor pymilvus;
+nothing in index/ imports from app/ or models/.
+"""
 
 from index.errors import (
     DuplicateIdError,
@@ -19,34 +25,30 @@ from index.metadata import (
     serialized_metadata,
 )
 from index.planner import IndexOptions
-from index.records import KINDS, Kind, Record
-from index.store import Hit, IndexInfo, ItemStore, NewItem
-from index.vectors import FaissVectorIndex, use_search_threads
+from index.types import KINDS, Hit, HybridScope, IndexInfo, Kind, NewItem, Record
 
 __all__ = [
     "DEFAULT_MAX_METADATA_BYTES",
     "KINDS",
     "MAX_METADATA_DEPTH",
-    "InvalidMetadataError",
-    "check_metadata_shape",
-    "excerpt",
-    "serialized_metadata",
     "DuplicateIdError",
-    "FaissVectorIndex",
     "Hit",
+    "HybridScope",
     "IndexInfo",
-    "InvalidFilterError",
-    "TooManyDuplicatesError",
-    "MetadataFilter",
     "IndexOptions",
+    "InvalidFilterError",
+    "InvalidMetadataError",
     "ItemNotFoundError",
-    "ItemStore",
     "Kind",
+    "MetadataFilter",
     "ModelMismatchError",
     "NewItem",
     "Record",
     "SnapshotError",
     "StorageError",
+    "TooManyDuplicatesError",
+    "check_metadata_shape",
+    "excerpt",
     "parse_filter",
-    "use_search_threads",
+    "serialized_metadata",
 ]

@@ -2,26 +2,23 @@
 
 `ItemStore` talks to a `VectorBackend` (how an index of one kind is opened, restructured and
 saved) and the `VectorIndex`es it opens (add, remove, search); it never asks which backend it
-has. FAISS keeps its indexes in memory and snapshots them beside the records; Milvus keeps its
-own data and is reconciled with the records when it opens.
+has. FAISS (`index/faiss_backend.py`) keeps its indexes in memory and snapshots them beside the
+records; Milvus (`index/milvus_backend.py`) keeps its own data and is reconciled with the
+records when it opens. Each is imported when a store opens it, so importing the index package
+loads neither.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from index.errors import ModelMismatchError, SnapshotError
-from index.planner import IndexOptions, planned_spec
-from index.records import Kind, RecordStore
-from index.snapshots import load_snapshot
-from index.vectors import EXACT_SPEC, FaissVectorIndex
-
-logger = logging.getLogger(__name__)
+from index.planner import IndexOptions
+from index.records import VectorLog
+from index.types import Kind
 
 BACKEND_NAMES = ("faiss", "milvus")
 UNSAVED = -1  # the sequence an index "was saved at" when nothing on disk reflects it yet
@@ -74,7 +71,7 @@ class VectorBackend(Protocol):
     keeps_snapshots: bool  # the store saves this backend's indexes beside the records
     options: IndexOptions
 
-    def open(self, kind: Kind, records: RecordStore) -> tuple[VectorIndex, int]:
+    def open(self, kind: Kind, log: VectorLog) -> tuple[VectorIndex, int]:
         """The kind's index in line with the records, and the sequence its saved copy is at."""
         ...
 
@@ -87,126 +84,17 @@ class VectorBackend(Protocol):
     def serialize(self, index: VectorIndex) -> bytes: ...
 
 
-class FaissBackend:
-    """In-memory FAISS indexes, snapshotted under `<data dir>/index` and replayed forward."""
-
-    name = "faiss"
-    keeps_snapshots = True
-
-    def __init__(self, snapshot_dir: Path, model_id: str, dim: int, options: IndexOptions):
-        self.snapshot_dir = snapshot_dir
-        self.model_id = model_id
-        self.dim = dim
-        self.options = options
-        if options.spec != "auto":
-            planned_spec(options, 0, dim)  # a bad XMR_INDEX fails here, at start-up
-
-    def open(self, kind: Kind, records: RecordStore) -> tuple[VectorIndex, int]:
-        try:
-            loaded = load_snapshot(
-                self.snapshot_dir,
-                kind,
-                self.model_id,
-                self.dim,
-                ef_search=self.options.ef_search,
-                nprobe=self.options.nprobe,
-            )
-        except (SnapshotError, ModelMismatchError) as e:
-            logger.warning("rebuilding the %s index from the records: %s", kind, e)
-            loaded = None
-        if loaded is None:
-            return self._from_records(kind, records), UNSAVED
-        index, info = loaded
-        # lazily deleted vectors are in the file but not in the records: drop them again
-        index.reconcile(records.all_labels(kind))
-        for labels, vectors in records.vectors_after(kind, info.seq, self.dim):
-            index.add(labels, vectors)
-        if len(index) != records.count(kind):
-            logger.warning("the %s snapshot disagrees with the records; rebuilding", kind)
-            return self._from_records(kind, records), UNSAVED
-        return index, info.seq
-
-    def _from_records(self, kind: Kind, records: RecordStore) -> FaissVectorIndex:
-        """An exact index from the records; a better structure follows in the background."""
-        index = self._new(EXACT_SPEC)
-        for labels, vectors in records.vectors_after(kind, 0, self.dim):
-            index.add(labels, vectors)
-        logger.info("built the %s index from %d records", kind, len(index))
-        return index
-
-    def _new(self, spec: str) -> FaissVectorIndex:
-        return FaissVectorIndex(
-            self.dim, spec=spec, ef_search=self.options.ef_search, nprobe=self.options.nprobe
-        )
-
-    def planned_spec(self, index: VectorIndex) -> str | None:
-        spec = planned_spec(self.options, len(index), self.dim, index.spec)
-        too_deleted = index.deleted_fraction > self.options.rebuild_deleted_fraction
-        return spec if spec != index.spec or too_deleted else None
-
-    def build(self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorIndex:
-        return FaissVectorIndex.build(
-            self.dim, spec, chunks, ef_search=self.options.ef_search, nprobe=self.options.nprobe
-        )
-
-    def serialize(self, index: VectorIndex) -> bytes:
-        if not isinstance(index, FaissVectorIndex):
-            raise TypeError(f"a FAISS snapshot of a {type(index).__name__}")
-        return index.serialize()
-
-
-class MilvusBackend:
-    """Milvus Lite (a local file) or a Milvus server; it keeps its own data, no snapshots."""
-
-    name = "milvus"
-    keeps_snapshots = False
-
-    def __init__(
-        self, data_dir: Path, model_id: str, dim: int, options: IndexOptions, namespace: str
-    ) -> None:
-        self.uri = options.milvus_uri or str(data_dir / "milvus.db")
-        self.model_id = model_id
-        self.dim = dim
-        self.options = options
-        self.namespace = namespace
-
-    def open(self, kind: Kind, records: RecordStore) -> tuple[VectorIndex, int]:
-        from index.milvus import MilvusVectorIndex  # pymilvus: only where Milvus is used
-
-        index = MilvusVectorIndex.open(
-            self.uri,
-            kind,
-            self.model_id,
-            self.dim,
-            self.options.milvus_token,
-            namespace=self.namespace,
-        )
-        changed = index.reconcile_with(
-            records.all_labels(kind), records.vectors_after(kind, 0, self.dim)
-        )
-        if changed:
-            logger.warning(
-                "brought %d %s vectors in Milvus in line with the records", changed, kind
-            )
-        return index, records.current_seq()
-
-    def planned_spec(self, index: VectorIndex) -> str | None:
-        return None  # Milvus structures its own indexes
-
-    def build(self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorIndex:
-        raise NotImplementedError("Milvus indexes are not rebuilt by xmr")
-
-    def serialize(self, index: VectorIndex) -> bytes:
-        raise NotImplementedError("Milvus keeps its own data")
-
-
 def open_backend(
     data_dir: Path, model_id: str, dim: int, options: IndexOptions, namespace: str = ""
 ) -> VectorBackend:
     """The backend `options.backend` names; `namespace` keeps collections apart in Milvus."""
     if options.backend == "faiss":
+        from index.faiss_backend import FaissBackend
+
         return FaissBackend(data_dir / "index", model_id, dim, options)
     if options.backend == "milvus":
+        from index.milvus_backend import MilvusBackend
+
         return MilvusBackend(data_dir, model_id, dim, options, namespace)
     raise ValueError(
         f"unknown index backend {options.backend!r}; expected one of {', '.join(BACKEND_NAMES)}"

@@ -1,14 +1,18 @@
-"""Content-addressed storage of the original image bytes, so they can be served back."""
+"""The blob contract (an item's original bytes, kept so they can be served back) and the one
+factory that opens a blob store; `LocalBlobStore` keeps them in a folder, content-addressed."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 from pathlib import Path
+from typing import Protocol
 
 from index.errors import StorageError
 from index.files import write_atomic
+from index.types import StoredBlob
 
+BLOB_STORES = ("local",)
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -19,38 +23,59 @@ _EXTENSIONS = {
 }
 
 
+class BlobStore(Protocol):
+    """Bytes named by their SHA-256; identical bytes are kept once."""
+
+    def put(self, data: bytes, content_type: str) -> StoredBlob:
+        """Store `data` durably (StorageError if it cannot be) and say where it went."""
+        ...
+
+    def read(self, path: str) -> bytes: ...
+
+    def remove(self, path: str) -> None:
+        """Delete a blob no record uses; one already gone is no error."""
+        ...
+
+    def remove_unreferenced(self, referenced: set[str]) -> int:
+        """Delete blobs no record points to (left by a crash between write and commit)."""
+        ...
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class BlobStore:
+def blob_name(data: bytes, content_type: str) -> StoredBlob:
+    """The content address of `data`: its SHA-256 and a path with the type's extension."""
+    sha = sha256_hex(data)
+    return StoredBlob(sha, f"{sha[:2]}/{sha}{_EXTENSIONS.get(content_type, '.bin')}")
+
+
+class LocalBlobStore:
     """Files under `root`, named by the SHA-256 of their bytes; paths returned are relative."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def put(self, data: bytes, content_type: str) -> tuple[str, str]:
-        """Store `data` durably; return (sha256, relative path). Identical bytes share a file."""
-        sha = sha256_hex(data)
-        relative = f"{sha[:2]}/{sha}{_EXTENSIONS.get(content_type, '.bin')}"
-        path = self.root / relative
+    def put(self, data: bytes, content_type: str) -> StoredBlob:
+        blob = blob_name(data, content_type)
+        path = self.root / blob.path
         if not path.is_file():
             try:
                 write_atomic(path, data)
             except OSError as e:
                 raise StorageError(f"could not store the image bytes: {e.strerror or e}") from e
-        return sha, relative
+        return blob
 
-    def read(self, relative: str) -> bytes:
-        return self._resolve(relative).read_bytes()
+    def read(self, path: str) -> bytes:
+        return self._resolve(path).read_bytes()
 
-    def remove(self, relative: str) -> None:
+    def remove(self, path: str) -> None:
         with contextlib.suppress(OSError):
-            self._resolve(relative).unlink()
+            self._resolve(path).unlink()
 
     def remove_unreferenced(self, referenced: set[str]) -> int:
-        """Delete files no record points to (left by a crash between write and commit)."""
         removed = 0
         for path in self.root.glob("*/*"):
             relative = path.relative_to(self.root).as_posix()
@@ -65,3 +90,10 @@ class BlobStore:
         if self.root.resolve() not in path.parents:
             raise ValueError(f"blob path {relative!r} escapes the blob store")
         return path
+
+
+def open_blobs(data_dir: Path, name: str = "local") -> BlobStore:
+    """The blob store `name` (one of BLOB_STORES) of a data directory."""
+    if name == "local":
+        return LocalBlobStore(data_dir / "blobs")
+    raise ValueError(f"unknown blob store {name!r}; expected one of {', '.join(BLOB_STORES)}")

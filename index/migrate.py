@@ -13,8 +13,9 @@ import numpy as np
 
 from index.errors import ModelMismatchError
 from index.planner import IndexOptions
-from index.records import KINDS, Kind, RecordStore
+from index.records import stored_model
 from index.store import ItemStore
+from index.types import KINDS, Kind
 
 TOP = 10
 SCORE_TOLERANCE = 1e-4  # equal scores may come back in either order
@@ -75,18 +76,14 @@ def opposite(options: IndexOptions, milvus_uri: str | None) -> IndexOptions:
 
 
 def _bound_model(data_dir: Path) -> tuple[str, int]:
-    records = RecordStore(data_dir / "records.sqlite3")
-    try:
-        stored = records.stored_model()
-    finally:
-        records.close()
+    stored = stored_model(data_dir)
     if stored is None:
         raise ModelMismatchError(f"{data_dir} holds no indexed data")
     return stored
 
 
 def _sample_vectors(store: ItemStore, kind: Kind, dim: int, samples: int) -> np.ndarray:
-    chunk = next(iter(store._records.vectors_after(kind, 0, dim, chunk=max(samples * 10, 1))), None)
+    chunk = next(iter(store.log.vectors_after(kind, 0, dim, chunk=max(samples * 10, 1))), None)
     if chunk is None:
         return np.zeros((0, dim), dtype=np.float32)
     vectors = chunk[1]
@@ -97,7 +94,7 @@ def _sample_vectors(store: ItemStore, kind: Kind, dim: int, samples: int) -> np.
 def _top(store: ItemStore, kind: Kind, queries: np.ndarray) -> list[list[tuple[str, float]]]:
     if len(queries) == 0:
         return []
-    hits = store.search(kind, queries, TOP)
+    hits = store.searches.vector(kind, queries, TOP)
     return [[(h.record.id, h.score) for h in row] for row in hits]
 
 

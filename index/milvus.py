@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import ModelMismatchError, StorageError
-from index.vectors import check_labels, check_vectors
+from index.types import check_labels, check_vectors
 
 MILVUS_SPEC = "milvus"
 _IN_CHUNK = 1000  # labels per `label in [...]` expression when deleting or listing

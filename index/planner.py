@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from index.vectors import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, EXACT_SPEC, min_training_vectors
-
 AUTO = "auto"
+EXACT_SPEC = "Flat"
+DEFAULT_EF_SEARCH = 128
+DEFAULT_NPROBE = 32
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def planned_spec(options: IndexOptions, n: int, d: int, current: str = EXACT_SPE
     threshold, so an index near the threshold is not rebuilt back and forth.
     """
     if options.spec != AUTO:
+        from index.vectors import min_training_vectors  # FAISS: only where an index is built
+
         enough = n >= min_training_vectors(options.spec, d)
         return options.spec if enough or current == options.spec else EXACT_SPEC
     threshold = options.approx_threshold

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from index.errors import ModelMismatchError, SnapshotError
 from index.files import write_atomic
-from index.vectors import EXACT_SPEC, FaissVectorIndex
+from index.planner import EXACT_SPEC
+from index.vectors import FaissVectorIndex
 
 FORMAT_VERSION = 1
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from index.errors import StorageError
+
+IN_CHUNK = 5000  # values bound in one `IN (...)`: SQLite caps the number of parameters
 
 
 def open_database(path: Path, schema: str) -> sqlite3.Connection:
@@ -43,3 +46,31 @@ def transaction(conn: sqlite3.Connection, lock: threading.RLock) -> Iterator[Non
 def _name(conn: sqlite3.Connection) -> str:
     row = conn.execute("PRAGMA database_list").fetchone()
     return Path(row[2]).name if row and row[2] else "the database"
+
+
+class SqliteDatabase:
+    """One connection and the lock every statement on it takes."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        self.path = path
+        self.conn = open_database(path, schema)
+        self.lock = threading.RLock()
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self.conn, self.lock)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def rows_in(self, sql: str, values: Sequence[Any], before: Sequence[Any] = ()) -> list[Any]:
+        """`sql` with `{marks}` for an IN list, run over `values` in chunks."""
+        found: list[Any] = []
+        for start in range(0, len(values), IN_CHUNK):
+            chunk = list(values[start : start + IN_CHUNK])
+            found += self.rows(sql.format(marks=",".join("?" * len(chunk))), [*before, *chunk])
+        return found
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()

@@ -13,42 +13,21 @@ import functools
 import math
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from index.planner import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, EXACT_SPEC
+from index.types import check_labels, check_vectors
+
 # faiss's SWIG wrappers take keyword arguments its type stubs do not know
 _faiss: Any = faiss
-EXACT_SPEC = "Flat"
-DEFAULT_EF_SEARCH = 128
-DEFAULT_NPROBE = 32
 
 
 def use_search_threads(count: int) -> None:
     """How many cores FAISS's OpenMP pool uses for calls from the current thread."""
     faiss.omp_set_num_threads(count)
-
-
-def check_vectors(xb: np.ndarray, d: int) -> np.ndarray:
-    """Return `xb` as a C-contiguous float32 (n, d) array, or raise TypeError/ValueError."""
-    if not isinstance(xb, np.ndarray):
-        raise TypeError(f"vectors must be a numpy array, not {type(xb).__name__}")
-    if xb.ndim != 2:
-        raise ValueError(f"vectors must be 2-d, got shape {xb.shape}")
-    if xb.shape[1] != d:
-        raise ValueError(f"vectors have dimension {xb.shape[1]}, the index has {d}")
-    if not np.isfinite(xb).all():
-        raise ValueError("vectors contain NaN or infinity")
-    return np.ascontiguousarray(xb, dtype=np.float32)
-
-
-def check_labels(labels: np.ndarray | list[int], n: int | None = None) -> np.ndarray:
-    ids = np.ascontiguousarray(np.asarray(labels, dtype=np.int64).reshape(-1))
-    if n is not None and ids.shape[0] != n:
-        raise ValueError(f"got {ids.shape[0]} labels for {n} vectors")
-    return ids
 
 
 def _factory(spec: str, d: int) -> Any:
@@ -273,10 +252,6 @@ class FaissVectorIndex:
     ) -> FaissVectorIndex:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         return cls(d, index, spec=spec, **options)
-
-    @classmethod
-    def read(cls, path: Path, d: int, spec: str = EXACT_SPEC) -> FaissVectorIndex:
-        return cls.deserialize(path.read_bytes(), d, spec)
 
 
 def _widened(breadth: int, factor: float, most: int) -> int:

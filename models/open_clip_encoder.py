@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +14,9 @@ from PIL import Image
 
 from models.errors import EmptyTextError, ModelLoadError
 from models.memory import release_free_memory
+from models.options import LoadOptions
 from models.registry import WeightsSource, model_id_for, resolve_weights
-from models.runtimes import build_towers, runtime_candidates
+from models.runtimes.selection import TowerInputs, build_towers, runtime_candidates
 from models.shapes import batch_bucket, batch_chunks, text_length_bucket
 from models.text import bound_word_cache, fit_to_context, longest_token
 from models.towers import DTYPES, SHORT_TEXT_PROBES, TorchTowers, Towers, image_side, text_length
@@ -79,11 +79,9 @@ class OpenClipEncoder:
         tokenizer: Callable[..., torch.Tensor],
         model_id: str,
         device: torch.device,
-        precision: str = "fp32",
-        runtime: str = "torch",
-        runtime_cache_dir: Path | None = None,
-        threads: int | None = None,
+        options: LoadOptions,
     ) -> None:
+        """`device` is `options.device` resolved; the towers run as `options` asks."""
         self._device = device
         self._preprocess = preprocess
         self._split = split_transform(preprocess)
@@ -94,18 +92,9 @@ class OpenClipEncoder:
         self._dim = _embedding_dim(model)
         self._image_size = image_side(model)
         self._logit_scale = _logit_scale(model)
-        self._towers: Towers = build_towers(
-            model,
-            device,
-            resolve_precision(precision, device),
-            runtime,
-            precision,
-            self._split,
-            tokenizer(list(SHORT_TEXT_PROBES)),
-            model_id,
-            runtime_cache_dir,
-            threads,
-        )
+        inputs = TowerInputs(model, self._split, tokenizer(list(SHORT_TEXT_PROBES)), model_id)
+        precision = resolve_precision(options.precision, device)
+        self._towers: Towers = build_towers(inputs, device, precision, options)
         self.fixed_shapes = self._towers.fixed_shapes
         self.short_text = self._towers.short_text
 
@@ -114,20 +103,14 @@ class OpenClipEncoder:
         cls,
         model_name: str,
         pretrained: str | None,
-        device: str = "auto",
-        cache_dir: str | None = None,
-        precision: str = "auto",
-        runtime: str = "auto",
-        runtime_cache_dir: Path | None = None,
-        *,
-        threads: int | None = None,
+        options: LoadOptions | None = None,
     ) -> OpenClipEncoder:
-        """Build the model through open_clip's normal loading path, then pick its runtime.
-
-        `threads`: the cores the model will run on (the inference thread's; default all)."""
+        """Build the model through open_clip's normal loading path, then pick its runtime."""
+        options = options or LoadOptions()
+        cache_dir = options.model_cache_dir
         source = resolve_weights(model_name, pretrained, cache_dir)
-        torch_device = resolve_device(device)
-        runtime_candidates(runtime, torch_device)  # a bad setting fails before the weights load
+        torch_device = resolve_device(options.device)
+        runtime_candidates(options.runtime, torch_device)  # a bad setting fails before loading
         try:
             # in fp32: on the CPU another runtime is exported from, and checked against, them
             model, preprocess = _create(model_name, source, torch_device, cache_dir)
@@ -140,17 +123,7 @@ class OpenClipEncoder:
             ) from e
         tokenizer = open_clip.get_tokenizer(source.open_clip_name or model_name)
         model_id = model_id_for(model_name, source)
-        encoder = cls(
-            model,
-            preprocess,
-            tokenizer,
-            model_id,
-            torch_device,
-            precision,
-            runtime,
-            runtime_cache_dir,
-            threads,
-        )
+        encoder = cls(model, preprocess, tokenizer, model_id, torch_device, options)
         del model  # another runtime holds its own copy; PyTorch's fp32 one is then garbage
         release_free_memory()
         logger.info(

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +79,7 @@ def main() -> int:
                     for name, caption in gallery
                 ]
             )
-            while (job := client.job(job_id))["status"] in ("queued", "running"):
-                time.sleep(0.2)
+            job = client.wait_for_job(job_id)
             print(f"\nindexed {job['done']} images ({job['failed']} failed) from {gallery_dir}\n")
             for query in QUERIES:
                 top = client.search_text(query, k=3)["results"]

@@ -17,6 +17,7 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
+from models.options import LoadOptions
 
 TINY_MODEL = "xmr-test-tiny"  # models/configs/xmr-test-tiny.json, seeded random weights
 
@@ -27,13 +28,15 @@ def tiny_encoder() -> OpenClipEncoder:
 
     The runtime is the default one (OpenVINO on a CPU where it reproduces PyTorch's vectors).
     """
-    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32")
+    return OpenClipEncoder.load(TINY_MODEL, "", LoadOptions(device="cpu", precision="fp32"))
 
 
 @pytest.fixture(scope="session")
 def torch_encoder() -> OpenClipEncoder:
     """The same weights run by PyTorch itself: its module is the reference."""
-    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32", runtime="torch")
+    return OpenClipEncoder.load(
+        TINY_MODEL, "", LoadOptions(device="cpu", precision="fp32", runtime="torch")
+    )
 
 
 def torch_state(encoder: OpenClipEncoder) -> dict[str, Any]:
@@ -75,15 +78,12 @@ class DefaultCollectionClient(TestClient):
 
 def wait_for_job(client: Any, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
     """Poll a job through `client` (a TestClient or an httpx.Client) until it has ended."""
-    import time
+    from xmr.client import wait_for_job as poll
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+    try:
+        return poll(lambda: client.get(f"/v1/jobs/{job_id}").json(), 0.05, timeout_s=timeout_s)
+    except TimeoutError as e:
+        raise AssertionError(f"job {job_id} did not finish: {e}") from e
 
 
 def reference_open_clip(encoder: OpenClipEncoder) -> tuple[Any, Any, Any]:

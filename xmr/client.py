@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -131,11 +131,15 @@ class XmrClient:
         files, data = _multipart(images, ids, metadata)
         return self._json(self._http.post(f"{self._data}/batch", files=files, data=data))["job_id"]
 
-    def wait_for_job(self, job_id: str, poll_s: float = 0.2) -> dict[str, Any]:
-        """Poll a job until it is no longer queued or running; returns its final state."""
-        while (job := self.job(job_id))["status"] in ("queued", "running"):
-            time.sleep(poll_s)
-        return job
+    def wait_for_job(
+        self,
+        job_id: str,
+        poll_s: float = 0.2,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll a job until it ends (see `wait_for_job`); its final state."""
+        return wait_for_job(lambda: self.job(job_id), poll_s, on_update, timeout_s)
 
     def lookup_hashes(self, digests: Sequence[str]) -> dict[str, str]:
         """Which SHA-256 digests of image bytes are indexed already: digest -> id."""
@@ -162,20 +166,12 @@ class XmrClient:
         """`where`: metadata conditions (see the README's filters); `offset` pages; only hits
         scoring at least `min_score` come back; `mode` vector, keyword or hybrid (`alpha`: the
         vector side's weight, `fusion`: relative or rrf)."""
-        params: dict[str, str | int | float] = {
-            "q": query,
-            "k": k,
-            "target": target,
-            "offset": offset,
-            "mode": mode,
-        }
+        params = {"q": query, "k": k, "target": target, "offset": offset, "mode": mode}
         if mode == "hybrid":
             params.update(alpha=alpha, fusion=fusion)
-        if where is not None:
-            params["filter"] = json.dumps(where)
-        if min_score is not None:
-            params["min_score"] = min_score
-        return self._json(self._http.get(f"{self._data}/search/text", params=params))
+        return self._json(
+            self._http.get(f"{self._data}/search/text", params=_with(params, where, min_score))
+        )
 
     def search_image(
         self,
@@ -186,13 +182,11 @@ class XmrClient:
         offset: int = 0,
         min_score: float | None = None,
     ) -> dict[str, Any]:
-        data = {"k": str(k), "target": target, "offset": str(offset)}
-        if where is not None:
-            data["filter"] = json.dumps(where)
-        if min_score is not None:
-            data["min_score"] = str(min_score)
+        data = _with({"k": k, "target": target, "offset": offset}, where, min_score)
         response = self._http.post(
-            f"{self._data}/search/image", files={"file": _file_part(image, 0)}, data=data
+            f"{self._data}/search/image",
+            files={"file": _file_part(image, 0)},
+            data={name: str(value) for name, value in data.items()},
         )
         return self._json(response)
 
@@ -222,15 +216,8 @@ class XmrClient:
     ) -> dict[str, Any]:
         """Near-duplicate groups: the answer, or (over the server's sync limit) a `job_id`
         whose finished job's `result` holds the same."""
-        params: dict[str, str | int | float] = {
-            "threshold": threshold,
-            "target": target,
-            "limit": limit,
-            "offset": offset,
-        }
-        if where is not None:
-            params["filter"] = json.dumps(where)
-        return self._json(self._http.get(f"{self._data}/duplicates", params=params))
+        params = {"threshold": threshold, "target": target, "limit": limit, "offset": offset}
+        return self._json(self._http.get(f"{self._data}/duplicates", params=_with(params, where)))
 
     def tag_items(
         self,
@@ -281,6 +268,37 @@ class XmrClient:
                 response.status_code, detail if isinstance(detail, str) else json.dumps(detail)
             )
         return response.json()
+
+
+def wait_for_job(
+    read_job: Callable[[], dict[str, Any]],
+    poll_s: float = 0.2,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Read a job every `poll_s` until it is no longer queued or running; its final state.
+    `on_update` sees every state read; past `timeout_s` a TimeoutError says how it stands."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        job = read_job()
+        if on_update is not None:
+            on_update(job)
+        if job["status"] not in ("queued", "running"):
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job.get('job_id')} still {job['status']} after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def _with(
+    params: dict[str, Any], where: dict[str, Any] | None, min_score: float | None = None
+) -> dict[str, Any]:
+    """`params` and the optional filter (as JSON) and score cutoff, where given."""
+    if where is not None:
+        params = {**params, "filter": json.dumps(where)}
+    if min_score is not None:
+        params = {**params, "min_score": min_score}
+    return params
 
 
 def _multipart(

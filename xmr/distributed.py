@@ -52,10 +52,11 @@ class _Prepare:
 
     def __init__(self, model: str, pretrained: str | None, max_pixels: int) -> None:
         from models.open_clip_encoder import OpenClipEncoder
+        from models.options import LoadOptions
 
         # only the transform is used here; the model itself stays in the encoder actors
         self._encoder = OpenClipEncoder.load(
-            model, pretrained, device="cpu", precision="fp32", runtime="torch"
+            model, pretrained, LoadOptions(device="cpu", precision="fp32", runtime="torch")
         )
         self._max_pixels = max_pixels
 
@@ -82,9 +83,10 @@ class _Encode:
         self, model: str, pretrained: str | None, device: str, precision: str, runtime: str
     ) -> None:
         from models.open_clip_encoder import OpenClipEncoder
+        from models.options import LoadOptions
 
         self._encoder = OpenClipEncoder.load(
-            model, pretrained, device=device, precision=precision, runtime=runtime
+            model, pretrained, LoadOptions(device=device, precision=precision, runtime=runtime)
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -179,5 +181,5 @@ def _not_indexed_yet(files: Sequence[ImageFile], store: Any, batch_size: int) ->
     known: set[str] = set()
     values = list(digests.values())
     for start in range(0, len(values), 1000):
-        known |= set(store.ids_by_content_hash(values[start : start + 1000]))
+        known |= set(store.records.ids_by_sha256(values[start : start + 1000]))
     return [f for f in files if digests[f.item_id] not in known]

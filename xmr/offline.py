@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from index import IndexOptions, ItemStore, NewItem
+from index import IndexOptions, NewItem
 from index.layout import (
     DEFAULT_COLLECTION,
     ModelSpec,
@@ -21,6 +21,7 @@ from index.layout import (
     serving_generation,
 )
 from index.migrate import MigrationReport, migrate, opposite
+from index.store import ItemStore
 from xmr.distributed import RayIndexReport, index_with_ray
 from xmr.files import ImageFile
 
@@ -48,13 +49,7 @@ def index_on_ray(
     if not spec.model:  # a data directory the server has not described yet: the settings' model
         spec = ModelSpec(settings.model, settings.pretrained, settings.precision)
     encoder = OpenClipEncoder.load(
-        spec.model,
-        spec.pretrained,
-        "cpu",
-        settings.model_cache_dir,
-        spec.precision,
-        settings.runtime,
-        settings.runtime_cache_dir,
+        spec.model, spec.pretrained, settings.load_options(spec.precision, device="cpu")
     )
     store = ItemStore(
         folder.path(generation),

@@ -7,11 +7,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.deps import JobsDep, collection_name
-from app.routers.common import parse_ids, parse_metadata
+from app.jobs.intake import BatchEntry
+from app.jobs.ledger import JobView
+from app.parsing import parse_ids, parse_metadata
 from app.schemas import BatchRequest, JobAccepted, JobDuplicate, JobItemError, JobResponse
 from app.services.errors import InvalidInputError
-from app.services.intake import BatchEntry
-from app.services.job_store import JobView
 
 router = APIRouter(tags=["batch"])  # /batch under /v1 and each collection
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])  # job ids are global

@@ -7,7 +7,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.deps import AdminOnly, ClassifyDep, ItemsDep, JobsDep, collection_name
-from app.routers.common import read_upload, strict_json
+from app.parsing import strict_json
+from app.routers.common import read_upload
 from app.schemas import (
     TARGET_KIND,
     ClassifyItemsRequest,
@@ -18,7 +19,7 @@ from app.schemas import (
 )
 from app.services.classify import MAX_IMAGES, LabelScore
 from app.services.errors import InvalidInputError
-from app.services.item_jobs import TagRequest, check_tag_field
+from app.services.tagging import TagRequest, check_tag_field
 
 router = APIRouter(tags=["classify"])  # under /v1 and each collection
 

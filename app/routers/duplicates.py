@@ -8,9 +8,11 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from app.deps import JobsDep, StoredSearchDep, collection_name
-from app.routers.common import FILTER_HELP, filter_object
+from app.jobs.duplicates import duplicates_now_or_queued
+from app.parsing import filter_object
+from app.routers.common import FILTER_HELP
 from app.schemas import TARGET_KIND, DuplicatesResponse, JobAccepted, Target
-from app.services.item_jobs import (
+from app.services.duplicates import (
     MAX_DUPLICATE_GROUPS_PAGE,
     MIN_DUPLICATE_THRESHOLD,
     DuplicatesQuery,
@@ -38,10 +40,9 @@ async def duplicates(
     filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
 ) -> Any:
     query = DuplicatesQuery(TARGET_KIND[target], threshold, filter_object(filter), limit, offset)
-    page = await search.duplicates(query)
-    if page is not None:
-        return page.as_json()
-    job_id = await jobs.submit_over_items(collection_name(request), "duplicates", query.params())
+    found = await duplicates_now_or_queued(search, jobs, collection_name(request), query)
+    if not isinstance(found, str):
+        return found.as_json()
     return JSONResponse(
-        JobAccepted(job_id=job_id).model_dump(), status_code=status.HTTP_202_ACCEPTED
+        JobAccepted(job_id=found).model_dump(), status_code=status.HTTP_202_ACCEPTED
     )

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.deps import ServicesDep
-from app.schemas import IndexDescription, InfoResponse
-from index.layout import DEFAULT_COLLECTION
+from app.responses import index_descriptions
+from app.schemas import InfoResponse
 
 router = APIRouter(tags=["health"])
 
@@ -27,25 +27,20 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/v1/info", response_model=InfoResponse, summary="Model, device and index sizes")
 async def info(services: ServicesDep) -> InfoResponse:
     """The default collection: its model as it runs, its sizes; and the names of all."""
-    default = services.collections.get(DEFAULT_COLLECTION)
-    generation = default.state.current
-    loaded = services.models.peek(generation.spec)
-    counts = default.store.counts()
-    indexes = {
-        kind: IndexDescription(structure=i.spec, size=i.size, building=i.building)
-        for kind, i in default.store.index_info().items()
-    }
+    view = services.collections.default().view()
+    generation = view.state.current
+    running = services.models.running(generation.spec)
     return InfoResponse(
         model=generation.spec.model,
         pretrained=generation.model_id.split("/", 1)[-1],
         model_id=generation.model_id,
         dim=generation.dim,
-        device=loaded.encoder.device if loaded else services.settings.device,
-        precision=loaded.encoder.precision if loaded else generation.spec.precision,
-        runtime=loaded.encoder.runtime if loaded else "not loaded",
-        images=counts["image"],
-        texts=counts["text"],
-        indexes=indexes,
-        reindex_job=default.state.reindex_job,
+        device=running.device if running else services.settings.device,
+        precision=running.precision if running else generation.spec.precision,
+        runtime=running.runtime if running else "not loaded",
+        images=view.counts["image"],
+        texts=view.counts["text"],
+        indexes=index_descriptions(view.indexes),
+        reindex_job=view.state.reindex_job,
         collections=[c.name for c in services.collections.all()],
     )

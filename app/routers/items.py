@@ -9,15 +9,9 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from app.deps import ChangingDep, IndexingDep, ItemsDep, StoredSearchDep, UrlBaseDep
-from app.routers.common import (
-    QueryScopeDep,
-    duplicate_responses,
-    item_response,
-    parse_ids,
-    parse_metadata,
-    read_upload,
-    search_response,
-)
+from app.parsing import parse_ids, parse_metadata
+from app.responses import duplicate_responses, item_response, search_response
+from app.routers.common import QueryScopeDep, read_upload
 from app.schemas import (
     DEDUP_HELP,
     HashLookupRequest,

@@ -10,15 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.deps import SearchDep, UrlBaseDep
-from app.routers.common import (
-    FILTER_HELP,
-    OFFSET_HELP,
-    TextQueryScopeDep,
-    parse_filter_param,
-    read_upload,
-    search_hit,
-    search_response,
-)
+from app.parsing import parse_filter_param, where_of
+from app.responses import search_hit, search_response
+from app.routers.common import FILTER_HELP, OFFSET_HELP, TextQueryScopeDep, read_upload
 from app.schemas import (
     MAX_QUERIES,
     MAX_QUERY_PARTS,
@@ -39,7 +33,6 @@ from app.services.search import (
     SearchScope,
     WeightedPart,
 )
-from index import parse_filter
 
 router = APIRouter(prefix="/search", tags=["search"])  # under /v1 and each collection
 
@@ -90,7 +83,7 @@ async def search_by_image(
 async def search_by_texts(
     search: SearchDep, base: UrlBaseDep, body: TextQueriesRequest
 ) -> MultiSearchResponse:
-    where = None if body.filter is None else parse_filter(body.filter)
+    where = where_of(body.filter)
     scope = SearchScope(body.k, TARGET_KIND[body.target], where, body.offset, body.min_score)
     return _multi_response(await search.by_texts(body.queries, scope), base)
 
@@ -149,7 +142,7 @@ _COMPOSITE_BODY = {
 async def composite_search(request: Request, search: SearchDep, base: UrlBaseDep) -> SearchResponse:
     body, uploads = await _composite_request(request)
     parts = [_weighted_part(part, position, uploads) for position, part in enumerate(body.query)]
-    where = None if body.filter is None else parse_filter(body.filter)
+    where = where_of(body.filter)
     scope = SearchScope(
         body.k,
         TARGET_KIND[body.target],

@@ -11,13 +11,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
-from index import ItemStore
+
+if TYPE_CHECKING:
+    from index.store import ItemStore
 
 MIN_LABELS, MAX_LABELS = 2, 1000
 MAX_LABEL_CHARS = 1000

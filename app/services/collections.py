@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from app.services.classify import ClassifyService
 from app.services.encoding import EncodingService
@@ -23,7 +24,7 @@ from app.services.items import ItemService
 from app.services.models import LoadedModel, ModelPool
 from app.services.search import SearchService
 from app.services.threads import Pools, run_in
-from index import IndexOptions, ItemStore
+from index import IndexInfo, IndexOptions, Kind
 from index.layout import (
     DEFAULT_COLLECTION,
     CollectionFolder,
@@ -31,6 +32,9 @@ from index.layout import (
     Generation,
     namespace_of,
 )
+
+if TYPE_CHECKING:
+    from index.store import ItemStore
 
 logger = logging.getLogger(__name__)
 OLD_READERS_GRACE_S = 60.0  # a search still reading the old generation after this is cut off
@@ -44,6 +48,15 @@ class Limits:
     max_metadata_bytes: int
     max_response_bytes: int
     duplicates_sync_limit: int = 20_000
+
+
+@dataclass(frozen=True)
+class CollectionView:
+    """What a collection is now: its description, sizes and index structures."""
+
+    state: CollectionState
+    counts: dict[Kind, int]
+    indexes: dict[Kind, IndexInfo]
 
 
 @dataclass
@@ -126,6 +139,11 @@ class Collection:
         self._readers: dict[int, int] = {}  # id(store) -> requests using it
         self._switching = False
         self.closed = False
+
+    def view(self) -> CollectionView:
+        """The collection now; the store's counts and structures are read lock-free, so this
+        is safe on the event loop."""
+        return CollectionView(self.state, self.store.counts(), self.store.index_info())
 
     @property
     def name(self) -> str:
@@ -270,6 +288,8 @@ def open_store(
     folder: CollectionFolder, generation: Generation, options: IndexOptions
 ) -> ItemStore:
     """The ItemStore of one generation (Milvus names it by collection and generation)."""
+    from index.store import ItemStore  # FAISS or pymilvus load here, when a store opens
+
     namespace = namespace_of(folder.name, generation)
     return ItemStore(
         folder.path(generation), generation.model_id, generation.dim, options, namespace

@@ -1,6 +1,12 @@
 """Errors raised by the services for requests they cannot carry out. No HTTP here."""
 
-from index.errors import excerpt
+import re
+
+from index.errors import StorageError, excerpt
+from models.errors import ModelLoadError
+
+# an absolute path in a message (not `XMR_MODEL/XMR_PRETRAINED` nor `ViT-B-32/laion...`)
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"(),;]+")
 
 
 class ServiceError(Exception):
@@ -68,3 +74,12 @@ class CollectionLimitError(ServiceError):
 
 class ResourcesExhaustedError(ServiceError):
     """The process ran out of file descriptors or a like resource: retry later (503)."""
+
+
+def public_message(error: Exception) -> str:
+    """What a client is told: the domain error's own text, with any server path taken out
+    (storage and model-loading messages may carry them; the log keeps the whole text)."""
+    text = str(error)
+    if isinstance(error, StorageError | ModelLoadError):
+        text = _SERVER_PATH.sub("<path>", text)
+    return text

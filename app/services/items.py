@@ -7,15 +7,18 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
-from index import ItemStore, Kind, MetadataFilter, NewItem, Record, serialized_metadata
+from index import Kind, MetadataFilter, NewItem, Record, serialized_metadata
 from index.duplicates import Duplicate
 from models import ImageDecodeError
 from models.images import CONTENT_TYPES, sniff_image_format
+
+if TYPE_CHECKING:
+    from index.store import ItemStore
 
 MAX_ID_LENGTH = 256
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -171,11 +174,13 @@ class ItemService:
 
     async def last_label(self) -> int:
         """The label of the newest write: jobs over stored items stop there."""
-        return await run_in(self._store_pool, self.store.last_label)
+        return await run_in(self._store_pool, self.store.records.max_label)
 
     async def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
         """How many items of `kind` (matching `where`) hold the metadata key `field`."""
-        return await run_in(self._store_pool, self.store.count_with_field, kind, field, where)
+        return await run_in(
+            self._store_pool, self.store.records.count_with_field, kind, field, where
+        )
 
     async def get(self, item_id: str) -> Record:
         return await run_in(self._store_pool, self.store.get, item_id)
@@ -194,7 +199,7 @@ class ItemService:
         for position, digest in enumerate(wanted):
             if not _SHA256.fullmatch(digest):
                 raise InvalidInputError(f"sha256[{position}] is not a hex SHA-256 digest")
-        return await run_in(self._store_pool, self.store.ids_by_content_hash, wanted)
+        return await run_in(self._store_pool, self.store.records.ids_by_sha256, wanted)
 
     async def delete(self, item_id: str) -> None:
         await run_in(self._store_pool, self.store.delete, item_id)

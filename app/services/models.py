@@ -41,6 +41,15 @@ Purpose = Literal["serve", "background"]
 EncodingFactory = Callable[[Encoder], EncodingService]
 
 
+@dataclass(frozen=True)
+class RunningModel:
+    """How a loaded model runs: its device, precision and runtime."""
+
+    device: str
+    precision: str
+    runtime: str
+
+
 @dataclass
 class LoadedModel:
     """A model in memory, with one batcher pair that every collection using it shares, each
@@ -99,6 +108,14 @@ class ModelPool:
     def peek(self, spec: ModelSpec) -> LoadedModel | None:
         """The model if it is loaded now, without taking it."""
         return self._loaded.get(spec)
+
+    def running(self, spec: ModelSpec) -> RunningModel | None:
+        """How the model runs, if it is loaded now."""
+        loaded = self._loaded.get(spec)
+        if loaded is None:
+            return None
+        encoder = loaded.encoder
+        return RunningModel(encoder.device, encoder.precision, encoder.runtime)
 
     @asynccontextmanager
     async def use(self, spec: ModelSpec, purpose: Purpose = "serve") -> AsyncIterator[LoadedModel]:

@@ -2,7 +2,7 @@
 
 `default` is the data directory's own collection and follows the settings' model: started with
 another model than the one its vectors were made with, it keeps serving them with that model and
-re-embeds to the configured one in the background (app.services.reindex).
+re-embeds to the configured one in the background (app.jobs.reindex).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import os
 import resource
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from app.jobs.reindex import Reindexer, check_reindexable
 from app.services.collections import Collection, Limits, default_first, open_store
 from app.services.errors import (
     CollectionExistsError,
@@ -26,9 +28,8 @@ from app.services.errors import (
 )
 from app.services.model_policy import AllowedModels
 from app.services.models import ModelPool
-from app.services.reindex import Reindexer, check_reindexable
 from app.services.threads import Pools, run_in
-from index import IndexOptions, ItemStore, ModelMismatchError
+from index import IndexOptions, ModelMismatchError
 from index.layout import (
     COLLECTION_NAME,
     DEFAULT_COLLECTION,
@@ -40,8 +41,11 @@ from index.layout import (
     is_collection_name,
     new_state,
 )
-from index.records import RecordStore
+from index.records import stored_model
 from models.export_cache import remove_exports
+
+if TYPE_CHECKING:
+    from index.store import ItemStore
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +185,10 @@ class CollectionRegistry:
             raise CollectionNotFoundError(name)
         return collection
 
+    def default(self) -> Collection:
+        """The collection the /v1 routes use: it follows XMR_MODEL."""
+        return self.get(DEFAULT_COLLECTION)
+
     def all(self) -> list[Collection]:
         return [self._collections[n] for n in default_first(list(self._collections))]
 
@@ -286,11 +294,4 @@ def _model_ids(state: CollectionState) -> set[str]:
 
 
 def _stored_model(folder: Path) -> tuple[str, int] | None:
-    path = folder / "records.sqlite3"
-    if not path.exists():
-        return None
-    records = RecordStore(path)
-    try:
-        return records.stored_model()
-    finally:
-        records.close()
+    return stored_model(folder)

@@ -6,18 +6,20 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from app.services.duplicates import DuplicatesPage, DuplicatesQuery, find_duplicates
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
-from app.services.item_jobs import DuplicatesPage, DuplicatesQuery, find_duplicates
 from app.services.threads import run_in
-from index import Hit, ItemStore, Kind, MetadataFilter
+from index import Hit, HybridScope, Kind, MetadataFilter
 from index.fusion import Fusion
 from index.keywords import KeywordQuery
-from index.store import HybridScope
+
+if TYPE_CHECKING:
+    from index.store import ItemStore
 
 Mode = Literal["vector", "keyword", "hybrid"]
 
@@ -206,7 +208,7 @@ class SearchService:
     async def _search(self, vectors: np.ndarray, scope: SearchScope) -> list[list[Hit]]:
         hits = await run_in(
             self._store_pool,
-            self.store.search,
+            self.store.searches.vector,
             scope.target,
             vectors,
             scope.k,
@@ -220,7 +222,7 @@ class SearchService:
     async def _keyword(self, words: KeywordQuery, scope: SearchScope) -> list[Hit]:
         hits = await run_in(
             self._store_pool,
-            self.store.keyword_search,
+            self.store.searches.keyword,
             scope.target,
             words,
             scope.k,
@@ -234,7 +236,12 @@ class SearchService:
         self, vector: np.ndarray, words: KeywordQuery, scope: SearchScope
     ) -> list[Hit]:
         hits = await run_in(
-            self._store_pool, self.store.hybrid_search, scope.target, vector, words, scope.hybrid()
+            self._store_pool,
+            self.store.searches.hybrid,
+            scope.target,
+            vector,
+            words,
+            scope.hybrid(),
         )
         self._check_response_size([hits])
         return _above_cutoff(hits, scope)

@@ -19,7 +19,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from index import use_search_threads
 from models import use_threads
 
 T = TypeVar("T")
@@ -31,6 +30,8 @@ def _inference_thread_setup(threads: int) -> None:
 
 
 def _single_core_thread_setup(niceness: int = 0) -> None:
+    from index.vectors import use_search_threads  # FAISS loads with the pools, not on import
+
     use_threads(1)
     use_search_threads(1)
     if niceness:

@@ -18,6 +18,7 @@ from app.config import Settings
 from app.main import create_app
 from index import ModelMismatchError
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from tests.conftest import (
     BACKENDS,
     TINY_MODEL,
@@ -221,7 +222,7 @@ def test_restart_with_another_model_is_refused(
         },
         checkpoint,
     )
-    other = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), device="cpu")
+    other = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), LoadOptions(device="cpu"))
     with (
         pytest.raises(ModelMismatchError, match="random-init"),
         TestClient(create_app(settings, encoder=other)),
@@ -454,7 +455,7 @@ def test_sqlite_itself_out_of_space_is_a_507_and_changes_nothing(client: TestCli
     store = client.app.state.services.collections.get("default").store  # type: ignore[attr-defined]
     if store.options.backend != "faiss":
         pytest.skip("the same records; the vector backend does not matter here")
-    conn = store._records._conn
+    conn = store.records._conn
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + 2}")
     items = [{"text": f"bulky {i}", "metadata": {"pad": "x" * 3000}} for i in range(30)]

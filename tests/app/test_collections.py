@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from tests.conftest import (
     BACKENDS,
     TINY_MODEL,
@@ -41,7 +42,9 @@ def client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestCl
 
 @pytest.fixture(scope="module")
 def shapes_encoder() -> OpenClipEncoder:
-    return OpenClipEncoder.load(SHAPES, None, device="cpu", precision="fp32", runtime="torch")
+    return OpenClipEncoder.load(
+        SHAPES, None, LoadOptions(device="cpu", precision="fp32", runtime="torch")
+    )
 
 
 def create_shapes(client: TestClient, name: str = "shapes") -> dict:

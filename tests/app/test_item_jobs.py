@@ -18,7 +18,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
-from app.services import item_jobs
+from app.services import tagging
 from models import OpenClipEncoder
 from tests.app.test_collections import create_shapes
 from tests.conftest import BACKENDS, wait_for_job, with_backend
@@ -227,14 +227,14 @@ def test_tagging_writes_the_best_label_into_metadata_and_resumes(
     settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     drawings = held_out_drawings(12, seed=4242)
-    monkeypatch.setattr(item_jobs, "TAG_BATCH", 3)
-    slow_step = item_jobs.tag_next
+    monkeypatch.setattr(tagging, "TAG_BATCH", 3)
+    slow_step = tagging.tag_next
 
     async def one_step_at_a_time(*args: Any) -> Any:
         await asyncio.sleep(0.3)  # room to stop the service between steps
         return await slow_step(*args)
 
-    monkeypatch.setattr("app.services.jobs.tag_next", one_step_at_a_time)
+    monkeypatch.setattr("app.jobs.tagging.tag_next", one_step_at_a_time)
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         create_shapes(client)
         files = [("files", (f"{i}.png", data, "image/png")) for i, (_, data) in enumerate(drawings)]
@@ -291,14 +291,14 @@ def test_tagging_writes_the_best_label_into_metadata_and_resumes(
 def test_a_cancelled_tagging_job_stops_between_batches(
     settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(item_jobs, "TAG_BATCH", 2)
-    step = item_jobs.tag_next
+    monkeypatch.setattr(tagging, "TAG_BATCH", 2)
+    step = tagging.tag_next
 
     async def slow(*args: Any) -> Any:
         await asyncio.sleep(0.3)
         return await step(*args)
 
-    monkeypatch.setattr("app.services.jobs.tag_next", slow)
+    monkeypatch.setattr("app.jobs.tagging.tag_next", slow)
     with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
         create_shapes(client)
         upload(client, gallery())

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import FaissVectorIndex, IndexOptions, ItemStore, NewItem
+from index import IndexOptions, NewItem
 from index.planner import planned_spec, sq8_bytes
-from index.vectors import min_training_vectors
+from index.store import ItemStore
+from index.vectors import FaissVectorIndex, min_training_vectors
 
 DIM = 32
 
@@ -117,9 +118,9 @@ def test_store_goes_approximate_in_the_background_and_keeps_every_write(tmp_path
     info = store.index_info()["text"]
     # the plan for 2,550 vectors: a build started at 2,000 (IVF32) is followed by one for IVF64
     assert (info.spec, info.size, info.building) == ("IVF64,SQ8", 2550, None)
-    hits = store.search("text", xb[2500:2510], 1)
+    hits = store.searches.vector("text", xb[2500:2510], 1)
     assert [h[0].record.id for h in hits] == [f"t{i}" for i in range(2500, 2510)]
-    assert not {h.record.id for h in store.search("text", xb[:50], 10)[0]} & {
+    assert not {h.record.id for h in store.searches.vector("text", xb[:50], 10)[0]} & {
         f"t{i}" for i in range(50)
     }
     store.close()
@@ -140,7 +141,7 @@ def test_searches_are_answered_while_a_build_runs(tmp_path: Path) -> None:
     def search_while_building() -> None:
         started.wait()
         while store.index_info()["text"].building:
-            answered.append(len(store.search("text", xb[:1], 5)[0]))
+            answered.append(len(store.searches.vector("text", xb[:1], 5)[0]))
 
     watcher = threading.Thread(target=search_while_building)
     watcher.start()
@@ -162,7 +163,7 @@ def test_too_many_lazy_deletions_trigger_a_rebuild(tmp_path: Path) -> None:
     for i in range(250):
         store.delete(f"t{i}")
     store.wait_for_builds(60)
-    assert store._indexes["text"].deleted_fraction < 0.2
+    assert store._serving["text"].deleted_fraction < 0.2
     assert store.counts()["text"] == 750
     store.close()
 
@@ -178,9 +179,9 @@ def test_filters_find_every_matching_item_on_every_structure(
     brute force over its matches.
     """
     from index import parse_filter
-    from index import store as store_module
+    from index import search as search_module
 
-    monkeypatch.setattr(store_module, "EXACT_FILTER_LIMIT", exact_limit)
+    monkeypatch.setattr(search_module, "EXACT_FILTER_LIMIT", exact_limit)
     store = ItemStore(
         tmp_path / "data", "m/1", DIM, IndexOptions(spec=spec, nprobe=4, ef_search=32)
     )
@@ -195,9 +196,9 @@ def test_filters_find_every_matching_item_on_every_structure(
     assert store.index_info()["text"].spec == spec
     xq = clustered_rows(20, seed=5)
     for target in (7, 1234, 2999):
-        one = store.search("text", xq, 10, parse_filter({"n": target}))
+        one = store.searches.vector("text", xq, 10, parse_filter({"n": target}))
         assert all([h.record.id for h in row] == [f"t{target}"] for row in one)
-    broad = store.search("text", xq, 10, parse_filter({"odd": 1}))
+    broad = store.searches.vector("text", xq, 10, parse_filter({"odd": 1}))
     odd = np.arange(1, 3000, 2)
     truth = odd[np.argsort(-(xq @ xb[odd].T), axis=1)[:, :10]]
     overlap = []
@@ -207,13 +208,13 @@ def test_filters_find_every_matching_item_on_every_structure(
     # pages follow each other on every structure, filtered or not (on HNSW while k + offset
     # stays within efSearch: a deeper page searches more broadly)
     for where in (None, parse_filter({"odd": 1})):
-        whole = store.search("text", xq, 20, where)
-        pages = [store.search("text", xq, 10, where, offset) for offset in (0, 10)]
+        whole = store.searches.vector("text", xq, 20, where)
+        pages = [store.searches.vector("text", xq, 10, where, offset) for offset in (0, 10)]
         for n, row in enumerate(whole):
             paged = [h.record.id for page in pages for h in page[n]]
             assert paged == [h.record.id for h in row] and len(paged) == 20
     # the filter costs no recall against an unfiltered search at the same settings
-    unfiltered = store.search("text", xq, 10)
+    unfiltered = store.searches.vector("text", xq, 10)
     everything = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
     baseline = [
         len({int(h.record.id[1:]) for h in row} & set(expected.tolist())) / 10
@@ -256,6 +257,6 @@ def test_snapshots_and_background_builds_can_run_at_the_same_time(tmp_path: Path
     store.close()
     reopened = ItemStore(tmp_path / "data", "m/1", DIM, options)
     assert reopened.counts()["text"] == 3000 - 120
-    hits = reopened.search("text", xb[2001:2002], 1)
+    hits = reopened.searches.vector("text", xb[2001:2002], 1)
     assert hits[0][0].record.id == "t2001"
     reopened.close()

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import IndexOptions, ItemStore, NewItem
+from index import IndexOptions, NewItem
 from index.duplicates import Pair, group_pairs
+from index.store import ItemStore
 
 DIM = 16
 
@@ -44,16 +45,16 @@ def test_a_group_larger_than_the_first_search_is_found_whole(tmp_path: Path, spe
         for b in range(a + 1, len(vectors))
         if similarity[a, b] >= 0.95
     }
-    pairs = store.near_duplicate_pairs("image", 0.95)
+    pairs = store.duplicates.pairs("image", 0.95)
     found = {(p.a - 1, p.b - 1) for p in pairs}  # labels count from 1 in write order
     if spec == "Flat":
         assert found == expected  # an exact range search
     else:
         assert len(found & expected) >= 0.95 * len(expected) and found <= expected
-    groups = store.duplicate_groups("image", 0.95)
+    groups = store.duplicates.groups("image", 0.95)
     assert [len(g.ids) for g in groups] == [41]
     assert groups[0].ids[0] == "i0"  # the oldest first
     progress: list[tuple[int, int]] = []
-    store.near_duplicate_pairs("image", 0.95, on_progress=lambda d, t: progress.append((d, t)))
+    store.duplicates.pairs("image", 0.95, on_progress=lambda d, t: progress.append((d, t)))
     assert progress[-1] == (70, 70)
     store.close()

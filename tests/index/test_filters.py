@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import InvalidFilterError, ItemStore, NewItem, parse_filter
+from index import InvalidFilterError, NewItem, parse_filter
+from index.store import ItemStore
 
 DIM = 8
 
@@ -70,5 +71,5 @@ def store(tmp_path: Path) -> ItemStore:
     ],
 )
 def test_filters_select_by_metadata(store: ItemStore, raw: dict, expected: set[str]) -> None:
-    hits = store.search("image", np.ones((1, DIM), np.float32), 10, parse_filter(raw))[0]
+    hits = store.searches.vector("image", np.ones((1, DIM), np.float32), 10, parse_filter(raw))[0]
     assert {h.record.id for h in hits} == expected

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import ItemStore, NewItem
+from index import HybridScope, NewItem
 from index.fusion import reciprocal_rank_fusion, relative_score_fusion
 from index.keywords import KeywordQuery, searchable_text
-from index.store import HybridScope
+from index.store import ItemStore
 
 DIM = 4
 
@@ -72,10 +72,10 @@ def test_keyword_index_follows_writes_and_survives_reopening(tmp_path: Path) -> 
         ]
     )
     fox = KeywordQuery("fox")
-    assert set(ids(store.keyword_search("text", fox, 10))) == {"a", "b"}
-    assert ids(store.keyword_search("image", fox, 10)) == ["c"]
+    assert set(ids(store.searches.keyword("text", fox, 10))) == {"a", "b"}
+    assert ids(store.searches.keyword("image", fox, 10)) == ["c"]
     store.upsert([NewItem.text_item("a", unit(1, 0, 0, 0), "a slow red cat")])
-    assert ids(store.keyword_search("text", fox, 10)) == ["b"]
+    assert ids(store.searches.keyword("text", fox, 10)) == ["b"]
     store.delete("b")
     store.close()
     with sqlite3.connect(tmp_path / "records.sqlite3") as conn:  # no row outlives its item
@@ -83,8 +83,8 @@ def test_keyword_index_follows_writes_and_survives_reopening(tmp_path: Path) -> 
         labels = conn.execute("SELECT label FROM items ORDER BY label").fetchall()
     assert rows == labels and len(rows) == 2
     reopened = ItemStore(tmp_path, "m/1", DIM)
-    assert ids(reopened.keyword_search("text", fox, 10)) == []
-    assert ids(reopened.keyword_search("text", KeywordQuery("cat"), 10)) == ["a"]
+    assert ids(reopened.searches.keyword("text", fox, 10)) == []
+    assert ids(reopened.searches.keyword("text", KeywordQuery("cat"), 10)) == ["a"]
     reopened.close()
 
 
@@ -98,8 +98,8 @@ def test_a_database_from_before_the_keyword_index_gets_it_built_at_open(tmp_path
         conn.execute("DROP TABLE keywords")
         conn.execute("DELETE FROM meta WHERE key = 'keywords_built'")
     reopened = ItemStore(tmp_path, "m/1", DIM)
-    assert ids(reopened.keyword_search("text", KeywordQuery("word3"), 10)) == ["t3"]
-    assert len(reopened.keyword_search("text", KeywordQuery("common"), 10)) == 5
+    assert ids(reopened.searches.keyword("text", KeywordQuery("word3"), 10)) == ["t3"]
+    assert len(reopened.searches.keyword("text", KeywordQuery("common"), 10)) == 5
     reopened.close()
 
 
@@ -113,7 +113,7 @@ def test_hybrid_scores_every_hit_on_both_sides(tmp_path: Path) -> None:
         ]
     )
     query = unit(1, 0, 0, 0)
-    hits = store.hybrid_search("text", query, KeywordQuery("zebra"), HybridScope(k=3, alpha=0.5))
+    hits = store.searches.hybrid("text", query, KeywordQuery("zebra"), HybridScope(k=3, alpha=0.5))
     by_id = {hit.record.id: hit for hit in hits}
     for item_id, hit in by_id.items():
         _, stored = store.stored_vector(item_id)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import IndexOptions, ItemStore, NewItem
+from index import IndexOptions, NewItem
 from index.migrate import MigrationReport, _same_ranking, migrate, opposite
+from index.store import ItemStore
 from tests.conftest import _milvus_available
 
 pytestmark = pytest.mark.skipif(not _milvus_available(), reason="pymilvus/milvus-lite missing")

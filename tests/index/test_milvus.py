@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import IndexOptions, ItemStore, ModelMismatchError, NewItem
+from index import IndexOptions, ModelMismatchError, NewItem
+from index.store import ItemStore
 from tests.conftest import _milvus_available
 
 pytestmark = pytest.mark.skipif(not _milvus_available(), reason="pymilvus/milvus-lite missing")
@@ -31,7 +32,9 @@ def test_exact_cosine_ranking_like_faiss(tmp_path: Path) -> None:
     for store in (milvus, faiss):
         store.upsert(texts(xb))
     xq = rows(5, seed=1)
-    for a, b in zip(milvus.search("text", xq, 10), faiss.search("text", xq, 10), strict=True):
+    for a, b in zip(
+        milvus.searches.vector("text", xq, 10), faiss.searches.vector("text", xq, 10), strict=True
+    ):
         assert len(a) == 10 and [h.record.id for h in a] == [h.record.id for h in b]
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
     assert milvus.index_info()["text"].spec == "milvus"
@@ -43,7 +46,7 @@ def test_start_up_brings_the_collection_in_line_with_the_records(tmp_path: Path)
     xb = rows(50)
     store = ItemStore(tmp_path / "d", "m/1", DIM, MILVUS)
     store.upsert(texts(xb))
-    milvus = store._indexes["text"]
+    milvus = store._serving["text"]
     # what a crash between the SQLite commit and the Milvus write leaves: a vector missing in
     # Milvus, and one whose record was deleted still there
     milvus.remove([store.get("t7").label])
@@ -51,12 +54,12 @@ def test_start_up_brings_the_collection_in_line_with_the_records(tmp_path: Path)
     store = ItemStore(tmp_path / "d", "m/1", DIM, MILVUS)
     store.delete("t9")
     stale = store.get("t8").label
-    store._records.delete("t8")  # the record goes, the vector stays (the crash)
+    store.records.delete("t8")  # the record goes, the vector stays (the crash)
     store.close()
     reopened = ItemStore(tmp_path / "d", "m/1", DIM, MILVUS)
     assert reopened.counts()["text"] == 48
-    assert reopened.search("text", xb[7:8], 1)[0][0].record.id == "t7"
-    assert stale not in reopened._indexes["text"].labels()
+    assert reopened.searches.vector("text", xb[7:8], 1)[0][0].record.id == "t7"
+    assert stale not in reopened._serving["text"].labels()
     reopened.close()
 
 

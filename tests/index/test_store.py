@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import ItemNotFoundError, ItemStore, ModelMismatchError, NewItem
+from index import ItemNotFoundError, ModelMismatchError, NewItem
 from index.errors import DuplicateIdError, StorageError
+from index.store import ItemStore
 
 DIM = 8
 
@@ -39,12 +40,12 @@ def test_upsert_replaces_without_duplicates(store: ItemStore) -> None:
     store.upsert([text("a", 0, metadata={"v": 1}), text("b", 1)])
     store.upsert([text("a", 2, metadata={"v": 2})])
     assert store.counts() == {"image": 0, "text": 2}
-    hits = store.search("text", vec(2)[None], 5)[0]
+    hits = store.searches.vector("text", vec(2)[None], 5)[0]
     assert [h.record.id for h in hits][0] == "a"
     assert hits[0].record.metadata == {"v": 2}
     assert hits[0].score == pytest.approx(1.0)
     assert "a" not in [
-        h.record.id for h in store.search("text", vec(0)[None], 5)[0] if h.score > 0.5
+        h.record.id for h in store.searches.vector("text", vec(0)[None], 5)[0] if h.score > 0.5
     ]
 
 
@@ -64,9 +65,9 @@ def test_duplicate_ids_in_one_write_are_refused(store: ItemStore) -> None:
 def test_delete_removes_from_search_at_once(store: ItemStore) -> None:
     store.upsert([image("p", 3), image("q", 4, b"other")])
     store.delete("p")
-    assert [h.record.id for h in store.search("image", vec(3)[None], 5)[0]] == ["q"]
+    assert [h.record.id for h in store.searches.vector("image", vec(3)[None], 5)[0]] == ["q"]
     # its vector is gone from the index too: it takes no slot of a k=1 search
-    assert [h.record.id for h in store.search("image", vec(3)[None], 1)[0]] == ["q"]
+    assert [h.record.id for h in store.searches.vector("image", vec(3)[None], 1)[0]] == ["q"]
     assert store.counts()["image"] == 1
     with pytest.raises(ItemNotFoundError):
         store.get("p")
@@ -93,14 +94,14 @@ def test_restart_restores_everything_from_snapshot_and_replay(
     first.snapshot()
     first.upsert([text("late", 7)])  # after the snapshot: must be replayed from the records
     first.delete("t1")
-    first._records.close()  # a crash: no final snapshot
-    with caplog.at_level(logging.INFO, logger="index.store"):
+    first.records.close()  # a crash: no final snapshot
+    with caplog.at_level(logging.INFO, logger="index"):
         second = ItemStore(data, "m/1", DIM)
     # the snapshot was loaded and brought up to date, not thrown away and rebuilt
     assert not [r.message for r in caplog.records if "rebuil" in r.message or "built" in r.message]
     assert second.counts() == {"image": 1, "text": 5}
-    assert second.search("text", vec(7)[None], 1)[0][0].record.id == "late"
-    assert "t1" not in {h.record.id for h in second.search("text", vec(1)[None], 10)[0]}
+    assert second.searches.vector("text", vec(7)[None], 1)[0][0].record.id == "late"
+    assert "t1" not in {h.record.id for h in second.searches.vector("text", vec(1)[None], 10)[0]}
     second.close()
 
 
@@ -113,7 +114,7 @@ def test_corrupt_snapshot_is_rebuilt_from_records(tmp_path: Path) -> None:
     snapshot.write_bytes(snapshot.read_bytes()[:20])  # truncated
     second = ItemStore(data, "m/1", DIM)
     assert second.counts()["text"] == 4
-    assert second.search("text", vec(3)[None], 1)[0][0].record.id == "t3"
+    assert second.searches.vector("text", vec(3)[None], 1)[0][0].record.id == "t3"
     second.close()
 
 
@@ -130,11 +131,11 @@ def test_a_snapshot_with_a_changed_byte_is_refused_by_its_checksum(
     middle = len(damaged) // 2
     damaged[middle : middle + 16] = b"\x7f" * 16
     snapshot.write_bytes(bytes(damaged))
-    with caplog.at_level(logging.WARNING, logger="index.store"):
+    with caplog.at_level(logging.WARNING, logger="index"):
         second = ItemStore(data, "m/1", DIM)
     assert any("checksum" in r.message for r in caplog.records)
     for i in range(4):
-        hit = second.search("text", vec(i)[None], 1)[0][0]
+        hit = second.searches.vector("text", vec(i)[None], 1)[0][0]
         assert hit.record.id == f"t{i}" and hit.score == pytest.approx(1.0, abs=1e-5)
     second.close()
 
@@ -179,7 +180,7 @@ def test_concurrent_writes_and_searches_stay_consistent(store: ItemStore) -> Non
     def reader() -> None:
         try:
             while not stop.is_set():
-                for hits in store.search("text", np.eye(DIM, dtype=np.float32), 10):
+                for hits in store.searches.vector("text", np.eye(DIM, dtype=np.float32), 10):
                     for hit in hits:
                         assert hit.record.metadata == {"owner": hit.record.id}
                         checked.append(1)
@@ -199,7 +200,9 @@ def test_concurrent_writes_and_searches_stay_consistent(store: ItemStore) -> Non
     assert checked  # the readers saw hits while the writers wrote, not only empty results
     assert store.counts()["text"] == store.record_counts()["text"]
     indexed = {
-        h.record.id for row in store.search("text", np.eye(DIM, dtype=np.float32), 100) for h in row
+        h.record.id
+        for row in store.searches.vector("text", np.eye(DIM, dtype=np.float32), 100)
+        for h in row
     }
     last_write = {n: max(i for i in range(150) if i % 20 == n) for n in range(20)}
     alive = {n for n, i in last_write.items() if i % 7 != 0}  # the last write was not a delete
@@ -226,7 +229,7 @@ def test_disk_full_during_snapshot_keeps_the_previous_one(
         store.snapshot()
     assert {p.name: p.read_bytes() for p in (data / "index").iterdir()} == before
     monkeypatch.undo()
-    store._records.close()
+    store.records.close()
     reopened = ItemStore(data, "m/1", DIM)  # old snapshot + replay of "b"
     assert reopened.counts()["text"] == 2
     reopened.close()
@@ -235,7 +238,7 @@ def test_disk_full_during_snapshot_keeps_the_previous_one(
 def test_sqlite_running_out_of_space_mid_write_changes_nothing(store: ItemStore) -> None:
     """SQLite's own "database or disk is full" part-way through a write: all of it rolls back."""
     store.upsert([text("before", 0)])
-    conn = store._records._conn
+    conn = store.records._conn
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # room for the first rows only
     bulky = [text(f"t{i}", i, metadata={"pad": "x" * 3000}) for i in range(20)]
@@ -255,14 +258,14 @@ def test_a_failure_after_rows_are_written_rolls_all_of_them_back(
 ) -> None:
     import sqlite3
 
-    from index.records import RecordStore
+    from index.sqlite_records import SqliteRecordStore
 
     store.upsert([text("before", 0)])
 
     def io_error(*args: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(RecordStore, "_collect_released_blobs", io_error)  # after the INSERTs
+    monkeypatch.setattr(SqliteRecordStore, "_collect_released_blobs", io_error)  # after the INSERTs
     with pytest.raises(StorageError, match="disk I/O error"):
         store.upsert([text(f"t{i}", i) for i in range(5)])
     monkeypatch.undo()

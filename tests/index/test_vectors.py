@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import FaissVectorIndex
+from index.vectors import FaissVectorIndex
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from models import EmptyTextError, ModelLoadError, OpenClipEncoder, decode_image, registry
+from models.options import LoadOptions
 from models.registry import resolve_weights
 from tests.conftest import TINY_MODEL, reference_open_clip, torch_state
 
@@ -44,7 +45,7 @@ def test_matches_open_clip_encode_calls_exactly(
 
 
 def test_random_weights_are_seeded_so_restarts_agree(tiny_encoder: OpenClipEncoder) -> None:
-    again = OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp32")
+    again = OpenClipEncoder.load(TINY_MODEL, "", LoadOptions(device="cpu", precision="fp32"))
     np.testing.assert_array_equal(again.encode_texts(["same"]), tiny_encoder.encode_texts(["same"]))
     assert again.model_id == tiny_encoder.model_id == f"{TINY_MODEL}/random-init"
 
@@ -62,7 +63,7 @@ def test_local_checkpoint_file_is_loaded(
         k: v * 0.5 if v.is_floating_point() else v for k, v in torch_state(torch_encoder).items()
     }
     torch.save(state, checkpoint)
-    loaded = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), device="cpu")
+    loaded = OpenClipEncoder.load(TINY_MODEL, str(checkpoint), LoadOptions(device="cpu"))
     assert loaded.model_id.startswith(f"{TINY_MODEL}/tiny.pt@")
     assert not np.allclose(loaded.encode_texts(["hi"]), tiny_encoder.encode_texts(["hi"]))
 
@@ -97,14 +98,16 @@ def test_uncached_weights_without_network_fail_fast(
 def test_cpu_device_and_bad_device(tiny_encoder: OpenClipEncoder) -> None:
     assert tiny_encoder.device == "cpu"
     with pytest.raises(ModelLoadError, match="XMR_DEVICE"):
-        OpenClipEncoder.load(TINY_MODEL, "", device="not-a-device")
+        OpenClipEncoder.load(TINY_MODEL, "", LoadOptions(device="not-a-device"))
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
 def test_short_query_path_equals_open_clip_encode_text(
     torch_encoder: OpenClipEncoder, runtime: str
 ) -> None:
-    encoder = OpenClipEncoder.load(TINY_MODEL, "", "cpu", precision="fp32", runtime=runtime)
+    encoder = OpenClipEncoder.load(
+        TINY_MODEL, "", LoadOptions(device="cpu", precision="fp32", runtime=runtime)
+    )
     assert (encoder.runtime, encoder.short_text) == (runtime, True)
     texts = ["a", "a red circle", "a much longer caption " * 4, "x " * 300, "日本語 🐈"]
     tokens = open_clip.get_tokenizer(TINY_MODEL)(texts)
@@ -130,8 +133,7 @@ def test_models_without_a_causal_text_tower_use_the_full_path(runtime: str, tmp_
         open_clip.get_tokenizer(TINY_MODEL),
         "custom",
         torch.device("cpu"),
-        runtime=runtime,
-        runtime_cache_dir=tmp_path,
+        LoadOptions(precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path),
     )
     assert (encoder.runtime, encoder.short_text) == (runtime, False)
     assert float(encoder.encode_texts(["two cats"])[0] @ expected[0]) >= 0.99999
@@ -168,7 +170,9 @@ def worst_cosine(reduced: OpenClipEncoder, full: OpenClipEncoder) -> float:
 
 
 def test_bf16_on_the_cpu_keeps_the_vectors(tiny_encoder: OpenClipEncoder) -> None:
-    bf16 = OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16", runtime="torch")
+    bf16 = OpenClipEncoder.load(
+        TINY_MODEL, "", LoadOptions(device="cpu", precision="bf16", runtime="torch")
+    )
     assert (bf16.precision, tiny_encoder.precision) == ("bf16", "fp32")
     # random weights are bf16's worst case (measured 0.99986); trained ones keep 0.9999 (below)
     assert worst_cosine(bf16, tiny_encoder) >= 0.9998
@@ -177,16 +181,20 @@ def test_bf16_on_the_cpu_keeps_the_vectors(tiny_encoder: OpenClipEncoder) -> Non
 
 def test_bf16_keeps_a_trained_models_vectors_within_the_documented_cosine() -> None:
     """README: bf16 vectors within cosine 0.9999 of fp32 (here the bundled, trained model)."""
-    fp32 = OpenClipEncoder.load("shapes-tiny", None, "cpu", precision="fp32", runtime="torch")
-    bf16 = OpenClipEncoder.load("shapes-tiny", None, "cpu", precision="bf16", runtime="torch")
+    fp32 = OpenClipEncoder.load(
+        "shapes-tiny", None, LoadOptions(device="cpu", precision="fp32", runtime="torch")
+    )
+    bf16 = OpenClipEncoder.load(
+        "shapes-tiny", None, LoadOptions(device="cpu", precision="bf16", runtime="torch")
+    )
     assert worst_cosine(bf16, fp32) >= 0.9999  # measured 0.99997
 
 
 def test_precision_is_checked_against_the_device() -> None:
     with pytest.raises(ModelLoadError, match="fp16 is for CUDA"):
-        OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="fp16")
+        OpenClipEncoder.load(TINY_MODEL, "", LoadOptions(device="cpu", precision="fp16"))
     with pytest.raises(ModelLoadError, match="XMR_PRECISION"):
-        OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="int3")
+        OpenClipEncoder.load(TINY_MODEL, "", LoadOptions(device="cpu", precision="int3"))
 
 
 @pytest.mark.parametrize(("fmt", "seed"), [("JPEG", 5), ("PNG", 6)])

@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from models import ModelLoadError, OpenClipEncoder, runtimes
+from models import ModelLoadError, OpenClipEncoder
 from models.open_clip_encoder import cpu_has_native_bf16
-from models.runtimes import runtime_candidates
+from models.options import LoadOptions
+from models.runtimes import export, open_vino, selection
+from models.runtimes.selection import runtime_candidates
 from tests.conftest import TINY_MODEL, torch_state
 
 TEXTS = ["a", "a red circle", "a blue square on the left of a green star", "x " * 300, "日本語"]
@@ -48,10 +50,7 @@ def openvino_tiny(pretrained: str, precision: str, cache: Path) -> OpenClipEncod
     return OpenClipEncoder.load(
         TINY_MODEL,
         pretrained,
-        "cpu",
-        precision=precision,
-        runtime="openvino",
-        runtime_cache_dir=cache,
+        LoadOptions(device="cpu", precision=precision, runtime="openvino", runtime_cache_dir=cache),
     )
 
 
@@ -60,7 +59,9 @@ def test_runtime_reproduces_pytorch_fp32_on_the_tiny_model(
     runtime: str, torch_encoder: OpenClipEncoder, tmp_path: Path
 ) -> None:
     encoder = OpenClipEncoder.load(
-        TINY_MODEL, "", "cpu", precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path
+        TINY_MODEL,
+        "",
+        LoadOptions(device="cpu", precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path),
     )
     assert (encoder.runtime, encoder.precision) == (runtime, "fp32")
     assert encoder.torch_model is None  # PyTorch's copy of the weights is not kept
@@ -69,7 +70,9 @@ def test_runtime_reproduces_pytorch_fp32_on_the_tiny_model(
 
 @pytest.fixture(scope="module")
 def shapes_fp32() -> OpenClipEncoder:
-    return OpenClipEncoder.load("shapes-tiny", None, "cpu", precision="fp32", runtime="torch")
+    return OpenClipEncoder.load(
+        "shapes-tiny", None, LoadOptions(device="cpu", precision="fp32", runtime="torch")
+    )
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -78,7 +81,9 @@ def test_runtime_reproduces_pytorch_fp32_on_shapes_tiny(
 ) -> None:
     """The bundled model's image tower is a ModifiedResNet: another graph than a ViT's."""
     encoder = OpenClipEncoder.load(
-        "shapes-tiny", None, "cpu", precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path
+        "shapes-tiny",
+        None,
+        LoadOptions(device="cpu", precision="fp32", runtime=runtime, runtime_cache_dir=tmp_path),
     )
     assert encoder.runtime == runtime
     assert worst_cosine(encoder, shapes_fp32) >= 0.99999
@@ -89,7 +94,9 @@ def test_openvino_bf16_stays_within_the_reduced_precision_cosine(
     shapes_fp32: OpenClipEncoder, tmp_path: Path
 ) -> None:
     encoder = OpenClipEncoder.load(
-        "shapes-tiny", None, "cpu", precision="auto", runtime="openvino", runtime_cache_dir=tmp_path
+        "shapes-tiny",
+        None,
+        LoadOptions(device="cpu", precision="auto", runtime="openvino", runtime_cache_dir=tmp_path),
     )
     assert (encoder.runtime, encoder.precision) == ("openvino", "bf16")
     assert worst_cosine(encoder, shapes_fp32) >= 0.9999
@@ -102,7 +109,7 @@ def test_openvino_bf16_runs_fp16_weights_where_they_pass_and_fp32_weights_where_
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtimes, "FP16_WEIGHTS_MIN_PARAMETERS", 0)  # as for a large model
+    monkeypatch.setattr(selection, "FP16_WEIGHTS_MIN_PARAMETERS", 0)  # as for a large model
     caplog.set_level(logging.INFO, logger="models.runtimes")
     cache = tmp_path / "cache"
 
@@ -119,7 +126,7 @@ def test_openvino_bf16_runs_fp16_weights_where_they_pass_and_fp32_weights_where_
     load(str(checkpoint))
     (others,) = {path.parent for path in cache.rglob("text.xml")} - {ours}
     monkeypatch.setattr(
-        runtimes,
+        open_vino,
         "openvino_fp16_graphs",
         lambda folder: {tower: others / f"{tower}.xml" for tower in ("text", "image")},
     )
@@ -134,10 +141,10 @@ def test_openvino_bf16_runs_fp16_weights_where_they_pass_and_fp32_weights_where_
 
 def test_fp16_weights_are_tried_first_only_for_large_models_in_bf16() -> None:
     large, small = 151_277_313, 4_688_729  # ViT-B-32, shapes-tiny
-    assert runtimes.weight_formats("openvino", "bf16", large) == ("fp16", "fp32")
-    assert runtimes.weight_formats("openvino", "bf16", small) == ("fp32",)
-    assert runtimes.weight_formats("openvino", "fp32", large) == ("fp32",)
-    assert runtimes.weight_formats("onnxruntime", "fp32", large) == ("fp32",)
+    assert selection.weight_formats("openvino", "bf16", large) == ("fp16", "fp32")
+    assert selection.weight_formats("openvino", "bf16", small) == ("fp32",)
+    assert selection.weight_formats("openvino", "fp32", large) == ("fp32",)
+    assert selection.weight_formats("onnxruntime", "fp32", large) == ("fp32",)
 
 
 def test_openvino_leaves_the_files_it_packed_its_weights_from_paged_out(
@@ -148,7 +155,11 @@ def test_openvino_leaves_the_files_it_packed_its_weights_from_paged_out(
 
     def load() -> OpenClipEncoder:
         return OpenClipEncoder.load(
-            TINY_MODEL, "", "cpu", precision="auto", runtime="openvino", runtime_cache_dir=tmp_path
+            TINY_MODEL,
+            "",
+            LoadOptions(
+                device="cpu", precision="auto", runtime="openvino", runtime_cache_dir=tmp_path
+            ),
         )
 
     load()  # compiles the exported graphs into the cache
@@ -228,10 +239,9 @@ def test_a_damaged_cached_export_is_exported_again(tmp_path: Path) -> None:
         return OpenClipEncoder.load(
             TINY_MODEL,
             "",
-            "cpu",
-            precision="fp32",
-            runtime="onnxruntime",
-            runtime_cache_dir=tmp_path,
+            LoadOptions(
+                device="cpu", precision="fp32", runtime="onnxruntime", runtime_cache_dir=tmp_path
+            ),
         )
 
     reference = load().encode_texts(TEXTS)
@@ -249,15 +259,17 @@ def test_an_unequal_export_falls_back_to_pytorch_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An exporter that gets the graph wrong must never serve its vectors."""
-    original = runtimes._ImageGraph.forward
+    original = export._ImageGraph.forward
 
-    def wrong(self: runtimes._ImageGraph, pixels: torch.Tensor) -> torch.Tensor:
+    def wrong(self: export._ImageGraph, pixels: torch.Tensor) -> torch.Tensor:
         return torch.flip(original(self, pixels), dims=[-1])  # unit rows, wrong vectors
 
-    monkeypatch.setattr(runtimes._ImageGraph, "forward", wrong)
+    monkeypatch.setattr(export._ImageGraph, "forward", wrong)
     caplog.set_level(logging.WARNING, logger="models.runtimes")
     encoder = OpenClipEncoder.load(
-        TINY_MODEL, "", "cpu", precision="fp32", runtime="openvino", runtime_cache_dir=tmp_path
+        TINY_MODEL,
+        "",
+        LoadOptions(device="cpu", precision="fp32", runtime="openvino", runtime_cache_dir=tmp_path),
     )
     assert encoder.runtime == "torch"
     assert any("vectors differ from PyTorch" in r.message for r in caplog.records)
@@ -270,10 +282,10 @@ def test_a_failed_export_falls_back_to_pytorch(
     def fail(*args: object, **kwargs: object) -> None:
         raise RuntimeError("operator not supported")
 
-    monkeypatch.setattr(runtimes, "_onnx_export", fail)
+    monkeypatch.setattr(export, "_onnx_export", fail)
     caplog.set_level(logging.WARNING, logger="models.runtimes")
     encoder = OpenClipEncoder.load(
-        TINY_MODEL, "", "cpu", precision="fp32", runtime_cache_dir=tmp_path
+        TINY_MODEL, "", LoadOptions(device="cpu", precision="fp32", runtime_cache_dir=tmp_path)
     )
     assert encoder.runtime == "torch"
     assert any("operator not supported" in r.message for r in caplog.records)
@@ -281,8 +293,10 @@ def test_a_failed_export_falls_back_to_pytorch(
 
 
 def test_auto_runs_what_this_cpu_measured_fastest(tmp_path: Path) -> None:
-    encoder = OpenClipEncoder.load(TINY_MODEL, "", "cpu", runtime_cache_dir=tmp_path)
-    expected = "torch" if encoder.precision == "bf16" and runtimes.cpu_has_amx() else "openvino"
+    encoder = OpenClipEncoder.load(
+        TINY_MODEL, "", LoadOptions(device="cpu", runtime_cache_dir=tmp_path)
+    )
+    expected = "torch" if encoder.precision == "bf16" and selection.cpu_has_amx() else "openvino"
     assert encoder.runtime == expected
 
 
@@ -304,10 +318,12 @@ def test_runtime_choice_by_device_and_setting() -> None:
 
 
 def test_onnxruntime_runs_fp32_and_says_so_when_bf16_is_asked() -> None:
-    assert runtimes.runtime_precision("onnxruntime", "auto", "bf16") == "fp32"
-    assert runtimes.runtime_precision("openvino", "auto", "bf16") == "bf16"
+    assert selection.runtime_precision("onnxruntime", "auto", "bf16") == "fp32"
+    assert selection.runtime_precision("openvino", "auto", "bf16") == "bf16"
     with pytest.raises(ModelLoadError, match="XMR_PRECISION=fp32"):
-        OpenClipEncoder.load(TINY_MODEL, "", "cpu", precision="bf16", runtime="onnxruntime")
+        OpenClipEncoder.load(
+            TINY_MODEL, "", LoadOptions(device="cpu", precision="bf16", runtime="onnxruntime")
+        )
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -325,17 +341,18 @@ def test_openvino_uses_the_cores_it_is_given_whichever_thread_loads_it(
                 OpenClipEncoder.load,
                 TINY_MODEL,
                 "",
-                "cpu",
-                None,
-                "fp32",
-                "openvino",
-                tmp_path,
-                threads=threads,
+                LoadOptions(
+                    device="cpu",
+                    precision="fp32",
+                    runtime="openvino",
+                    runtime_cache_dir=tmp_path,
+                    threads=threads,
+                ),
             )
         ).result()
     finally:
         pool.shutdown()
     towers = encoder._towers
-    assert isinstance(towers, runtimes.OpenVinoTowers)
+    assert isinstance(towers, open_vino.OpenVinoTowers)
     for compiled in (towers._text, towers._image):
         assert compiled.get_property("INFERENCE_NUM_THREADS") == threads

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from models.shapes import batch_bucket, batch_chunks, text_length_bucket
 from tests.conftest import TINY_MODEL
 
@@ -45,7 +46,9 @@ def test_text_lengths_round_up_within_the_context() -> None:
 
 @pytest.fixture(scope="module")
 def bf16_encoder() -> OpenClipEncoder:
-    return OpenClipEncoder.load(TINY_MODEL, "", device="cpu", precision="bf16", runtime="torch")
+    return OpenClipEncoder.load(
+        TINY_MODEL, "", LoadOptions(device="cpu", precision="bf16", runtime="torch")
+    )
 
 
 def _record_shapes(module: torch.nn.Module, seen: set[tuple[int, ...]]) -> object:

@@ -12,6 +12,7 @@ import open_clip
 import pytest
 
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from models.text import LONGEST_RUN, WORD_CACHE_ENTRIES, fit_to_context, longest_token
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_a_text_of_few_long_runs_is_tokenized_in_milliseconds() -> None:
 
 
 def test_the_word_cache_is_bounded(tiny_encoder: OpenClipEncoder) -> None:
-    encoder = OpenClipEncoder.load("xmr-test-tiny", "", device="cpu", precision="fp32")
+    encoder = OpenClipEncoder.load("xmr-test-tiny", "", LoadOptions(device="cpu", precision="fp32"))
     rng = random.Random(5)
     for _ in range(5):
         words = [

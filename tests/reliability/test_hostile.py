@@ -397,8 +397,8 @@ def test_a_directory_swapped_for_a_link_never_leads_outside(tmp_path: Path) -> N
     """Rename-exchange a folder and a link to outside while reading: never the outside file."""
     import ctypes
 
+    from app.jobs.import_files import read_import_file
     from app.services.errors import InvalidInputError
-    from app.services.import_files import read_import_file
 
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "dir").mkdir(parents=True)
@@ -474,8 +474,8 @@ def test_fifos_special_files_and_os_errors_fail_their_item_only(
 
 
 def test_a_file_over_the_limit_is_refused_without_reading_it(tmp_path: Path) -> None:
+    from app.jobs.import_files import read_import_file
     from app.services.errors import InvalidInputError
-    from app.services.import_files import read_import_file
 
     (tmp_path / "big.png").write_bytes(b"x" * 1001)
     (tmp_path / "fits.png").write_bytes(b"x" * 1000)

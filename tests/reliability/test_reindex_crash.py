@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from tests.app.test_server_process import free_port, server_env, start_server
 
 pytestmark = [pytest.mark.crash, pytest.mark.timeout(600)]
@@ -99,7 +100,9 @@ def test_kill_during_a_reindex_resumes_where_it_stopped(tmp_path: Path) -> None:
             process.kill()
         process.wait(30)
     assert progress == sorted(progress) and progress[0] > 0
-    shapes = OpenClipEncoder.load(SHAPES, None, device="cpu", precision="fp32", runtime="torch")
+    shapes = OpenClipEncoder.load(
+        SHAPES, None, LoadOptions(device="cpu", precision="fp32", runtime="torch")
+    )
     query_vector = shapes.encode_texts(["note 7"])[0]
     for hit in hits:
         expected = float(shapes.encode_texts([f"note {hit['id'][1:]}"])[0] @ query_vector)

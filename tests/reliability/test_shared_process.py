@@ -374,7 +374,7 @@ def test_reads_on_the_event_loop_never_wait_for_the_write_lock(
         held = threading.Event()
 
         def hold_the_write_lock() -> None:  # as a snapshot of a large index does
-            with store._write_lock:
+            with store._serving.lock:
                 held.set()
                 time.sleep(5)
 
@@ -502,23 +502,23 @@ def test_duplicates_below_the_lowest_threshold_are_a_422(client: TestClient) -> 
 def test_a_duplicates_scan_past_its_bounds_is_a_clear_422(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from index import store as store_module
+    from index import duplicates as duplicates_module
 
     items = [{"id": f"s{i}", "text": "the very same text"} for i in range(300)]
     assert client.post("/v1/texts", json={"items": items}).status_code == 201
     params = {"threshold": 0.9, "target": "texts"}
-    monkeypatch.setattr(store_module, "MAX_NEIGHBOURS", 64)
+    monkeypatch.setattr(duplicates_module, "MAX_NEIGHBOURS", 64)
     started = time.monotonic()
     crowded = client.get("/v1/duplicates", params=params)
     assert crowded.status_code == 422 and "raise the threshold" in crowded.json()["detail"]
     assert time.monotonic() - started < 5
-    monkeypatch.setattr(store_module, "MAX_NEIGHBOURS", 1024)
-    monkeypatch.setattr(store_module, "MAX_PAIRS", 10_000)  # 300 copies are 44,850 pairs
+    monkeypatch.setattr(duplicates_module, "MAX_NEIGHBOURS", 1024)
+    monkeypatch.setattr(duplicates_module, "MAX_PAIRS", 10_000)  # 300 copies are 44,850 pairs
     assert client.get("/v1/duplicates", params=params).status_code == 422
-    monkeypatch.setattr(store_module, "MAX_PAIRS", 1_000_000)
-    monkeypatch.setattr(store_module, "MAX_GROUP", 200)
+    monkeypatch.setattr(duplicates_module, "MAX_PAIRS", 1_000_000)
+    monkeypatch.setattr(duplicates_module, "MAX_GROUP", 200)
     assert client.get("/v1/duplicates", params=params).status_code == 422
-    monkeypatch.setattr(store_module, "MAX_GROUP", 10_000)
+    monkeypatch.setattr(duplicates_module, "MAX_GROUP", 10_000)
     whole = client.get("/v1/duplicates", params=params).json()["groups"]
     assert [len(g["ids"]) for g in whole] == [300]
 
@@ -526,10 +526,10 @@ def test_a_duplicates_scan_past_its_bounds_is_a_clear_422(
 def test_a_duplicates_job_is_bounded_the_same_way(
     settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from index import store as store_module
+    from index import duplicates as duplicates_module
 
     as_job = settings.model_copy(update={"duplicates_sync_limit": 10})
-    monkeypatch.setattr(store_module, "MAX_NEIGHBOURS", 64)
+    monkeypatch.setattr(duplicates_module, "MAX_NEIGHBOURS", 64)
     with TestClient(create_app(as_job, encoder=tiny_encoder)) as client:
         items = [{"id": f"s{i}", "text": "the very same text"} for i in range(300)]
         assert client.post("/v1/texts", json={"items": items}).status_code == 201
@@ -602,7 +602,7 @@ def test_without_an_admin_key_the_user_key_does_everything(
 def test_deleting_a_collection_waits_for_the_searches_on_it(
     settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from index import ItemStore
+    from index.store import ItemStore
 
     search = ItemStore.search
 

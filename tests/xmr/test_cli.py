@@ -101,7 +101,8 @@ def test_usage_errors_and_an_unreachable_server(tmp_path: Path) -> None:
 
 
 def test_migrate_to_milvus_and_back(tmp_path: Path) -> None:
-    from index import ItemStore, NewItem
+    from index import NewItem
+    from index.store import ItemStore
     from tests.conftest import _milvus_available
 
     if not _milvus_available():

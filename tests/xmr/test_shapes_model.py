@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from xmr.client import XmrClient
 from xmr.eval import evaluate, load_karpathy
 from xmr.shapes import SHAPES, write_eval_set
@@ -30,7 +31,7 @@ RGB = {
 
 @pytest.fixture(scope="module")
 def shapes_encoder() -> OpenClipEncoder:
-    return OpenClipEncoder.load("shapes-tiny", None, device="cpu")
+    return OpenClipEncoder.load("shapes-tiny", None, LoadOptions(device="cpu"))
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from app.jobs.import_files import check_import_path
+from app.jobs.ledger import JobItem
+from app.jobs.staging import StagedBlob, StagingWriter
 from app.services.errors import ImportPathError, InvalidInputError
-from app.services.import_files import check_import_path
 from app.services.items import check_item_input, new_item_id
-from app.services.job_store import JobItem
-from app.services.staging import StagedBlob, StagingWriter
 from index import excerpt
 
 

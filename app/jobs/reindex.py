@@ -14,26 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.jobs.context import ReindexFailed, job_error_text
+from app.jobs.ledger import JobLedger
+from app.jobs.pipeline import run_pipeline
 from app.services.collections import Collection, open_store, without_next
 from app.services.encoding import EncodingService
-from app.services.errors import (
-    CollectionStateError,
-    InvalidInputError,
-    JobStateError,
-    ModelsBusyError,
-)
+from app.services.errors import CollectionStateError, JobStateError, ModelsBusyError
 from app.services.items import new_item_id
-from app.services.job_store import JobStore
 from app.services.models import LoadedModel
 from app.services.threads import run_in
-from index import ItemStore, NewItem, Record, StorageError
+from index import NewItem, Record
 from index.layout import (
     DEFAULT_COLLECTION,
     Generation,
@@ -43,14 +41,12 @@ from index.layout import (
     with_identity,
     write_cursor,
 )
-from models import ModelLoadError
+
+if TYPE_CHECKING:
+    from index.store import ItemStore
 
 logger = logging.getLogger(__name__)
 MODEL_RETRY_S = 1.0
-
-
-class ReindexFailed(Exception):
-    """An item could not be embedded again; the message names it."""
 
 
 def check_reindexable(collection: Collection) -> None:
@@ -65,7 +61,7 @@ def check_reindexable(collection: Collection) -> None:
 class Reindexer:
     """Starts, runs, resumes and cancels the re-embeddings of every collection."""
 
-    def __init__(self, job_store: JobStore, batch_size: int) -> None:
+    def __init__(self, job_store: JobLedger, batch_size: int) -> None:
         self._job_store = job_store
         self._batch_size = batch_size
         self._tasks: dict[str, asyncio.Task[None]] = {}  # job id -> its task
@@ -181,7 +177,9 @@ class Reindexer:
                 return
             logger.exception("re-embedding collection %s failed", collection.name)
             await self._abandon(collection, new_store)
-            await run_in(store_pool, self._job_store.set_status, job_id, "failed", _public(e))
+            await run_in(
+                store_pool, self._job_store.set_status, job_id, "failed", job_error_text(e)
+            )
         finally:
             self._cancelled.discard(job_id)
 
@@ -214,59 +212,20 @@ class Reindexer:
         model: LoadedModel,
         new_store: ItemStore,
     ) -> None:
-        """Embed the serving generation's records past the cursor, until none are left.
-
-        A pipeline like a batch job's: while batch n is encoded, batch n+1 is read and decoded
-        and batch n-1 is written with its cursor (fsyncs the model need not wait for).
-        """
+        """Embed the serving generation's records past the cursor, until none are left, in a
+        pipeline like a batch job's (app.jobs.pipeline), the cursor written after each batch."""
         pool = collection.pools.store
-        old = collection.store
-        encoding = model.encoding_for(collection.name)
         folder = collection.folder.path(_next(collection))
         cursor = await run_in(pool, read_cursor, folder)
-        records = await run_in(pool, old.records_after, cursor.label, self._batch_size)
-        loading = asyncio.ensure_future(self._load(old, encoding, records, pool))
-        storing: asyncio.Future[None] | None = None
-        try:
-            while records:
-                blobs, prepared = await loading
-                following = await run_in(
-                    pool, old.records_after, records[-1].label, self._batch_size
-                )
-                loading = asyncio.ensure_future(self._load(old, encoding, following, pool))
-                items = await self._encode(encoding, records, blobs, prepared)
-                cursor = ReindexCursor(records[-1].label, cursor.done + len(records))
-                if storing is not None:
-                    await storing
-                storing = asyncio.ensure_future(
-                    self._store(old, new_store, items, folder, cursor, job_id, pool)
-                )
-                records = following
-            if storing is not None:
-                await storing
-        finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await loading
-            if storing is not None and not storing.done():
-                with contextlib.suppress(Exception):
-                    await storing
-
-    async def _store(
-        self,
-        old: ItemStore,
-        new_store: ItemStore,
-        items: list[NewItem],
-        folder: Path,
-        cursor: ReindexCursor,
-        job_id: str,
-        pool: Executor,
-    ) -> None:
-        """Write a batch into the new generation, then the cursor that says it is there."""
-        await run_in(pool, new_store.upsert, items)
-        await run_in(pool, write_cursor, folder, cursor)
-        left = await run_in(pool, old.count_after, cursor.label)
-        await run_in(pool, self._job_store.set_progress, job_id, cursor.done + left, cursor.done)
+        stages = ReembedStages(
+            collection.store,
+            new_store,
+            model.encoding_for(collection.name),
+            _Progress(folder, cursor, job_id, self._job_store),
+            pool,
+            self._batch_size,
+        )
+        await run_pipeline(await stages.next_after_label(cursor.label), stages)
 
     async def _finish(
         self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore
@@ -274,43 +233,10 @@ class Reindexer:
         """With writes held: the last writes and every deletion carried into the new store."""
         await self._catch_up(collection, job_id, model, new_store)
         pool = collection.pools.store
-        old_ids = await run_in(pool, collection.store.all_ids)
-        new_ids = await run_in(pool, new_store.all_ids)
+        old_ids = await run_in(pool, collection.store.records.all_ids)
+        new_ids = await run_in(pool, new_store.records.all_ids)
         for item_id in new_ids - old_ids:
             await run_in(pool, new_store.delete, item_id)
-
-    async def _load(
-        self, old: ItemStore, encoding: EncodingService, records: list[Record], pool: Executor
-    ) -> tuple[dict[str, bytes], list[Any]]:
-        """The stored bytes of the batch's images, decoded and prepared for the new model."""
-        images = [r for r in records if r.kind == "image"]
-        if not images:
-            return {}, []
-        data = [await run_in(pool, old.read_content, r) for r in images]
-        prepared = await encoding.prepare_many(data)
-        for record, result in zip(images, prepared, strict=True):
-            if isinstance(result, Exception):
-                raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
-        return {r.id: d for r, d in zip(images, data, strict=True)}, prepared
-
-    async def _encode(
-        self,
-        encoding: EncodingService,
-        records: list[Record],
-        blobs: dict[str, bytes],
-        prepared: list[Any],
-    ) -> list[NewItem]:
-        """The records as items of the new generation: same ids, contents and metadata."""
-        texts = [r for r in records if r.kind == "text"]
-        images = [r for r in records if r.kind == "image"]
-        vectors: dict[str, np.ndarray] = {}
-        if texts:
-            encoded = await encoding.encode_texts([r.text or "" for r in texts], background=True)
-            vectors.update({r.id: v for r, v in zip(texts, encoded, strict=True)})
-        if images:
-            encoded = await encoding.encode_prepared(prepared, background=True)
-            vectors.update({r.id: v for r, v in zip(images, encoded, strict=True)})
-        return [NewItem.again(r, vectors[r.id], blobs.get(r.id)) for r in records]
 
     async def _abandon(self, collection: Collection, new_store: ItemStore | None) -> None:
         """Drop the next generation: the collection stays exactly as it was."""
@@ -337,10 +263,85 @@ def _next(collection: Collection) -> Generation:
     return generation
 
 
-def _public(error: Exception) -> str:
-    if isinstance(
-        error,
-        StorageError | InvalidInputError | ReindexFailed | CollectionStateError | ModelLoadError,
-    ):
-        return str(error)
-    return f"internal error ({type(error).__name__}); see the server log"
+class _Progress:
+    """Where a re-embedding is: its cursor (in the next generation's folder) and its job."""
+
+    def __init__(self, folder: Path, cursor: ReindexCursor, job_id: str, ledger: JobLedger) -> None:
+        self.folder = folder
+        self.cursor = cursor
+        self.job_id = job_id
+        self.ledger = ledger
+
+
+class ReembedStages:
+    """The pipeline stages of a re-embedding: stored records in, items of the new model out."""
+
+    def __init__(
+        self,
+        old: ItemStore,
+        new: ItemStore,
+        encoding: EncodingService,
+        progress: _Progress,
+        pool: Executor,
+        batch_size: int,
+    ) -> None:
+        self._old = old
+        self._new = new
+        self._encoding = encoding
+        self._progress = progress
+        self._pool = pool
+        self._batch_size = batch_size
+
+    async def next_after_label(self, label: int) -> list[Record]:
+        return await run_in(self._pool, self._old.records.records_after, label, self._batch_size)
+
+    async def next_after(self, batch: Sequence[Record]) -> list[Record]:
+        return await self.next_after_label(batch[-1].label)
+
+    async def load(self, batch: Sequence[Record]) -> tuple[dict[str, bytes], list[Any]]:
+        """The stored bytes of the batch's images, decoded and prepared for the new model."""
+        images = [r for r in batch if r.kind == "image"]
+        if not images:
+            return {}, []
+        data = [await run_in(self._pool, self._old.read_content, r) for r in images]
+        prepared = await self._encoding.prepare_many(data)
+        for record, result in zip(images, prepared, strict=True):
+            if isinstance(result, Exception):
+                raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
+        return {r.id: d for r, d in zip(images, data, strict=True)}, prepared
+
+    async def encode(
+        self, batch: Sequence[Record], loaded: tuple[dict[str, bytes], list[Any]]
+    ) -> tuple[list[NewItem], ReindexCursor]:
+        """The records as items of the new generation (same ids, contents and metadata), and
+        the cursor that says they are there."""
+        blobs, prepared = loaded
+        texts = [r for r in batch if r.kind == "text"]
+        images = [r for r in batch if r.kind == "image"]
+        vectors: dict[str, np.ndarray] = {}
+        if texts:
+            encoded = await self._encoding.encode_texts(
+                [r.text or "" for r in texts], background=True
+            )
+            vectors.update({r.id: v for r, v in zip(texts, encoded, strict=True)})
+        if images:
+            encoded = await self._encoding.encode_prepared(prepared, background=True)
+            vectors.update({r.id: v for r, v in zip(images, encoded, strict=True)})
+        progress = self._progress
+        progress.cursor = ReindexCursor(batch[-1].label, progress.cursor.done + len(batch))
+        items = [NewItem.again(r, vectors[r.id], blobs.get(r.id)) for r in batch]
+        return items, progress.cursor
+
+    async def store(self, encoded: tuple[list[NewItem], ReindexCursor]) -> None:
+        """Write a batch into the new generation, then the cursor that says it is there."""
+        items, cursor = encoded
+        progress, pool = self._progress, self._pool
+        await run_in(pool, self._new.upsert, items)
+        await run_in(pool, write_cursor, progress.folder, cursor)
+        left = await run_in(pool, self._old.records.count_after, cursor.label)
+        await run_in(
+            pool, progress.ledger.set_progress, progress.job_id, cursor.done + left, cursor.done
+        )
+
+    async def discard(self, loaded: tuple[dict[str, bytes], list[Any]]) -> None:
+        """Nothing is held between loading and storing."""

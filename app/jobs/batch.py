@@ -1,0 +1,184 @@
+"""Batch jobs: many items indexed in the background, in batches, resumable after a restart.
+
+Each batch holds its collection's generation from reading to storing, so a switch of model
+waits for it and never splits it; a batch is recorded as done only once its items are durably
+stored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.jobs.context import JobContext, JobStopped
+from app.jobs.import_files import read_import_file
+from app.jobs.ledger import JobItem
+from app.jobs.pipeline import run_pipeline
+from app.jobs.staging import read_staged
+from app.services.collections import Collection, Pin
+from app.services.errors import ImportPathError, InvalidInputError
+from app.services.items import ImageInput, TextInput
+from app.services.registry import CollectionRegistry
+from app.services.threads import run_in
+from index import NewItem
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a batch's images are read from: its staging folder or the import root."""
+
+    import_root: Path | None
+    max_file_bytes: int
+
+    def read(self, item: JobItem) -> bytes:
+        """An item's image bytes; any problem with the file is that item's error, not the job's."""
+        source = item.source or ""
+        if item.staged:
+            try:
+                return read_staged(source, item.offset, item.length)
+            except OSError as e:
+                raise InvalidInputError(f"the staged upload is lost ({e.strerror or e})") from e
+        if self.import_root is None:
+            raise ImportPathError("image_path items need XMR_IMPORT_ROOT to be set on the server")
+        if os.path.isabs(source):  # recorded by an older release as a resolved absolute path
+            source = os.path.relpath(source, self.import_root.resolve())
+        return read_import_file(self.import_root, source, self.max_file_bytes)
+
+
+@dataclass
+class LoadedBatch:
+    """A batch's images read and prepared ahead of encoding, and the items that failed."""
+
+    pin: Pin
+    images: list[tuple[ImageInput, Any]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class EncodedBatch:
+    """A batch's items with their vectors, ready to store, and the positions done or failed."""
+
+    pin: Pin
+    items: list[NewItem] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # of `items`, in the job
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class BatchStages:
+    """The pipeline stages of one batch job."""
+
+    def __init__(
+        self, job: JobContext, collection: Collection, sources: Sources, batch_size: int
+    ) -> None:
+        self._job = job
+        self._collection = collection
+        self._sources = sources
+        self._batch_size = batch_size
+        self._dedup: float | None = job.params.get("dedup_threshold")
+
+    async def first(self) -> list[JobItem]:
+        return await run_in(
+            self._job.pool, self._job.ledger.pending, self._job.job_id, self._batch_size
+        )
+
+    async def next_after(self, batch: Sequence[JobItem]) -> list[JobItem]:
+        job = self._job
+        last = batch[-1].position
+        return await run_in(job.pool, job.ledger.pending, job.job_id, self._batch_size, last)
+
+    async def load(self, batch: Sequence[JobItem]) -> LoadedBatch:
+        """Read, decode and prepare the images of a batch; failures are kept by position."""
+        pin = await self._collection.pin(write=True, model=True)
+        try:
+            loaded = LoadedBatch(pin)
+            sources: list[JobItem] = []
+            blobs: list[bytes] = []
+            for item in (i for i in batch if i.kind == "image"):
+                try:
+                    blobs.append(await run_in(self._job.pool, self._sources.read, item))
+                    sources.append(item)
+                except InvalidInputError as e:
+                    loaded.failed[item.position] = str(e)
+            prepared = await pin.items.encoding.prepare_many(blobs)
+        except BaseException:
+            await pin.release()
+            raise
+        loaded.images = [
+            (ImageInput(data, item.item_id, item.metadata), result)
+            for item, data, result in zip(sources, blobs, prepared, strict=True)
+        ]
+        loaded.positions = [item.position for item in sources]
+        return loaded
+
+    async def encode(self, batch: Sequence[JobItem], loaded: LoadedBatch) -> EncodedBatch:
+        items = loaded.pin.items
+        encoded = EncodedBatch(loaded.pin, failed=dict(loaded.failed))
+        texts = [item for item in batch if item.kind == "text"]
+        if texts:
+            encoded.items += await items.encode_texts(
+                [TextInput(text=t.text or "", id=t.item_id, metadata=t.metadata) for t in texts],
+                background=True,
+            )
+            encoded.positions += [t.position for t in texts]
+        if loaded.images:
+            images, decode_failures = await items.encode_images(
+                [inp for inp, _ in loaded.images],
+                [prepared for _, prepared in loaded.images],
+                background=True,
+            )
+            encoded.items += images
+            encoded.positions += [
+                p for slot, p in enumerate(loaded.positions) if slot not in decode_failures
+            ]
+            for slot, reason in decode_failures.items():
+                encoded.failed[loaded.positions[slot]] = reason
+        encoded.done = [item.position for item in batch if item.position not in encoded.failed]
+        return encoded
+
+    async def store(self, encoded: EncodedBatch) -> None:
+        duplicates: dict[int, tuple[str, float]] = {}
+        try:
+            if self._dedup is None:
+                await encoded.pin.items.store_items(encoded.items)
+            else:
+                _, found = await encoded.pin.items.store_distinct(encoded.items, self._dedup)
+                duplicates = {
+                    encoded.positions[d.position]: (d.existing_id, d.score) for d in found
+                }
+        finally:
+            await encoded.pin.release()
+        job = self._job
+        await run_in(
+            job.pool,
+            job.ledger.record_results,
+            job.job_id,
+            encoded.done,
+            encoded.failed,
+            duplicates,
+        )
+
+    async def discard(self, loaded: LoadedBatch) -> None:
+        await loaded.pin.release()
+
+
+class BatchJob:
+    """The handler of `batch` jobs."""
+
+    def __init__(self, collections: CollectionRegistry, sources: Sources, batch_size: int) -> None:
+        self._collections = collections
+        self._sources = sources
+        self._batch_size = batch_size
+
+    async def run(self, job: JobContext) -> None:
+        collection = self._collections.get(job.view.collection)
+        stages = BatchStages(job, collection, self._sources, self._batch_size)
+        await job.set_status("running")
+        left = await run_pipeline(await stages.first(), stages, job.should_stop)
+        if left or job.cancelled():  # a cancel during the last batch keeps its status
+            raise JobStopped
+        await job.set_status("done")

@@ -1,0 +1,220 @@
+"""The job queue: jobs are accepted at once, run one at a time in the background by the
+handler of their kind, cancelled, and resumed after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from app.jobs.context import JobContext, JobHandler, JobStopped, job_error_text
+from app.jobs.intake import BatchEntry, stage_batch
+from app.jobs.ledger import FINISHED, QUEUED_KINDS, JobKind, JobLedger, JobView
+from app.services.errors import InvalidInputError, JobNotFoundError, JobStateError
+from app.services.items import new_item_id
+from app.services.registry import CollectionRegistry
+from app.services.threads import run_in
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownJobKindError(Exception):
+    """A job of a kind no handler runs (written by a newer release, or a bug)."""
+
+
+class JobRunner:
+    """Owns the job queue and the background task that works through it."""
+
+    def __init__(
+        self,
+        ledger: JobLedger,
+        collections: CollectionRegistry,
+        handlers: Mapping[JobKind, JobHandler],
+        staging_dir: Path,
+        import_root: Path | None,
+    ) -> None:
+        self._ledger = ledger
+        self._collections = collections
+        self._handlers = dict(handlers)
+        self._pool = collections.pools.store
+        self._max_metadata_bytes = collections.limits.max_metadata_bytes
+        self._staging_dir = staging_dir
+        self._import_root = import_root
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._cancelled: set[str] = set()
+        self._running: str | None = None
+        self.interrupted_at_start = ledger.interrupt_unfinished()
+        self._remove_orphaned_staging()
+
+    def _remove_orphaned_staging(self) -> None:
+        """Staged uploads of jobs that finished, or were never recorded (a crash at submit)."""
+        if not self._staging_dir.is_dir():
+            return
+        for folder in self._staging_dir.iterdir():
+            job = self._ledger.get(folder.name)
+            if job is None or job.status in ("done", "cancelled"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # -- control --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._work(), name="xmr-batch-jobs")
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        """Let the batch in progress finish, then mark its job `interrupted` and stop."""
+        self._stopping = True
+        if self._task is None:
+            return
+        self._queue.put_nowait("")  # wake the worker if it is idle
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(
+        self,
+        entries: Sequence[BatchEntry],
+        collection: str = "default",
+        dedup_threshold: float | None = None,
+    ) -> str:
+        """Validate, stage and queue a batch job; its id. Bad paths reject the whole request.
+
+        With `dedup_threshold`, an image as similar as that to a stored one is not stored.
+        """
+        if not entries:
+            raise InvalidInputError("a batch needs at least one item")
+        self._collections.get(collection)
+        job_id = new_item_id()
+        params = None if dedup_threshold is None else {"dedup_threshold": dedup_threshold}
+        staging = self._staging_dir / job_id
+        try:
+            items = await run_in(
+                self._pool,
+                stage_batch,
+                staging,
+                entries,
+                self._import_root,
+                self._max_metadata_bytes,
+            )
+            await run_in(
+                self._pool, lambda: self._ledger.create(job_id, items, collection, "batch", params)
+            )
+        except BaseException:
+            await run_in(self._pool, shutil.rmtree, staging, True)
+            raise
+        self._queue.put_nowait(job_id)
+        return job_id
+
+    async def submit_over_items(
+        self, collection: str, kind: JobKind, params: dict[str, Any]
+    ) -> str:
+        """Queue a job over a collection's stored items (duplicates, classify); its id."""
+        self._collections.get(collection)
+        job_id = new_item_id()
+        await run_in(self._pool, lambda: self._ledger.create(job_id, [], collection, kind, params))
+        self._queue.put_nowait(job_id)
+        return job_id
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Stop a job: a re-embedding drops its new generation; a batch keeps what is stored."""
+        view = await self.get(job_id)
+        if view.status in FINISHED:
+            raise JobStateError(f"job {job_id} is {view.status} already")
+        if view.kind == "reindex":
+            collection = self._collections.get(view.collection)
+            await self._collections.reindexer.abandon(collection)
+        else:
+            await self._mark_cancelled(job_id)
+        return await self.get(job_id)
+
+    async def cancel_jobs_of(self, collection: str, timeout_s: float = 30.0) -> None:
+        """Before a collection is deleted: cancel its batch jobs, and let a running one stop."""
+        ids = await run_in(self._pool, self._ledger.jobs_of, collection, ("queued", "running"))
+        for job_id in ids:
+            if (await self.get(job_id)).kind == "batch":
+                await self._mark_cancelled(job_id)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._running in ids and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def delete_collection(self, name: str) -> None:
+        """Delete a collection: refused (404, 409) before anything stops, then its batch jobs
+        are cancelled, then it goes with everything in it."""
+        self._collections.check_deletable(name)
+        await self.cancel_jobs_of(name)
+        await self._collections.delete(name)
+
+    async def _mark_cancelled(self, job_id: str) -> None:
+        self._cancelled.add(job_id)
+        await run_in(self._pool, self._ledger.set_status, job_id, "cancelled")
+
+    async def resume(self, job_id: str) -> JobView:
+        view = await self.get(job_id)
+        if view.status not in ("interrupted", "failed") or view.kind not in QUEUED_KINDS:
+            raise JobStateError(
+                f"job {job_id} is {view.status}; only interrupted or failed batch, duplicates "
+                "and classify jobs resume"
+            )
+        self._cancelled.discard(job_id)
+        await run_in(self._pool, self._ledger.set_status, job_id, "queued")
+        self._queue.put_nowait(job_id)
+        return await self.get(job_id)
+
+    async def get(self, job_id: str) -> JobView:
+        view = await run_in(self._pool, self._ledger.get, job_id)
+        if view is None:
+            raise JobNotFoundError(job_id)
+        return view
+
+    # -- execution ------------------------------------------------------------------------
+    async def _work(self) -> None:
+        while not self._stopping:
+            job_id = await self._queue.get()
+            if self._stopping or not job_id:
+                continue
+            if job_id in self._cancelled:
+                await self._finish_cancelled(job_id)
+                continue
+            self._running = job_id
+            try:
+                await self._run(job_id)
+            except Exception as e:  # a job must never take the worker down with it
+                logger.exception("job %s failed", job_id)
+                await run_in(
+                    self._pool, self._ledger.set_status, job_id, "failed", job_error_text(e)
+                )
+            finally:
+                self._running = None
+
+    async def _run(self, job_id: str) -> None:
+        view = await self.get(job_id)
+        handler = self._handlers.get(view.kind)
+        if handler is None:
+            raise UnknownJobKindError(f"no handler runs {view.kind!r} jobs")
+        context = JobContext(
+            view,
+            self._ledger,
+            self._pool,
+            cancelled=lambda: job_id in self._cancelled,
+            stopping=lambda: self._stopping,
+        )
+        try:
+            await handler.run(context)
+        except JobStopped:
+            if job_id in self._cancelled:
+                await self._finish_cancelled(job_id)  # its status says cancelled already
+            else:
+                await run_in(self._pool, self._ledger.set_status, job_id, "interrupted")
+            return
+        await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
+
+    async def _finish_cancelled(self, job_id: str) -> None:
+        self._cancelled.discard(job_id)
+        await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)

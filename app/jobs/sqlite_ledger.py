@@ -1,0 +1,331 @@
+"""The job ledger (app/jobs/ledger.py) in one SQLite file: rows are read by column name."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app.jobs.ledger import (
+    MAX_ERRORS_SHOWN,
+    QUEUED_KINDS,
+    DuplicateOf,
+    ItemError,
+    JobItem,
+    JobKind,
+    JobStatus,
+    JobView,
+)
+from index.sqlite import open_database, transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT,
+    source TEXT,
+    staged INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    blob_offset INTEGER,
+    blob_length INTEGER,
+    PRIMARY KEY (job_id, position)
+);
+CREATE INDEX IF NOT EXISTS job_items_pending ON job_items (job_id, status, position);
+"""
+# columns added after the first release: (name, SQL type and default)
+_JOB_COLUMNS = (
+    ("collection", "TEXT NOT NULL DEFAULT 'default'"),
+    ("kind", "TEXT NOT NULL DEFAULT 'batch'"),
+    ("params", "TEXT"),
+    ("total", "INTEGER"),  # jobs without items count here; batch jobs count their job_items
+    ("done_count", "INTEGER"),
+    ("failed_count", "INTEGER"),
+    ("run_started_at", "REAL"),
+    ("run_started_done", "INTEGER"),
+    ("result", "TEXT"),  # what a finished job found (duplicates: the groups)
+    ("cursor", "INTEGER"),  # where a job over stored items goes on after a restart
+)
+_ITEM_COLUMNS = (
+    ("blob_offset", "INTEGER"),
+    ("blob_length", "INTEGER"),
+    ("duplicate_of", "TEXT"),
+    ("duplicate_score", "REAL"),
+)
+
+
+class SqliteJobLedger:
+    """Jobs and job items in SQLite (WAL, synchronous=FULL), one connection and its lock."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = open_database(path, _SCHEMA)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()  # guards the connection: every statement takes it
+        self._waiting_for: dict[str, str] = {}  # job id -> what it waits for, while it does
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Files written before staged images had offsets get the columns (NULL: whole file)."""
+        with self._transaction():
+            for table, columns in (("job_items", _ITEM_COLUMNS), ("jobs", _JOB_COLUMNS)):
+                present = {row["name"] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+                for column, declaration in columns:
+                    if column not in present:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- writes ---------------------------------------------------------------------------
+    def create(
+        self,
+        job_id: str,
+        items: Sequence[JobItem],
+        collection: str = "default",
+        kind: JobKind = "batch",
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        now = time.time()
+        with self._transaction():
+            self._conn.execute(
+                "INSERT INTO jobs (id, status, created_at, updated_at, collection, kind, params) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, now, now, collection, kind, _dump(params)),
+            )
+            self._conn.executemany(
+                "INSERT INTO job_items (job_id, position, item_id, kind, text, source, staged, "
+                "metadata, status, error, blob_offset, blob_length) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job_id,
+                        item.position,
+                        item.item_id,
+                        item.kind,
+                        item.text,
+                        item.source,
+                        int(item.staged),
+                        _dump(item.metadata),
+                        item.status,
+                        item.error,
+                        item.offset,
+                        item.length,
+                    )
+                    for item in items
+                ],
+            )
+
+    def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+                (status, error, time.time(), job_id),
+            )
+            if status == "running":  # the rate is measured from here
+                self._conn.execute(
+                    "UPDATE jobs SET run_started_at = ?, run_started_done = ? WHERE id = ?",
+                    (time.time(), self._done_locked(job_id), job_id),
+                )
+
+    def _done_locked(self, job_id: str) -> int:
+        job = self._conn.execute(
+            "SELECT kind, done_count FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        if job is None:
+            return 0
+        if job["kind"] != "batch":
+            return int(job["done_count"] or 0)
+        counted = self._conn.execute(
+            "SELECT COUNT(*) FROM job_items WHERE job_id = ? AND status = 'done'", (job_id,)
+        ).fetchone()
+        return int(counted[0])
+
+    def set_progress(self, job_id: str, total: int, done: int, failed: int = 0) -> None:
+        self._update(job_id, total=total, done_count=done, failed_count=failed)
+
+    def set_result(self, job_id: str, result: dict[str, Any]) -> None:
+        self._update(job_id, result=json.dumps(result))
+
+    def set_cursor(self, job_id: str, cursor: int, total: int, done: int) -> None:
+        self._update(job_id, cursor=cursor, total=total, done_count=done)
+
+    def _update(self, job_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with self._transaction():
+            self._conn.execute(
+                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",
+                (*columns.values(), time.time(), job_id),
+            )
+
+    def set_waiting(self, job_id: str, waiting_for: str | None) -> None:
+        if waiting_for is None:
+            self._waiting_for.pop(job_id, None)
+        else:
+            self._waiting_for[job_id] = waiting_for
+
+    def record_results(
+        self,
+        job_id: str,
+        done: Sequence[int],
+        failed: dict[int, str],
+        duplicates: dict[int, tuple[str, float]] | None = None,
+    ) -> None:
+        with self._transaction():
+            self._conn.executemany(
+                "UPDATE job_items SET duplicate_of = ?, duplicate_score = ? "
+                "WHERE job_id = ? AND position = ?",
+                [(of, score, job_id, p) for p, (of, score) in (duplicates or {}).items()],
+            )
+            self._conn.executemany(
+                "UPDATE job_items SET status = 'done', error = NULL "
+                "WHERE job_id = ? AND position = ?",
+                [(job_id, p) for p in done],
+            )
+            self._conn.executemany(
+                "UPDATE job_items SET status = 'failed', error = ? "
+                "WHERE job_id = ? AND position = ?",
+                [(error, job_id, p) for p, error in failed.items()],
+            )
+            self._conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
+
+    def interrupt_unfinished(self) -> list[str]:
+        kinds = ",".join(f"'{kind}'" for kind in QUEUED_KINDS)
+        unfinished = f"status IN ('queued', 'running') AND kind IN ({kinds})"
+        with self._transaction():
+            rows = self._conn.execute(f"SELECT id FROM jobs WHERE {unfinished}").fetchall()
+            self._conn.execute(
+                f"UPDATE jobs SET status = 'interrupted', updated_at = ? WHERE {unfinished}",
+                (time.time(),),
+            )
+        return [row["id"] for row in rows]
+
+    # -- reads ----------------------------------------------------------------------------
+    def pending(self, job_id: str, limit: int, after_position: int = -1) -> list[JobItem]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM job_items WHERE job_id = ? AND status = 'pending' AND position > ? "
+                "ORDER BY position LIMIT ?",
+                (job_id, after_position, limit),
+            ).fetchall()
+        return [_job_item(row) for row in rows]
+
+    def jobs_of(self, collection: str, statuses: Sequence[str]) -> list[str]:
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id FROM jobs WHERE collection = ? AND status IN ({marks})",
+                (collection, *statuses),
+            ).fetchall()
+        return [row["id"] for row in rows]
+
+    def get(self, job_id: str) -> JobView | None:
+        with self._lock:
+            job = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None:
+                return None
+            counts = dict(
+                self._conn.execute(
+                    "SELECT status, COUNT(*) FROM job_items WHERE job_id = ? GROUP BY status",
+                    (job_id,),
+                ).fetchall()
+            )
+            errors = self._conn.execute(
+                "SELECT position, item_id, error FROM job_items "
+                "WHERE job_id = ? AND status = 'failed' ORDER BY position LIMIT ?",
+                (job_id, MAX_ERRORS_SHOWN),
+            ).fetchall()
+            duplicates = self._conn.execute(
+                "SELECT position, item_id, duplicate_of, duplicate_score FROM job_items "
+                "WHERE job_id = ? AND duplicate_of IS NOT NULL ORDER BY position LIMIT ?",
+                (job_id, MAX_ERRORS_SHOWN),
+            ).fetchall()
+        if job["kind"] == "batch":
+            total, done, failed = (
+                sum(counts.values()),
+                counts.get("done", 0),
+                counts.get("failed", 0),
+            )
+        else:
+            total, done = int(job["total"] or 0), int(job["done_count"] or 0)
+            failed = int(job["failed_count"] or 0)
+        rate, eta = _rate(job, done, total)
+        unfinished = job["status"] in ("queued", "running")
+        return JobView(
+            id=job["id"],
+            status=job["status"],
+            total=total,
+            done=done,
+            failed=failed,
+            errors=[ItemError(e["position"], e["item_id"], e["error"]) for e in errors],
+            error=job["error"],
+            created_at=job["created_at"],
+            updated_at=job["updated_at"],
+            collection=job["collection"],
+            kind=job["kind"],
+            items_per_s=rate,
+            eta_s=eta,
+            params=_load(job["params"]),
+            result=_load(job["result"]),
+            duplicates=[
+                DuplicateOf(d["position"], d["item_id"], d["duplicate_of"], d["duplicate_score"])
+                for d in duplicates
+            ],
+            cursor=int(job["cursor"] or 0),
+            waiting_for=self._waiting_for.get(job_id) if unfinished else None,
+        )
+
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return transaction(self._conn, self._lock)
+
+
+def _job_item(row: sqlite3.Row) -> JobItem:
+    return JobItem(
+        position=row["position"],
+        item_id=row["item_id"],
+        kind=row["kind"],
+        text=row["text"],
+        source=row["source"],
+        staged=bool(row["staged"]),
+        metadata=_load(row["metadata"]),
+        status=row["status"],
+        error=row["error"],
+        offset=row["blob_offset"],
+        length=row["blob_length"],
+    )
+
+
+def _rate(job: sqlite3.Row, done: int, total: int) -> tuple[float | None, float | None]:
+    """Items per second since the job last started running, and the seconds left at that rate."""
+    started_at = job["run_started_at"]
+    if job["status"] != "running" or started_at is None:
+        return None, None
+    elapsed = time.time() - started_at
+    finished = done - int(job["run_started_done"] or 0)
+    if elapsed <= 0 or finished <= 0:
+        return None, None
+    rate = finished / elapsed
+    return rate, max(0, total - done) / rate
+
+
+def _dump(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

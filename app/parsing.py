@@ -1,0 +1,82 @@
+"""Request fields as domain values: JSON form fields (refusing NaN), lists with one entry per
+uploaded file, and metadata filters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from app.services.errors import InvalidInputError
+from index import InvalidFilterError, MetadataFilter, parse_filter
+
+
+def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | None:
+    """A form field holding a JSON list with one entry per uploaded file."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = strict_json(raw)
+    except ValueError as e:
+        raise InvalidInputError(f"{field} must be a JSON list: {e}") from e
+    if not isinstance(value, list):
+        raise InvalidInputError(f"{field} must be a JSON list, one entry per file")
+    if len(value) != expected:
+        raise InvalidInputError(f"{field} has {len(value)} entries for {expected} files")
+    return value
+
+
+def where_of(value: dict[str, Any] | None) -> MetadataFilter | None:
+    """A body's `filter` object as a filter (None: no filter)."""
+    return None if value is None else parse_filter(value)
+
+
+def parse_filter_param(raw: str | None) -> MetadataFilter | None:
+    """A `filter` query or form field: a JSON object of metadata conditions."""
+    value = filter_object(raw)
+    return None if value is None else parse_filter(value)
+
+
+def filter_object(raw: str | None) -> dict[str, Any] | None:
+    """A `filter` field as its JSON object, checked (for work that keeps it, as a job does)."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = strict_json(raw)
+    except ValueError as e:
+        raise InvalidFilterError(f"filter: not valid JSON ({e})") from e
+    parse_filter(value)
+    return value  # type: ignore[no-any-return]
+
+
+def strict_json(raw: str) -> Any:
+    """Decode JSON, refusing NaN and infinities; ValueError carries a short reason."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(e.msg) from e
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed; numbers must be finite")
+
+
+def parse_ids(raw: str | None, expected: int) -> list[str | None]:
+    ids = parse_json_list(raw, "ids", expected)
+    if ids is None:
+        return [None] * expected
+    for position, item_id in enumerate(ids):
+        if item_id is not None and not isinstance(item_id, str):
+            raise InvalidInputError(f"ids[{position}] must be a string or null")
+    return ids
+
+
+def parse_metadata(raw: str | None, expected: int) -> list[dict[str, Any] | None]:
+    metadata = parse_json_list(raw, "metadata", expected)
+    if metadata is None:
+        return [None] * expected
+    for position, entry in enumerate(metadata):
+        if entry is not None and not isinstance(entry, dict):
+            raise InvalidInputError(f"metadata[{position}] must be a JSON object or null")
+    return metadata

@@ -1,0 +1,94 @@
+"""Domain values as the API shows them: records, hits, duplicates and collections mapped to the
+response schemas (the routers call these; only this module and the schemas know both sides)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from app.schemas import (
+    CollectionResponse,
+    DuplicateResponse,
+    IndexDescription,
+    ItemResponse,
+    ModelRequest,
+    SearchHit,
+    SearchResponse,
+)
+from app.services.collections import CollectionView
+from app.services.search import SearchResult
+from index import Hit, IndexInfo, Kind, Record
+from index.duplicates import Duplicate
+
+
+def search_response(result: SearchResult, base: str) -> SearchResponse:
+    return SearchResponse(
+        results=[search_hit(h, base) for h in result.hits], took_ms=result.took_ms
+    )
+
+
+def duplicate_responses(duplicates: list[Duplicate]) -> list[DuplicateResponse]:
+    return [
+        DuplicateResponse(position=d.position, duplicate_of=d.existing_id, score=d.score)
+        for d in duplicates
+    ]
+
+
+def content_url(item_id: str, base: str = "/v1") -> str:
+    """Where an item's bytes are served; `base` is its collection's route prefix."""
+    return f"{base}/items/{quote(item_id, safe='')}/content"
+
+
+def item_response(record: Record, base: str = "/v1") -> ItemResponse:
+    return ItemResponse(
+        id=record.id,
+        kind=record.kind,
+        metadata=record.metadata,
+        text=record.text,
+        content_type=record.content_type if record.kind == "image" else "text/plain",
+        content_url=content_url(record.id, base),
+        model=record.model,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def search_hit(hit: Hit, base: str = "/v1") -> SearchHit:
+    record = hit.record
+    return SearchHit(
+        id=record.id,
+        kind=record.kind,
+        score=hit.score,
+        vector_score=hit.vector_score,
+        keyword_score=hit.keyword_score,
+        metadata=record.metadata,
+        text=record.text,
+        content_url=content_url(record.id, base),
+    )
+
+
+def index_descriptions(indexes: dict[Kind, IndexInfo]) -> dict[str, IndexDescription]:
+    return {
+        kind: IndexDescription(structure=i.spec, size=i.size, building=i.building)
+        for kind, i in indexes.items()
+    }
+
+
+def collection_response(view: CollectionView) -> CollectionResponse:
+    state = view.state
+    spec = state.current.spec
+    following = state.next
+    return CollectionResponse(
+        name=state.name,
+        model=spec.model,
+        pretrained=spec.pretrained,
+        model_id=state.current.model_id,
+        dim=state.current.dim,
+        precision=spec.precision,
+        images=view.counts["image"],
+        texts=view.counts["text"],
+        indexes=index_descriptions(view.indexes),
+        status="reindexing" if following is not None else "ready",
+        reindex_job=state.reindex_job,
+        reindex_to=None if following is None else ModelRequest.of(following.spec),
+        created_at=state.created_at,
+    )

@@ -1,0 +1,94 @@
+"""Saving the vector indexes: snapshots at a record sequence, and the tombstones they allow to
+forget. The records stay the source of truth; a snapshot only shortens the next start-up."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from index.backends import VectorBackend
+from index.errors import StorageError
+from index.rebuild import Rebuilder
+from index.records import VectorLog
+from index.serving import ServingIndexes
+from index.snapshots import save_snapshot
+from index.types import KINDS, Kind
+
+
+class Snapshots:
+    """Writes each index to disk when the records moved on past what was saved."""
+
+    def __init__(
+        self,
+        folder: Path,
+        serving: ServingIndexes,
+        rebuilder: Rebuilder,
+        backend: VectorBackend,
+        log: VectorLog,
+        model: tuple[str, int],
+    ) -> None:
+        self._folder = folder
+        self._serving = serving
+        self._rebuilder = rebuilder
+        self._backend = backend
+        self._log = log
+        self._model_id, self._dim = model
+        self._lock = threading.Lock()  # one snapshot at a time: files are written in seq order
+
+    def is_dirty(self) -> bool:
+        seq = self._log.current_seq()
+        with self._serving.lock:
+            return any(self._serving.saved_seq[kind] < seq for kind in KINDS)
+
+    def save(self) -> bool:
+        """Write both indexes if the records moved on; True if anything was saved.
+
+        The indexes are serialized under the write lock and written to disk outside it; what
+        was saved is recorded under it again, for the index that was saved only: a background
+        build may have swapped in a new one meanwhile, which still needs saving.
+        """
+        serving = self._serving
+        with self._lock:
+            with serving.lock:
+                seq = self._log.current_seq()
+                indexes = serving.current()
+                if not self._backend.keeps_snapshots:  # the backend keeps its own data
+                    serving.saved_seq.update({kind: seq for kind in KINDS})
+                stale = [
+                    kind
+                    for kind in KINDS
+                    if self._backend.keeps_snapshots and serving.saved_seq[kind] < seq
+                ]
+                payloads = {kind: self._backend.serialize(indexes[kind]) for kind in stale}
+                sizes = {kind: indexes[kind].stored for kind in stale}
+                specs = {kind: indexes[kind].spec for kind in stale}
+            saved: list[Kind] = []
+            for kind in stale:
+                try:
+                    save_snapshot(
+                        self._folder,
+                        kind,
+                        payloads[kind],
+                        seq,
+                        sizes[kind],
+                        self._model_id,
+                        self._dim,
+                        specs[kind],
+                    )
+                except OSError as e:
+                    raise StorageError(
+                        f"could not save the {kind} index snapshot: {e.strerror or e}; "
+                        "the previous snapshot and all records are intact"
+                    ) from e
+                saved.append(kind)
+            if not saved:
+                return False
+            with serving.lock:
+                for kind in saved:
+                    if serving[kind] is indexes[kind]:
+                        serving.saved_seq[kind] = max(serving.saved_seq[kind], seq)
+                # a background build replays the tombstones written after it started
+                keep_from = self._rebuilder.oldest_replay_seqs()
+                prune_to = min([*serving.saved_seq.values(), *keep_from])
+            self._log.prune_tombstones(prune_to)
+            return True

@@ -1,0 +1,165 @@
+"""Searching one store: by vector (filtered or not), by keyword (BM25), and both fused."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from index.filters import MetadataFilter
+from index.fusion import fuse
+from index.keywords import KeywordQuery
+from index.records import KeywordIndex, RecordStore, VectorLog
+from index.serving import ServingIndexes
+from index.types import Hit, HybridScope, Kind, check_vectors, no_hits
+
+# A filter matching at most this many vectors of an approximate index is searched by brute force
+# over them (20,000 x 512-d: about 40 MB read from SQLite and a 10 ms product per query batch):
+# the probed lists or graph neighbourhood of an approximate index may hold none of them.
+EXACT_FILTER_LIMIT = 20_000
+# How many of each side's best a hybrid search fuses: the normalization of relative fusion is
+# over these, so a page's scores do not depend on which page it is (up to this depth).
+HYBRID_DEPTH = 1000
+
+
+class StoreSearch:
+    """Ranked hits from the serving indexes and the records behind them."""
+
+    def __init__(
+        self,
+        serving: ServingIndexes,
+        records: RecordStore,
+        log: VectorLog,
+        keywords: KeywordIndex,
+        dim: int,
+    ) -> None:
+        self._serving = serving
+        self._records = records
+        self._log = log
+        self._keywords = keywords
+        self._dim = dim
+
+    def vector(
+        self,
+        kind: Kind,
+        queries: np.ndarray,
+        k: int,
+        where: MetadataFilter | None = None,
+        offset: int = 0,
+    ) -> list[list[Hit]]:
+        """Hits `offset` to `offset + k` of `kind` for each query, best first (cosine scores).
+
+        A filter restricts the candidates inside the vector search, so a filtered page is as
+        full as the number of matching items allows.
+        """
+        scores, labels = self.ranked(kind, queries, k + offset, where)
+        scores, labels = scores[:, offset:], labels[:, offset:]
+        wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
+        records = self._records.get_by_labels(wanted)
+        return [
+            [
+                Hit(records[int(label)], float(score))
+                for score, label in zip(row_scores, row_labels, strict=True)
+                if int(label) in records
+            ]
+            for row_scores, row_labels in zip(scores, labels, strict=True)
+        ]
+
+    def ranked(
+        self, kind: Kind, queries: np.ndarray, k: int, where: MetadataFilter | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, labels) of the best `k` per query; label -1 where there are fewer."""
+        if where is None:
+            return self._serving[kind].search(queries, k)
+        allowed = self._records.labels_matching(kind, where)
+        if allowed.size == 0:
+            return no_hits(len(queries), k)
+        return self._search_filtered(kind, queries, k, allowed)
+
+    def keyword(
+        self,
+        kind: Kind,
+        query: KeywordQuery,
+        k: int,
+        where: MetadataFilter | None = None,
+        offset: int = 0,
+    ) -> list[Hit]:
+        """Items of `kind` holding the query's words, by BM25 (best first); no words, no hits."""
+        match = query.match_expression()
+        if match is None:
+            return []
+        ranking = self._keywords.search(kind, match, k, where, offset)
+        records = self._records.get_by_labels([label for label, _ in ranking])
+        return [Hit(records[label], score) for label, score in ranking if label in records]
+
+    def hybrid(
+        self, kind: Kind, vector: np.ndarray, query: KeywordQuery, scope: HybridScope
+    ) -> list[Hit]:
+        """The vector ranking and the keyword ranking of `kind`, fused (index.fusion).
+
+        Each side contributes its best `max(HYBRID_DEPTH, offset + k)` items matching the
+        filter; every hit carries its cosine and its BM25 (None when it has none of the words).
+        """
+        match = query.match_expression()
+        depth = max(HYBRID_DEPTH, scope.offset + scope.k)
+        scores, labels = self.ranked(kind, vector.reshape(1, -1), depth, scope.where)
+        by_vector = [
+            (int(x), float(s)) for s, x in zip(scores[0], labels[0], strict=True) if x >= 0
+        ]
+        by_keyword = [] if match is None else self._keywords.search(kind, match, depth, scope.where)
+        fused = fuse(by_vector, by_keyword, scope.alpha, scope.fusion)
+        page = fused[scope.offset : scope.offset + scope.k]
+        wanted = [label for label, _ in page]
+        records = self._records.get_by_labels(wanted)
+        cosines = dict(by_vector)
+        missing = [label for label in wanted if label not in cosines]
+        if missing:
+            found, stored = self._log.vectors_of(np.array(missing), self._dim)
+            cosines.update(zip(found.tolist(), (stored @ vector.reshape(-1)).tolist(), strict=True))
+        bm25 = dict(by_keyword)
+        unscored = [label for label in wanted if label not in bm25]
+        if unscored and match is not None:
+            bm25.update(self._keywords.scores(match, unscored))
+        return [
+            Hit(records[label], score, cosines.get(label), bm25.get(label))
+            for label, score in page
+            if label in records
+        ]
+
+    def _search_filtered(
+        self, kind: Kind, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among `allowed`: complete whenever k of them exist, on every index structure.
+
+        Exact indexes filter inside their search. On approximate ones a selective filter is
+        searched by brute force over its vectors; a broad one widens the search by how much of
+        the index it excludes, and searches everything if that still leaves slots empty.
+        """
+        index = self._serving[kind]
+        if index.exact:
+            return index.search(queries, k, allowed)
+        if allowed.size <= EXACT_FILTER_LIMIT:
+            return self._search_exactly(queries, k, allowed)
+        widen = max(1.0, len(index) / allowed.size)
+        scores, labels = index.search(queries, k, allowed, widen=widen)
+        expected = min(k, allowed.size)
+        if ((labels >= 0).sum(axis=1) < expected).any():
+            scores, labels = index.search(queries, k, allowed, widen=math.inf)
+        return scores, labels
+
+    def _search_exactly(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        xq = check_vectors(queries, self._dim)
+        labels, xb = self._log.vectors_of(allowed, self._dim)
+        scores, found = no_hits(len(xq), k)
+        if len(labels) == 0:
+            return scores, found
+        similarity = xq @ xb.T
+        top = min(k, len(labels))
+        best = np.argpartition(-similarity, top - 1, axis=1)[:, :top]
+        order = np.argsort(-np.take_along_axis(similarity, best, axis=1), axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        scores[:, :top] = np.take_along_axis(similarity, best, axis=1)
+        found[:, :top] = labels[best]
+        return scores, found
