@@ -53,8 +53,8 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "writes after a snapshot are replayed into it at start-up (not a full rebuild)",
-        "index/backends.py",
-        "        for labels, vectors in records.vectors_after(kind, info.seq, self.dim):\n"
+        "index/faiss_backend.py",
+        "        for labels, vectors in log.vectors_after(kind, info.seq, self.dim):\n"
         "            index.add(labels, vectors)\n"
         "        if len(index)",
         "        if len(index)",
@@ -97,14 +97,14 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "a different model never reads another model's vectors",
-        "index/records.py",
+        "index/sqlite_records.py",
         'if stored["model"] != model_id or int(stored["dim"]) != dim:',
         "if False:",
         (STORE + "test_other_model_is_refused",),
     ),
     Break(
         "a deleted item is gone from search at once",
-        "index/store.py",
+        "index/serving.py",
         "            index.remove(result.removed[kind])\n",
         "",
         (STORE + "test_delete_removes_from_search_at_once",),
@@ -125,11 +125,9 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "SIGTERM: requests in flight finish and the batch job is marked interrupted",
-        "app/services/jobs.py",
-        "if batch and self._stopping:\n"
-        '            await run_in(self._pool, self._store.set_status, job_id, "interrupted")',
-        "if batch and self._stopping:\n"
-        '            await run_in(self._pool, self._store.set_status, job_id, "failed")',
+        "app/jobs/runner.py",
+        '                await run_in(self._pool, self._ledger.set_status, job_id, "interrupted")',
+        '                await run_in(self._pool, self._ledger.set_status, job_id, "failed")',
         (
             "tests/app/test_server_process.py::"
             "test_sigterm_finishes_requests_in_flight_and_interrupts_the_batch_job",
@@ -155,28 +153,28 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "another runtime serves only while its vectors equal PyTorch fp32's, else PyTorch runs",
-        "models/runtimes.py",
+        "models/runtimes/selection.py",
         "            if agreement >= needed:\n",
         "            if True:\n",
         (RUNTIMES + "test_an_unequal_export_falls_back_to_pytorch_with_a_warning",),
     ),
     Break(
         "a damaged cached export is exported again, not given up on",
-        "models/runtimes.py",
+        "models/runtimes/selection.py",
         "    for replace in (False, True):\n",
         "    for replace in (False,):\n",
         (RUNTIMES + "test_a_damaged_cached_export_is_exported_again",),
     ),
     Break(
         "OpenVINO's mapped graphs are handed back once it has packed its weights",
-        "models/runtimes.py",
+        "models/runtimes/selection.py",
         "                page_out_mappings(folder)\n",
         "",
         (RUNTIMES + "test_openvino_leaves_the_files_it_packed_its_weights_from_paged_out",),
     ),
     Break(
         "fp16 weights whose vectors differ give way to the fp32 weights",
-        "models/runtimes.py",
+        "models/runtimes/selection.py",
         "                break  # only these weights are coarser: exporting again would not help\n",
         "                return towers\n",
         (
@@ -229,7 +227,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "a record that cannot be returned does not break search",
-        "index/records.py",
+        "index/sqlite_records.py",
         "        metadata=load_stored_metadata(metadata),",
         "        metadata=json.loads(metadata) if metadata is not None else None,",
         (HOSTILE + "test_a_record_stored_by_an_older_release_cannot_break_search",),
@@ -264,21 +262,21 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "image_path files are opened without following links",
-        "app/services/import_files.py",
+        "app/jobs/import_files.py",
         "_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC",
         "_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC",
         (HOSTILE + "test_a_directory_swapped_for_a_link_never_leads_outside",),
     ),
     Break(
         "only regular files are read from the import root",
-        "app/services/import_files.py",
+        "app/jobs/import_files.py",
         "    if not stat.S_ISREG(info.st_mode):",
         "    if False:",
         (HOSTILE + "test_fifos_special_files_and_os_errors_fail_their_item_only",),
     ),
     Break(
         "an item's OS error fails that item only",
-        "app/services/import_files.py",
+        "app/jobs/import_files.py",
         "        descriptor = os.open(parts[-1], _FILE_FLAGS, dir_fd=directory)\n"
         "    except OSError as e:\n        raise InvalidInputError(_reason(e)) from e\n",
         "        descriptor = os.open(parts[-1], _FILE_FLAGS, dir_fd=directory)\n",
@@ -286,7 +284,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "batch uploads are staged in a few files, not a file and an fsync per item",
-        "app/services/staging.py",
+        "app/jobs/staging.py",
         "            if self._file.tell() < self._chunk_bytes:",
         "            if False:",
         (HOSTILE + "test_a_large_base64_batch_is_accepted_in_seconds",),
@@ -358,7 +356,7 @@ BREAKS: tuple[Break, ...] = (
     # -- search ---------------------------------------------------------------------------------
     Break(
         "a filter on an approximate index finds every matching item",
-        "index/store.py",
+        "index/search.py",
         "        if index.exact:\n            return index.search(queries, k, allowed)",
         "        if True:\n            return index.search(queries, k, allowed)",
         (
@@ -367,7 +365,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "paging returns the next results, not the first again",
-        "index/store.py",
+        "index/search.py",
         "        scores, labels = scores[:, offset:], labels[:, offset:]",
         "        scores, labels = scores[:, :k], labels[:, :k]",
         ("tests/app/test_search_filters.py::test_pages_follow_each_other",),
@@ -375,7 +373,7 @@ BREAKS: tuple[Break, ...] = (
     # -- steered queries ------------------------------------------------------------------------
     Break(
         "a replaced or deleted item's keyword row goes with it (no row outlives its item)",
-        "index/records.py",
+        "index/sqlite_records.py",
         '        self._conn.execute("DELETE FROM items WHERE label = ?", (label,))\n'
         "        keywords.remove(self._conn, [label])\n",
         '        self._conn.execute("DELETE FROM items WHERE label = ?", (label,))\n',
@@ -401,7 +399,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "near-duplicate groups are an exact range search on Flat, however large",
-        "index/store.py",
+        "index/duplicates.py",
         "            pending, k = pending[full], min(k * 2, size)",
         "            return",
         (
@@ -410,15 +408,15 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "dedup_threshold at indexing does not store an image that similar to a stored one",
-        "index/store.py",
+        "index/duplicates.py",
         "            if best_id is not None and best >= threshold:",
         "            if best_id is not None and best > 1.5:",
         ("tests/app/test_item_jobs.py::test_dedup_at_indexing_returns_the_existing_id",),
     ),
     Break(
         "a tagging job resumes from its cursor, it does not label items twice",
-        "app/services/jobs.py",
-        "        cursor, done = view.cursor, view.done",
+        "app/jobs/tagging.py",
+        "        cursor, done = job.view.cursor, job.view.done",
         "        cursor, done = 0, 0",
         (
             "tests/app/test_item_jobs.py::test_tagging_writes_the_best_label_into_metadata_and_resumes",
@@ -427,14 +425,14 @@ BREAKS: tuple[Break, ...] = (
     # -- collections and re-embedding ---------------------------------------------------------
     Break(
         "items deleted during a re-embedding are deleted in the new generation too",
-        "app/services/reindex.py",
+        "app/jobs/reindex.py",
         "        for item_id in new_ids - old_ids:",
         "        for item_id in set[str]():",
         (REINDEX + "test_searches_run_throughout_a_reindex_and_writes_are_carried_over",),
     ),
     Break(
         "a re-embedding resumes from its cursor after kill -9, it does not start over",
-        "app/services/reindex.py",
+        "app/jobs/reindex.py",
         "        cursor = await run_in(pool, read_cursor, folder)",
         "        cursor = ReindexCursor()",
         (
@@ -443,7 +441,7 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "a cancelled re-embedding leaves the collection as it was (its generation is removed)",
-        "app/services/reindex.py",
+        "app/jobs/reindex.py",
         "            await run_in(pool, collection.folder.remove, generation)",
         "            pass",
         (REINDEX + "test_a_cancelled_reindex_leaves_the_collection_as_it_was",),
@@ -451,21 +449,21 @@ BREAKS: tuple[Break, ...] = (
     # -- one process shared by many clients (issue 23) -----------------------------------------
     Break(
         "a tag is merged into the item's current metadata, never its stale copy",
-        "index/records.py",
+        "index/sqlite_records.py",
         "                merged = {**current, **tag}",
         "                merged = {**tag}",
         (TAGGING + "test_a_write_during_tagging_is_never_overwritten",),
     ),
     Break(
         "tagging never pushes metadata past XMR_MAX_METADATA_BYTES",
-        "index/records.py",
+        "index/sqlite_records.py",
         '                if len(text.encode("utf-8")) > max_bytes:',
         "                if False:",
         (TAGGING + "test_tagging_never_pushes_metadata_past_the_limit",),
     ),
     Break(
         "tagging into a field items hold already is a 409 unless overwrite",
-        "app/services/item_jobs.py",
+        "app/services/tagging.py",
         "    if holding:",
         "    if False:",
         (TAGGING + "test_tagging_into_a_field_items_hold_is_a_409_unless_overwrite",),
@@ -524,21 +522,21 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "every text field on every route has the same limit",
-        "app/schemas.py",
+        "app/schemas/items.py",
         "    texts: list[QueryText] = Field(..., min_length=1, max_length=1024)",
         "    texts: list[str] = Field(..., min_length=1, max_length=1024)",
         (SHARED + "test_every_text_field_has_the_same_limit",),
     ),
     Break(
         "near-duplicate thresholds start at 0.5",
-        "app/services/item_jobs.py",
+        "app/services/duplicates.py",
         "if not MIN_DUPLICATE_THRESHOLD <= self.threshold <= 1.0:",
         "if not -1.0 <= self.threshold <= 1.0:",
         (SHARED + "test_duplicates_below_the_lowest_threshold_are_a_422",),
     ),
     Break(
         "a near-duplicate scan is bounded by neighbours per item",
-        "index/store.py",
+        "index/duplicates.py",
         "if full.any() and k > MAX_NEIGHBOURS:",
         "if False:",
         (SHARED + "test_a_duplicates_scan_past_its_bounds_is_a_clear_422",),
@@ -609,14 +607,15 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "what the event loop reads of a store takes no write lock",
-        "index/store.py",
-        "        builds = self._builds.copy()\n",
-        "        with self._write_lock:\n            builds = self._builds.copy()\n",
+        "index/rebuild.py",
+        "        return {kind: spec for kind, (spec, _, _) in self._builds.copy().items()}\n",
+        "        with self._serving.lock:\n"
+        "            return {kind: spec for kind, (spec, _, _) in self._builds.copy().items()}\n",
         (SHARED + "test_reads_on_the_event_loop_never_wait_for_the_write_lock",),
     ),
     Break(
         "error bodies hold no server paths",
-        "app/errors.py",
+        "app/services/errors.py",
         '        text = _SERVER_PATH.sub("<path>", text)',
         "        pass",
         (SHARED + "test_public_messages_hold_no_server_path",),
