@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, Path, Request
 
+from app.assembly import Services
 from app.config import Settings
 from app.jobs.runner import JobRunner
 from app.middleware import key_matches, supplied_key
@@ -23,7 +24,6 @@ from app.services.errors import AdminKeyRequiredError, NotReadyError
 from app.services.items import ItemService
 from app.services.registry import CollectionRegistry
 from app.services.search import SearchService
-from app.state import Services
 from index.layout import COLLECTION_NAME, DEFAULT_COLLECTION
 
 
@@ -119,8 +119,7 @@ async def classifying(collection: CollectionDep) -> AsyncIterator[ClassifyServic
 
 async def encoding(collection: CollectionDep) -> AsyncIterator[EncodingService]:
     async with collection.use(model=True) as pin:
-        assert pin.encoding is not None
-        yield pin.encoding
+        yield pin.require_encoding()
 
 
 def get_jobs(services: ServicesDep) -> JobRunner:

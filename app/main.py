@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from app.assembly import Services
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.middleware import (
@@ -26,7 +27,6 @@ from app.observability.metrics import Metrics
 from app.observability.middleware import RequestObservabilityMiddleware
 from app.routers import api_router
 from app.routers.page import STATIC_DIR, SWAGGER_UI_DIR
-from app.state import Services
 from models import Encoder
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ def excerpt(value: object, limit: int = 40) -> str:
     return quoted + ("…" if len(text) > limit else "")
 
 
-class IndexError_(Exception):
+class IndexDomainError(Exception):
     """Base class for index-layer errors."""
 
 
-class ItemNotFoundError(IndexError_):
+class ItemNotFoundError(IndexDomainError):
     """No item has this id."""
 
     def __init__(self, item_id: str) -> None:
@@ -22,29 +22,29 @@ class ItemNotFoundError(IndexError_):
         self.item_id = item_id
 
 
-class ModelMismatchError(IndexError_):
+class ModelMismatchError(IndexDomainError):
     """The stored vectors were made by another model than the one loaded."""
 
 
-class SnapshotError(IndexError_):
+class SnapshotError(IndexDomainError):
     """An index snapshot file is missing, truncated, corrupt or describes other data."""
 
 
-class StorageError(IndexError_):
+class StorageError(IndexDomainError):
     """Writing to disk failed (disk full, permissions); nothing acknowledged was lost."""
 
 
-class DuplicateIdError(IndexError_):
+class DuplicateIdError(IndexDomainError):
     """One write names the same id twice."""
 
 
-class InvalidFilterError(IndexError_):
+class InvalidFilterError(IndexDomainError):
     """A metadata filter is malformed; the message names the bad part."""
 
 
-class TooManyDuplicatesError(IndexError_):
+class TooManyDuplicatesError(IndexDomainError):
     """A near-duplicate scan found more pairs or larger groups than one request may build."""
 
 
-class InvalidMetadataError(IndexError_):
+class InvalidMetadataError(IndexDomainError):
     """Item metadata is not a JSON object within the depth and size limits."""

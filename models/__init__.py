@@ -1,4 +1,5 @@
-"""Turn images and texts into L2-normalized vectors with a CLIP-style dual encoder.
+"""models/ turns images and texts into L2-normalized vectors with a CLIP-style dual encoder.
+Nothing here imports from app/ or index/.
 
 Importing this package does not import PyTorch: `OpenClipEncoder` (and with it torch and
 open_clip) is loaded on first use, so that app/ modules which only need the protocol, the

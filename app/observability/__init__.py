@@ -1,1 +1,2 @@
-"""What operators see of a running service: Prometheus metrics and structured logs."""
+"""What operators see of a running service: Prometheus metrics and structured logs. Reads
+the services' state; nothing here changes it."""

@@ -75,7 +75,7 @@ class Metrics:
 
 
 @dataclass(frozen=True)
-class CollectionState:
+class CollectionGauges:
     name: str
     model_id: str
     indexes: dict[Kind, IndexInfo]
@@ -91,7 +91,7 @@ class ServiceState:
 
     models: list[dict[str, str]] = field(default_factory=list)
     queues: dict[tuple[str, str], int] = field(default_factory=dict)
-    collections: list[CollectionState] = field(default_factory=list)
+    collections: list[CollectionGauges] = field(default_factory=list)
 
 
 class StateCollector(Collector):

@@ -1,4 +1,5 @@
-"""HTTP routes, one module per resource; aggregated in `api_router`.
+"""HTTP routes, one module per resource; aggregated in `api_router`. Routers are thin: they call
+the services (and app/jobs), never index/ or models/ directly (the layering test checks it).
 
 The data routes (items, search, batch, embed) are mounted twice: under `/v1`, acting on the
 `default` collection, and under `/v1/collections/{collection}`. Each mounting holds its own
@@ -47,7 +48,8 @@ def mounted(
     copy = APIRouter(prefix=prefix, dependencies=list(dependencies))
     for router in routers:
         for route in router.routes:
-            assert isinstance(route, APIRoute)
+            if not isinstance(route, APIRoute):
+                raise TypeError(f"{route!r} is not an API route: it cannot be mounted")
             options: dict[str, Any] = {
                 "methods": route.methods,
                 "response_model": route.response_model,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from app.deps import JobsDep, collection_name
 from app.jobs.intake import BatchEntry
 from app.jobs.ledger import JobView
 from app.parsing import parse_ids, parse_metadata
+from app.routers.common import body_format, validated
 from app.schemas import BatchRequest, JobAccepted, JobDuplicate, JobItemError, JobResponse
 from app.services.errors import InvalidInputError
 
@@ -75,8 +74,8 @@ def job_response(view: JobView) -> JobResponse:
 )
 async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
     collection = collection_name(request)
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    refusal = "send application/json items or multipart/form-data files"
+    if body_format(request, refusal) == "multipart":
         async with request.form(max_files=MAX_BATCH_FILES, max_fields=100) as form:
             uploads = [f for f in form.getlist("files") if not isinstance(f, str)]
             if not uploads:
@@ -89,15 +88,10 @@ async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
                 for u, i, m in zip(uploads, ids, metadata, strict=True)
             ]
             job_id = await jobs.submit(entries, collection, dedup)
-    elif content_type.startswith("application/json"):
-        try:
-            body = BatchRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise RequestValidationError(e.errors(include_url=False)) from e
+    else:
+        body = validated(BatchRequest, await request.body())
         entries = [BatchEntry(**item.model_dump()) for item in body.items]
         job_id = await jobs.submit(entries, collection, body.dedup_threshold)
-    else:
-        raise InvalidInputError("send application/json items or multipart/form-data files")
     return JobAccepted(job_id=job_id)
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from app.deps import AdminOnly, ClassifyDep, ItemsDep, JobsDep, collection_name
 from app.parsing import strict_json
-from app.routers.common import read_upload
+from app.routers.common import body_format, read_upload, validated
 from app.schemas import (
     TARGET_KIND,
     ClassifyItemsRequest,
@@ -60,8 +58,8 @@ def _response(results: list[list[LabelScore]]) -> ClassifyResponse:
     summary="Zero-shot labels: multipart image files, or JSON stored items, and the labels",
 )
 async def classify(request: Request, classify: ClassifyDep) -> ClassifyResponse:
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    refusal = "send multipart/form-data image files, or JSON stored items"
+    if body_format(request, refusal) == "multipart":
         async with request.form(max_files=MAX_IMAGES, max_fields=10) as form:
             files = [f for f in form.getlist("files") if not isinstance(f, str)]
             blobs = [await read_upload(f, i) for i, f in enumerate(files)]
@@ -69,13 +67,8 @@ async def classify(request: Request, classify: ClassifyDep) -> ClassifyResponse:
             template = form.get("template")
         text_template = template if isinstance(template, str) and template else None
         return _response(await classify.images(blobs, labels, text_template))
-    if content_type.startswith("application/json"):
-        try:
-            body = ClassifyItemsRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise RequestValidationError(e.errors(include_url=False)) from e
-        return _response(await classify.items(body.items, body.labels, body.template))
-    raise InvalidInputError("send multipart/form-data image files, or JSON stored items")
+    body = validated(ClassifyItemsRequest, await request.body())
+    return _response(await classify.items(body.items, body.labels, body.template))
 
 
 @router.post(

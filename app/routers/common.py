@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal, TypeVar
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.parsing import parse_filter_param
@@ -27,6 +29,7 @@ FILTER_HELP = (
     '{"tag": {"in": ["cat", "dog"]}}, {"year": {"gte": 2000, "lt": 2010}}'
 )
 OFFSET_HELP = "skip this many results (paging)"
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def query_scope(
@@ -67,3 +70,21 @@ async def read_upload(upload: StarletteUploadFile, position: int | None = None) 
         where = f"files[{position}]" if position is not None else "file"
         raise InvalidInputError(f"{where} ({upload.filename or 'unnamed'}) is empty")
     return data
+
+
+def body_format(request: Request, refusal: str) -> Literal["multipart", "json"]:
+    """Whether a route that takes either got a multipart form or JSON; else `refusal` (422)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return "multipart"
+    if content_type.startswith("application/json"):
+        return "json"
+    raise InvalidInputError(refusal)
+
+
+def validated(model: type[Body], raw: str | bytes) -> Body:
+    """`raw` JSON as `model`, or a 422 naming each bad field as FastAPI's own would."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False)) from e

@@ -6,13 +6,18 @@ import base64
 import binascii
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from app.deps import SearchDep, UrlBaseDep
 from app.parsing import parse_filter_param, where_of
 from app.responses import search_hit, search_response
-from app.routers.common import FILTER_HELP, OFFSET_HELP, TextQueryScopeDep, read_upload
+from app.routers.common import (
+    FILTER_HELP,
+    OFFSET_HELP,
+    TextQueryScopeDep,
+    body_format,
+    read_upload,
+    validated,
+)
 from app.schemas import (
     MAX_QUERIES,
     MAX_QUERY_PARTS,
@@ -158,22 +163,17 @@ async def composite_search(request: Request, search: SearchDep, base: UrlBaseDep
 
 async def _composite_request(request: Request) -> tuple[CompositeSearchRequest, list[bytes]]:
     """The body from JSON, or from a multipart form's `request` field with its `files`."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    refusal = "send a JSON body, or multipart/form-data with 'request'"
+    if body_format(request, refusal) == "multipart":
         async with request.form(max_files=MAX_QUERY_PARTS, max_fields=10) as form:
             raw = form.get("request")
             if not isinstance(raw, str):
                 raise InvalidInputError("a multipart search needs a 'request' field (JSON)")
             files = [f for f in form.getlist("files") if not isinstance(f, str)]
             uploads = [await read_upload(f, i) for i, f in enumerate(files)]
-    elif content_type.startswith("application/json"):
-        raw, uploads = (await request.body()).decode("utf-8", "replace"), []
     else:
-        raise InvalidInputError("send a JSON body, or multipart/form-data with 'request'")
-    try:
-        return CompositeSearchRequest.model_validate_json(raw), uploads
-    except ValidationError as e:
-        raise RequestValidationError(e.errors(include_url=False)) from e
+        raw, uploads = (await request.body()).decode("utf-8", "replace"), []
+    return validated(CompositeSearchRequest, raw), uploads
 
 
 def _weighted_part(part: QueryPart, position: int, uploads: list[bytes]) -> WeightedPart:

@@ -11,6 +11,7 @@ old generation is closed once the requests still reading it are done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -69,13 +70,19 @@ class Pin:
     model: LoadedModel | None
     write: bool
     released: bool = False
+    encoding: EncodingService | None = None  # the collection's lane on the model held, if one is
 
-    @property
-    def encoding(self) -> EncodingService | None:
-        """The collection's own batchers on the model held, if one is."""
-        return self.model.encoding_for(self.collection.name) if self.model else None
+    def hold(self, model: LoadedModel) -> None:
+        """Hold `model` for this request: its encoding is the collection's own lane."""
+        self.model = model
+        self.encoding = model.encoding_for(self.collection.name)
 
-    @property
+    def require_encoding(self) -> EncodingService:
+        if self.encoding is None:
+            raise RuntimeError("encoding needs the pin to hold the model")
+        return self.encoding
+
+    @functools.cached_property
     def items(self) -> ItemService:
         return ItemService(
             self.store,
@@ -84,7 +91,7 @@ class Pin:
             self.collection.limits.max_metadata_bytes,
         )
 
-    @property
+    @functools.cached_property
     def search(self) -> SearchService:
         """Searches; those that encode a query need the pin to hold the model."""
         limits = self.collection.limits
@@ -98,7 +105,7 @@ class Pin:
             background_pool=self.collection.pools.background,
         )
 
-    @property
+    @functools.cached_property
     def classify(self) -> ClassifyService:
         if self.model is None or self.encoding is None:
             raise RuntimeError("classifying needs the pin to hold the model")
@@ -161,19 +168,19 @@ class Collection:
         self._readers[id(pin.store)] = self._readers.get(id(pin.store), 0) + 1
         if model:
             try:
-                pin.model = await self.models.acquire(pin.generation.spec)
-                self._check_model(pin)
+                loaded = await self.models.acquire(pin.generation.spec)
+                pin.hold(loaded)
+                self._check_model(pin.generation, loaded)
             except BaseException:
                 await pin.release()
                 raise
         return pin
 
-    def _check_model(self, pin: Pin) -> None:
-        assert pin.model is not None
-        if pin.model.encoder.model_id != pin.generation.model_id:
+    def _check_model(self, generation: Generation, model: LoadedModel) -> None:
+        if model.encoder.model_id != generation.model_id:
             raise CollectionStateError(
-                f"collection {self.name} holds vectors of {pin.generation.model_id}, but its "
-                f"model now loads as {pin.model.encoder.model_id}: re-embed it"
+                f"collection {self.name} holds vectors of {generation.model_id}, but its "
+                f"model now loads as {model.encoder.model_id}: re-embed it"
             )
 
     async def unpin(self, pin: Pin) -> None:

@@ -1,4 +1,5 @@
-"""Everything a running service holds, built once at start-up and kept on app.state."""
+"""Everything a running service holds (`Services`), assembled once at start-up and kept on
+the FastAPI app's state."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from app.jobs.ledger import JobKind, JobLedger, open_ledger
 from app.jobs.reindex import Reindexer
 from app.jobs.runner import JobRunner
 from app.jobs.tagging import TaggingJob
-from app.observability.metrics import CollectionState, ServiceState
+from app.observability.metrics import CollectionGauges, ServiceState
 from app.services.collections import Limits
 from app.services.encoding import EncodingService
 from app.services.model_policy import AllowedModels, allowed_models
@@ -104,7 +105,7 @@ class Services:
                 for modality, depth in m.queue_depths().items()
             },
             collections=[
-                CollectionState(c.name, c.state.current.model_id, c.store.index_info())
+                CollectionGauges(c.name, c.state.current.model_id, c.store.index_info())
                 for c in self.collections.all()
             ],
         )
