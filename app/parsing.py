@@ -63,20 +63,19 @@ def _refuse_constant(name: str) -> None:
 
 
 def parse_ids(raw: str | None, expected: int) -> list[str | None]:
-    ids = parse_json_list(raw, "ids", expected)
-    if ids is None:
-        return [None] * expected
-    for position, item_id in enumerate(ids):
-        if item_id is not None and not isinstance(item_id, str):
-            raise InvalidInputError(f"ids[{position}] must be a string or null")
-    return ids
+    return _entries_of(raw, "ids", expected, str, "a string")
 
 
 def parse_metadata(raw: str | None, expected: int) -> list[dict[str, Any] | None]:
-    metadata = parse_json_list(raw, "metadata", expected)
-    if metadata is None:
+    return _entries_of(raw, "metadata", expected, dict, "a JSON object")
+
+
+def _entries_of(raw: str | None, field: str, expected: int, kind: type, what: str) -> list[Any]:
+    """A JSON list field, one entry per file, each of type `kind` or null (all null if absent)."""
+    entries = parse_json_list(raw, field, expected)
+    if entries is None:
         return [None] * expected
-    for position, entry in enumerate(metadata):
-        if entry is not None and not isinstance(entry, dict):
-            raise InvalidInputError(f"metadata[{position}] must be a JSON object or null")
-    return metadata
+    for position, entry in enumerate(entries):
+        if entry is not None and not isinstance(entry, kind):
+            raise InvalidInputError(f"{field}[{position}] must be {what} or null")
+    return entries

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from app.jobs.ledger import JobView
 from app.schemas import (
     CollectionResponse,
     DuplicateResponse,
     IndexDescription,
     ItemResponse,
+    JobDuplicate,
+    JobItemError,
+    JobResponse,
     ModelRequest,
     SearchHit,
     SearchResponse,
@@ -91,4 +95,30 @@ def collection_response(view: CollectionView) -> CollectionResponse:
         reindex_job=state.reindex_job,
         reindex_to=None if following is None else ModelRequest.of(following.spec),
         created_at=state.created_at,
+    )
+
+
+def job_response(view: JobView) -> JobResponse:
+    return JobResponse(
+        job_id=view.id,
+        kind=view.kind,
+        collection=view.collection,
+        status=view.status,
+        total=view.total,
+        done=view.done,
+        failed=view.failed,
+        errors=[JobItemError(position=e.position, id=e.id, error=e.error) for e in view.errors],
+        error=view.error,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+        items_per_s=view.items_per_s,
+        eta_s=view.eta_s,
+        model=view.params if view.kind == "reindex" else None,
+        params=view.params,
+        duplicates=[
+            JobDuplicate(position=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score)
+            for d in view.duplicates
+        ],
+        result=view.result,
+        waiting_for=view.waiting_for,
     )

@@ -188,7 +188,7 @@ BREAKS: tuple[Break, ...] = (
         "app/errors.py",
         "    (ImageDecodeError, 422),\n",
         "",
-        ("tests/app/test_api.py::test_bad_requests_get_a_clear_4xx",),
+        ("tests/app/routes/test_errors.py::test_bad_requests_get_a_clear_4xx",),
     ),
     Break(
         "decompression bombs are refused before decoding",
@@ -394,7 +394,7 @@ BREAKS: tuple[Break, ...] = (
         """            phrases.append('"' + " ".join(tokens) + '"')""",
         """            phrases.append(term)""",
         (
-            "tests/app/test_api.py::test_keyword_and_hybrid_search_find_an_exact_rare_token_that_vectors_rank_low",
+            "tests/app/routes/test_keywords.py::test_keyword_and_hybrid_search_find_an_exact_rare_token_that_vectors_rank_low",
         ),
     ),
     Break(

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, status
 
 from app.deps import JobsDep, collection_name
 from app.jobs.intake import BatchEntry
-from app.jobs.ledger import JobView
 from app.parsing import parse_ids, parse_metadata
+from app.responses import job_response
 from app.routers.common import body_format, validated
-from app.schemas import BatchRequest, JobAccepted, JobDuplicate, JobItemError, JobResponse
+from app.schemas import BatchRequest, JobAccepted, JobResponse
 from app.services.errors import InvalidInputError
 
 router = APIRouter(tags=["batch"])  # /batch under /v1 and each collection
@@ -37,32 +37,6 @@ _BATCH_BODY = {
         },
     }
 }
-
-
-def job_response(view: JobView) -> JobResponse:
-    return JobResponse(
-        job_id=view.id,
-        kind=view.kind,
-        collection=view.collection,
-        status=view.status,
-        total=view.total,
-        done=view.done,
-        failed=view.failed,
-        errors=[JobItemError(position=e.position, id=e.id, error=e.error) for e in view.errors],
-        error=view.error,
-        created_at=view.created_at,
-        updated_at=view.updated_at,
-        items_per_s=view.items_per_s,
-        eta_s=view.eta_s,
-        model=view.params if view.kind == "reindex" else None,
-        params=view.params,
-        duplicates=[
-            JobDuplicate(position=d.position, id=d.id, duplicate_of=d.duplicate_of, score=d.score)
-            for d in view.duplicates
-        ],
-        result=view.result,
-        waiting_for=view.waiting_for,
-    )
 
 
 @router.post(

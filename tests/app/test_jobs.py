@@ -13,7 +13,7 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
-from tests.app.test_api import wait_for_job
+from tests.conftest import wait_for_job
 
 
 class SlowEncoder:

@@ -30,8 +30,8 @@ from app.config import Settings
 from app.main import create_app
 from index import MAX_METADATA_DEPTH
 from models import OpenClipEncoder
-from tests.app.test_api import index_texts, wait_for_job
-from tests.conftest import image_bytes, serve_in_thread
+from tests.app.routes.conftest import index_texts
+from tests.conftest import image_bytes, serve_in_thread, wait_for_job
 
 
 def nested(depth: int) -> dict:

@@ -1,0 +1,76 @@
+"""The job ledger contract, run against every implementation its factory knows (LEDGERS)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.jobs.ledger import LEDGERS, JobItem, JobLedger, open_ledger
+
+
+@pytest.fixture(params=LEDGERS)
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobLedger]:
+    opened = open_ledger(tmp_path, request.param)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def items(count: int) -> list[JobItem]:
+    return [
+        JobItem(position=n, item_id=f"i{n}", kind="text", text=f"t{n}", metadata={"n": n})
+        for n in range(count)
+    ]
+
+
+def test_a_batch_counts_its_items_and_pages_what_is_pending(ledger: JobLedger) -> None:
+    ledger.create("j", items(5), "docs", "batch", {"dedup_threshold": 0.9})
+    assert [i.position for i in ledger.pending("j", 2)] == [0, 1]
+    assert ledger.pending("j", 10, after_position=3)[0].metadata == {"n": 4}
+    ledger.record_results("j", [0, 1], {2: "bad image"}, {1: ("other", 0.97)})
+    view = ledger.get("j")
+    assert view is not None
+    assert (view.total, view.done, view.failed, view.status) == (5, 2, 1, "queued")
+    assert (view.collection, view.kind, view.params) == ("docs", "batch", {"dedup_threshold": 0.9})
+    assert [(e.position, e.id, e.error) for e in view.errors] == [(2, "i2", "bad image")]
+    assert [(d.position, d.duplicate_of, d.score) for d in view.duplicates] == [(1, "other", 0.97)]
+    assert [i.position for i in ledger.pending("j", 10)] == [3, 4]
+
+
+def test_jobs_without_items_keep_their_counts_cursor_and_result(ledger: JobLedger) -> None:
+    ledger.create("t", [], "default", "classify", {"labels": ["cat"]})
+    ledger.set_status("t", "running")
+    ledger.set_cursor("t", 41, total=10, done=4)
+    ledger.set_result("t", {"groups": []})
+    ledger.set_waiting("t", "a model slot")
+    view = ledger.get("t")
+    assert view is not None
+    assert (view.cursor, view.total, view.done, view.result) == (41, 10, 4, {"groups": []})
+    assert view.waiting_for == "a model slot"
+    ledger.set_status("t", "done")
+    finished = ledger.get("t")
+    assert finished is not None and finished.waiting_for is None  # only while it runs
+    assert ledger.get("missing") is None
+
+
+def test_a_restart_interrupts_the_queued_jobs_but_not_reembeddings(ledger: JobLedger) -> None:
+    ledger.create("b", items(1), "docs")
+    ledger.create("r", [], "docs", "reindex")
+    ledger.set_status("r", "running")
+    ledger.create("d", [], "docs", "duplicates")
+    ledger.set_status("d", "done")
+    assert ledger.interrupt_unfinished() == ["b"]
+    assert [v.status for v in map(ledger.get, ["b", "r", "d"]) if v] == [
+        "interrupted",
+        "running",
+        "done",
+    ]
+    assert sorted(ledger.jobs_of("docs", ("running", "done"))) == ["d", "r"]
+
+
+def test_an_unknown_ledger_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown job ledger 'redis'.*sqlite"):
+        open_ledger(tmp_path, "redis")

@@ -1,0 +1,138 @@
+"""The storage contracts, run against every implementation their factories know: the records
+(with their sequence log and keyword index) and the blobs. A new implementation is one more
+name in RECORD_STORES or BLOB_STORES, and these tests run on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import ItemNotFoundError, ModelMismatchError, NewItem, parse_filter
+from index.blobs import BLOB_STORES, BlobStore, blob_name, open_blobs
+from index.records import RECORD_STORES, Records, open_records
+from index.types import RecordWrite
+
+DIM = 4
+
+
+@pytest.fixture(params=RECORD_STORES)
+def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]:
+    opened = open_records(tmp_path, request.param)
+    opened.items.bind_model("m/1", DIM)
+    try:
+        yield opened
+    finally:
+        opened.items.close()
+
+
+@pytest.fixture(params=BLOB_STORES)
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    return open_blobs(tmp_path, request.param)
+
+
+def vector(i: int) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i % DIM] = 1.0
+    return v
+
+
+def text(item_id: str, i: int, words: str = "", metadata: dict | None = None) -> RecordWrite:
+    return RecordWrite(NewItem.text_item(item_id, vector(i), words or item_id, metadata), vector(i))
+
+
+def test_writes_are_sequenced_and_replayable(records: Records) -> None:
+    first = records.items.upsert([text("a", 0), text("b", 1)], "m/1")
+    second = records.items.upsert([text("a", 2)], "m/1")  # a rewrite: a new label, a tombstone
+    assert second.seq == first.seq + 1 == records.log.current_seq()
+    old_a = first.added["text"][0][0]
+    assert second.removed["text"] == [old_a]
+    assert records.log.tombstones_after("text", first.seq) == [old_a]
+    labels, vectors = next(iter(records.log.vectors_after("text", first.seq, DIM)))
+    assert labels.tolist() == [second.added["text"][0][0]]
+    np.testing.assert_array_equal(vectors[0], vector(2))
+    assert records.log.count("text") == 2 and records.log.count("image") == 0
+    records.log.prune_tombstones(second.seq)
+    assert records.log.tombstones_after("text", first.seq) == []
+
+
+def test_items_are_read_by_id_label_cursor_and_filter(records: Records) -> None:
+    result = records.items.upsert(
+        [text("a", 0, metadata={"album": "x"}), text("b", 1, metadata={"album": "y"})], "m/1"
+    )
+    a, b = (label for label, _ in result.added["text"])
+    assert records.items.get("a").metadata == {"album": "x"}
+    assert set(records.items.get_by_labels([a, b, 10**9])) == {a, b}
+    assert [r.id for r in records.items.records_after(a, 10)] == ["b"]
+    assert records.items.labels_matching("text", parse_filter({"album": "y"})).tolist() == [b]
+    assert records.items.count_with_field("text", "album", None) == 2
+    assert records.items.max_label() == b and records.items.count_after(a) == 1
+    assert records.items.all_ids() == {"a", "b"}
+    found, vectors = records.log.vectors_of(np.array([b, a, 10**9]), DIM)
+    assert found.tolist() == [a, b] and vectors.shape == (2, DIM)
+    records.items.delete("a")
+    with pytest.raises(ItemNotFoundError):
+        records.items.get("a")
+    with pytest.raises(ItemNotFoundError):
+        records.items.delete("a")
+
+
+def test_the_keyword_index_follows_every_write(records: Records) -> None:
+    records.items.upsert([text("a", 0, "red fox"), text("b", 1, "blue fox")], "m/1")
+    assert {label for label, _ in records.keywords.search("text", "fox", 10)} == set(
+        records.log.all_labels("text").tolist()
+    )
+    records.items.upsert([text("a", 2, "green owl")], "m/1")
+    hits = records.keywords.search("text", "fox", 10)
+    assert [records.items.get_by_labels([label])[label].id for label, _ in hits] == ["b"]
+    assert set(records.keywords.scores("fox", [hits[0][0]])) == {hits[0][0]}
+
+
+def test_tags_merge_into_current_metadata_and_skip_rewritten_items(records: Records) -> None:
+    result = records.items.upsert([text("a", 0, metadata={"keep": 1}), text("b", 1)], "m/1")
+    a, b = (label for label, _ in result.added["text"])
+    records.items.upsert([text("b", 1, metadata={"new": True})], "m/1")  # b has a new label
+    written = records.items.merge_tags({a: {"tag": "cat"}, b: {"tag": "dog"}}, 1000, False)
+    assert written == 1
+    assert records.items.get("a").metadata == {"keep": 1, "tag": "cat"}
+    assert records.items.get("b").metadata == {"new": True}
+    assert records.items.merge_tags({a: {"tag": "owl"}}, 1000, False) == 0  # held already
+    assert records.items.merge_tags({a: {"tag": "x" * 2000}}, 1000, True) == 0  # too large
+
+
+def test_a_store_is_bound_to_one_model(records: Records, tmp_path: Path) -> None:
+    assert records.items.stored_model() == ("m/1", DIM)
+    with pytest.raises(ModelMismatchError):
+        records.items.bind_model("m/2", DIM)
+
+
+def test_an_unknown_record_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown record store 'mongo'.*sqlite"):
+        open_records(tmp_path, "mongo")
+
+
+def test_blobs_are_content_addressed_and_shared(blobs: BlobStore) -> None:
+    first = blobs.put(b"bytes", "image/png")
+    assert first == blob_name(b"bytes", "image/png") and first.path.endswith(".png")
+    assert blobs.put(b"bytes", "image/png") == first
+    assert blobs.read(first.path) == b"bytes"
+    other = blobs.put(b"other", "image/jpeg")
+    assert blobs.remove_unreferenced({first.path}) == 1
+    with pytest.raises(OSError):
+        blobs.read(other.path)
+    blobs.remove(first.path)
+    blobs.remove(first.path)  # gone already: no error
+    with pytest.raises(OSError):
+        blobs.read(first.path)
+
+
+def test_a_blob_path_cannot_escape_the_store(blobs: BlobStore) -> None:
+    with pytest.raises(ValueError, match="escapes"):
+        blobs.read("../../etc/passwd")
+
+
+def test_an_unknown_blob_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown blob store 's3'.*local"):
+        open_blobs(tmp_path, "s3")
