@@ -206,14 +206,4 @@ def encoding_service(
     pools: Pools,
     on_batch: Callable[[str, int, float], None] | None,
 ) -> EncodingService:
-    return EncodingService(
-        encoder,
-        settings.max_image_pixels,
-        settings.max_batch,
-        settings.max_queue,
-        decode_workers=settings.decode_workers,
-        jpeg_draft=settings.jpeg_draft,
-        max_decoded_bytes=int(settings.max_decoded_image_mb * 2**20),
-        on_batch=on_batch,
-        pools=pools,
-    )
+    return EncodingService(encoder, settings.encoding_limits(), on_batch=on_batch, pools=pools)

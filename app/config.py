@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.services.encoding import EncodingLimits
 from index import DEFAULT_MAX_METADATA_BYTES, IndexOptions
 from models.options import LoadOptions
 
@@ -173,6 +174,16 @@ class Settings(BaseSettings):
             runtime=self.runtime,
             model_cache_dir=self.model_cache_dir,
             runtime_cache_dir=self.runtime_cache_dir,
+        )
+
+    def encoding_limits(self) -> EncodingLimits:
+        return EncodingLimits(
+            max_image_pixels=self.max_image_pixels,
+            max_batch=self.max_batch,
+            max_queue=self.max_queue,
+            decode_workers=self.decode_workers,
+            jpeg_draft=self.jpeg_draft,
+            max_decoded_bytes=int(self.max_decoded_image_mb * 2**20),
         )
 
     def index_options(self) -> IndexOptions:

@@ -123,7 +123,7 @@ def batcher_qps(
 
     At concurrency 1 this is one-at-a-time encoding; the ratio isolates what batching gives.
     """
-    from app.services.encoding import EncodingService
+    from app.services.encoding import EncodingLimits, EncodingService
 
     async def at(service: EncodingService, concurrency: int) -> float:
         counter = iter(range(total))
@@ -138,7 +138,7 @@ def batcher_qps(
 
     async def run() -> dict[int, float]:
         service = EncodingService(
-            encoder, max_image_pixels=10**8, max_batch=64, inference=inference
+            encoder, EncodingLimits(max_image_pixels=10**8, max_batch=64), inference=inference
         )
         service.start()
         try:

@@ -23,6 +23,7 @@ import asyncio
 import copy
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,36 +45,48 @@ LARGE_IMAGE_PIXELS = 12_000_000  # a PNG this size decodes in about 0.2 s on one
 INLINE_TOKENIZE_CHARS = 1_000  # texts of a request tokenized on the event loop up to this
 
 
+@dataclass(frozen=True)
+class EncodingLimits:
+    """How much one encoding service takes on: image sizes, batch and queue bounds, decoding."""
+
+    max_image_pixels: int
+    max_batch: int = 64
+    max_queue: int = 1024
+    decode_workers: int = 2
+    jpeg_draft: bool = True  # decode large JPEGs at a reduced size (DRAFT_FACTOR)
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    overlap_decode: bool | None = None  # decode while the model runs; default: off the CPU
+
+
 class EncodingService:
     """Async facade over an Encoder: one inference thread fed by a batcher per modality."""
 
     def __init__(
         self,
         encoder: Encoder,
-        max_image_pixels: int,
-        max_batch: int = 64,
-        max_queue: int = 1024,
-        decode_workers: int = 2,
-        jpeg_draft: bool = True,
+        limits: EncodingLimits,
         on_batch: Callable[[str, int, float], None] | None = None,
         inference: ThreadPoolExecutor | None = None,
-        overlap_decode: bool | None = None,
-        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         pools: Pools | None = None,
     ) -> None:
         """`inference` is the thread that loaded the model, if any (see app.services.threads).
 
         `pools`: the process's shared pools (then `inference` is theirs and `close` leaves
         them running); without them the service makes and owns its own.
-        `overlap_decode`: decode while the model runs; by default only when it is not on the CPU.
         """
         self.encoder = encoder
+        overlap_decode = limits.overlap_decode
         self.overlap_decode = (
             overlap_decode if overlap_decode is not None else encoder.device != "cpu"
         )
-        self._max_image_pixels = max_image_pixels
-        self._max_decoded_bytes = max_decoded_bytes
-        self._draft_size = encoder.image_size * DRAFT_FACTOR if jpeg_draft else None
+        self._max_image_pixels = limits.max_image_pixels
+        self._max_decoded_bytes = limits.max_decoded_bytes
+        self._draft_size = encoder.image_size * DRAFT_FACTOR if limits.jpeg_draft else None
+        decode_workers, max_batch, max_queue = (
+            limits.decode_workers,
+            limits.max_batch,
+            limits.max_queue,
+        )
         self._owns_pools = pools is None
         if pools is not None:
             self._inference, self._decode = pools.inference, pools.decode

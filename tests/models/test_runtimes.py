@@ -330,11 +330,13 @@ def test_onnxruntime_runs_fp32_and_says_so_when_bf16_is_asked() -> None:
 def test_openvino_uses_the_cores_it_is_given_whichever_thread_loads_it(
     threads: int, tmp_path: Path
 ) -> None:
-    """The inference thread's rule (app.services.threads) holds for OpenVINO's own threads,
-    though models load on a thread of one core (the load pool)."""
-    from app.services.threads import single_core_pool
+    """The cores a model is given hold for OpenVINO's own threads, though the service loads
+    models on a thread limited to one core (app.services.threads' load pool, as here)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    pool = single_core_pool(1, "xmr-load")
+    from models import use_threads
+
+    pool = ThreadPoolExecutor(1, "xmr-load", initializer=use_threads, initargs=(1,))
     try:
         encoder = pool.submit(
             functools.partial(

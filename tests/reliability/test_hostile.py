@@ -511,7 +511,7 @@ def test_a_text_query_never_waits_behind_a_large_decode(
     queued there too, every query would wait for it (and here, for ever).
     """
     from app.services import encoding as encoding_module
-    from app.services.encoding import LARGE_IMAGE_PIXELS, EncodingService
+    from app.services.encoding import LARGE_IMAGE_PIXELS, EncodingLimits, EncodingService
 
     release = threading.Event()
     decoding_threads: list[str] = []
@@ -529,7 +529,7 @@ def test_a_text_query_never_waits_behind_a_large_decode(
     large = image_bytes("red", "PNG", (side, side))
 
     async def scenario() -> None:
-        service = EncodingService(tiny_encoder, 50_000_000, decode_workers=2)
+        service = EncodingService(tiny_encoder, EncodingLimits(50_000_000, decode_workers=2))
         service.start()
         try:
             big = asyncio.ensure_future(service.prepare_many([large, image_bytes("blue")]))

@@ -469,10 +469,10 @@ def test_the_label_vector_cache_is_bounded_in_bytes(tiny_encoder: OpenClipEncode
     import asyncio
 
     from app.services.classify import LabelVectors
-    from app.services.encoding import EncodingService
+    from app.services.encoding import EncodingLimits, EncodingService
 
     async def scenario() -> LabelVectors:
-        encoding = EncodingService(tiny_encoder, 50_000_000)
+        encoding = EncodingService(tiny_encoder, EncodingLimits(50_000_000))
         encoding.start()
         try:
             cache = LabelVectors(max_bytes=64 * 1024)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from app.services.encoding import EncodingService
+from app.services.encoding import EncodingLimits, EncodingService
 from models import ImageDecodeError, OpenClipEncoder
 
 Span = tuple[str, float, float]
@@ -74,7 +74,7 @@ def _run_jobs(encoder: RecordingEncoder, jobs: int = 4, images: int = 6) -> None
     """`jobs` concurrent tasks that each prepare `images` images and encode them."""
 
     async def main() -> None:
-        service = EncodingService(encoder, max_image_pixels=10**7, max_batch=images)
+        service = EncodingService(encoder, EncodingLimits(max_image_pixels=10**7, max_batch=images))
         service.start()
 
         async def job(seed: int) -> None:
@@ -109,7 +109,7 @@ def test_decoding_in_turn_keeps_order_and_reports_bad_images_in_place(
     tiny_encoder: OpenClipEncoder,
 ) -> None:
     async def main() -> list[Any]:
-        service = EncodingService(tiny_encoder, max_image_pixels=10**7)
+        service = EncodingService(tiny_encoder, EncodingLimits(max_image_pixels=10**7))
         assert not service.overlap_decode
         try:
             return await service.prepare_many([_jpeg(1), b"not an image", _jpeg(2)])
