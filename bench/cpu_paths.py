@@ -12,7 +12,7 @@
 4. Decoding beside the model: image batches per second alone, and with one thread decoding
    at the same time (why, on the CPU, decoding and the model take turns).
 5. Fixed shapes in bf16: texts/s and memory growth over random batch sizes and text lengths,
-   with and without rounding shapes up to buckets (models/shapes.py).
+   with and without rounding shapes up to buckets (models/buckets.py).
 """
 
 from __future__ import annotations

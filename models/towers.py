@@ -76,7 +76,7 @@ class TorchTowers:
         if device.type == "cuda":
             self._model = self._model.to(memory_format=torch.channels_last)
         self._split = split
-        # oneDNN (bf16 on the CPU) keeps state per input shape: see models.shapes
+        # oneDNN (bf16 on the CPU) keeps state per input shape: see models.buckets
         self.fixed_shapes = device.type == "cpu" and precision == "bf16"
         self.short_text = supports_short_text(self._model) and (
             probe_tokens is None or self._short_text_matches(probe_tokens)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.shapes import text_length_bucket
+from models.buckets import text_length_bucket
 from models.towers import TorchTowers, Towers, text_length
 from models.transforms import SplitTransform
 

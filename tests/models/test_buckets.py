@@ -11,7 +11,7 @@ from PIL import Image
 
 from models import OpenClipEncoder
 from models.options import LoadOptions
-from models.shapes import batch_bucket, batch_chunks, text_length_bucket
+from models.buckets import batch_bucket, batch_chunks, text_length_bucket
 from tests.conftest import TINY_MODEL
 
 
