@@ -12,12 +12,12 @@ import open_clip
 import torch
 from PIL import Image
 
+from models.buckets import batch_bucket, batch_chunks, text_length_bucket
 from models.errors import EmptyTextError, ModelLoadError
 from models.memory import release_free_memory
 from models.options import LoadOptions
 from models.registry import WeightsSource, model_id_for, resolve_weights
 from models.runtimes.selection import TowerInputs, build_towers, runtime_candidates
-from models.buckets import batch_bucket, batch_chunks, text_length_bucket
 from models.text import bound_word_cache, fit_to_context, longest_token
 from models.towers import DTYPES, SHORT_TEXT_PROBES, TorchTowers, Towers, image_side, text_length
 from models.transforms import split_transform

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from models import OpenClipEncoder
-from models.options import LoadOptions
 from models.buckets import batch_bucket, batch_chunks, text_length_bucket
+from models.options import LoadOptions
 from tests.conftest import TINY_MODEL
 
 
