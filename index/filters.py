@@ -1,4 +1,5 @@
-"""Metadata filters: parsed and checked once, then turned into SQL over the records.
+"""Metadata filters: parsed and checked once; each record store turns them into its own SQL
+(SQLite's: index/sqlite.py `where_sql`).
 
 A filter is a JSON object whose entries are all required (AND):
 
@@ -22,7 +23,7 @@ from index.errors import InvalidFilterError
 MAX_CONDITIONS = 32
 MAX_IN_VALUES = 1000
 _FIELD = re.compile(r"^[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}$")
-_RANGE_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+RANGE_OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 Scalar = str | int | float | bool
 
 
@@ -36,35 +37,6 @@ class Condition:
 @dataclass(frozen=True)
 class MetadataFilter:
     conditions: tuple[Condition, ...]
-
-    def sql(self) -> tuple[str, list[Any]]:
-        """A WHERE fragment over the items table's `metadata` column, and its parameters."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        for condition in self.conditions:
-            path = "$." + ".".join(f'"{part}"' for part in condition.field.split("."))
-            column = "json_extract(metadata, ?)"
-            if condition.op == "eq":
-                clauses.append(f"{column} = ?")
-                params += [path, _sql_value(condition.value)]
-            elif condition.op == "in":
-                marks = ",".join("?" * len(condition.value))
-                clauses.append(f"{column} IN ({marks})")
-                params += [path, *(_sql_value(v) for v in condition.value)]
-            else:
-                # json_type keeps strings out of numeric comparisons (SQLite orders any text
-                # above any number, which would make "abc" > 5 true)
-                clauses.append(
-                    f"json_type(metadata, ?) IN ('integer', 'real') "
-                    f"AND {column} {_RANGE_SQL[condition.op]} ?"
-                )
-                params += [path, path, condition.value]
-        return " AND ".join(clauses) or "1", params
-
-
-def _sql_value(value: Scalar) -> Scalar:
-    # json_extract returns JSON true/false as 1/0
-    return int(value) if isinstance(value, bool) else value
 
 
 def parse_filter(raw: Any) -> MetadataFilter:
@@ -102,7 +74,7 @@ def _operators(field: str, spec: dict[str, Any], where: str) -> list[Condition]:
                 raise InvalidFilterError(f"{at}: at most {MAX_IN_VALUES} values")
             values = [_scalar(v, f"{at}[{n}]") for n, v in enumerate(value)]
             conditions.append(Condition(field, "in", tuple(values)))
-        elif op in _RANGE_SQL:
+        elif op in RANGE_OPERATORS:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidFilterError(f"{at}: must be a number")
             conditions.append(Condition(field, op, _in_range(value, at)))

@@ -1,29 +1,16 @@
-"""The keyword index: SQLite FTS5 over each item's text and its metadata's string values.
+"""Keyword queries and what an item offers to them: its text and its metadata's strings.
 
-It lives in the records' database and is written in the same transactions, so it is exactly as
-durable as the records and never disagrees with them. Rows are keyed by the item's label.
+Each record store keeps its keyword index in its own database, written in the same
+transactions as the records (index/sqlite_keywords.py: FTS5 with BM25), so it is exactly as
+durable as the records and never disagrees with them.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-from index.filters import MetadataFilter
-from index.metadata import load_stored_metadata
-from index.sqlite import SqliteDatabase
-from index.types import Kind
-
-# unicode61 splits on anything that is not a letter or a digit: "INV-2024-88317" is the tokens
-# inv, 2024, 88317, found as a phrase (below); diacritics are folded so "cafe" finds "café".
-SCHEMA = """
-CREATE VIRTUAL TABLE IF NOT EXISTS keywords
-    USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
-"""
-BUILT_KEY = "keywords_built"  # in the records' meta table once every existing item is in it
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 MAX_QUERY_TERMS = 64
@@ -78,59 +65,3 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for entry in value:
             yield from _strings(entry)
-
-
-def add(conn: sqlite3.Connection, label: int, text: str | None, metadata: Any) -> None:
-    body = searchable_text(text, metadata)
-    if body:
-        conn.execute("INSERT INTO keywords (rowid, body) VALUES (?, ?)", (label, body))
-
-
-def remove(conn: sqlite3.Connection, labels: Sequence[int]) -> None:
-    for label in labels:
-        conn.execute("DELETE FROM keywords WHERE rowid = ?", (label,))
-
-
-class SqliteKeywordIndex:
-    """The KeywordIndex contract over FTS5; scores are bm25() negated (higher is better)."""
-
-    def __init__(self, db: SqliteDatabase) -> None:
-        self._db = db
-
-    def search(
-        self,
-        kind: Kind,
-        match: str,
-        limit: int,
-        where: MetadataFilter | None = None,
-        offset: int = 0,
-    ) -> list[tuple[int, float]]:
-        clause, params = where.sql() if where is not None else ("1", [])
-        rows = self._db.rows(
-            "SELECT items.label, -bm25(keywords) AS score FROM keywords "
-            "JOIN items ON items.label = keywords.rowid "
-            f"WHERE keywords MATCH ? AND items.kind = ? AND ({clause}) "
-            "ORDER BY score DESC, items.label LIMIT ? OFFSET ?",
-            [match, kind, *params, limit, offset],
-        )
-        return [(int(label), float(score)) for label, score in rows]
-
-    def scores(self, match: str, labels: Sequence[int]) -> dict[int, float]:
-        sql = (
-            "SELECT rowid, -bm25(keywords) FROM keywords "
-            "WHERE keywords MATCH ? AND rowid IN ({marks})"
-        )
-        rows = self._db.rows_in(sql, [int(x) for x in labels], before=[match])
-        return {int(label): float(score) for label, score in rows}
-
-
-def build_keywords(db: SqliteDatabase) -> None:
-    """Fill the keyword index from the items once (a database made before it existed)."""
-    if db.rows("SELECT 1 FROM meta WHERE key = ?", (BUILT_KEY,)):
-        return
-    with db.transaction():
-        db.conn.execute("DELETE FROM keywords")
-        rows = db.conn.execute("SELECT label, text, metadata FROM items").fetchall()
-        for label, text, metadata in rows:
-            add(db.conn, label, text, load_stored_metadata(metadata))
-        db.conn.execute("INSERT INTO meta VALUES (?, '1')", (BUILT_KEY,))

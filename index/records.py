@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.filters import MetadataFilter
+from index.keywords import KeywordQuery
 from index.types import Kind, Record, RecordWrite, WriteResult
 
 RECORD_STORES = ("sqlite",)
@@ -115,16 +116,17 @@ class KeywordIndex(Protocol):
     def search(
         self,
         kind: Kind,
-        match: str,
+        query: KeywordQuery,
         limit: int,
         where: MetadataFilter | None = None,
         offset: int = 0,
     ) -> list[tuple[int, float]]:
-        """(label, score) of the items of `kind` matching `match`, best (highest) first."""
+        """(label, score) of the items of `kind` holding any of the query's words and none of
+        its excluded ones, best (highest) first; none when the query has no word."""
         ...
 
-    def scores(self, match: str, labels: Sequence[int]) -> dict[int, float]:
-        """The score of each of `labels` that matches `match` (as `search` scores it)."""
+    def scores(self, query: KeywordQuery, labels: Sequence[int]) -> dict[int, float]:
+        """The score of each of `labels` that matches `query` (as `search` scores it)."""
         ...
 
 

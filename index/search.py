@@ -85,10 +85,7 @@ class StoreSearch:
         offset: int = 0,
     ) -> list[Hit]:
         """Items of `kind` holding the query's words, by BM25 (best first); no words, no hits."""
-        match = query.match_expression()
-        if match is None:
-            return []
-        ranking = self._keywords.search(kind, match, k, where, offset)
+        ranking = self._keywords.search(kind, query, k, where, offset)
         records = self._records.get_by_labels([label for label, _ in ranking])
         return [Hit(records[label], score) for label, score in ranking if label in records]
 
@@ -100,13 +97,12 @@ class StoreSearch:
         Each side contributes its best `max(HYBRID_DEPTH, offset + k)` items matching the
         filter; every hit carries its cosine and its BM25 (None when it has none of the words).
         """
-        match = query.match_expression()
         depth = max(HYBRID_DEPTH, scope.offset + scope.k)
         scores, labels = self.ranked(kind, vector.reshape(1, -1), depth, scope.where)
         by_vector = [
             (int(x), float(s)) for s, x in zip(scores[0], labels[0], strict=True) if x >= 0
         ]
-        by_keyword = [] if match is None else self._keywords.search(kind, match, depth, scope.where)
+        by_keyword = self._keywords.search(kind, query, depth, scope.where)
         fused = fuse(by_vector, by_keyword, scope.alpha, scope.fusion)
         page = fused[scope.offset : scope.offset + scope.k]
         wanted = [label for label, _ in page]
@@ -118,8 +114,8 @@ class StoreSearch:
             cosines.update(zip(found.tolist(), (stored @ vector.reshape(-1)).tolist(), strict=True))
         bm25 = dict(by_keyword)
         unscored = [label for label in wanted if label not in bm25]
-        if unscored and match is not None:
-            bm25.update(self._keywords.scores(match, unscored))
+        if unscored:
+            bm25.update(self._keywords.scores(query, unscored))
         return [
             Hit(records[label], score, cosines.get(label), bm25.get(label))
             for label, score in page

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from index.errors import StorageError
+from index.filters import RANGE_OPERATORS, MetadataFilter, Scalar
 
 IN_CHUNK = 5000  # values bound in one `IN (...)`: SQLite caps the number of parameters
 
@@ -74,3 +75,36 @@ class SqliteDatabase:
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+
+def where_sql(where: MetadataFilter | None) -> tuple[str, list[Any]]:
+    """A WHERE fragment over the items table's `metadata` column (SQLite's JSON functions), and
+    its parameters; `1` for no filter."""
+    if where is None:
+        return "1", []
+    clauses: list[str] = []
+    params: list[Any] = []
+    for condition in where.conditions:
+        path = "$." + ".".join(f'"{part}"' for part in condition.field.split("."))
+        column = "json_extract(metadata, ?)"
+        if condition.op == "eq":
+            clauses.append(f"{column} = ?")
+            params += [path, _sql_value(condition.value)]
+        elif condition.op == "in":
+            marks = ",".join("?" * len(condition.value))
+            clauses.append(f"{column} IN ({marks})")
+            params += [path, *(_sql_value(v) for v in condition.value)]
+        else:
+            # json_type keeps strings out of numeric comparisons (SQLite orders any text
+            # above any number, which would make "abc" > 5 true)
+            clauses.append(
+                f"json_type(metadata, ?) IN ('integer', 'real') "
+                f"AND {column} {RANGE_OPERATORS[condition.op]} ?"
+            )
+            params += [path, path, condition.value]
+    return " AND ".join(clauses) or "1", params
+
+
+def _sql_value(value: Scalar) -> Scalar:
+    # json_extract returns JSON true/false as 1/0
+    return int(value) if isinstance(value, bool) else value

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from index import keywords
+from index import sqlite_keywords as keywords
 from index.errors import ItemNotFoundError, ModelMismatchError
 from index.filters import MetadataFilter
-from index.keywords import SqliteKeywordIndex, build_keywords
 from index.metadata import load_stored_metadata
 from index.records import Records
-from index.sqlite import SqliteDatabase
+from index.sqlite import SqliteDatabase, where_sql
+from index.sqlite_keywords import SqliteKeywordIndex, build_keywords
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
 
 _SCHEMA = (
@@ -217,7 +217,7 @@ class SqliteRecordStore:
     def records_after(
         self, label: int, limit: int, kind: Kind | None = None, where: MetadataFilter | None = None
     ) -> list[Record]:
-        clause, params = where.sql() if where is not None else ("1", [])
+        clause, params = where_sql(where)
         kinds = list(KINDS) if kind is None else [kind]
         rows = self._db.rows(
             f"SELECT {_COLUMNS} FROM items WHERE label > ? AND kind IN (?, ?) AND ({clause}) "
@@ -227,14 +227,14 @@ class SqliteRecordStore:
         return [_record(row) for row in rows]
 
     def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray:
-        clause, params = where.sql()
+        clause, params = where_sql(where)
         rows = self._db.rows(
             f"SELECT label FROM items WHERE kind = ? AND ({clause})", [kind, *params]
         )
         return np.array([row[0] for row in rows], dtype=np.int64)
 
     def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
-        clause, params = where.sql() if where is not None else ("1", [])
+        clause, params = where_sql(where)
         rows = self._db.rows(
             "SELECT COUNT(*) FROM items WHERE kind = ? AND json_type(metadata, ?) IS NOT NULL "
             f"AND ({clause})",

@@ -12,6 +12,7 @@ import pytest
 
 from index import ItemNotFoundError, ModelMismatchError, NewItem, parse_filter
 from index.blobs import BLOB_STORES, BlobStore, blob_name, open_blobs
+from index.keywords import KeywordQuery
 from index.records import RECORD_STORES, Records, open_records
 from index.types import RecordWrite
 
@@ -81,13 +82,16 @@ def test_items_are_read_by_id_label_cursor_and_filter(records: Records) -> None:
 
 def test_the_keyword_index_follows_every_write(records: Records) -> None:
     records.items.upsert([text("a", 0, "red fox"), text("b", 1, "blue fox")], "m/1")
-    assert {label for label, _ in records.keywords.search("text", "fox", 10)} == set(
+    fox = KeywordQuery("fox")
+    assert {label for label, _ in records.keywords.search("text", fox, 10)} == set(
         records.log.all_labels("text").tolist()
     )
     records.items.upsert([text("a", 2, "green owl")], "m/1")
-    hits = records.keywords.search("text", "fox", 10)
+    hits = records.keywords.search("text", fox, 10)
     assert [records.items.get_by_labels([label])[label].id for label, _ in hits] == ["b"]
-    assert set(records.keywords.scores("fox", [hits[0][0]])) == {hits[0][0]}
+    assert set(records.keywords.scores(fox, [hits[0][0]])) == {hits[0][0]}
+    assert records.keywords.search("text", KeywordQuery("fox", exclude="blue"), 10) == []
+    assert records.keywords.search("text", KeywordQuery("  "), 10) == []  # no word, no hit
 
 
 def test_tags_merge_into_current_metadata_and_skip_rewritten_items(records: Records) -> None:
