@@ -602,11 +602,11 @@ def test_without_an_admin_key_the_user_key_does_everything(
 def test_deleting_a_collection_waits_for_the_searches_on_it(
     settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from index.store import ItemStore
+    from index.search import StoreSearch
 
-    search = ItemStore.search
+    search = StoreSearch.vector
 
-    def slow_search(self: ItemStore, *args: Any, **kwargs: Any) -> Any:
+    def slow_search(self: StoreSearch, *args: Any, **kwargs: Any) -> Any:
         time.sleep(0.3)  # a search over a large index, in a store thread
         return search(self, *args, **kwargs)
 
@@ -617,7 +617,7 @@ def test_deleting_a_collection_waits_for_the_searches_on_it(
         assert http.post("/v1/collections", json=collection("shop")).status_code == 201
         items = {"items": [{"id": f"t{i}", "text": f"a red circle {i}"} for i in range(50)]}
         assert http.post("/v1/collections/shop/texts", json=items).status_code == 201
-        monkeypatch.setattr(ItemStore, "search", slow_search)
+        monkeypatch.setattr(StoreSearch, "vector", slow_search)
         query = {"q": "red", "k": 10, "target": "texts"}
         with Searchers(url, "/v1/collections/shop/search/text", query, 4) as searchers:
             time.sleep(1.0)
