@@ -33,6 +33,7 @@ from app.services.threads import inference_pool
 from bench.report import benchmark_parser, emit
 from bench.run import REPO, free_port, stop, wait_http, write_images
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from xmr.client import XmrClient
 
 TINY = "xmr-test-tiny"
@@ -53,7 +54,10 @@ def raw_rates(args: Any, paths: list[Path], texts: list[str]) -> tuple[dict[str,
     inference = inference_pool()
     try:
         encoder = inference.submit(
-            OpenClipEncoder.load, args.model, args.pretrained, "cpu", None, args.precision
+            OpenClipEncoder.load,
+            args.model,
+            args.pretrained,
+            LoadOptions(device="cpu", precision=args.precision),
         ).result()
         prepared = [encoder.prepare_image(Image.open(p).convert("RGB")) for p in paths]
         images = inference.submit(best_rate, prepared, args.batch, encoder.encode_prepared)

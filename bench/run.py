@@ -36,6 +36,7 @@ import torch
 from app.services.threads import inference_pool
 from bench.report import benchmark_parser, emit
 from models import OpenClipEncoder
+from models.options import LoadOptions
 from xmr.client import XmrClient
 from xmr.shapes import random_scene, render
 
@@ -158,7 +159,10 @@ def raw_baselines(args: argparse.Namespace, paths: list[Path]) -> tuple[dict, st
     """
     inference = inference_pool()
     encoder = inference.submit(
-        OpenClipEncoder.load, args.model, args.pretrained, args.device, None, args.precision
+        OpenClipEncoder.load,
+        args.model,
+        args.pretrained,
+        LoadOptions(device=args.device, precision=args.precision),
     ).result()
     raw: dict[str, Any] = {
         "encode_image_per_s": round(
