@@ -23,6 +23,10 @@ class KeywordQuery:
     include: str
     exclude: str = ""
 
+    def phrases(self) -> tuple[list[str], list[str]]:
+        """The wanted and the unwanted terms, each as its word tokens joined by spaces."""
+        return _terms(self.include), _terms(self.exclude)
+
     def match_expression(self) -> str | None:
         """An FTS5 MATCH expression, or None when the query has no word to look for.
 
@@ -41,12 +45,12 @@ class KeywordQuery:
 
 
 def _phrases(text: str) -> list[str]:
-    phrases: list[str] = []
-    for term in text.split():
-        tokens = _TOKEN.findall(term)
-        if tokens:
-            phrases.append('"' + " ".join(tokens) + '"')
-    return phrases[:MAX_QUERY_TERMS]
+    return [f'"{term}"' for term in _terms(text)]
+
+
+def _terms(text: str) -> list[str]:
+    terms = [" ".join(_TOKEN.findall(term)) for term in text.split()]
+    return [term for term in terms if term][:MAX_QUERY_TERMS]
 
 
 def searchable_text(text: str | None, metadata: dict[str, Any] | None) -> str:

@@ -4,8 +4,9 @@ and the keyword index; one factory opens all three over one database.
 The records are the source of truth. Each write is one transaction that bumps a sequence
 number; rows carry the sequence of the write that made them and deletions leave tombstones, so
 a vector index saved at sequence S is brought up to date by replaying what came after S.
-`index/sqlite_records.py` keeps them in one SQLite file; another database is one new module
-that fulfils these Protocols and one more name in RECORD_STORES.
+`index/sqlite_records.py` keeps them in one SQLite file per store, `index/postgres_records.py`
+in a PostgreSQL schema per store; another database is one new module that fulfils these
+Protocols and one more branch of `open_records`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from index.filters import MetadataFilter
 from index.keywords import KeywordQuery
 from index.types import Kind, Record, RecordWrite, WriteResult
 
-RECORD_STORES = ("sqlite",)
+RECORD_STORES = ("sqlite", "postgresql")
 
 
 class RecordStore(Protocol):
@@ -139,21 +140,32 @@ class Records:
     keywords: KeywordIndex
 
 
-def open_records(data_dir: Path, name: str = "sqlite") -> Records:
-    """The records of a data directory in the store `name` (one of RECORD_STORES)."""
-    if name == "sqlite":
+def open_records(data_dir: Path, database_url: str | None = None, namespace: str = "") -> Records:
+    """The records of a store: SQLite in `data_dir` when `database_url` is None, else the
+    database it names (`postgresql://...`: one schema per `namespace`)."""
+    if database_url is None:
         from index.sqlite_records import open_sqlite_records
 
         return open_sqlite_records(data_dir / "records.sqlite3")
-    raise ValueError(f"unknown record store {name!r}; expected one of {', '.join(RECORD_STORES)}")
+    scheme = database_url.split("://", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        from index.postgres_records import open_postgres_records  # psycopg: only where used
+
+        return open_postgres_records(database_url, namespace)
+    raise ValueError(
+        f"unknown record store {scheme!r} in the database URL; expected one of "
+        f"{', '.join(RECORD_STORES)} (none for SQLite in the data directory, postgresql://...)"
+    )
 
 
-def stored_model(data_dir: Path, name: str = "sqlite") -> tuple[str, int] | None:
-    """The model a data directory's records were indexed with; None when it has none yet
-    (no records are created by asking)."""
-    if name == "sqlite" and not (data_dir / "records.sqlite3").exists():
+def stored_model(
+    data_dir: Path, database_url: str | None = None, namespace: str = ""
+) -> tuple[str, int] | None:
+    """The model a store's records were indexed with; None when it has none yet (in SQLite no
+    records are created by asking)."""
+    if database_url is None and not (data_dir / "records.sqlite3").exists():
         return None
-    records = open_records(data_dir, name)
+    records = open_records(data_dir, database_url, namespace)
     try:
         return records.items.stored_model()
     finally:

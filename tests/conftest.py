@@ -175,3 +175,16 @@ BACKENDS = [
 
 def with_backend(settings: Settings, backend: str) -> Settings:
     return settings.model_copy(update={"index_backend": backend})
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session (tests/postgres.py); skips, saying why,
+    where none can run."""
+    from tests.postgres import throwaway_cluster, why_unavailable
+
+    reason = why_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with throwaway_cluster() as url:
+        yield url

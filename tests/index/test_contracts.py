@@ -4,6 +4,7 @@ name in RECORD_STORES or BLOB_STORES, and these tests run on it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,11 @@ DIM = 4
 
 @pytest.fixture(params=RECORD_STORES)
 def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]:
-    opened = open_records(tmp_path, request.param)
+    """Each test on a store of its own: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    opened = open_records(tmp_path, url, namespace=f"test-{uuid.uuid4().hex}")
     opened.items.bind_model("m/1", DIM)
     try:
         yield opened
@@ -113,8 +118,8 @@ def test_a_store_is_bound_to_one_model(records: Records, tmp_path: Path) -> None
 
 
 def test_an_unknown_record_store_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown record store 'mongo'.*sqlite"):
-        open_records(tmp_path, "mongo")
+    with pytest.raises(ValueError, match="unknown record store 'mongodb'.*sqlite, postgresql"):
+        open_records(tmp_path, "mongodb://localhost/xmr")
 
 
 def test_blobs_are_content_addressed_and_shared(blobs: BlobStore) -> None:

@@ -1,0 +1,513 @@
+"""The record contracts (index/records.py) in PostgreSQL, so that several processes share them.
+
+Each store (a collection's generation) is one schema: its items with their vectors, sequence
+numbers and keywords, its tombstones and its model binding. Every write is one transaction that
+takes the next sequence number from the schema's `meta` row (a row lock, so writers from any
+process are ordered) and commits with `synchronous_commit` on: a write is acknowledged only once
+it is durable. Schemas are created under an advisory lock, so processes starting together do not
+race.
+
+Keywords are PostgreSQL's own full-text search: each item's text and metadata strings, cut into
+the same word tokens as the SQLite store's FTS5 (`\\w+`, accents folded by `unaccent`), kept in a
+`tsvector` beside the record in the same transaction, GIN-indexed, ranked by `ts_rank_cd`, not
+BM25: scores differ from SQLite's, the words that match do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from index.errors import ItemNotFoundError, ModelMismatchError, StorageError
+from index.filters import RANGE_OPERATORS, MetadataFilter
+from index.keywords import KeywordQuery, searchable_text
+from index.records import Records
+from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO {s}.meta VALUES ('seq', '0') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS {s}.items (
+    label bigserial PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    kind text NOT NULL CHECK (kind IN ('image', 'text')),
+    metadata jsonb,
+    text text,
+    content_path text,
+    content_type text,
+    content_sha256 text,
+    model text NOT NULL,
+    vector bytea NOT NULL,
+    seq bigint NOT NULL,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    keywords tsvector NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_kind_seq ON {s}.items (kind, seq);
+CREATE INDEX IF NOT EXISTS items_sha ON {s}.items (content_sha256);
+CREATE INDEX IF NOT EXISTS items_keywords ON {s}.items USING gin (keywords);
+CREATE TABLE IF NOT EXISTS {s}.tombstones (
+    label bigint NOT NULL,
+    kind text NOT NULL,
+    seq bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_kind_seq ON {s}.tombstones (kind, seq);
+"""
+_COLUMNS = (
+    "label, id, kind, metadata, text, content_path, content_type, content_sha256, model, "
+    "created_at, updated_at, coalesce(octet_length(metadata::text), 0) + "
+    "coalesce(octet_length(text), 0)"
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SCHEMA_LOCK = 0x786D72  # "xmr": the advisory lock schema creation takes
+
+
+def schema_name(namespace: str) -> str:
+    """The schema of a store: readable, within PostgreSQL's 63 bytes, distinct per namespace."""
+    readable = re.sub(r"[^a-z0-9_]+", "_", namespace.lower())[:40] or "default"
+    digest = hashlib.sha256(namespace.encode()).hexdigest()[:8]
+    return f"xmr_{readable}_{digest}"
+
+
+class PostgresDatabase:
+    """A connection pool and the schema of one store."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.schema = sql.Identifier(schema_name(namespace))
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            kwargs={"autocommit": True, "options": "-c synchronous_commit=on"},
+            open=False,
+        )
+        try:
+            self.pool.open(wait=True, timeout=30)
+            self._create_schema()
+        except Exception:
+            self.pool.close()
+            raise
+
+    def _create_schema(self) -> None:
+        with self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            conn.execute("CREATE EXTENSION IF NOT EXISTS unaccent")
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self.schema))
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(sql.SQL(statement).format(s=self.schema))
+
+    def q(self, text: str) -> sql.Composed:
+        """`text` with `{s}` naming this store's schema."""
+        return sql.SQL(text).format(s=self.schema)
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction; a database error is a StorageError (nothing of it was written)."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.OperationalError as e:
+            raise StorageError(f"could not write to PostgreSQL: {e}") from e
+
+    def rows(self, text: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            with self.pool.connection() as conn:
+                return conn.execute(self.q(text), params).fetchall()
+        except psycopg.OperationalError as e:
+            raise StorageError(f"could not read from PostgreSQL: {e}") from e
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def open_postgres_records(url: str, namespace: str) -> Records:
+    db = PostgresDatabase(url, namespace)
+    return Records(PostgresRecordStore(db), PostgresVectorLog(db), PostgresKeywordIndex(db))
+
+
+class PostgresRecordStore:
+    """The RecordStore contract over one store's schema."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def bind_model(self, model_id: str, dim: int) -> None:
+        with self._db.transaction() as conn:
+            for key, value in (("model", model_id), ("dim", str(dim))):
+                conn.execute(
+                    self._db.q("INSERT INTO {s}.meta VALUES (%s, %s) ON CONFLICT DO NOTHING"),
+                    (key, value),
+                )
+        stored = self.stored_model()
+        if stored != (model_id, dim):
+            raise ModelMismatchError(
+                f"the records in PostgreSQL were indexed with {stored[0] if stored else '?'} "
+                f"(dim {stored[1] if stored else '?'}), but the service loaded {model_id} "
+                f"(dim {dim}). Start with the same XMR_MODEL/XMR_PRETRAINED, or re-index"
+            )
+
+    def stored_model(self) -> tuple[str, int] | None:
+        stored = dict(self._db.rows("SELECT key, value FROM {s}.meta"))
+        if "model" not in stored:
+            return None
+        return stored["model"], int(stored["dim"])
+
+    # -- writes ---------------------------------------------------------------------------
+    def upsert(self, writes: Sequence[RecordWrite], model_id: str) -> WriteResult:
+        now = time.time()
+        with self._db.transaction() as conn:
+            result = WriteResult(seq=self._next_seq(conn))
+            for write in writes:
+                item, blob = write.item, write.blob
+                existing_created_at = self._remove_existing(conn, item.id, result)
+                row = conn.execute(
+                    self._db.q(
+                        "INSERT INTO {s}.items (id, kind, metadata, text, content_path, "
+                        "content_type, content_sha256, model, vector, seq, created_at, "
+                        "updated_at, keywords) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                        "%s, %s, to_tsvector('simple', unaccent(%s))) RETURNING label"
+                    ),
+                    (
+                        item.id,
+                        item.kind,
+                        None if item.metadata is None else Jsonb(item.metadata),
+                        item.text,
+                        None if blob is None else blob.path,
+                        item.content_type,
+                        None if blob is None else blob.sha256,
+                        model_id,
+                        np.ascontiguousarray(write.vector, dtype=np.float32).tobytes(),
+                        result.seq,
+                        item.created_at or existing_created_at or now,
+                        now,
+                        keyword_body(item.text, item.metadata),
+                    ),
+                ).fetchone()
+                result.added[item.kind].append((_one(row), write.vector))
+            self._collect_released_blobs(conn, result)
+        return result
+
+    def delete(self, item_id: str) -> WriteResult:
+        with self._db.transaction() as conn:
+            result = WriteResult(seq=self._next_seq(conn))
+            if self._remove_existing(conn, item_id, result) is None:
+                raise ItemNotFoundError(item_id)
+            self._collect_released_blobs(conn, result)
+        return result
+
+    def _next_seq(self, conn: psycopg.Connection[Any]) -> int:
+        """The write's sequence number; the row lock orders writers of every process."""
+        row = conn.execute(
+            self._db.q(
+                "UPDATE {s}.meta SET value = (value::bigint + 1)::text WHERE key = 'seq' "
+                "RETURNING value::bigint"
+            )
+        ).fetchone()
+        return _one(row)
+
+    def _remove_existing(
+        self, conn: psycopg.Connection[Any], item_id: str, result: WriteResult
+    ) -> float | None:
+        row = conn.execute(
+            self._db.q(
+                "DELETE FROM {s}.items WHERE id = %s "
+                "RETURNING label, kind, created_at, content_sha256, content_path"
+            ),
+            (item_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        label, kind, created_at, sha, path = row
+        conn.execute(
+            self._db.q("INSERT INTO {s}.tombstones VALUES (%s, %s, %s)"), (label, kind, result.seq)
+        )
+        result.removed[kind].append(int(label))
+        if sha:
+            result.released_blobs.append(StoredBlob(sha, path))
+        return float(created_at)
+
+    def _collect_released_blobs(self, conn: psycopg.Connection[Any], result: WriteResult) -> None:
+        shas = [blob.sha256 for blob in result.released_blobs]
+        if not shas:
+            return
+        rows = conn.execute(
+            self._db.q(
+                "SELECT DISTINCT content_sha256 FROM {s}.items WHERE content_sha256 = ANY(%s)"
+            ),
+            (shas,),
+        ).fetchall()
+        used = {row[0] for row in rows}
+        result.released_blobs = [b for b in result.released_blobs if b.sha256 not in used]
+
+    def merge_tags(
+        self, tags: dict[int, dict[str, Any]], max_bytes: int, overwrite: bool = False
+    ) -> int:
+        written = 0
+        now = time.time()
+        with self._db.transaction() as conn:
+            for label, tag in tags.items():
+                row = conn.execute(
+                    self._db.q("SELECT text, metadata FROM {s}.items WHERE label = %s FOR UPDATE"),
+                    (label,),
+                ).fetchone()
+                if row is None:
+                    continue
+                current = row[1] or {}
+                if not overwrite and any(key in current for key in tag):
+                    continue
+                merged = {**current, **tag}
+                if len(json.dumps(merged, ensure_ascii=False).encode()) > max_bytes:
+                    continue
+                conn.execute(
+                    self._db.q(
+                        "UPDATE {s}.items SET metadata = %s, updated_at = %s, "
+                        "keywords = to_tsvector('simple', unaccent(%s)) WHERE label = %s"
+                    ),
+                    (Jsonb(merged), now, keyword_body(row[0], merged), label),
+                )
+                written += 1
+        return written
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, item_id: str) -> Record:
+        rows = self._db.rows(f"SELECT {_COLUMNS} FROM {{s}}.items WHERE id = %s", (item_id,))
+        if not rows:
+            raise ItemNotFoundError(item_id)
+        return _record(rows[0])
+
+    def get_by_labels(self, labels: Sequence[int]) -> dict[int, Record]:
+        if not len(labels):
+            return {}
+        rows = self._db.rows(
+            f"SELECT {_COLUMNS} FROM {{s}}.items WHERE label = ANY(%s)", ([int(x) for x in labels],)
+        )
+        return {int(row[0]): _record(row) for row in rows}
+
+    def ids_by_sha256(self, hashes: Sequence[str]) -> dict[str, str]:
+        rows = self._db.rows(
+            "SELECT content_sha256, id FROM {s}.items WHERE content_sha256 = ANY(%s)",
+            (list(hashes),),
+        )
+        return {sha: item_id for sha, item_id in rows}
+
+    def records_after(
+        self, label: int, limit: int, kind: Kind | None = None, where: MetadataFilter | None = None
+    ) -> list[Record]:
+        clause, params = where_sql(where)
+        kinds = list(KINDS) if kind is None else [kind]
+        rows = self._db.rows(
+            f"SELECT {_COLUMNS} FROM {{s}}.items WHERE label > %s AND kind = ANY(%s) "
+            f"AND ({clause}) ORDER BY label LIMIT %s",
+            [label, kinds, *params, limit],
+        )
+        return [_record(row) for row in rows]
+
+    def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray:
+        clause, params = where_sql(where)
+        rows = self._db.rows(
+            f"SELECT label FROM {{s}}.items WHERE kind = %s AND ({clause})", [kind, *params]
+        )
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
+        clause, params = where_sql(where)
+        rows = self._db.rows(
+            "SELECT count(*) FROM {s}.items WHERE kind = %s AND jsonb_exists(metadata, %s) "
+            f"AND ({clause})",
+            [kind, field, *params],
+        )
+        return int(rows[0][0])
+
+    def count_after(self, label: int) -> int:
+        return int(self._db.rows("SELECT count(*) FROM {s}.items WHERE label > %s", (label,))[0][0])
+
+    def all_ids(self) -> set[str]:
+        return {row[0] for row in self._db.rows("SELECT id FROM {s}.items")}
+
+    def max_label(self) -> int:
+        return int(self._db.rows("SELECT coalesce(max(label), 0) FROM {s}.items")[0][0])
+
+    def blob_paths(self) -> set[str]:
+        rows = self._db.rows(
+            "SELECT DISTINCT content_path FROM {s}.items WHERE content_path IS NOT NULL"
+        )
+        return {row[0] for row in rows}
+
+
+class PostgresVectorLog:
+    """The VectorLog contract over one store's items and tombstones."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+
+    def current_seq(self) -> int:
+        return int(self._db.rows("SELECT value::bigint FROM {s}.meta WHERE key = 'seq'")[0][0])
+
+    def count(self, kind: Kind) -> int:
+        return int(self._db.rows("SELECT count(*) FROM {s}.items WHERE kind = %s", (kind,))[0][0])
+
+    def all_labels(self, kind: Kind) -> np.ndarray:
+        rows = self._db.rows("SELECT label FROM {s}.items WHERE kind = %s", (kind,))
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def vectors_after(
+        self, kind: Kind, seq: int, dim: int, chunk: int = 10_000, up_to_seq: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last_label = -1
+        upper = up_to_seq if up_to_seq is not None else 2**62
+        while True:
+            rows = self._db.rows(
+                "SELECT label, vector FROM {s}.items WHERE kind = %s AND seq > %s AND seq <= %s "
+                "AND label > %s ORDER BY label LIMIT %s",
+                (kind, seq, upper, last_label, chunk),
+            )
+            if not rows:
+                return
+            labels = np.array([row[0] for row in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
+            yield labels, vectors.reshape(len(rows), dim)
+            last_label = int(labels[-1])
+
+    def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        wanted = [int(x) for x in np.unique(np.asarray(labels, dtype=np.int64))]
+        rows = self._db.rows(
+            "SELECT label, vector FROM {s}.items WHERE label = ANY(%s) ORDER BY label", (wanted,)
+        )
+        found = np.array([row[0] for row in rows], dtype=np.int64)
+        matrix = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
+        return found, matrix.reshape(-1, dim)
+
+    def tombstones_after(self, kind: Kind, seq: int) -> list[int]:
+        rows = self._db.rows(
+            "SELECT label FROM {s}.tombstones WHERE kind = %s AND seq > %s", (kind, seq)
+        )
+        return [int(row[0]) for row in rows]
+
+    def prune_tombstones(self, up_to_seq: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(self._db.q("DELETE FROM {s}.tombstones WHERE seq <= %s"), (up_to_seq,))
+
+
+class PostgresKeywordIndex:
+    """The KeywordIndex contract over the items' tsvectors, ranked by ts_rank_cd."""
+
+    def __init__(self, db: PostgresDatabase) -> None:
+        self._db = db
+
+    def search(
+        self,
+        kind: Kind,
+        query: KeywordQuery,
+        limit: int,
+        where: MetadataFilter | None = None,
+        offset: int = 0,
+    ) -> list[tuple[int, float]]:
+        tsquery = ts_query(query)
+        if tsquery is None:
+            return []
+        match, match_params = tsquery
+        clause, params = where_sql(where)
+        rows = self._db.rows(
+            f"WITH query AS (SELECT {match} AS q) "
+            "SELECT label, ts_rank_cd(keywords, q) AS score FROM {s}.items, query "
+            f"WHERE keywords @@ q AND kind = %s AND ({clause}) "
+            "ORDER BY score DESC, label LIMIT %s OFFSET %s",
+            [*match_params, kind, *params, limit, offset],
+        )
+        return [(int(label), float(score)) for label, score in rows]
+
+    def scores(self, query: KeywordQuery, labels: Sequence[int]) -> dict[int, float]:
+        tsquery = ts_query(query)
+        if tsquery is None or not len(labels):
+            return {}
+        match, match_params = tsquery
+        rows = self._db.rows(
+            f"WITH query AS (SELECT {match} AS q) "
+            "SELECT label, ts_rank_cd(keywords, q) FROM {s}.items, query "
+            "WHERE keywords @@ q AND label = ANY(%s)",
+            [*match_params, [int(x) for x in labels]],
+        )
+        return {int(label): float(score) for label, score in rows}
+
+
+def keyword_body(text: str | None, metadata: dict[str, Any] | None) -> str:
+    """What an item's tsvector is made of: its words as FTS5's unicode61 cuts them."""
+    return " ".join(_WORD.findall(searchable_text(text, metadata).lower()))
+
+
+def ts_query(query: KeywordQuery) -> tuple[str, list[str]] | None:
+    """A tsquery expression and its parameters: any of the wanted phrases, none of the others;
+    None when nothing is wanted."""
+    wanted, unwanted = query.phrases()
+    if not wanted:
+        return None
+    phrase = "phraseto_tsquery('simple', unaccent(%s))"
+    expression = "(" + " || ".join([phrase] * len(wanted)) + ")"
+    if unwanted:
+        expression += " && !!(" + " || ".join([phrase] * len(unwanted)) + ")"
+    return f"({expression})", [*wanted, *unwanted]
+
+
+def where_sql(where: MetadataFilter | None) -> tuple[str, list[Any]]:
+    """A WHERE fragment over `metadata` (jsonb) and its parameters; `true` for no filter."""
+    if where is None:
+        return "true", []
+    clauses: list[str] = []
+    params: list[Any] = []
+    for condition in where.conditions:
+        path = condition.field.split(".")
+        if condition.op == "eq":
+            clauses.append("metadata #> %s = %s")
+            params += [path, Jsonb(condition.value)]
+        elif condition.op == "in":
+            clauses.append("metadata #> %s = ANY(%s::jsonb[])")
+            params += [path, [Jsonb(v) for v in condition.value]]
+        else:
+            # only numbers take part in a range, as in the SQLite store (CASE: a cast of a
+            # string would fail, and AND does not promise to test the type first)
+            clauses.append(
+                "CASE WHEN jsonb_typeof(metadata #> %s) = 'number' "
+                f"THEN (metadata #> %s)::numeric END {RANGE_OPERATORS[condition.op]} %s"
+            )
+            params += [path, path, condition.value]
+    return " AND ".join(clauses) or "true", params
+
+
+def _one(row: tuple[Any, ...] | None) -> int:
+    """The integer a RETURNING clause gave back."""
+    if row is None:
+        raise StorageError("PostgreSQL returned no row for a write")
+    return int(row[0])
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    label, item_id, kind, metadata, text, path, ctype, sha, model, created, updated, size = row
+    return Record(
+        label=int(label),
+        id=item_id,
+        kind=kind,
+        metadata=metadata,
+        text=text,
+        content_path=path,
+        content_type=ctype,
+        content_sha256=sha,
+        model=model,
+        created_at=float(created),
+        updated_at=float(updated),
+        payload_bytes=int(size),
+    )
