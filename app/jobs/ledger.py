@@ -1,13 +1,16 @@
 """The job ledger contract: every job, its status and counts, and the state of each item of a
 batch, kept durably so that a restart knows what was left; one factory opens it.
 
-`app/jobs/sqlite_ledger.py` keeps it in one SQLite file beside the collections; another
-database is one new module that fulfils `JobLedger` and one more name in LEDGERS.
+`app/jobs/sqlite_ledger.py` keeps it in one SQLite file beside the collections,
+`app/jobs/postgres_ledger.py` in PostgreSQL; another database is one new module that fulfils
+`JobLedger` and one more branch of `open_ledger`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -28,7 +31,7 @@ FINISHED: tuple[JobStatus, ...] = ("done", "failed", "cancelled")
 QUEUED_KINDS: tuple[JobKind, ...] = ("batch", "duplicates", "classify")
 ItemStatus = Literal["pending", "done", "failed"]
 MAX_ERRORS_SHOWN = 1000
-LEDGERS = ("sqlite",)
+LEDGERS = ("sqlite", "postgresql")
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,100 @@ class JobLedger(Protocol):
     def close(self) -> None: ...
 
 
-def open_ledger(data_dir: Path, name: str = "sqlite") -> JobLedger:
-    """The job ledger `name` (one of LEDGERS) of a data directory."""
-    if name == "sqlite":
+def open_ledger(data_dir: Path, database_url: str | None = None) -> JobLedger:
+    """The job ledger: SQLite in `data_dir` when `database_url` is None, else the database it
+    names (`postgresql://...`)."""
+    if database_url is None:
         from app.jobs.sqlite_ledger import SqliteJobLedger
 
         return SqliteJobLedger(data_dir / "jobs.sqlite3")
-    raise ValueError(f"unknown job ledger {name!r}; expected one of {', '.join(LEDGERS)}")
+    scheme = database_url.split("://", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        from app.jobs.postgres_ledger import PostgresJobLedger  # psycopg: only where used
+
+        return PostgresJobLedger(database_url)
+    raise ValueError(
+        f"unknown job ledger {scheme!r} in the database URL; expected one of "
+        f"{', '.join(LEDGERS)} (none for SQLite in the data directory, postgresql://...)"
+    )
+
+
+Row = Mapping[str, Any]  # a row by column name (sqlite3.Row, psycopg's dict_row)
+
+
+def job_item_of(row: Row) -> JobItem:
+    """A job item from its row in either ledger."""
+    return JobItem(
+        position=int(row["position"]),
+        item_id=row["item_id"],
+        kind=row["kind"],
+        text=row["text"],
+        source=row["source"],
+        staged=bool(row["staged"]),
+        metadata=_decoded(row["metadata"]),
+        status=row["status"],
+        error=row["error"],
+        offset=row["blob_offset"],
+        length=row["blob_length"],
+    )
+
+
+def job_view_of(
+    job: Row,
+    counts: dict[str, int],
+    errors: Sequence[Row],
+    duplicates: Sequence[Row],
+    waiting_for: str | None,
+) -> JobView:
+    """A job as clients see it, from its row, its items' counts by status, its first failed
+    and duplicate items, and what it waits for (shown while it is queued or running)."""
+    if job["kind"] == "batch":
+        total, done, failed = sum(counts.values()), counts.get("done", 0), counts.get("failed", 0)
+    else:
+        total, done = int(job["total"] or 0), int(job["done_count"] or 0)
+        failed = int(job["failed_count"] or 0)
+    rate, eta = _rate(job, done, total)
+    unfinished = job["status"] in ("queued", "running")
+    return JobView(
+        id=job["id"],
+        status=job["status"],
+        total=total,
+        done=done,
+        failed=failed,
+        errors=[ItemError(int(e["position"]), e["item_id"], e["error"]) for e in errors],
+        error=job["error"],
+        created_at=job["created_at"],
+        updated_at=job["updated_at"],
+        collection=job["collection"],
+        kind=job["kind"],
+        items_per_s=rate,
+        eta_s=eta,
+        params=_decoded(job["params"]),
+        result=_decoded(job["result"]),
+        duplicates=[
+            DuplicateOf(
+                int(d["position"]), d["item_id"], d["duplicate_of"], float(d["duplicate_score"])
+            )
+            for d in duplicates
+        ],
+        cursor=int(job["cursor"] or 0),
+        waiting_for=waiting_for if unfinished else None,
+    )
+
+
+def _rate(job: Row, done: int, total: int) -> tuple[float | None, float | None]:
+    """Items per second since the job last started running, and the seconds left at that rate."""
+    started_at = job["run_started_at"]
+    if job["status"] != "running" or started_at is None:
+        return None, None
+    elapsed = time.time() - started_at
+    finished = done - int(job["run_started_done"] or 0)
+    if elapsed <= 0 or finished <= 0:
+        return None, None
+    rate = finished / elapsed
+    return rate, max(0, total - done) / rate
+
+
+def _decoded(value: Any) -> Any:
+    """A JSON column: SQLite hands back its text, PostgreSQL's jsonb the value."""
+    return json.loads(value) if isinstance(value, str) else value

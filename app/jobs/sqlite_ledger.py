@@ -14,12 +14,12 @@ from typing import Any
 from app.jobs.ledger import (
     MAX_ERRORS_SHOWN,
     QUEUED_KINDS,
-    DuplicateOf,
-    ItemError,
     JobItem,
     JobKind,
     JobStatus,
     JobView,
+    job_item_of,
+    job_view_of,
 )
 from index.sqlite import open_database, transaction
 
@@ -223,7 +223,7 @@ class SqliteJobLedger:
                 "ORDER BY position LIMIT ?",
                 (job_id, after_position, limit),
             ).fetchall()
-        return [_job_item(row) for row in rows]
+        return [job_item_of(row) for row in rows]
 
     def jobs_of(self, collection: str, statuses: Sequence[str]) -> list[str]:
         marks = ",".join("?" * len(statuses))
@@ -255,77 +255,11 @@ class SqliteJobLedger:
                 "WHERE job_id = ? AND duplicate_of IS NOT NULL ORDER BY position LIMIT ?",
                 (job_id, MAX_ERRORS_SHOWN),
             ).fetchall()
-        if job["kind"] == "batch":
-            total, done, failed = (
-                sum(counts.values()),
-                counts.get("done", 0),
-                counts.get("failed", 0),
-            )
-        else:
-            total, done = int(job["total"] or 0), int(job["done_count"] or 0)
-            failed = int(job["failed_count"] or 0)
-        rate, eta = _rate(job, done, total)
-        unfinished = job["status"] in ("queued", "running")
-        return JobView(
-            id=job["id"],
-            status=job["status"],
-            total=total,
-            done=done,
-            failed=failed,
-            errors=[ItemError(e["position"], e["item_id"], e["error"]) for e in errors],
-            error=job["error"],
-            created_at=job["created_at"],
-            updated_at=job["updated_at"],
-            collection=job["collection"],
-            kind=job["kind"],
-            items_per_s=rate,
-            eta_s=eta,
-            params=_load(job["params"]),
-            result=_load(job["result"]),
-            duplicates=[
-                DuplicateOf(d["position"], d["item_id"], d["duplicate_of"], d["duplicate_score"])
-                for d in duplicates
-            ],
-            cursor=int(job["cursor"] or 0),
-            waiting_for=self._waiting_for.get(job_id) if unfinished else None,
-        )
+        return job_view_of(job, counts, errors, duplicates, self._waiting_for.get(job_id))
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         return transaction(self._conn, self._lock)
 
 
-def _job_item(row: sqlite3.Row) -> JobItem:
-    return JobItem(
-        position=row["position"],
-        item_id=row["item_id"],
-        kind=row["kind"],
-        text=row["text"],
-        source=row["source"],
-        staged=bool(row["staged"]),
-        metadata=_load(row["metadata"]),
-        status=row["status"],
-        error=row["error"],
-        offset=row["blob_offset"],
-        length=row["blob_length"],
-    )
-
-
-def _rate(job: sqlite3.Row, done: int, total: int) -> tuple[float | None, float | None]:
-    """Items per second since the job last started running, and the seconds left at that rate."""
-    started_at = job["run_started_at"]
-    if job["status"] != "running" or started_at is None:
-        return None, None
-    elapsed = time.time() - started_at
-    finished = done - int(job["run_started_done"] or 0)
-    if elapsed <= 0 or finished <= 0:
-        return None, None
-    rate = finished / elapsed
-    return rate, max(0, total - done) / rate
-
-
 def _dump(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)

@@ -12,11 +12,23 @@ from app.jobs.ledger import LEDGERS, JobItem, JobLedger, open_ledger
 
 @pytest.fixture(params=LEDGERS)
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobLedger]:
-    opened = open_ledger(tmp_path, request.param)
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    opened = open_ledger(tmp_path, url)
     try:
         yield opened
     finally:
+        if url is not None:  # the cluster lives for the session: each test starts empty
+            _empty_postgres_ledger(url)
         opened.close()
+
+
+def _empty_postgres_ledger(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE xmr_jobs.jobs, xmr_jobs.job_items")
 
 
 def items(count: int) -> list[JobItem]:
@@ -72,5 +84,5 @@ def test_a_restart_interrupts_the_queued_jobs_but_not_reembeddings(ledger: JobLe
 
 
 def test_an_unknown_ledger_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown job ledger 'redis'.*sqlite"):
-        open_ledger(tmp_path, "redis")
+    with pytest.raises(ValueError, match="unknown job ledger 'redis'.*sqlite, postgresql"):
+        open_ledger(tmp_path, "redis://localhost")
