@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool
 from index.errors import ItemNotFoundError, ModelMismatchError, StorageError
 from index.filters import RANGE_OPERATORS, MetadataFilter
 from index.keywords import KeywordQuery, searchable_text
-from index.records import Records
+from index.records import Records, labelled_vectors, vectors_in_pages
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
 
 _TABLES = """
@@ -368,29 +368,22 @@ class PostgresVectorLog:
     def vectors_after(
         self, kind: Kind, seq: int, dim: int, chunk: int = 10_000, up_to_seq: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last_label = -1
         upper = up_to_seq if up_to_seq is not None else 2**62
-        while True:
-            rows = self._db.rows(
+        return vectors_in_pages(
+            lambda after: self._db.rows(
                 "SELECT label, vector FROM {s}.items WHERE kind = %s AND seq > %s AND seq <= %s "
                 "AND label > %s ORDER BY label LIMIT %s",
-                (kind, seq, upper, last_label, chunk),
-            )
-            if not rows:
-                return
-            labels = np.array([row[0] for row in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
-            yield labels, vectors.reshape(len(rows), dim)
-            last_label = int(labels[-1])
+                (kind, seq, upper, after, chunk),
+            ),
+            dim,
+        )
 
     def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         wanted = [int(x) for x in np.unique(np.asarray(labels, dtype=np.int64))]
         rows = self._db.rows(
             "SELECT label, vector FROM {s}.items WHERE label = ANY(%s) ORDER BY label", (wanted,)
         )
-        found = np.array([row[0] for row in rows], dtype=np.int64)
-        matrix = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
-        return found, matrix.reshape(-1, dim)
+        return labelled_vectors(rows, dim)
 
     def tombstones_after(self, kind: Kind, seq: int) -> list[int]:
         rows = self._db.rows(

@@ -11,7 +11,7 @@ Protocols and one more branch of `open_records`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -170,3 +170,22 @@ def stored_model(
         return records.items.stored_model()
     finally:
         records.items.close()
+
+
+def labelled_vectors(rows: Sequence[tuple[Any, Any]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, vectors) from rows of (label, float32 bytes), in their order."""
+    labels = np.array([row[0] for row in rows], dtype=np.int64)
+    vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
+    return labels, vectors.reshape(len(rows), dim)
+
+
+def vectors_in_pages(
+    fetch_after: Callable[[int], Sequence[tuple[Any, Any]]], dim: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(labels, vectors) page by page: `fetch_after(label)` gives the rows past `label`, in
+    label order, until none are left (a keyset scan: no page is read twice)."""
+    last_label = -1
+    while rows := fetch_after(last_label):
+        labels, vectors = labelled_vectors(rows, dim)
+        yield labels, vectors
+        last_label = int(labels[-1])

@@ -14,7 +14,7 @@ from index import sqlite_keywords as keywords
 from index.errors import ItemNotFoundError, ModelMismatchError
 from index.filters import MetadataFilter
 from index.metadata import load_stored_metadata
-from index.records import Records
+from index.records import Records, labelled_vectors, vectors_in_pages
 from index.sqlite import SqliteDatabase, where_sql
 from index.sqlite_keywords import SqliteKeywordIndex, build_keywords
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
@@ -279,29 +279,22 @@ class SqliteVectorLog:
     def vectors_after(
         self, kind: Kind, seq: int, dim: int, chunk: int = 10_000, up_to_seq: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last_label = -1
         upper = up_to_seq if up_to_seq is not None else 2**62
-        while True:
-            rows = self._db.rows(
+        return vectors_in_pages(
+            lambda after: self._db.rows(
                 "SELECT label, vector FROM items "
                 "WHERE kind = ? AND seq > ? AND seq <= ? AND label > ? "
                 "ORDER BY label LIMIT ?",
-                (kind, seq, upper, last_label, chunk),
-            )
-            if not rows:
-                return
-            labels = np.array([row[0] for row in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
-            yield labels, vectors.reshape(len(rows), dim)
-            last_label = int(labels[-1])
+                (kind, seq, upper, after, chunk),
+            ),
+            dim,
+        )
 
     def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         wanted = np.unique(np.asarray(labels, dtype=np.int64))
         sql = "SELECT label, vector FROM items WHERE label IN ({marks}) ORDER BY label"
         rows = self._db.rows_in(sql, _ints(wanted))  # chunks ascend, so rows stay in order
-        found = np.array([row[0] for row in rows], dtype=np.int64)
-        matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
-        return found, matrix.reshape(-1, dim)
+        return labelled_vectors(rows, dim)
 
     def tombstones_after(self, kind: Kind, seq: int) -> list[int]:
         rows = self._db.rows("SELECT label FROM tombstones WHERE kind = ? AND seq > ?", (kind, seq))

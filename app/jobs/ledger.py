@@ -150,6 +150,23 @@ class JobLedger(Protocol):
     def close(self) -> None: ...
 
 
+class JobWaits:
+    """What each job waits for now (a model slot, ...): this process's view, shown while the
+    job is queued or running and never stored. Both ledgers keep it alike."""
+
+    def __init__(self) -> None:
+        self._waiting_for: dict[str, str] = {}
+
+    def set_waiting(self, job_id: str, waiting_for: str | None) -> None:
+        if waiting_for is None:
+            self._waiting_for.pop(job_id, None)
+        else:
+            self._waiting_for[job_id] = waiting_for
+
+    def waiting_for(self, job_id: str) -> str | None:
+        return self._waiting_for.get(job_id)
+
+
 def open_ledger(data_dir: Path, database_url: str | None = None) -> JobLedger:
     """The job ledger: SQLite in `data_dir` when `database_url` is None, else the database it
     names (`postgresql://...`)."""

@@ -24,6 +24,7 @@ from app.jobs.ledger import (
     JobKind,
     JobStatus,
     JobView,
+    JobWaits,
     job_item_of,
     job_view_of,
 )
@@ -71,7 +72,7 @@ CREATE INDEX IF NOT EXISTS job_items_pending ON {s}.job_items (job_id, status, p
 """
 
 
-class PostgresJobLedger:
+class PostgresJobLedger(JobWaits):
     """Jobs and job items in PostgreSQL; what a job waits for is this process's (not stored)."""
 
     def __init__(self, url: str) -> None:
@@ -87,7 +88,7 @@ class PostgresJobLedger:
             },
             open=False,
         )
-        self._waiting_for: dict[str, str] = {}
+        super().__init__()
         try:
             self._pool.open(wait=True, timeout=30)
             with self._transaction() as conn:
@@ -185,12 +186,6 @@ class PostgresJobLedger:
         with self._transaction() as conn:
             conn.execute(statement, (*columns.values(), time.time(), job_id))
 
-    def set_waiting(self, job_id: str, waiting_for: str | None) -> None:
-        if waiting_for is None:
-            self._waiting_for.pop(job_id, None)
-        else:
-            self._waiting_for[job_id] = waiting_for
-
     def record_results(
         self,
         job_id: str,
@@ -282,7 +277,7 @@ class PostgresJobLedger:
                 ),
                 (job_id, MAX_ERRORS_SHOWN),
             ).fetchall()
-        return job_view_of(job, counts, errors, duplicates, self._waiting_for.get(job_id))
+        return job_view_of(job, counts, errors, duplicates, self.waiting_for(job_id))
 
     # -- connections ----------------------------------------------------------------------
     def _q(self, text: str) -> sql.Composed:

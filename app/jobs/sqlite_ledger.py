@@ -18,6 +18,7 @@ from app.jobs.ledger import (
     JobKind,
     JobStatus,
     JobView,
+    JobWaits,
     job_item_of,
     job_view_of,
 )
@@ -69,14 +70,14 @@ _ITEM_COLUMNS = (
 )
 
 
-class SqliteJobLedger:
+class SqliteJobLedger(JobWaits):
     """Jobs and job items in SQLite (WAL, synchronous=FULL), one connection and its lock."""
 
     def __init__(self, path: Path) -> None:
         self._conn = open_database(path, _SCHEMA)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()  # guards the connection: every statement takes it
-        self._waiting_for: dict[str, str] = {}  # job id -> what it waits for, while it does
+        super().__init__()
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -173,12 +174,6 @@ class SqliteJobLedger:
                 (*columns.values(), time.time(), job_id),
             )
 
-    def set_waiting(self, job_id: str, waiting_for: str | None) -> None:
-        if waiting_for is None:
-            self._waiting_for.pop(job_id, None)
-        else:
-            self._waiting_for[job_id] = waiting_for
-
     def record_results(
         self,
         job_id: str,
@@ -255,7 +250,7 @@ class SqliteJobLedger:
                 "WHERE job_id = ? AND duplicate_of IS NOT NULL ORDER BY position LIMIT ?",
                 (job_id, MAX_ERRORS_SHOWN),
             ).fetchall()
-        return job_view_of(job, counts, errors, duplicates, self._waiting_for.get(job_id))
+        return job_view_of(job, counts, errors, duplicates, self.waiting_for(job_id))
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         return transaction(self._conn, self._lock)
