@@ -20,6 +20,8 @@ EXACT_FILTER_LIMIT = 20_000
 # How many of each side's best a hybrid search fuses: the normalization of relative fusion is
 # over these, so a page's scores do not depend on which page it is (up to this depth).
 HYBRID_DEPTH = 1000
+# How much further than its page a search reaches for items deleted while it ran
+MAX_REACH = 1000
 
 
 class StoreSearch:
@@ -50,20 +52,28 @@ class StoreSearch:
         """Hits `offset` to `offset + k` of `kind` for each query, best first (cosine scores).
 
         A filter restricts the candidates inside the vector search, so a filtered page is as
-        full as the number of matching items allows.
+        full as the number of matching items allows. An item deleted between the index search
+        and the read of its record (its record commits first) is passed over and the search
+        reaches further, so a page is never short for it.
         """
-        scores, labels = self.ranked(kind, queries, k + offset, where)
-        scores, labels = scores[:, offset:], labels[:, offset:]
-        wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
-        records = self._records.get_by_labels(wanted)
-        return [
-            [
+        reach = 0  # candidates beyond the page, for items deleted while this search ran
+        while True:
+            scores, labels = self.ranked(kind, queries, offset + k + reach, where)
+            wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
+            records = self._records.get_by_labels(wanted)
+            gone = len(wanted) - len(records)
+            if gone == 0 or reach >= MAX_REACH:
+                break
+            reach = min(MAX_REACH, reach + gone)
+        pages = []
+        for row_scores, row_labels in zip(scores, labels, strict=True):
+            found = [
                 Hit(records[int(label)], float(score))
                 for score, label in zip(row_scores, row_labels, strict=True)
                 if int(label) in records
             ]
-            for row_scores, row_labels in zip(scores, labels, strict=True)
-        ]
+            pages.append(found[offset : offset + k])
+        return pages
 
     def ranked(
         self, kind: Kind, queries: np.ndarray, k: int, where: MetadataFilter | None

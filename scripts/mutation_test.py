@@ -366,8 +366,8 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "paging returns the next results, not the first again",
         "index/search.py",
-        "        scores, labels = scores[:, offset:], labels[:, offset:]",
-        "        scores, labels = scores[:, :k], labels[:, :k]",
+        "            pages.append(found[offset : offset + k])",
+        "            pages.append(found[:k])",
         ("tests/app/test_search_filters.py::test_pages_follow_each_other",),
     ),
     # -- steered queries ------------------------------------------------------------------------
@@ -391,8 +391,8 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "nothing a user types is read as FTS5 syntax",
         "index/keywords.py",
-        """            phrases.append('"' + " ".join(tokens) + '"')""",
-        """            phrases.append(term)""",
+        """    return [f'"{term}"' for term in _terms(text)]""",
+        """    return text.split()[:MAX_QUERY_TERMS]""",
         (
             "tests/app/routes/test_keywords.py::test_keyword_and_hybrid_search_find_an_exact_rare_token_that_vectors_rank_low",
         ),
