@@ -292,3 +292,16 @@ def test_an_unknown_backend_is_a_clear_error_not_faiss(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown index backend 'elastic'.*faiss, milvus"):
         ItemStore(tmp_path / "data", "m/1", 4, IndexOptions(backend="elastic"))
     assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+def test_a_search_reaches_past_an_item_deleted_while_it_ran(store: ItemStore) -> None:
+    """A delete commits the record first and the index follows: a search in between finds the
+    label without its record. It passes over it and still fills its page."""
+    store.upsert([text(f"t{i}", i % 3) for i in range(12)])  # four items on each of 3 axes
+    query = (vec(0) + 0.5 * vec(1))[None]
+    before = [h.record.id for h in store.searches.vector("text", query, 6)[0]]
+    store.records.delete(before[0])  # the record is gone; the index has not followed yet
+    after = [h.record.id for h in store.searches.vector("text", query, 6)[0]]
+    assert len(after) == 6 and before[0] not in after and set(before[1:]) <= set(after)
+    second_page = [h.record.id for h in store.searches.vector("text", query, 6, offset=5)[0]]
+    assert second_page[0] == after[5] and before[0] not in second_page
