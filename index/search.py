@@ -11,7 +11,7 @@ from index.fusion import fuse
 from index.keywords import KeywordQuery
 from index.records import KeywordIndex, RecordStore, VectorLog
 from index.serving import ServingIndexes
-from index.types import Hit, HybridScope, Kind, check_vectors, no_hits
+from index.types import Hit, HybridScope, Kind, Record, check_vectors, no_hits
 
 # A filter matching at most this many vectors of an approximate index is searched by brute force
 # over them (20,000 x 512-d: about 40 MB read from SQLite and a 10 ms product per query batch):
@@ -114,9 +114,8 @@ class StoreSearch:
         ]
         by_keyword = self._keywords.search(kind, query, depth, scope.where)
         fused = fuse(by_vector, by_keyword, scope.alpha, scope.fusion)
-        page = fused[scope.offset : scope.offset + scope.k]
+        page, records = self._present_page(fused, scope.offset, scope.k)
         wanted = [label for label, _ in page]
-        records = self._records.get_by_labels(wanted)
         cosines = dict(by_vector)
         missing = [label for label in wanted if label not in cosines]
         if missing:
@@ -127,10 +126,24 @@ class StoreSearch:
         if unscored:
             bm25.update(self._keywords.scores(query, unscored))
         return [
-            Hit(records[label], score, cosines.get(label), bm25.get(label))
-            for label, score in page
-            if label in records
+            Hit(records[label], score, cosines.get(label), bm25.get(label)) for label, score in page
         ]
+
+    def _present_page(
+        self, ranking: list[tuple[int, float]], offset: int, k: int
+    ) -> tuple[list[tuple[int, float]], dict[int, Record]]:
+        """Entries `offset` to `offset + k` of `ranking` among those whose records are there
+        (one deleted while the search ran is passed over), and those records."""
+        reach = 0
+        while True:
+            window = ranking[: offset + k + reach]
+            records = self._records.get_by_labels([label for label, _ in window])
+            gone = len(window) - len(records)
+            if gone == 0 or reach >= MAX_REACH or len(window) == len(ranking):
+                break
+            reach = min(MAX_REACH, reach + gone)
+        present = [(label, score) for label, score in window if label in records]
+        return present[offset : offset + k], records
 
     def _search_filtered(
         self, kind: Kind, queries: np.ndarray, k: int, allowed: np.ndarray

@@ -122,3 +122,15 @@ def test_hybrid_scores_every_hit_on_both_sides(tmp_path: Path) -> None:
     assert by_id["mid"].keyword_score > by_id["far"].keyword_score > 0  # type: ignore[operator]
     assert ids(hits) == ["mid", "close", "far"]  # mid: 0.5 x 0.85 + 0.5 x 1; close: 0.5; far: 0
     store.close()
+
+
+def test_a_hybrid_page_reaches_past_an_item_deleted_while_it_ran(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path / "data", "m/1", DIM)
+    axes = [unit(1, 0, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 1, 0)]
+    store.upsert([NewItem.text_item(f"t{i}", axes[i % 3], f"zebra {i}") for i in range(9)])
+    scope, words, query = HybridScope(k=5, alpha=0.5), KeywordQuery("zebra"), axes[0]
+    before = ids(store.searches.hybrid("text", query, words, scope))
+    store.records.delete(before[0])  # the record is gone; the vector index has not followed
+    after = ids(store.searches.hybrid("text", query, words, scope))
+    assert len(after) == 5 and before[0] not in after
+    store.close()
