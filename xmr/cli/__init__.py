@@ -1,12 +1,12 @@
 """`xmr`: serve, index folders with a progress bar, search, inspect, evaluate.
 
-Every command but `serve` and `migrate` talks to a running server over HTTP (`--server`,
-`XMR_SERVER`). Exit codes: 0 success, 1 the server refused something (or items failed), 2 bad
-usage or input, 3 the server cannot be reached.
+Every command but `serve`, `migrate` and `index --ray` talks to a running server over HTTP
+(`--server`, `XMR_SERVER`). Exit codes: 0 success, 1 the server refused something (or items
+failed), 2 bad usage or input, 3 the server cannot be reached.
 
-One module per command group; `app.py` holds what they share. The CLI reaches the service only
-through `xmr.client` (HTTP) or, for the commands that act on a stopped server's data, through
-`xmr.offline`, imported when such a command runs.
+One module per command group; `app.py` holds what they share. The CLI reaches the service
+through `xmr.client` (HTTP), `serve` runs app/ in this process, and the commands that act on a
+stopped server's data go through `xmr.offline`; each is imported when its command runs.
 """
 
 from __future__ import annotations
