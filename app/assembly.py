@@ -61,7 +61,8 @@ class Services:
                 pools,
                 settings.max_models,
             )
-            job_store = await run_in(pools.store, open_ledger, settings.data_dir)
+            database_url = settings.index_options().database_url
+            job_store = await run_in(pools.store, open_ledger, settings.data_dir, database_url)
             reindexer = Reindexer(job_store, settings.encode_batch_size)
             limits = Limits(
                 max_k=settings.max_k,

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         description="Milvus Lite file (default <data_dir>/milvus.db) or http://host:19530",
     )
     milvus_token: SecretStr | None = Field(None, description="Milvus user:password or API key")
+    database_url: SecretStr | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db: records, keywords and jobs in "
+        "PostgreSQL (one process per database for now); unset: SQLite in XMR_DATA_DIR",
+    )
     index_approx_threshold: int = Field(100_000, ge=1)
     index_memory_mb: float = Field(4096.0, gt=0)
     hnsw_ef_search: int = Field(128, ge=1, le=65_536)
@@ -196,6 +201,7 @@ class Settings(BaseSettings):
             backend=self.index_backend,
             milvus_uri=self.milvus_uri,
             milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
+            database_url=self.database_url.get_secret_value() if self.database_url else None,
         )
 
 

@@ -32,6 +32,7 @@ class IndexOptions:
     backend: str = "faiss"  # or "milvus"
     milvus_uri: str | None = None  # a local file (Milvus Lite) or http://host:19530
     milvus_token: str | None = None
+    database_url: str | None = None  # the records in PostgreSQL (XMR_DATABASE_URL); None: SQLite
 
 
 def ivf_lists(n: int) -> int:

@@ -146,6 +146,13 @@ class PostgresRecordStore:
     def close(self) -> None:
         self._db.close()
 
+    def destroy(self) -> None:
+        try:
+            with self._db.transaction() as conn:
+                conn.execute(self._db.q("DROP SCHEMA IF EXISTS {s} CASCADE"))
+        finally:
+            self._db.close()
+
     def bind_model(self, model_id: str, dim: int) -> None:
         with self._db.transaction() as conn:
             for key, value in (("model", model_id), ("dim", str(dim))):

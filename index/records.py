@@ -84,6 +84,11 @@ class RecordStore(Protocol):
         """Release the database; the log and keyword index over it close with it."""
         ...
 
+    def destroy(self) -> None:
+        """Close and delete everything this store holds (a deleted collection, a retired
+        generation), so that a store opened later under the same name starts empty."""
+        ...
+
 
 class VectorLog(Protocol):
     """The vectors in write order and the deletions since a sequence: what indexes replay."""

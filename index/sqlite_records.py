@@ -72,6 +72,10 @@ class SqliteRecordStore:
     def close(self) -> None:
         self._db.close()
 
+    def destroy(self) -> None:
+        """Close; the file goes with the store's folder, which its owner removes."""
+        self._db.close()
+
     # -- model identity -------------------------------------------------------------------
     def bind_model(self, model_id: str, dim: int) -> None:
         stored = self._meta()

@@ -59,7 +59,7 @@ class ItemStore:
         self._backend = open_backend(data_dir, model_id, dim, options or IndexOptions(), namespace)
         data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(data_dir)
-        opened = open_records(data_dir)
+        opened = open_records(data_dir, self._backend.options.database_url, namespace)
         self.records: RecordStore = opened.items
         self.log: VectorLog = opened.log
         try:
@@ -235,7 +235,7 @@ class ItemStore:
         try:
             self._serving.drop()
         finally:
-            self.records.close()
+            self.records.destroy()
 
 
 def _check_unique_ids(items: Sequence[NewItem]) -> None:

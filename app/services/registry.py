@@ -119,7 +119,9 @@ class CollectionRegistry:
         """The description of a data directory without one: new, or written before collections."""
         async with self.models.use(spec) as model:
             model_id, dim = model.encoder.model_id, model.encoder.dim
-        stored = await run_in(self.pools.store, _stored_model, folder.root)
+        stored = await run_in(
+            self.pools.store, stored_model, folder.root, self.options.database_url
+        )
         made_by = spec
         if stored is not None and stored != (model_id, dim):
             # vectors of another model: serve them with it (as named in the records)
@@ -291,7 +293,3 @@ def _descriptors_nearly_used() -> bool:
 def _model_ids(state: CollectionState) -> set[str]:
     generations = [state.current] + ([state.next] if state.next is not None else [])
     return {generation.model_id for generation in generations}
-
-
-def _stored_model(folder: Path) -> tuple[str, int] | None:
-    return stored_model(folder)

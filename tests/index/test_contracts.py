@@ -21,12 +21,15 @@ DIM = 4
 
 
 @pytest.fixture(params=RECORD_STORES)
-def records(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Records]:
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None: SQLite in the data directory; else the throwaway PostgreSQL cluster."""
+    return request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+
+
+@pytest.fixture
+def records(database_url: str | None, tmp_path: Path) -> Iterator[Records]:
     """Each test on a store of its own: a fresh SQLite file, or a fresh PostgreSQL schema."""
-    url = None
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    opened = open_records(tmp_path, url, namespace=f"test-{uuid.uuid4().hex}")
+    opened = open_records(tmp_path, database_url, namespace=f"test-{uuid.uuid4().hex}")
     opened.items.bind_model("m/1", DIM)
     try:
         yield opened
@@ -115,6 +118,22 @@ def test_a_store_is_bound_to_one_model(records: Records, tmp_path: Path) -> None
     assert records.items.stored_model() == ("m/1", DIM)
     with pytest.raises(ModelMismatchError):
         records.items.bind_model("m/2", DIM)
+
+
+def test_a_destroyed_store_leaves_nothing_for_the_next_of_its_name(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    opened = open_records(tmp_path, database_url, namespace="shop/gen-1")
+    opened.items.bind_model("m/1", DIM)
+    opened.items.upsert([text("a", 0)], "m/1")
+    opened.items.destroy()
+    (tmp_path / "records.sqlite3").unlink(missing_ok=True)  # SQLite's file goes with its folder
+    again = open_records(tmp_path, database_url, namespace="shop/gen-1")
+    try:
+        assert again.items.stored_model() is None and again.items.all_ids() == set()
+        assert again.log.current_seq() == 0
+    finally:
+        again.items.destroy()
 
 
 def test_an_unknown_record_store_is_a_clear_error(tmp_path: Path) -> None:
