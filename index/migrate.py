@@ -43,7 +43,7 @@ def migrate(
 
     `data_dir` is one store's folder (a collection's generation); `namespace` names it in Milvus.
     """
-    model_id, dim = _bound_model(data_dir)
+    model_id, dim = _bound_model(data_dir, source.database_url, namespace)
     report = MigrationReport()
     before = ItemStore(data_dir, model_id, dim, source, namespace)
     try:
@@ -75,8 +75,8 @@ def opposite(options: IndexOptions, milvus_uri: str | None) -> IndexOptions:
     return replace(options, backend="milvus", milvus_uri=milvus_uri or options.milvus_uri)
 
 
-def _bound_model(data_dir: Path) -> tuple[str, int]:
-    stored = stored_model(data_dir)
+def _bound_model(data_dir: Path, database_url: str | None, namespace: str) -> tuple[str, int]:
+    stored = stored_model(data_dir, database_url, namespace)
     if stored is None:
         raise ModelMismatchError(f"{data_dir} holds no indexed data")
     return stored

@@ -21,6 +21,7 @@ from index.layout import (
     serving_generation,
 )
 from index.migrate import MigrationReport, migrate, opposite
+from index.records import stored_model
 from index.store import ItemStore
 from xmr.distributed import RayIndexReport, index_with_ray
 from xmr.files import ImageFile
@@ -107,9 +108,9 @@ def migrate_collections(
     reports: dict[str, tuple[str, MigrationReport]] = {}
     for name in names:
         folder, generation = serving_generation(data_dir, name)
-        store_dir = folder.path(generation)
-        if not (store_dir / "records.sqlite3").exists():
-            continue
+        store_dir, namespace = folder.path(generation), namespace_of(name, generation)
+        if stored_model(store_dir, source.database_url, namespace) is None:
+            continue  # nothing indexed there yet
         reports[name] = (
             source.backend,
             migrate(
@@ -117,7 +118,7 @@ def migrate_collections(
                 source,
                 opposite(source, milvus_uri),
                 samples,
-                namespace_of(name, generation),
+                namespace,
             ),
         )
     return reports

@@ -55,7 +55,8 @@ def migrate(
     if to not in ("milvus", "faiss"):
         raise CliError("--to must be milvus or faiss", 2)
     folder = data_dir or Settings().data_dir
-    if not (folder / "records.sqlite3").exists() and not (folder / "collections").is_dir():
+    markers = (folder / "records.sqlite3", folder / "collection.json", folder / "collections")
+    if not any(marker.exists() for marker in markers):
         raise CliError(f"{folder} is not an xmr data directory", 2)
     try:
         reports = migrate_collections(folder, to, collection, milvus_uri, samples)
