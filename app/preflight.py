@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.config import Settings
+from index.records import database_problem
 from index.vectors import new_faiss_index
 from models.errors import ModelLoadError
 from models.registry import resolve_weights
@@ -19,6 +20,11 @@ def preflight(settings: Settings) -> str | None:
             new_faiss_index(settings.index, 512)
         except ValueError as e:
             return f"XMR_INDEX: {e}"
+    database_url = settings.index_options().database_url
+    if database_url is not None:
+        problem = database_problem(database_url)
+        if problem is not None:
+            return f"XMR_DATABASE_URL: {problem}"
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -145,6 +145,26 @@ class Records:
     keywords: KeywordIndex
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def database_problem(database_url: str) -> str | None:
+    """Why records cannot be kept at `database_url`, in one line (an unknown scheme, a database
+    that does not answer within 5 s); None when it answers."""
+    scheme = database_url.split("://", 1)[0].lower()
+    if scheme not in POSTGRES_SCHEMES:
+        return f"unknown database {scheme!r}; expected postgresql://user:password@host:port/db"
+    import psycopg  # only where a database is configured
+
+    try:
+        psycopg.connect(database_url, connect_timeout=5).close()
+    except psycopg.Error as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(e).__name__
+        return f"PostgreSQL does not answer: {reason}"
+    return None
+
+
 def open_records(data_dir: Path, database_url: str | None = None, namespace: str = "") -> Records:
     """The records of a store: SQLite in `data_dir` when `database_url` is None, else the
     database it names (`postgresql://...`: one schema per `namespace`)."""
@@ -153,7 +173,7 @@ def open_records(data_dir: Path, database_url: str | None = None, namespace: str
 
         return open_sqlite_records(data_dir / "records.sqlite3")
     scheme = database_url.split("://", 1)[0].lower()
-    if scheme in ("postgresql", "postgres"):
+    if scheme in POSTGRES_SCHEMES:
         from index.postgres_records import open_postgres_records  # psycopg: only where used
 
         return open_postgres_records(database_url, namespace)

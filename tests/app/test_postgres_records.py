@@ -87,3 +87,20 @@ def test_a_deleted_collection_takes_its_records_along(
     assert len(before - after) == 1  # the collection's schema, and only it
     assert client.post("/v1/collections", json=body).status_code == 201
     assert client.get("/v1/collections/shop").json()["texts"] == 0  # starts empty
+
+
+def test_a_database_that_cannot_be_used_stops_the_start_with_one_line(
+    settings: Settings, postgres_database: str
+) -> None:
+    from app.preflight import preflight
+    from tests.postgres import _free_port
+
+    def problem(url: str) -> str | None:
+        return preflight(settings.model_copy(update={"database_url": SecretStr(url)}))
+
+    assert problem(postgres_database) is None
+    unknown = problem("mysql://xmr@127.0.0.1/xmr")
+    assert unknown is not None and "XMR_DATABASE_URL: unknown database 'mysql'" in unknown
+    down = problem(f"postgresql://xmr:secret@127.0.0.1:{_free_port()}/xmr")
+    assert down is not None and down.startswith("XMR_DATABASE_URL: PostgreSQL does not answer")
+    assert "\n" not in down and "secret" not in down
