@@ -27,26 +27,6 @@ class KeywordQuery:
         """The wanted and the unwanted terms, each as its word tokens joined by spaces."""
         return _terms(self.include), _terms(self.exclude)
 
-    def match_expression(self) -> str | None:
-        """An FTS5 MATCH expression, or None when the query has no word to look for.
-
-        Each whitespace-separated term becomes a quoted phrase of its tokens, so punctuation
-        inside a term (an invoice number, a file name) keeps its tokens in order, and nothing a
-        user types is read as FTS5 syntax.
-        """
-        wanted = _phrases(self.include)
-        if not wanted:
-            return None
-        expression = " OR ".join(wanted)
-        unwanted = _phrases(self.exclude)
-        if unwanted:
-            expression = f"({expression}) NOT ({' OR '.join(unwanted)})"
-        return expression
-
-
-def _phrases(text: str) -> list[str]:
-    return [f'"{term}"' for term in _terms(text)]
-
 
 def _terms(text: str) -> list[str]:
     terms = [" ".join(_TOKEN.findall(term)) for term in text.split()]

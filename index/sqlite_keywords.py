@@ -47,7 +47,7 @@ class SqliteKeywordIndex:
         where: MetadataFilter | None = None,
         offset: int = 0,
     ) -> list[tuple[int, float]]:
-        match = query.match_expression()
+        match = fts5_match(query)
         if match is None:
             return []
         clause, params = where_sql(where)
@@ -61,7 +61,7 @@ class SqliteKeywordIndex:
         return [(int(label), float(score)) for label, score in rows]
 
     def scores(self, query: KeywordQuery, labels: Sequence[int]) -> dict[int, float]:
-        match = query.match_expression()
+        match = fts5_match(query)
         if match is None:
             return {}
         sql = (
@@ -82,3 +82,23 @@ def build_keywords(db: SqliteDatabase) -> None:
         for label, text, metadata in rows:
             add(db.conn, label, text, load_stored_metadata(metadata))
         db.conn.execute("INSERT INTO meta VALUES (?, '1')", (BUILT_KEY,))
+
+
+def fts5_match(query: KeywordQuery) -> str | None:
+    """An FTS5 MATCH expression for `query`, or None when it has no word to look for.
+
+    Each whitespace-separated term becomes a quoted phrase of its tokens, so punctuation inside
+    a term (an invoice number, a file name) keeps its tokens in order, and nothing a user types
+    is read as FTS5 syntax.
+    """
+    wanted, unwanted = query.phrases()
+    if not wanted:
+        return None
+    expression = " OR ".join(_phrases(wanted))
+    if unwanted:
+        expression = f"({expression}) NOT ({' OR '.join(_phrases(unwanted))})"
+    return expression
+
+
+def _phrases(terms: list[str]) -> list[str]:
+    return [f'"{term}"' for term in terms]

@@ -397,9 +397,9 @@ BREAKS: tuple[Break, ...] = (
     ),
     Break(
         "nothing a user types is read as FTS5 syntax",
-        "index/keywords.py",
-        """    return [f'"{term}"' for term in _terms(text)]""",
-        """    return text.split()[:MAX_QUERY_TERMS]""",
+        "index/sqlite_keywords.py",
+        """    expression = " OR ".join(_phrases(wanted))""",
+        """    expression = " OR ".join(query.include.split())""",
         (
             "tests/app/routes/test_keywords.py::test_keyword_and_hybrid_search_find_an_exact_rare_token_that_vectors_rank_low",
         ),

@@ -11,6 +11,7 @@ import pytest
 from index import HybridScope, NewItem
 from index.fusion import reciprocal_rank_fusion, relative_score_fusion
 from index.keywords import KeywordQuery, searchable_text
+from index.sqlite_keywords import fts5_match
 from index.store import ItemStore
 
 DIM = 4
@@ -44,7 +45,7 @@ def test_searchable_text_is_the_text_and_every_string_in_the_metadata() -> None:
 def test_a_keyword_query_is_quoted_phrases_never_fts5_syntax(
     include: str, exclude: str, expected: str | None
 ) -> None:
-    assert KeywordQuery(include, exclude).match_expression() == expected
+    assert fts5_match(KeywordQuery(include, exclude)) == expected
 
 
 def test_relative_fusion_normalizes_each_list_then_weights_by_alpha() -> None:
