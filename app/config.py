@@ -149,7 +149,12 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None,
         description="postgresql://user:password@host:port/db: records, keywords and jobs in "
-        "PostgreSQL (one process per database for now); unset: SQLite in XMR_DATA_DIR",
+        "PostgreSQL, shared by every replica pointed at it; unset: SQLite in XMR_DATA_DIR",
+    )
+    blob_dir: Path | None = Field(
+        None,
+        description="where uploaded image bytes are kept, a folder per collection generation "
+        "(a shared filesystem for several replicas); unset: inside each generation's folder",
     )
     index_approx_threshold: int = Field(100_000, ge=1)
     index_memory_mb: float = Field(4096.0, gt=0)
@@ -202,6 +207,7 @@ class Settings(BaseSettings):
             milvus_uri=self.milvus_uri,
             milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
             database_url=self.database_url.get_secret_value() if self.database_url else None,
+            blob_dir=self.blob_dir,
         )
 
 

@@ -71,8 +71,9 @@ class VectorBackend(Protocol):
     keeps_snapshots: bool  # the store saves this backend's indexes beside the records
     options: IndexOptions
 
-    def open(self, kind: Kind, log: VectorLog) -> tuple[VectorIndex, int]:
-        """The kind's index in line with the records, and the sequence its saved copy is at."""
+    def open(self, kind: Kind, log: VectorLog, up_to_seq: int) -> tuple[VectorIndex, int]:
+        """The kind's index in line with the records up to `up_to_seq`, and the sequence its
+        saved copy is at."""
         ...
 
     def planned_spec(self, index: VectorIndex) -> str | None:

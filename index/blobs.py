@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -36,8 +38,9 @@ class BlobStore(Protocol):
         """Delete a blob no record uses; one already gone is no error."""
         ...
 
-    def remove_unreferenced(self, referenced: set[str]) -> int:
-        """Delete blobs no record points to (left by a crash between write and commit)."""
+    def remove_unreferenced(self, referenced: set[str], older_than_s: float = 0.0) -> int:
+        """Delete blobs no record points to (left by a crash between write and commit, or
+        released in a shared store), last written more than `older_than_s` ago."""
         ...
 
 
@@ -61,11 +64,13 @@ class LocalBlobStore:
     def put(self, data: bytes, content_type: str) -> StoredBlob:
         blob = blob_name(data, content_type)
         path = self.root / blob.path
-        if not path.is_file():
-            try:
+        try:
+            if path.is_file():
+                os.utime(path)  # written again: a sweep of old unreferenced blobs passes it by
+            else:
                 write_atomic(path, data)
-            except OSError as e:
-                raise StorageError(f"could not store the image bytes: {e.strerror or e}") from e
+        except OSError as e:
+            raise StorageError(f"could not store the image bytes: {e.strerror or e}") from e
         return blob
 
     def read(self, path: str) -> bytes:
@@ -75,12 +80,15 @@ class LocalBlobStore:
         with contextlib.suppress(OSError):
             self._resolve(path).unlink()
 
-    def remove_unreferenced(self, referenced: set[str]) -> int:
+    def remove_unreferenced(self, referenced: set[str], older_than_s: float = 0.0) -> int:
         removed = 0
+        written_before = time.time() - older_than_s
         for path in self.root.glob("*/*"):
             relative = path.relative_to(self.root).as_posix()
-            if path.is_file() and relative not in referenced:
-                with contextlib.suppress(OSError):
+            if relative in referenced:
+                continue
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime <= written_before:
                     path.unlink()
                     removed += 1
         return removed
@@ -92,8 +100,8 @@ class LocalBlobStore:
         return path
 
 
-def open_blobs(data_dir: Path, name: str = "local") -> BlobStore:
-    """The blob store `name` (one of BLOB_STORES) of a data directory."""
+def open_blobs(folder: Path, name: str = "local") -> BlobStore:
+    """The blob store `name` (one of BLOB_STORES) in `folder`."""
     if name == "local":
-        return LocalBlobStore(data_dir / "blobs")
+        return LocalBlobStore(folder)
     raise ValueError(f"unknown blob store {name!r}; expected one of {', '.join(BLOB_STORES)}")

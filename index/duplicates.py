@@ -120,6 +120,7 @@ class DuplicateScan:
         Bounded: an item with more than MAX_NEIGHBOURS such neighbours, or more than MAX_PAIRS
         pairs in all, is a TooManyDuplicatesError (a low threshold over a large set is n²).
         """
+        self._search.catch_up()
         allowed = None if where is None else self._records.labels_matching(kind, where)
         total = len(self._serving[kind]) if allowed is None else int(allowed.size)
         found: dict[tuple[int, int], float] = {}

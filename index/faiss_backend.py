@@ -33,7 +33,7 @@ class FaissBackend:
         if options.spec != "auto":
             planned_spec(options, 0, dim)  # a bad XMR_INDEX fails here, at start-up
 
-    def open(self, kind: Kind, log: VectorLog) -> tuple[VectorIndex, int]:
+    def open(self, kind: Kind, log: VectorLog, up_to_seq: int) -> tuple[VectorIndex, int]:
         try:
             loaded = load_snapshot(
                 self.snapshot_dir,
@@ -46,22 +46,22 @@ class FaissBackend:
         except (SnapshotError, ModelMismatchError) as e:
             logger.warning("rebuilding the %s index from the records: %s", kind, e)
             loaded = None
-        if loaded is None:
-            return self._from_log(kind, log), UNSAVED
+        if loaded is None or loaded[1].seq > up_to_seq:  # a snapshot ahead of these records
+            return self._from_log(kind, log, up_to_seq), UNSAVED
         index, info = loaded
         # lazily deleted vectors are in the file but not in the records: drop them again
         index.reconcile(log.all_labels(kind))
-        for labels, vectors in log.vectors_after(kind, info.seq, self.dim):
+        for labels, vectors in log.vectors_after(kind, info.seq, self.dim, up_to_seq=up_to_seq):
             index.add(labels, vectors)
-        if len(index) != log.count(kind):
+        if _disagrees(len(index), kind, log, up_to_seq):
             logger.warning("the %s snapshot disagrees with the records; rebuilding", kind)
-            return self._from_log(kind, log), UNSAVED
+            return self._from_log(kind, log, up_to_seq), UNSAVED
         return index, info.seq
 
-    def _from_log(self, kind: Kind, log: VectorLog) -> FaissVectorIndex:
+    def _from_log(self, kind: Kind, log: VectorLog, up_to_seq: int) -> FaissVectorIndex:
         """An exact index from the records; a better structure follows in the background."""
         index = self._new(EXACT_SPEC)
-        for labels, vectors in log.vectors_after(kind, 0, self.dim):
+        for labels, vectors in log.vectors_after(kind, 0, self.dim, up_to_seq=up_to_seq):
             index.add(labels, vectors)
         logger.info("built the %s index from %d records", kind, len(index))
         return index
@@ -85,3 +85,14 @@ class FaissBackend:
         if not isinstance(index, FaissVectorIndex):
             raise TypeError(f"a FAISS snapshot of a {type(index).__name__}")
         return index.serialize()
+
+
+def _disagrees(size: int, kind: Kind, log: VectorLog, up_to_seq: int) -> bool:
+    """Whether an index of `size` vectors, at `up_to_seq`, holds another number than the records.
+
+    Only decidable while nobody else writes: once the log moved past `up_to_seq` (another
+    process sharing the database), the count is of another moment and the catch-up that
+    follows brings the index along (index/follow.py).
+    """
+    count = log.count(kind)
+    return size != count and log.current_seq() == up_to_seq

@@ -31,7 +31,7 @@ class MilvusBackend:
         self.options = options
         self.namespace = namespace
 
-    def open(self, kind: Kind, log: VectorLog) -> tuple[VectorIndex, int]:
+    def open(self, kind: Kind, log: VectorLog, up_to_seq: int) -> tuple[VectorIndex, int]:
         from index.milvus import MilvusVectorIndex  # pymilvus: only where Milvus is used
 
         index = MilvusVectorIndex.open(
@@ -47,7 +47,7 @@ class MilvusBackend:
             logger.warning(
                 "brought %d %s vectors in Milvus in line with the records", changed, kind
             )
-        return index, log.current_seq()
+        return index, up_to_seq
 
     def planned_spec(self, index: VectorIndex) -> str | None:
         return None  # Milvus structures its own indexes

@@ -36,21 +36,22 @@ class Snapshots:
         self._lock = threading.Lock()  # one snapshot at a time: files are written in seq order
 
     def is_dirty(self) -> bool:
-        seq = self._log.current_seq()
         with self._serving.lock:
+            seq = self._serving.applied_seq
             return any(self._serving.saved_seq[kind] < seq for kind in KINDS)
 
     def save(self) -> bool:
         """Write both indexes if the records moved on; True if anything was saved.
 
-        The indexes are serialized under the write lock and written to disk outside it; what
+        The indexes are saved at the sequence they reflect (in a shared database the log may be
+        further on). They are serialized under the write lock and written to disk outside it; what
         was saved is recorded under it again, for the index that was saved only: a background
         build may have swapped in a new one meanwhile, which still needs saving.
         """
         serving = self._serving
         with self._lock:
             with serving.lock:
-                seq = self._log.current_seq()
+                seq = serving.applied_seq
                 indexes = serving.current()
                 if not self._backend.keeps_snapshots:  # the backend keeps its own data
                     serving.saved_seq.update({kind: seq for kind in KINDS})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 AUTO = "auto"
 EXACT_SPEC = "Flat"
@@ -33,6 +34,7 @@ class IndexOptions:
     milvus_uri: str | None = None  # a local file (Milvus Lite) or http://host:19530
     milvus_token: str | None = None
     database_url: str | None = None  # the records in PostgreSQL (XMR_DATABASE_URL); None: SQLite
+    blob_dir: Path | None = None  # XMR_BLOB_DIR: one folder per store under it; None: in the store
 
 
 def ivf_lists(n: int) -> int:

@@ -15,7 +15,6 @@ BM25: scores differ from SQLite's, the words that match do not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -32,7 +31,7 @@ from psycopg_pool import ConnectionPool
 from index.errors import ItemNotFoundError, ModelMismatchError, StorageError
 from index.filters import RANGE_OPERATORS, MetadataFilter
 from index.keywords import KeywordQuery, searchable_text
-from index.records import Records, labelled_vectors, vectors_in_pages
+from index.records import Records, labelled_vectors, store_key, vectors_in_pages
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
 
 _TABLES = """
@@ -60,8 +59,11 @@ CREATE INDEX IF NOT EXISTS items_keywords ON {s}.items USING gin (keywords);
 CREATE TABLE IF NOT EXISTS {s}.tombstones (
     label bigint NOT NULL,
     kind text NOT NULL,
-    seq bigint NOT NULL
+    seq bigint NOT NULL,
+    deleted_at double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 );
+ALTER TABLE {s}.tombstones ADD COLUMN IF NOT EXISTS
+    deleted_at double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp());
 CREATE INDEX IF NOT EXISTS tombstones_kind_seq ON {s}.tombstones (kind, seq);
 """
 _COLUMNS = (
@@ -71,13 +73,14 @@ _COLUMNS = (
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SCHEMA_LOCK = 0x786D72  # "xmr": the advisory lock schema creation takes
+# How long a deletion stays in the shared log after every index saved here reflects it: a
+# process that shares the database and has not caught up yet still needs it
+TOMBSTONE_RETENTION_S = 3600.0
 
 
 def schema_name(namespace: str) -> str:
     """The schema of a store: readable, within PostgreSQL's 63 bytes, distinct per namespace."""
-    readable = re.sub(r"[^a-z0-9_]+", "_", namespace.lower())[:40] or "default"
-    digest = hashlib.sha256(namespace.encode()).hexdigest()[:8]
-    return f"xmr_{readable}_{digest}"
+    return f"xmr_{store_key(namespace)}"
 
 
 class PostgresDatabase:
@@ -134,7 +137,9 @@ class PostgresDatabase:
 
 def open_postgres_records(url: str, namespace: str) -> Records:
     db = PostgresDatabase(url, namespace)
-    return Records(PostgresRecordStore(db), PostgresVectorLog(db), PostgresKeywordIndex(db))
+    return Records(
+        PostgresRecordStore(db), PostgresVectorLog(db), PostgresKeywordIndex(db), shared=True
+    )
 
 
 class PostgresRecordStore:
@@ -241,7 +246,8 @@ class PostgresRecordStore:
             return None
         label, kind, created_at, sha, path = row
         conn.execute(
-            self._db.q("INSERT INTO {s}.tombstones VALUES (%s, %s, %s)"), (label, kind, result.seq)
+            self._db.q("INSERT INTO {s}.tombstones (label, kind, seq) VALUES (%s, %s, %s)"),
+            (label, kind, result.seq),
         )
         result.removed[kind].append(int(label))
         if sha:
@@ -392,15 +398,25 @@ class PostgresVectorLog:
         )
         return labelled_vectors(rows, dim)
 
-    def tombstones_after(self, kind: Kind, seq: int) -> list[int]:
+    def tombstones_after(self, kind: Kind, seq: int, up_to_seq: int | None = None) -> list[int]:
+        upper = up_to_seq if up_to_seq is not None else 2**62
         rows = self._db.rows(
-            "SELECT label FROM {s}.tombstones WHERE kind = %s AND seq > %s", (kind, seq)
+            "SELECT label FROM {s}.tombstones WHERE kind = %s AND seq > %s AND seq <= %s",
+            (kind, seq, upper),
         )
         return [int(row[0]) for row in rows]
 
     def prune_tombstones(self, up_to_seq: int) -> None:
+        """Only deletions older than TOMBSTONE_RETENTION_S go: the other processes sharing the
+        log may not have replayed the newer ones yet (they catch up within a second)."""
         with self._db.transaction() as conn:
-            conn.execute(self._db.q("DELETE FROM {s}.tombstones WHERE seq <= %s"), (up_to_seq,))
+            conn.execute(
+                self._db.q(
+                    "DELETE FROM {s}.tombstones WHERE seq <= %s "
+                    "AND deleted_at < extract(epoch FROM clock_timestamp()) - %s"
+                ),
+                (up_to_seq, TOMBSTONE_RETENTION_S),
+            )
 
 
 class PostgresKeywordIndex:

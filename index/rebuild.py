@@ -1,9 +1,10 @@
 """Rebuilding an index into another structure while the old one keeps serving.
 
 When an index should change structure (it grew past the exact-search threshold, or too much
-of an approximate index is deleted), a new one is built from the records written up to a
-sequence, on a thread of its own limited to one core (searches need the others); under the
-write lock the writes made meanwhile are replayed into it, and it is swapped in.
+of an approximate index is deleted), a new one is built from the records written up to the
+sequence the serving index reflects, on a thread of its own limited to one core (searches need
+the others); under the write lock the writes the serving index took meanwhile are replayed into
+it, and it is swapped in.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Rebuilder:
         spec = self._backend.planned_spec(index)
         if spec is None:
             return
-        seq = self._log.current_seq()
+        seq = self._serving.applied_seq
         thread = threading.Thread(
             target=self._build, args=(kind, spec, seq), name=f"xmr-index-build-{kind}", daemon=True
         )
@@ -60,8 +61,11 @@ class Rebuilder:
             built = None
         with self._serving.lock:
             if built is not None and not self._serving.closing:
-                built.remove(self._log.tombstones_after(kind, seq))
-                for labels, vectors in self._log.vectors_after(kind, seq, self._dim):
+                applied = self._serving.applied_seq  # what the index it replaces reflects
+                built.remove(self._log.tombstones_after(kind, seq, up_to_seq=applied))
+                for labels, vectors in self._log.vectors_after(
+                    kind, seq, self._dim, up_to_seq=applied
+                ):
                     built.add(labels, vectors)
                 self._serving.swap(kind, built)
                 logger.info("the %s index is now %s (%d vectors)", kind, spec, len(built))

@@ -11,6 +11,8 @@ Protocols and one more branch of `open_records`.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +111,13 @@ class VectorLog(Protocol):
         """(labels, vectors) of the stored items among `labels`, in label order."""
         ...
 
-    def tombstones_after(self, kind: Kind, seq: int) -> list[int]: ...
+    def tombstones_after(self, kind: Kind, seq: int, up_to_seq: int | None = None) -> list[int]:
+        """Labels of `kind` deleted after `seq` and not after `up_to_seq`."""
+        ...
 
     def prune_tombstones(self, up_to_seq: int) -> None:
-        """Forget deletions that every saved index already reflects."""
+        """Forget deletions that every saved index already reflects (a log shared by several
+        processes keeps them a while longer, for the processes that have not caught up)."""
         ...
 
 
@@ -138,14 +143,22 @@ class KeywordIndex(Protocol):
 
 @dataclass(frozen=True)
 class Records:
-    """The three views of one database."""
+    """The three views of one database; `shared` when other processes may write to it too."""
 
     items: RecordStore
     log: VectorLog
     keywords: KeywordIndex
+    shared: bool = False
 
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def store_key(namespace: str) -> str:
+    """A name for a store's namespace that is safe as a folder or schema name: readable, at most
+    49 characters, distinct per namespace."""
+    readable = re.sub(r"[^a-z0-9_]+", "_", namespace.lower())[:40] or "default"
+    return f"{readable}_{hashlib.sha256(namespace.encode()).hexdigest()[:8]}"
 
 
 def database_problem(database_url: str) -> str | None:

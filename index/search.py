@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,7 +35,10 @@ class StoreSearch:
         log: VectorLog,
         keywords: KeywordIndex,
         dim: int,
+        catch_up: Callable[[], None] = lambda: None,
     ) -> None:
+        """`catch_up` brings the indexes up to the log before each search (index/follow.py)."""
+        self.catch_up = catch_up
         self._serving = serving
         self._records = records
         self._log = log
@@ -56,6 +60,7 @@ class StoreSearch:
         and the read of its record (its record commits first) is passed over and the search
         reaches further, so a page is never short for it.
         """
+        self.catch_up()
         reach = 0  # candidates beyond the page, for items deleted while this search ran
         while True:
             scores, labels = self.ranked(kind, queries, offset + k + reach, where)
@@ -107,6 +112,7 @@ class StoreSearch:
         Each side contributes its best `max(HYBRID_DEPTH, offset + k)` items matching the
         filter; every hit carries its cosine and its BM25 (None when it has none of the words).
         """
+        self.catch_up()
         depth = max(HYBRID_DEPTH, scope.offset + scope.k)
         scores, labels = self.ranked(kind, vector.reshape(1, -1), depth, scope.where)
         by_vector = [

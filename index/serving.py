@@ -13,16 +13,17 @@ from index.types import KINDS, Kind, WriteResult
 class ServingIndexes:
     """One live VectorIndex per kind.
 
-    `lock` (the store's write lock) guards which index serves each kind, the sequence each was
-    saved at, the rebuilds under way and `closing`, and keeps each record write and its index
-    update in one order. Searches read without it: swapping an entry is atomic under the GIL,
-    and each index locks itself.
+    `lock` (the store's write lock) guards which index serves each kind, the sequence of the
+    log they reflect (`applied_seq`), the sequence each was saved at, the rebuilds under way and
+    `closing`, and keeps each record write and its index update in one order. Searches read
+    without it: swapping an entry is atomic under the GIL, and each index locks itself.
     """
 
-    def __init__(self, opened: dict[Kind, tuple[VectorIndex, int]]) -> None:
+    def __init__(self, opened: dict[Kind, tuple[VectorIndex, int]], applied_seq: int) -> None:
         self.lock = threading.Lock()
         self._indexes: dict[Kind, VectorIndex] = {kind: opened[kind][0] for kind in KINDS}
         self.saved_seq: dict[Kind, int] = {kind: opened[kind][1] for kind in KINDS}
+        self.applied_seq = applied_seq
         self.closing = False
 
     def __getitem__(self, kind: Kind) -> VectorIndex:
@@ -33,7 +34,7 @@ class ServingIndexes:
         return dict(self._indexes)
 
     def apply(self, result: WriteResult) -> list[Kind]:
-        """Follow one record write; the kinds it changed. Lock held."""
+        """Follow one record write; the kinds it changed. Lock held (see index/follow.py)."""
         changed: list[Kind] = []
         for kind in KINDS:
             index = self._indexes[kind]

@@ -300,8 +300,12 @@ class SqliteVectorLog:
         rows = self._db.rows_in(sql, _ints(wanted))  # chunks ascend, so rows stay in order
         return labelled_vectors(rows, dim)
 
-    def tombstones_after(self, kind: Kind, seq: int) -> list[int]:
-        rows = self._db.rows("SELECT label FROM tombstones WHERE kind = ? AND seq > ?", (kind, seq))
+    def tombstones_after(self, kind: Kind, seq: int, up_to_seq: int | None = None) -> list[int]:
+        upper = up_to_seq if up_to_seq is not None else 2**62
+        rows = self._db.rows(
+            "SELECT label FROM tombstones WHERE kind = ? AND seq > ? AND seq <= ?",
+            (kind, seq, upper),
+        )
         return [int(row[0]) for row in rows]
 
     def prune_tombstones(self, up_to_seq: int) -> None:

@@ -23,10 +23,11 @@ from index.duplicates import Duplicate, DuplicateScan
 from index.errors import DuplicateIdError, ItemNotFoundError, StorageError, excerpt
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
+from index.follow import LogFollower
 from index.persistence import Snapshots
 from index.planner import IndexOptions
 from index.rebuild import Rebuilder
-from index.records import RecordStore, VectorLog, open_records
+from index.records import RecordStore, VectorLog, open_records, store_key
 from index.search import StoreSearch
 from index.serving import ServingIndexes
 from index.types import (
@@ -39,6 +40,10 @@ from index.types import (
     WriteResult,
     check_vectors,
 )
+
+# How long a blob no record names is kept in a shared store: a record naming it may be on its
+# way from another process (blobs are written before the record commits)
+SHARED_BLOB_GRACE_S = 3600.0
 
 
 class ItemStore:
@@ -62,16 +67,30 @@ class ItemStore:
         opened = open_records(data_dir, self._backend.options.database_url, namespace)
         self.records: RecordStore = opened.items
         self.log: VectorLog = opened.log
+        self.shared = opened.shared
         try:
             self.records.bind_model(model_id, dim)
+            seq = self.log.current_seq()
             self._serving = ServingIndexes(
-                {kind: self._backend.open(kind, self.log) for kind in KINDS}
+                {kind: self._backend.open(kind, self.log, seq) for kind in KINDS}, seq
             )
         except BaseException:
             self.records.close()
             raise
-        self._blobs = open_blobs(data_dir)
+        blob_dir = self._backend.options.blob_dir
+        self._blobs = open_blobs(
+            data_dir / "blobs" if blob_dir is None else blob_dir / store_key(namespace)
+        )
         self._rebuilder = Rebuilder(self._serving, self._backend, self.log, dim)
+        # with FAISS each process keeps indexes of its own, which follow the others' writes;
+        # a shared vector store (Milvus) is written by the writer of each record only
+        self._follower = LogFollower(
+            self._serving,
+            self.log,
+            dim,
+            shared=self.shared and self._backend.keeps_snapshots,
+            on_change=self._rebuilder.maybe_start,
+        )
         self._snapshots = Snapshots(
             data_dir / "index",
             self._serving,
@@ -80,12 +99,17 @@ class ItemStore:
             self.log,
             (model_id, dim),
         )
-        self.searches = StoreSearch(self._serving, self.records, self.log, opened.keywords, dim)
+        self.searches = StoreSearch(
+            self._serving, self.records, self.log, opened.keywords, dim, self._follower.catch_up
+        )
         self.duplicates = DuplicateScan(self._serving, self.records, self.log, self.searches, dim)
-        self._blobs.remove_unreferenced(self.records.blob_paths())
+        self._blobs.remove_unreferenced(
+            self.records.blob_paths(), SHARED_BLOB_GRACE_S if self.shared else 0.0
+        )
         with self._serving.lock:
             for kind in KINDS:
                 self._rebuilder.maybe_start(kind)
+        self._follower.start()
 
     @property
     def options(self) -> IndexOptions:
@@ -148,11 +172,16 @@ class ItemStore:
         return RecordWrite(item, vector[0], blob)
 
     def _follow(self, result: WriteResult) -> None:
-        """The indexes follow a committed write; its released blobs go. Write lock held."""
-        for kind in self._serving.apply(result):
-            self._rebuilder.maybe_start(kind)
-        for blob in result.released_blobs:
-            self._blobs.remove(blob.path)
+        """The indexes follow a committed write; its released blobs go. Write lock held.
+
+        In a shared store another process may be writing the same bytes again right now (its
+        record not committed yet): released blobs are left to the start-up sweep, which removes
+        only those unreferenced for SHARED_BLOB_GRACE_S.
+        """
+        self._follower.follow(result)
+        if not self.shared:
+            for blob in result.released_blobs:
+                self._blobs.remove(blob.path)
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, item_id: str) -> Record:
@@ -216,7 +245,12 @@ class ItemStore:
         """Save the indexes if the records moved on; True if anything was saved."""
         return self._snapshots.save()
 
+    def catch_up(self) -> None:
+        """Bring the indexes up to the writes other processes made (a shared store)."""
+        self._follower.catch_up()
+
     def close(self) -> None:
+        self._follower.stop()
         with self._serving.lock:
             self._serving.closing = True
         try:
@@ -230,6 +264,7 @@ class ItemStore:
 
         For a store whose folder is being removed: a deleted collection, a retired generation.
         """
+        self._follower.stop()
         with self._serving.lock:
             self._serving.closing = True
         try:

@@ -63,8 +63,34 @@ def test_writes_are_sequenced_and_replayable(records: Records) -> None:
     assert labels.tolist() == [second.added["text"][0][0]]
     np.testing.assert_array_equal(vectors[0], vector(2))
     assert records.log.count("text") == 2 and records.log.count("image") == 0
+    assert records.log.tombstones_after("text", first.seq, up_to_seq=first.seq) == []
     records.log.prune_tombstones(second.seq)
-    assert records.log.tombstones_after("text", first.seq) == []
+    # a log shared by several processes keeps recent deletions for those not caught up yet
+    left = records.log.tombstones_after("text", first.seq)
+    assert left == ([old_a] if records.shared else [])
+
+
+def test_a_shared_log_forgets_deletions_after_its_retention(postgres_url: str) -> None:
+    from index.postgres_records import TOMBSTONE_RETENTION_S, open_postgres_records
+
+    records = open_postgres_records(postgres_url, f"test-{uuid.uuid4().hex}")
+    try:
+        records.items.bind_model("m/1", DIM)
+        records.items.upsert([text("a", 0)], "m/1")
+        deleted = records.items.delete("a")
+        records.log.prune_tombstones(deleted.seq)
+        assert records.log.tombstones_after("text", 0) == deleted.removed["text"]
+        with records.items._db.transaction() as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                records.items._db.q("UPDATE {s}.tombstones SET deleted_at = deleted_at - %s"),  # type: ignore[attr-defined]
+                (TOMBSTONE_RETENTION_S + 1,),
+            )
+        records.log.prune_tombstones(deleted.seq - 1)  # not yet reflected by every index
+        assert records.log.tombstones_after("text", 0) == deleted.removed["text"]
+        records.log.prune_tombstones(deleted.seq)
+        assert records.log.tombstones_after("text", 0) == []
+    finally:
+        records.items.destroy()
 
 
 def test_items_are_read_by_id_label_cursor_and_filter(records: Records) -> None:

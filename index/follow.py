@@ -1,0 +1,116 @@
+"""Keeping the serving indexes at a sequence of the record log.
+
+A process's own writes are applied as they commit. When the records are shared with other
+processes (PostgreSQL, several replicas), their writes are replayed from the log: before each
+search (one indexed query for the log's sequence, so a write acknowledged anywhere is found by
+the next search everywhere) and once a second between searches, so an idle replica does not
+fall behind. A replay covers exactly the sequences after the one the indexes reflect, up to the
+one read, so nothing is applied twice and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from index.records import VectorLog
+from index.serving import ServingIndexes
+from index.types import KINDS, Kind, WriteResult
+
+logger = logging.getLogger(__name__)
+
+FOLLOW_INTERVAL_S = 1.0
+
+
+class LogFollower:
+    """Applies writes to the serving indexes in sequence order; `shared` replays other
+    processes' writes too. `on_change(kind)` runs, write lock held, for each kind that changed
+    (a rebuild may be due)."""
+
+    def __init__(
+        self,
+        serving: ServingIndexes,
+        log: VectorLog,
+        dim: int,
+        shared: bool,
+        on_change: Callable[[Kind], None],
+    ) -> None:
+        self._serving = serving
+        self._log = log
+        self._dim = dim
+        self.shared = shared
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def follow(self, result: WriteResult) -> None:
+        """Apply this process's committed write. Write lock held.
+
+        The next sequence is applied as it is; a gap means other processes wrote in between,
+        and the log is replayed up to and including this write.
+        """
+        serving = self._serving
+        if not self.shared or result.seq == serving.applied_seq + 1:
+            changed = serving.apply(result)
+            serving.applied_seq = max(serving.applied_seq, result.seq)
+        else:
+            changed = self._replay_to(result.seq)
+        for kind in changed:
+            self._on_change(kind)
+
+    def catch_up(self) -> None:
+        """Replay what other processes wrote, up to the log's current sequence."""
+        if not self.shared:
+            return
+        target = self._log.current_seq()
+        if target <= self._serving.applied_seq:  # unlocked read: an int, only ever grows
+            return
+        with self._serving.lock:
+            if self._serving.closing:
+                return
+            for kind in self._replay_to(target):
+                self._on_change(kind)
+
+    def _replay_to(self, target: int) -> list[Kind]:
+        """Apply the log's writes after the applied sequence up to `target`. Write lock held."""
+        serving = self._serving
+        applied = serving.applied_seq
+        if target <= applied:
+            return []
+        changed: list[Kind] = []
+        for kind in KINDS:
+            index = serving[kind]
+            removed = self._log.tombstones_after(kind, applied, up_to_seq=target)
+            index.remove(removed)
+            added = 0
+            for labels, vectors in self._log.vectors_after(
+                kind, applied, self._dim, up_to_seq=target
+            ):
+                index.add(labels, vectors)
+                added += len(labels)
+            if removed or added:
+                changed.append(kind)
+        serving.applied_seq = target
+        return changed
+
+    # -- between searches -------------------------------------------------------------------
+    def start(self) -> None:
+        """Catch up once a second on a thread of its own (shared logs only)."""
+        if not self.shared or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="xmr-log-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FOLLOW_INTERVAL_S):
+            try:
+                self.catch_up()
+            except Exception as e:  # the database may be away; the next round tries again
+                logger.warning("could not catch up with the shared records: %s", e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
