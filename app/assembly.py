@@ -25,9 +25,12 @@ from app.services.registry import CollectionRegistry
 from app.services.threads import Pools, run_in
 from index import StorageError
 from index.layout import ModelSpec
+from index.records import database_problem
 from models import Encoder
 
 logger = logging.getLogger(__name__)
+
+DATABASE_PROBE_S = 2  # how long /readyz waits for the database to answer
 
 
 @dataclass
@@ -111,6 +114,14 @@ class Services:
             ],
         )
 
+    async def database_problem(self) -> str | None:
+        """Why the shared database cannot be used now, in one line; None when it answers or
+        there is none (SQLite in the data directory)."""
+        url = self.settings.index_options().database_url
+        if url is None:
+            return None
+        return await run_in(self.pools.store, database_problem, url, DATABASE_PROBE_S)
+
     async def snapshot_all(self) -> None:
         """Save every collection's changed indexes; one failing does not stop the others."""
         for collection in self.collections.all():
@@ -146,8 +157,9 @@ def job_runner(settings: Settings, ledger: JobLedger, collections: CollectionReg
         ledger,
         collections,
         handlers,
-        staging_dir=settings.data_dir / "staging",
+        staging_dir=(settings.blob_dir or settings.data_dir) / "staging",
         import_root=settings.import_root,
+        lease_s=settings.job_lease_s,
     )
 
 

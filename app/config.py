@@ -156,6 +156,12 @@ class Settings(BaseSettings):
         description="where uploaded image bytes are kept, a folder per collection generation "
         "(a shared filesystem for several replicas); unset: inside each generation's folder",
     )
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        description="how long a job stays claimed by a replica that stopped renewing it (one "
+        "killed): then another replica takes it over",
+    )
     index_approx_threshold: int = Field(100_000, ge=1)
     index_memory_mb: float = Field(4096.0, gt=0)
     hnsw_ef_search: int = Field(128, ge=1, le=65_536)

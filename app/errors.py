@@ -25,6 +25,7 @@ from app.services.errors import (
     public_message,
 )
 from index import (
+    DatabaseUnavailableError,
     DuplicateIdError,
     InvalidFilterError,
     InvalidMetadataError,
@@ -67,6 +68,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (NotReadyError, 503),
     (ModelsBusyError, 503),
     (ResourcesExhaustedError, 503),
+    (DatabaseUnavailableError, 503),  # a StorageError, but one that passes
     (StorageError, 507),
 )
 

@@ -7,6 +7,7 @@ nothing in index/ imports from app/ or models/.
 """
 
 from index.errors import (
+    DatabaseUnavailableError,
     DuplicateIdError,
     InvalidFilterError,
     InvalidMetadataError,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_METADATA_BYTES",
     "KINDS",
     "MAX_METADATA_DEPTH",
+    "DatabaseUnavailableError",
     "DuplicateIdError",
     "Hit",
     "HybridScope",

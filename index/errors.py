@@ -34,6 +34,11 @@ class StorageError(IndexDomainError):
     """Writing to disk failed (disk full, permissions); nothing acknowledged was lost."""
 
 
+class DatabaseUnavailableError(StorageError):
+    """The database does not answer (down, restarting, unreachable): a passing condition, the
+    request may be retried; nothing acknowledged was lost."""
+
+
 class DuplicateIdError(IndexDomainError):
     """One write names the same id twice."""
 

@@ -28,7 +28,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from index.errors import ItemNotFoundError, ModelMismatchError, StorageError
+from index.errors import (
+    DatabaseUnavailableError,
+    ItemNotFoundError,
+    ModelMismatchError,
+    StorageError,
+)
 from index.filters import RANGE_OPERATORS, MetadataFilter
 from index.keywords import KeywordQuery, searchable_text
 from index.records import Records, labelled_vectors, store_key, vectors_in_pages
@@ -83,18 +88,43 @@ def schema_name(namespace: str) -> str:
     return f"xmr_{store_key(namespace)}"
 
 
+# How long a request waits for a pooled connection before the database counts as unavailable
+POOL_TIMEOUT_S = 5.0
+
+
+def connection_pool(url: str, **kwargs: Any) -> ConnectionPool:
+    """A pool of autocommit connections that commit synchronously, each checked before use (so
+    that after a database restart no request gets a dead connection), not opened yet."""
+    return ConnectionPool(
+        url,
+        min_size=1,
+        max_size=4,
+        kwargs={"autocommit": True, "options": "-c synchronous_commit=on", **kwargs},
+        check=ConnectionPool.check_connection,
+        timeout=POOL_TIMEOUT_S,
+        open=False,
+    )
+
+
+def database_error(error: psycopg.OperationalError, doing: str) -> StorageError:
+    """A database error as the domain's: a full disk is a StorageError, anything else that
+    breaks the connection (the server down or restarting) a DatabaseUnavailableError."""
+    if isinstance(error, psycopg.errors.DiskFull):
+        return StorageError(f"could not {doing} PostgreSQL: {error}")
+    return DatabaseUnavailableError(f"PostgreSQL is unavailable ({doing}): {_first_line(error)}")
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class PostgresDatabase:
     """A connection pool and the schema of one store."""
 
     def __init__(self, url: str, namespace: str) -> None:
         self.schema = sql.Identifier(schema_name(namespace))
-        self.pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=4,
-            kwargs={"autocommit": True, "options": "-c synchronous_commit=on"},
-            open=False,
-        )
+        self.pool = connection_pool(url)
         try:
             self.pool.open(wait=True, timeout=30)
             self._create_schema()
@@ -122,14 +152,14 @@ class PostgresDatabase:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
         except psycopg.OperationalError as e:
-            raise StorageError(f"could not write to PostgreSQL: {e}") from e
+            raise database_error(e, "write to") from e
 
     def rows(self, text: str, params: Sequence[Any] = ()) -> list[Any]:
         try:
             with self.pool.connection() as conn:
                 return conn.execute(self.q(text), params).fetchall()
         except psycopg.OperationalError as e:
-            raise StorageError(f"could not read from PostgreSQL: {e}") from e
+            raise database_error(e, "read from") from e
 
     def close(self) -> None:
         self.pool.close()

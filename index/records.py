@@ -161,16 +161,16 @@ def store_key(namespace: str) -> str:
     return f"{readable}_{hashlib.sha256(namespace.encode()).hexdigest()[:8]}"
 
 
-def database_problem(database_url: str) -> str | None:
+def database_problem(database_url: str, timeout_s: int = 5) -> str | None:
     """Why records cannot be kept at `database_url`, in one line (an unknown scheme, a database
-    that does not answer within 5 s); None when it answers."""
+    that does not answer within `timeout_s`); None when it answers."""
     scheme = database_url.split("://", 1)[0].lower()
     if scheme not in POSTGRES_SCHEMES:
         return f"unknown database {scheme!r}; expected postgresql://user:password@host:port/db"
     import psycopg  # only where a database is configured
 
     try:
-        psycopg.connect(database_url, connect_timeout=5).close()
+        psycopg.connect(database_url, connect_timeout=timeout_s).close()
     except psycopg.Error as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         reason = lines[0] if lines else type(e).__name__

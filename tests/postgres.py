@@ -36,45 +36,89 @@ def why_unavailable() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """A running cluster's URL (user xmr, trust authentication on loopback)."""
-    folder = Path(tempfile.mkdtemp(prefix="xmr-pg-"))  # under /tmp: the postgres user can reach it
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", _free_port()
-    pid: int | None = None
-    try:
-        _run([*run_as, str(_binary("initdb")), "-D", str(data), "-A", "trust", "-U", "xmr",
-              "-E", "UTF8", "--no-sync"])  # fmt: skip
-        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-        _run([*run_as, str(_binary("pg_ctl")), "-D", str(data), "-l", str(folder / "log"),
-              "-o", options, "-w", "-t", "30", "start"])  # fmt: skip
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        yield f"postgresql://xmr@127.0.0.1:{port}/postgres"
-    finally:
-        if pid is None and (data / "postmaster.pid").exists():
-            pid = int((data / "postmaster.pid").read_text().split()[0])
+class ThrowawayPostgres:
+    """A cluster in a temporary folder on a free loopback port (user xmr, trust authentication
+    on loopback), which a test may kill -9 and start again on the same data."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="xmr-pg-"))  # the postgres user reaches /tmp
+        self._run_as: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+            self._run_as = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.folder / "data", _free_port()
+        self.url = f"postgresql://xmr@127.0.0.1:{self.port}/postgres"
+        _run([*self._run_as, str(_binary("initdb")), "-D", str(self.data), "-A", "trust",
+              "-U", "xmr", "-E", "UTF8", "--no-sync"])  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        _run([*self._run_as, str(_binary("pg_ctl")), "-D", str(self.data), "-l",
+              str(self.folder / "log"), "-o", options, "-w", "-t", "30", "start"])  # fmt: skip
+
+    def pid(self) -> int | None:
+        pid_file = self.data / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int(pid_file.read_text().split()[0])
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the server and every backend, as a crash of its machine would stop them."""
+        pid = self.pid()
+        if pid is None:
+            return
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        for process in [pid, *(int(p) for p in children.stdout.split())]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process, signal.SIGKILL)
+        _wait_gone(pid, 10.0)
+
+    def stop(self) -> None:
+        pid = self.pid()
         if pid is not None:
             _stop(pid)
-        shutil.rmtree(folder, ignore_errors=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """A running cluster's URL, stopped by its PID and deleted whatever the tests did."""
+    with running_cluster() as cluster:
+        yield cluster.url
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[ThrowawayPostgres]:
+    cluster = ThrowawayPostgres()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        cluster.remove()
 
 
 def _stop(pid: int, timeout_s: float = 30.0) -> None:
     """Fast shutdown (SIGINT), then SIGKILL if it is still there at the deadline."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGINT)
+    if _wait_gone(pid, timeout_s):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    return False
 
 
 def _run(command: list[str]) -> None:

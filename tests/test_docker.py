@@ -86,3 +86,28 @@ def test_compose_milvus_profile_points_xmr_at_a_standalone_milvus() -> None:
     assert xmr["build"]["args"]["XMR_EXTRAS"] == "milvus"  # pymilvus in that image
     assert set(services["milvus"]["depends_on"]) == {"etcd", "minio"}
     assert "healthcheck" in services["milvus"]
+
+
+def test_compose_cluster_profile_runs_replicas_on_postgres_behind_haproxy() -> None:
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name in ("postgres", "xmr-a", "xmr-b", "haproxy"):
+        assert services[name]["profiles"] == ["cluster"]
+    config = (REPO / "deploy" / "haproxy.cfg").read_text()
+    for name in ("xmr-a", "xmr-b"):
+        replica = services[name]
+        assert replica["environment"]["XMR_DATABASE_URL"].startswith("postgresql://")
+        assert replica["environment"]["XMR_BLOB_DIR"] == "/blobs"
+        assert "xmr-blobs:/blobs" in replica["volumes"]  # shared by every replica
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert f"server {name} {name}:8000" in config
+    assert services["xmr-a"]["volumes"][0] != services["xmr-b"]["volumes"][0]  # own caches
+    assert "http-check send meth GET uri /readyz" in config
+    haproxy = shutil.which("haproxy")
+    if haproxy is not None:
+        result = subprocess.run(
+            [haproxy, "-c", "-f", str(REPO / "deploy" / "haproxy.cfg")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr

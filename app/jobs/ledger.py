@@ -95,7 +95,15 @@ class JobView:
 
 
 class JobLedger(Protocol):
-    """Jobs and their items; every method is one transaction (or one consistent read)."""
+    """Jobs and their items; every method is one transaction (or one consistent read).
+
+    A queued job is run by whoever claims it: the claim makes it `running` under a lease that
+    its owner renews while it works. In a `shared` ledger (several processes on one database)
+    a job whose lease ran out, because its owner died, is claimed again by another process
+    and goes on from what its items or cursor say is done.
+    """
+
+    shared: bool
 
     def create(
         self,
@@ -142,9 +150,26 @@ class JobLedger(Protocol):
 
     def jobs_of(self, collection: str, statuses: Sequence[str]) -> list[str]: ...
 
+    def claim(self, owner: str, lease_s: float) -> str | None:
+        """Take the longest-queued job of QUEUED_KINDS (in a shared ledger also a running one
+        whose lease ran out): it becomes `running`, owned by `owner` for `lease_s` seconds.
+        Its id, or None when there is none; two owners never take the same job."""
+        ...
+
+    def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
+        """Extend `owner`'s lease on its running job; False when the job is no longer that
+        (cancelled, finished or taken over after the lease ran out)."""
+        ...
+
+    def release(self, job_id: str, owner: str, status: JobStatus) -> None:
+        """Give up `owner`'s running job, leaving it `status` (queued: for another process to
+        take at once); nothing if the job is no longer `owner`'s."""
+        ...
+
     def interrupt_unfinished(self) -> list[str]:
         """At start-up: queued jobs left queued or running by the last process become
-        `interrupted` (re-embeddings are resumed by their collection instead)."""
+        `interrupted` (re-embeddings are resumed by their collection instead). A shared ledger
+        changes nothing: other processes may be running them, and leases tell."""
         ...
 
     def close(self) -> None: ...

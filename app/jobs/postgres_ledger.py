@@ -15,7 +15,6 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
 
 from app.jobs.ledger import (
     MAX_ERRORS_SHOWN,
@@ -28,7 +27,7 @@ from app.jobs.ledger import (
     job_item_of,
     job_view_of,
 )
-from index.errors import StorageError
+from index.postgres_records import connection_pool, database_error
 
 SCHEMA = "xmr_jobs"
 _SCHEMA_LOCK = 0x786D726A  # "xmrj": the advisory lock schema creation takes
@@ -48,8 +47,12 @@ CREATE TABLE IF NOT EXISTS {s}.jobs (
     run_started_at double precision,
     run_started_done bigint,
     result jsonb,
-    cursor bigint
+    cursor bigint,
+    owner text,
+    lease_until double precision
 );
+ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS owner text;
+ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS lease_until double precision;
 CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs (status, kind);
 CREATE TABLE IF NOT EXISTS {s}.job_items (
     job_id text NOT NULL,
@@ -73,21 +76,17 @@ CREATE INDEX IF NOT EXISTS job_items_pending ON {s}.job_items (job_id, status, p
 
 
 class PostgresJobLedger(JobWaits):
-    """Jobs and job items in PostgreSQL; what a job waits for is this process's (not stored)."""
+    """Jobs and job items in PostgreSQL; what a job waits for is this process's (not stored).
+
+    Several processes share it: a job is claimed with `FOR UPDATE SKIP LOCKED` (two claims
+    never take the same row, and neither waits for the other) under a lease its owner renews.
+    """
+
+    shared = True
 
     def __init__(self, url: str) -> None:
         self._s = sql.Identifier(SCHEMA)
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=4,
-            kwargs={
-                "autocommit": True,
-                "row_factory": dict_row,
-                "options": "-c synchronous_commit=on",
-            },
-            open=False,
-        )
+        self._pool = connection_pool(url, row_factory=dict_row)
         super().__init__()
         try:
             self._pool.open(wait=True, timeout=30)
@@ -148,24 +147,31 @@ class PostgresJobLedger(JobWaits):
                 )
 
     def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        now = time.time()
         with self._transaction() as conn:
+            self._set_status(conn, job_id, status, error)
+
+    def _set_status(
+        self,
+        conn: psycopg.Connection[Any],
+        job_id: str,
+        status: JobStatus,
+        error: str | None = None,
+    ) -> None:
+        now = time.time()
+        conn.execute(
+            self._q("UPDATE {s}.jobs SET status = %s, error = %s, updated_at = %s WHERE id = %s"),
+            (status, error, now, job_id),
+        )
+        if status == "running":  # the rate is measured from here
             conn.execute(
                 self._q(
-                    "UPDATE {s}.jobs SET status = %s, error = %s, updated_at = %s WHERE id = %s"
+                    "UPDATE {s}.jobs SET run_started_at = %s, run_started_done = CASE "
+                    "WHEN kind = 'batch' THEN (SELECT count(*) FROM {s}.job_items "
+                    "WHERE job_id = %s AND status = 'done') ELSE coalesce(done_count, 0) END "
+                    "WHERE id = %s"
                 ),
-                (status, error, now, job_id),
+                (now, job_id, job_id),
             )
-            if status == "running":  # the rate is measured from here
-                conn.execute(
-                    self._q(
-                        "UPDATE {s}.jobs SET run_started_at = %s, run_started_done = CASE "
-                        "WHEN kind = 'batch' THEN (SELECT count(*) FROM {s}.job_items "
-                        "WHERE job_id = %s AND status = 'done') ELSE coalesce(done_count, 0) END "
-                        "WHERE id = %s"
-                    ),
-                    (now, job_id, job_id),
-                )
 
     def set_progress(self, job_id: str, total: int, done: int, failed: int = 0) -> None:
         self._update(job_id, total=total, done_count=done, failed_count=failed)
@@ -219,16 +225,49 @@ class PostgresJobLedger(JobWaits):
                 self._q("UPDATE {s}.jobs SET updated_at = %s WHERE id = %s"), (time.time(), job_id)
             )
 
-    def interrupt_unfinished(self) -> list[str]:
+    def claim(self, owner: str, lease_s: float) -> str | None:
+        now = time.time()
         with self._transaction() as conn:
-            rows = conn.execute(
+            row = conn.execute(
                 self._q(
-                    "UPDATE {s}.jobs SET status = 'interrupted', updated_at = %s "
-                    "WHERE status IN ('queued', 'running') AND kind = ANY(%s) RETURNING id"
+                    "SELECT id FROM {s}.jobs WHERE kind = ANY(%s) AND (status = 'queued' OR "
+                    "(status = 'running' AND coalesce(lease_until, 0) < %s)) "
+                    "ORDER BY updated_at, created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
                 ),
-                (time.time(), list(QUEUED_KINDS)),
-            ).fetchall()
-        return sorted(row["id"] for row in rows)
+                (list(QUEUED_KINDS), now),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                self._q("UPDATE {s}.jobs SET owner = %s, lease_until = %s WHERE id = %s"),
+                (owner, now + lease_s, row["id"]),
+            )
+            self._set_status(conn, row["id"], "running")
+        return str(row["id"])
+
+    def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
+        with self._transaction() as conn:
+            renewed = conn.execute(
+                self._q(
+                    "UPDATE {s}.jobs SET lease_until = %s "
+                    "WHERE id = %s AND owner = %s AND status = 'running'"
+                ),
+                (time.time() + lease_s, job_id, owner),
+            ).rowcount
+        return renewed == 1
+
+    def release(self, job_id: str, owner: str, status: JobStatus) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                self._q(
+                    "UPDATE {s}.jobs SET status = %s, owner = NULL, lease_until = NULL, "
+                    "updated_at = %s WHERE id = %s AND owner = %s AND status = 'running'"
+                ),
+                (status, time.time(), job_id, owner),
+            )
+
+    def interrupt_unfinished(self) -> list[str]:
+        return []  # other processes may be running them: an expired lease frees a job
 
     # -- reads ----------------------------------------------------------------------------
     def pending(self, job_id: str, limit: int, after_position: int = -1) -> list[JobItem]:
@@ -293,7 +332,7 @@ class PostgresJobLedger(JobWaits):
             with self._pool.connection() as conn:
                 yield conn
         except psycopg.OperationalError as e:
-            raise StorageError(f"the job ledger in PostgreSQL cannot be reached: {e}") from e
+            raise database_error(e, "use the job ledger in") from e
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:

@@ -1,25 +1,38 @@
 """The job queue: jobs are accepted at once, run one at a time in the background by the
-handler of their kind, cancelled, and resumed after a restart."""
+handler of their kind, cancelled, and resumed after a restart.
+
+Jobs are claimed from the ledger, not owned by the process that accepted them: each process
+(replica) claims the longest-queued job when it is free, under a lease it renews while the job
+runs. In a shared ledger a replica that dies loses its lease and another takes the job over;
+one that stops releases its job at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
+import socket
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from app.jobs.context import JobContext, JobHandler, JobStopped, job_error_text
 from app.jobs.intake import BatchEntry, stage_batch
-from app.jobs.ledger import FINISHED, QUEUED_KINDS, JobKind, JobLedger, JobView
+from app.jobs.ledger import FINISHED, QUEUED_KINDS, JobKind, JobLedger, JobStatus, JobView
 from app.services.errors import InvalidInputError, JobNotFoundError, JobStateError
 from app.services.items import new_item_id
 from app.services.registry import CollectionRegistry
 from app.services.threads import run_in
 
 logger = logging.getLogger(__name__)
+
+
+# A free runner looks for claimable jobs this often (a job accepted here wakes it at once)
+CLAIM_POLL_S = 1.0
 
 
 class UnknownJobKindError(Exception):
@@ -36,18 +49,22 @@ class JobRunner:
         handlers: Mapping[JobKind, JobHandler],
         staging_dir: Path,
         import_root: Path | None,
+        lease_s: float = 30.0,
     ) -> None:
         self._ledger = ledger
+        self._lease_s = lease_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._collections = collections
         self._handlers = dict(handlers)
         self._pool = collections.pools.store
         self._max_metadata_bytes = collections.limits.max_metadata_bytes
         self._staging_dir = staging_dir
         self._import_root = import_root
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._wake = asyncio.Event()  # a job was queued here
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._cancelled: set[str] = set()
+        self._lost: set[str] = set()  # running here, but no longer this runner's (see _renew)
         self._running: str | None = None
         self.interrupted_at_start = ledger.interrupt_unfinished()
         self._remove_orphaned_staging()
@@ -66,11 +83,12 @@ class JobRunner:
         self._task = asyncio.create_task(self._work(), name="xmr-batch-jobs")
 
     async def stop(self, timeout_s: float = 20.0) -> None:
-        """Let the batch in progress finish, then mark its job `interrupted` and stop."""
+        """Let the batch in progress finish, then give its job up and stop: `interrupted` in
+        a ledger of its own, `queued` (for another replica, at once) in a shared one."""
         self._stopping = True
         if self._task is None:
             return
-        self._queue.put_nowait("")  # wake the worker if it is idle
+        self._wake.set()  # wake the worker if it is idle
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:
@@ -109,7 +127,7 @@ class JobRunner:
         except BaseException:
             await run_in(self._pool, shutil.rmtree, staging, True)
             raise
-        self._queue.put_nowait(job_id)
+        self._wake.set()
         return job_id
 
     async def submit_over_items(
@@ -119,7 +137,7 @@ class JobRunner:
         self._collections.get(collection)
         job_id = new_item_id()
         await run_in(self._pool, lambda: self._ledger.create(job_id, [], collection, kind, params))
-        self._queue.put_nowait(job_id)
+        self._wake.set()
         return job_id
 
     async def cancel(self, job_id: str) -> JobView:
@@ -132,6 +150,8 @@ class JobRunner:
             await self._collections.reindexer.abandon(collection)
         else:
             await self._mark_cancelled(job_id)
+            if view.status == "queued":  # nobody runs it: nobody else removes its uploads
+                await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
         return await self.get(job_id)
 
     async def cancel_jobs_of(self, collection: str, timeout_s: float = 30.0) -> None:
@@ -164,7 +184,7 @@ class JobRunner:
             )
         self._cancelled.discard(job_id)
         await run_in(self._pool, self._ledger.set_status, job_id, "queued")
-        self._queue.put_nowait(job_id)
+        self._wake.set()
         return await self.get(job_id)
 
     async def get(self, job_id: str) -> JobView:
@@ -176,11 +196,13 @@ class JobRunner:
     # -- execution ------------------------------------------------------------------------
     async def _work(self) -> None:
         while not self._stopping:
-            job_id = await self._queue.get()
-            if self._stopping or not job_id:
-                continue
-            if job_id in self._cancelled:
-                await self._finish_cancelled(job_id)
+            try:
+                job_id = await run_in(self._pool, self._ledger.claim, self.owner, self._lease_s)
+            except Exception as e:  # the database may be away: try again after the pause
+                logger.warning("could not look for queued jobs: %s", e)
+                job_id = None
+            if job_id is None:
+                await self._idle()
                 continue
             self._running = job_id
             try:
@@ -192,6 +214,13 @@ class JobRunner:
                 )
             finally:
                 self._running = None
+                self._lost.discard(job_id)
+
+    async def _idle(self) -> None:
+        """Wait until a job is queued here, or CLAIM_POLL_S for one queued elsewhere."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), CLAIM_POLL_S)
+        self._wake.clear()
 
     async def _run(self, job_id: str) -> None:
         view = await self.get(job_id)
@@ -202,18 +231,46 @@ class JobRunner:
             view,
             self._ledger,
             self._pool,
-            cancelled=lambda: job_id in self._cancelled,
+            cancelled=lambda: job_id in self._cancelled or job_id in self._lost,
             stopping=lambda: self._stopping,
         )
+        renewal = asyncio.create_task(self._renew(job_id), name=f"xmr-lease-{job_id}")
         try:
             await handler.run(context)
         except JobStopped:
-            if job_id in self._cancelled:
-                await self._finish_cancelled(job_id)  # its status says cancelled already
-            else:
-                await run_in(self._pool, self._ledger.set_status, job_id, "interrupted")
+            await self._stopped(job_id)
             return
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
         await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
+
+    async def _stopped(self, job_id: str) -> None:
+        """Record why a job stopped: cancelled (its status says so already), taken from this
+        runner, or given up because the service stops."""
+        if job_id in self._cancelled or (await self.get(job_id)).status == "cancelled":
+            await self._finish_cancelled(job_id)
+        elif job_id not in self._lost:
+            status: JobStatus = "queued" if self._ledger.shared else "interrupted"
+            await run_in(self._pool, self._ledger.release, job_id, self.owner, status)
+
+    async def _renew(self, job_id: str) -> None:
+        """Keep the lease while the job runs; a job that is no longer this runner's (cancelled
+        elsewhere, or taken over after a lease that ran out) is stopped at its next check."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                kept = await run_in(
+                    self._pool, self._ledger.renew, job_id, self.owner, self._lease_s
+                )
+            except Exception as e:  # the database may be back before the lease runs out
+                logger.warning("could not renew the lease on job %s: %s", job_id, e)
+                continue
+            if not kept:
+                logger.warning("job %s is no longer this process's; stopping it", job_id)
+                self._lost.add(job_id)
+                return
 
     async def _finish_cancelled(self, job_id: str) -> None:
         self._cancelled.discard(job_id)

@@ -61,6 +61,8 @@ _JOB_COLUMNS = (
     ("run_started_done", "INTEGER"),
     ("result", "TEXT"),  # what a finished job found (duplicates: the groups)
     ("cursor", "INTEGER"),  # where a job over stored items goes on after a restart
+    ("owner", "TEXT"),  # who runs it now, until lease_until
+    ("lease_until", "REAL"),
 )
 _ITEM_COLUMNS = (
     ("blob_offset", "INTEGER"),
@@ -72,6 +74,8 @@ _ITEM_COLUMNS = (
 
 class SqliteJobLedger(JobWaits):
     """Jobs and job items in SQLite (WAL, synchronous=FULL), one connection and its lock."""
+
+    shared = False  # one process: a job left running was interrupted
 
     def __init__(self, path: Path) -> None:
         self._conn = open_database(path, _SCHEMA)
@@ -134,15 +138,18 @@ class SqliteJobLedger(JobWaits):
 
     def set_status(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
         with self._transaction():
+            self._set_status_locked(job_id, status, error)
+
+    def _set_status_locked(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
+        self._conn.execute(
+            "UPDATE jobs SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+            (status, error, time.time(), job_id),
+        )
+        if status == "running":  # the rate is measured from here
             self._conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, updated_at = ? WHERE id = ?",
-                (status, error, time.time(), job_id),
+                "UPDATE jobs SET run_started_at = ?, run_started_done = ? WHERE id = ?",
+                (time.time(), self._done_locked(job_id), job_id),
             )
-            if status == "running":  # the rate is measured from here
-                self._conn.execute(
-                    "UPDATE jobs SET run_started_at = ?, run_started_done = ? WHERE id = ?",
-                    (time.time(), self._done_locked(job_id), job_id),
-                )
 
     def _done_locked(self, job_id: str) -> int:
         job = self._conn.execute(
@@ -198,6 +205,39 @@ class SqliteJobLedger(JobWaits):
                 [(error, job_id, p) for p, error in failed.items()],
             )
             self._conn.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
+
+    def claim(self, owner: str, lease_s: float) -> str | None:
+        now = time.time()
+        kinds = ",".join(f"'{kind}'" for kind in QUEUED_KINDS)
+        with self._transaction():
+            row = self._conn.execute(
+                f"SELECT id FROM jobs WHERE status = 'queued' AND kind IN ({kinds}) "
+                "ORDER BY updated_at, created_at LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            self._conn.execute(
+                "UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ?",
+                (owner, now + lease_s, row["id"]),
+            )
+            self._set_status_locked(row["id"], "running")
+        return str(row["id"])
+
+    def renew(self, job_id: str, owner: str, lease_s: float) -> bool:
+        with self._transaction():
+            changed = self._conn.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                (time.time() + lease_s, job_id, owner),
+            ).rowcount
+        return changed == 1
+
+    def release(self, job_id: str, owner: str, status: JobStatus) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE jobs SET status = ?, owner = NULL, lease_until = NULL, updated_at = ? "
+                "WHERE id = ? AND owner = ? AND status = 'running'",
+                (status, time.time(), job_id, owner),
+            )
 
     def interrupt_unfinished(self) -> list[str]:
         kinds = ",".join(f"'{kind}'" for kind in QUEUED_KINDS)

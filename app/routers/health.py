@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -9,6 +11,7 @@ from app.deps import ServicesDep
 from app.responses import index_descriptions
 from app.schemas import InfoResponse
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
@@ -17,11 +20,24 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="200 once the model and indexes are loaded, else 503")
+@router.get(
+    "/readyz",
+    summary="200 once the model and indexes are loaded and the database (if any) answers, else 503",
+)
 async def readyz(request: Request) -> JSONResponse:
-    if getattr(request.app.state, "ready", False):
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": "5"})
+    if not getattr(request.app.state, "ready", False):
+        return _not_ready("not ready")
+    problem = await request.app.state.services.database_problem()
+    if problem is not None:  # /readyz answers without a key: the details go to the log only
+        logger.warning("not ready: %s", problem)
+        return _not_ready("the database does not answer")
+    return JSONResponse({"status": "ready"})
+
+
+def _not_ready(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "not ready", "reason": reason}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 @router.get("/v1/info", response_model=InfoResponse, summary="Model, device and index sizes")

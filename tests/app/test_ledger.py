@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,10 @@ def test_a_restart_interrupts_the_queued_jobs_but_not_reembeddings(ledger: JobLe
     ledger.set_status("r", "running")
     ledger.create("d", [], "docs", "duplicates")
     ledger.set_status("d", "done")
+    if ledger.shared:  # other processes may be running them: their leases tell
+        assert ledger.interrupt_unfinished() == []
+        assert ledger.get("b").status == "queued"  # type: ignore[union-attr]
+        return
     assert ledger.interrupt_unfinished() == ["b"]
     assert [v.status for v in map(ledger.get, ["b", "r", "d"]) if v] == [
         "interrupted",
@@ -81,6 +87,53 @@ def test_a_restart_interrupts_the_queued_jobs_but_not_reembeddings(ledger: JobLe
         "done",
     ]
     assert sorted(ledger.jobs_of("docs", ("running", "done"))) == ["d", "r"]
+
+
+def test_queued_jobs_are_claimed_once_in_the_order_they_were_queued(ledger: JobLedger) -> None:
+    ledger.create("first", items(1))
+    ledger.create("reembed", [], "docs", "reindex")  # run by its collection, never claimed
+    ledger.create("second", [], "docs", "duplicates")
+    assert ledger.claim("a", 30) == "first"
+    assert ledger.claim("b", 30) == "second"
+    assert ledger.claim("c", 30) is None
+    assert ledger.get("first").status == "running"  # type: ignore[union-attr]
+
+
+def test_a_lease_is_renewed_by_its_owner_only_and_released_to_a_status(
+    ledger: JobLedger,
+) -> None:
+    ledger.create("j", items(1))
+    assert ledger.claim("a", 30) == "j"
+    assert ledger.renew("j", "a", 30) and not ledger.renew("j", "b", 30)
+    ledger.release("j", "b", "queued")  # not b's: nothing happens
+    assert ledger.get("j").status == "running"  # type: ignore[union-attr]
+    ledger.release("j", "a", "queued")
+    assert ledger.get("j").status == "queued"  # type: ignore[union-attr]
+    assert not ledger.renew("j", "a", 30)
+    assert ledger.claim("b", 30) == "j"
+    ledger.set_status("j", "cancelled")
+    assert not ledger.renew("j", "b", 30)  # cancelled elsewhere: its runner stops it
+
+
+def test_a_shared_ledger_hands_a_job_whose_lease_ran_out_to_another(ledger: JobLedger) -> None:
+    ledger.create("j", items(1))
+    assert ledger.claim("dead", 0.2) == "j"
+    assert ledger.claim("alive", 30) is None  # leased
+    time.sleep(0.3)
+    if not ledger.shared:  # one process: a job left running is interrupted at the next start
+        assert ledger.claim("alive", 30) is None
+        return
+    assert ledger.claim("alive", 30) == "j"
+    assert not ledger.renew("j", "dead", 30)
+
+
+def test_concurrent_claims_never_take_the_same_job(ledger: JobLedger) -> None:
+    for n in range(20):
+        ledger.create(f"j{n}", items(1))
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(lambda n: ledger.claim(f"owner{n}", 30), range(24)))
+    taken = [job for job in claimed if job is not None]
+    assert sorted(taken) == sorted(f"j{n}" for n in range(20))
 
 
 def test_an_unknown_ledger_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,0 +1,202 @@
+"""Several replicas, one truth: real `python -m app` replicas on one real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+import time
+from collections import Counter
+
+import httpx
+import psycopg
+import pytest
+from PIL import Image
+
+from tests.cluster.conftest import HAProxy, ReplicaSet
+from tests.postgres import ThrowawayPostgres
+from xmr.client import XmrClient, XmrError
+
+pytestmark = pytest.mark.cluster
+
+
+def found_by_filter(client: XmrClient, n: int) -> list[str]:
+    """The texts a filtered vector search finds for metadata n: only what its index holds."""
+    hits = client.search_text("a note", target="texts", k=5, where={"n": n})["results"]
+    return [hit["id"] for hit in hits]
+
+
+def test_a_write_on_one_replica_is_found_at_once_on_the_other(replica_set: ReplicaSet) -> None:
+    a, b = replica_set.start(2)
+    clients = [a.client(), b.client()]
+    try:
+        for n in range(200):
+            writer, reader = clients[n % 2], clients[(n + 1) % 2]
+            writer.index_texts([{"id": f"t{n}", "text": f"note {n}", "metadata": {"n": n}}])
+            assert found_by_filter(reader, n) == [f"t{n}"], f"write {n} not found on the other"
+        writer.delete_item("t7")
+        assert found_by_filter(clients[0], 7) == [] and found_by_filter(clients[1], 7) == []
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_replicas_starting_together_on_an_empty_database_create_the_schema_once(
+    replica_set: ReplicaSet, postgres: ThrowawayPostgres
+) -> None:
+    replicas = replica_set.start(3)  # started at the same moment
+    with replicas[2].client() as client:
+        assert client.info()["texts"] == 0
+    with psycopg.connect(postgres.url) as conn:
+        schemas = [
+            row[0]
+            for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'xmr%' ORDER BY 1"
+            )
+        ]
+    assert schemas == ["xmr_default_e3b0c442", "xmr_jobs"]
+    for replica in replicas:
+        assert "error" not in replica.log.read_text().lower(), replica.log.read_text()[-2000:]
+
+
+def png(n: int) -> bytes:
+    image = Image.new("RGB", (32, 32), ((n * 37) % 256, (n * 91) % 256, (n * 13) % 256))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_batch_job_of_a_killed_replica_is_finished_by_another(replica_set: ReplicaSet) -> None:
+    replica_set.settings.update(XMR_JOB_LEASE_S="3", XMR_ENCODE_BATCH_SIZE="32")
+    a, b = replica_set.start(2)
+    count = 2000
+    with a.client() as client:
+        job_id = client.submit_batch_files(
+            [png(n) for n in range(count)], ids=[f"img{n}" for n in range(count)]
+        )
+        deadline = time.monotonic() + 60
+        while (job := client.job(job_id))["done"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job["status"] == "running" and job["done"] < count
+    a.kill()
+    killed_at = time.monotonic()
+    with b.client() as client:
+        taken = None
+        while time.monotonic() - killed_at < 60:
+            job = client.job(job_id)
+            if taken is None and job["done"] > 0 and job["status"] == "running":
+                before = job["done"]
+                time.sleep(0.5)
+                if client.job(job_id)["done"] > before:
+                    taken = time.monotonic() - killed_at
+            if job["status"] == "done":
+                break
+            time.sleep(0.2)
+        job = client.wait_for_job(job_id, timeout_s=300)
+        assert job["status"] == "done" and job["failed"] == 0, job
+        assert taken is not None and taken < 3 + 5, f"taken over after {taken}"
+        # ids are the items' keys: 2,000 images under 2,000 ids is each stored exactly once
+        assert client.info()["images"] == count
+        for n in range(0, count, 97):
+            assert client.get_item(f"img{n}")["id"] == f"img{n}"
+
+
+def test_a_rolling_restart_behind_haproxy_fails_no_request_and_loses_no_write(
+    replica_set: ReplicaSet, haproxy_binary: str
+) -> None:
+    replicas = replica_set.start(2)
+    balancer = HAProxy(haproxy_binary, replica_set.root, replicas)
+    acknowledged: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client_loop(number: int) -> None:
+        with XmrClient(balancer.url, timeout=60) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                item_id = f"c{number}-{n}"
+                try:
+                    if n % 2:
+                        client.index_texts([{"id": item_id, "text": f"client {number} note {n}"}])
+                        acknowledged.append(item_id)
+                    else:
+                        client.search_text(f"note {n}", target="texts", k=5)
+                except (XmrError, httpx.HTTPError) as e:
+                    failures.append(f"{item_id}: {e!r}")
+
+    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        for replica in replicas:
+            assert replica.terminate() in (0, -signal.SIGTERM)  # uvicorn re-raises it
+            replica.start()
+            replica.wait_ready()
+            time.sleep(1.5)  # HAProxy's checks see it back before the next one goes
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        balancer.stop()
+    assert failures == []
+    assert len(acknowledged) > 50
+    with replicas[0].client() as client:
+        stored = {client.get_item(item_id)["id"] for item_id in acknowledged}
+    assert stored == set(acknowledged)
+
+
+def test_replicas_outlive_a_database_crash_with_503s_and_keep_every_acknowledged_write(
+    replica_set: ReplicaSet, postgres: ThrowawayPostgres
+) -> None:
+    a, b = replica_set.start(2)
+    acknowledged: list[str] = []
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def writer(client: XmrClient, name: str) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                client.index_texts([{"id": f"{name}-{n}", "text": f"note {n}"}])
+                acknowledged.append(f"{name}-{n}")
+                statuses[200] += 1
+            except XmrError as e:
+                statuses[e.status] += 1
+                time.sleep(0.05)
+
+    clients = [a.client(), b.client()]
+    threads = [
+        threading.Thread(target=writer, args=(client, name))
+        for client, name in zip(clients, "ab", strict=True)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        postgres.kill()
+        time.sleep(2)
+        with a.client() as probe:
+            assert not probe.ready()
+        postgres.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(r.client().ready() for r in (a, b)):
+            time.sleep(0.2)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0
+    with b.client() as client:
+        for item_id in acknowledged:
+            assert client.get_item(item_id)["id"] == item_id
+        client.index_texts([{"id": "after", "text": "after", "metadata": {"n": -1}}])
+    with a.client() as client:
+        assert found_by_filter(client, -1) == ["after"]
+    for client in clients:
+        client.close()
