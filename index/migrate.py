@@ -1,21 +1,24 @@
-"""Move a data directory's vectors between backends (FAISS <-> Milvus), and prove it worked.
+"""Move a data directory's vectors between backends (FAISS <-> Milvus), or its records from
+SQLite into PostgreSQL, and prove it worked.
 
-The records (SQLite) hold every vector, so the target index is filled from them; the proof is
-the same counts and the same top-10 on sample queries (stored vectors) in both backends.
+The records hold every vector, so the target is filled from them; the proof is the same counts
+and the same top-10 on sample queries (stored vectors) before and after.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from index.errors import ModelMismatchError
+from index.errors import ModelMismatchError, StorageError
+from index.files import write_atomic
 from index.planner import IndexOptions
-from index.records import stored_model
+from index.records import open_records, store_key, stored_model
 from index.store import ItemStore
-from index.types import KINDS, Kind
+from index.types import KINDS, Kind, NewItem, Record, RecordWrite, StoredBlob
 
 TOP = 10
 SCORE_TOLERANCE = 1e-4  # equal scores may come back in either order
@@ -123,3 +126,98 @@ def _tie_groups(ranking: list[tuple[str, float]]) -> list[frozenset[str]]:
         groups[-1].add(item_id)
         last = score
     return [frozenset(g) for g in groups]
+
+
+def migrate_to_database(
+    store_dir: Path,
+    database_url: str,
+    namespace: str,
+    samples: int = 20,
+    blob_dir: Path | None = None,
+) -> MigrationReport:
+    """Copy one store's records from its SQLite file into the database at `database_url`, and
+    prove it: the same counts, and the same top-10 for sample queries from the records in both.
+
+    The SQLite file is left as it was (going back is starting without XMR_DATABASE_URL). The
+    store's index snapshots are removed, as their labels are SQLite's: the next start builds
+    the indexes from the database. With `blob_dir` (XMR_BLOB_DIR) the image bytes are copied
+    into the store's folder there. A store whose schema holds records already is refused.
+    """
+    model_id, dim = _bound_model(store_dir, None, namespace)
+    copy_records(store_dir, database_url, namespace, (model_id, dim), blob_dir)
+    report = MigrationReport()
+    before = ItemStore(store_dir, model_id, dim, IndexOptions())
+    try:
+        queries = {kind: _sample_vectors(before, kind, dim, samples) for kind in KINDS}
+        expected = {kind: _top(before, kind, queries[kind]) for kind in KINDS}
+        counts = before.counts()
+    finally:
+        before.close()
+    for snapshot in (store_dir / "index").glob("*"):
+        snapshot.unlink()
+    with tempfile.TemporaryDirectory() as scratch:  # indexes from the database alone
+        target = IndexOptions(database_url=database_url, blob_dir=blob_dir)
+        after = ItemStore(Path(scratch), model_id, dim, target, namespace)
+        try:
+            for kind in KINDS:
+                report.counts[kind] = (counts[kind], after.counts()[kind])
+                got = _top(after, kind, queries[kind])
+                report.queries += len(got)
+                for n, (want, have) in enumerate(zip(expected[kind], got, strict=True)):
+                    if not _same_ranking(want, have):
+                        report.mismatches.append(f"{kind} query {n}: {want} != {have}")
+        finally:
+            after.close()
+    return report
+
+
+def copy_records(
+    store_dir: Path,
+    database_url: str,
+    namespace: str,
+    model: tuple[str, int],
+    blob_dir: Path | None,
+    page: int = 500,
+) -> int:
+    """Copy every record (metadata, text, vector, bytes' address, creation time) of the SQLite
+    store in `store_dir` into the database's store `namespace`; how many were copied."""
+    source = open_records(store_dir)
+    target = open_records(store_dir, database_url, namespace)
+    copied = 0
+    try:
+        if target.items.max_label() > 0:
+            raise StorageError(
+                f"the database already holds records for {namespace or 'default'}; "
+                "migrate into an empty database"
+            )
+        target.items.bind_model(*model)
+        label = 0
+        while records := source.items.records_after(label, page):
+            labels, vectors = source.log.vectors_of(np.array([r.label for r in records]), model[1])
+            by_label = dict(zip(labels.tolist(), vectors, strict=True))
+            writes = [
+                _copied_write(record, by_label[record.label], store_dir, blob_dir, namespace)
+                for record in records
+                if record.label in by_label
+            ]
+            target.items.upsert(writes, model[0])
+            copied += len(writes)
+            label = records[-1].label
+    finally:
+        source.items.close()
+        target.items.close()
+    return copied
+
+
+def _copied_write(
+    record: Record, vector: np.ndarray, store_dir: Path, blob_dir: Path | None, namespace: str
+) -> RecordWrite:
+    item = NewItem.again(record, vector, None)
+    if record.content_path is None or record.content_sha256 is None:
+        return RecordWrite(item, vector)
+    if blob_dir is not None:
+        source = store_dir / "blobs" / record.content_path
+        copy = blob_dir / store_key(namespace) / record.content_path
+        if not copy.exists():
+            write_atomic(copy, source.read_bytes())
+    return RecordWrite(item, vector, StoredBlob(record.content_sha256, record.content_path))

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from index import IndexOptions, NewItem
+from index import IndexOptions, NewItem, StorageError
 from index.layout import (
     DEFAULT_COLLECTION,
     ModelSpec,
@@ -20,7 +20,7 @@ from index.layout import (
     namespace_of,
     serving_generation,
 )
-from index.migrate import MigrationReport, migrate, opposite
+from index.migrate import MigrationReport, migrate, migrate_to_database, opposite
 from index.records import stored_model
 from index.store import ItemStore
 from xmr.distributed import RayIndexReport, index_with_ray
@@ -120,5 +120,33 @@ def migrate_collections(
                 samples,
                 namespace,
             ),
+        )
+    return reports
+
+
+def migrate_collections_to_database(
+    data_dir: Path,
+    database_url: str,
+    collection: str | None,
+    samples: int,
+    blob_dir: Path | None,
+) -> dict[str, tuple[str, MigrationReport]]:
+    """Copy one collection's records (or every collection's) into PostgreSQL: name -> ("sqlite",
+    report). A collection being re-embedded is refused: finish or cancel that first."""
+    names = [collection] if collection else [DEFAULT_COLLECTION, *collection_names(data_dir)]
+    reports: dict[str, tuple[str, MigrationReport]] = {}
+    for name in names:
+        folder, generation = serving_generation(data_dir, name)
+        state = folder.read()
+        if state is not None and state.next is not None:
+            raise StorageError(
+                f"collection {name} is being re-embedded: let it finish (or cancel it) first"
+            )
+        store_dir, namespace = folder.path(generation), namespace_of(name, generation)
+        if stored_model(store_dir, None, namespace) is None:
+            continue  # nothing indexed there yet
+        reports[name] = (
+            "sqlite",
+            migrate_to_database(store_dir, database_url, namespace, samples, blob_dir),
         )
     return reports

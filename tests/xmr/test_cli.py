@@ -264,3 +264,52 @@ def test_classify_writes_labels_into_metadata(live_server: str, tmp_path: Path) 
         server=live_server,
     )
     assert missing.returncode == 2
+
+
+def test_migrate_to_database_moves_a_served_data_directory(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    """Written by a server on SQLite, copied with `xmr migrate --to-database`, then served from
+    PostgreSQL: the same items, the same answers, the image bytes read back."""
+    from tests.app.test_server_process import server_env, start_server
+
+    photos = tmp_path / "photos"
+    gallery(photos)
+    data = tmp_path / "data"
+    env = server_env(data, free_port())
+    server = start_server(env)
+    url = f"http://127.0.0.1:{env['XMR_PORT']}"
+    try:
+        with XmrClient(url) as client:
+            client.wait_ready(60)
+            client.index_images([photos / "red.png", photos / "sub/blue.png"], ids=["red", "blue"])
+            client.index_texts([{"id": f"t{i}", "text": f"caption {i}"} for i in range(30)])
+            client.delete_item("t3")
+            before = client.search_text("caption 7", target="texts", k=5)["results"]
+    finally:
+        server.terminate()
+        server.wait(60)
+    blobs = tmp_path / "shared-blobs"
+    moved = xmr(
+        "migrate", "--to-database", postgres_database, "--data-dir", str(data),
+        "--blob-dir", str(blobs), server="",
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stderr
+    assert "default: text: 29 vectors in sqlite, 29 in PostgreSQL" in moved.stdout
+    assert "default: image: 2 vectors in sqlite, 2 in PostgreSQL" in moved.stdout
+    assert "0 differ" in moved.stdout
+    again = xmr("migrate", "--to-database", postgres_database, "--data-dir", str(data), server="")
+    assert again.returncode == 2 and "already holds records" in again.stderr
+    server = start_server(env | {"XMR_DATABASE_URL": postgres_database, "XMR_BLOB_DIR": str(blobs)})
+    try:
+        with XmrClient(url) as client:
+            client.wait_ready(60)
+            assert (client.info()["texts"], client.info()["images"]) == (29, 2)
+            after = client.search_text("caption 7", target="texts", k=5)["results"]
+            assert [h["id"] for h in after] == [h["id"] for h in before]
+            assert client.item_content("red") == (photos / "red.png").read_bytes()
+    finally:
+        server.kill()
+        server.wait()
+    wrong = xmr("migrate", "--to-database", "mysql://x", "--data-dir", str(data), server="")
+    assert wrong.returncode == 2 and "unknown database" in wrong.stderr

@@ -31,41 +31,66 @@ def serve(
 
 @app.command()
 def migrate(
-    to: Annotated[str, typer.Option(help="the backend to move to: milvus or faiss")],
+    to: Annotated[
+        str | None, typer.Option(help="the vector backend to move to: milvus or faiss")
+    ] = None,
+    to_database: Annotated[
+        str | None,
+        typer.Option(
+            "--to-database",
+            help="postgresql://user:password@host:port/db: copy the records there",
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="the data directory (XMR_DATA_DIR); stop the server first")
     ] = None,
     milvus_uri: Annotated[
         str | None, typer.Option(help="Milvus Lite file or http://host:19530 (XMR_MILVUS_URI)")
     ] = None,
+    blob_dir: Annotated[
+        Path | None,
+        typer.Option(help="with --to-database: copy the image bytes here too (XMR_BLOB_DIR)"),
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, help="sample queries per kind to compare")] = 20,
     collection: Annotated[
         str | None, typer.Option("--collection", "-c", help="only this collection (default: all)")
     ] = None,
 ) -> None:
-    """Copy the vectors of the collections into the other backend and verify them.
+    """Move the collections to another vector backend (--to), or their records from SQLite into
+    PostgreSQL (--to-database), and verify the result.
 
-    Counts must match, and so must the top-10 of sample queries in both backends. Then start
-    the server with XMR_INDEX_BACKEND (and XMR_MILVUS_URI) set to the new backend.
+    Counts must match, and so must the top-10 of sample queries before and after. Then start
+    the server with XMR_INDEX_BACKEND, or XMR_DATABASE_URL (and XMR_BLOB_DIR), set accordingly.
     """
     from app.config import Settings
     from index import StorageError
-    from xmr.offline import migrate_collections
+    from index.records import database_problem
+    from xmr.offline import migrate_collections, migrate_collections_to_database
 
-    if to not in ("milvus", "faiss"):
+    if (to is None) == (to_database is None):
+        raise CliError("give one of --to (milvus or faiss) and --to-database", 2)
+    if to is not None and to not in ("milvus", "faiss"):
         raise CliError("--to must be milvus or faiss", 2)
+    if to_database is not None and (problem := database_problem(to_database)) is not None:
+        raise CliError(problem, 2)
     folder = data_dir or Settings().data_dir
     markers = (folder / "records.sqlite3", folder / "collection.json", folder / "collections")
     if not any(marker.exists() for marker in markers):
         raise CliError(f"{folder} is not an xmr data directory", 2)
+    target = to or "PostgreSQL"
     try:
-        reports = migrate_collections(folder, to, collection, milvus_uri, samples)
+        if to_database is not None:
+            reports = migrate_collections_to_database(
+                folder, to_database, collection, samples, blob_dir
+            )
+        else:
+            reports = migrate_collections(folder, target, collection, milvus_uri, samples)
     except StorageError as e:
         raise CliError(str(e), 2) from e
     failed = []
     for name, (source, report) in reports.items():
         for kind, (before, after) in report.counts.items():
-            out.print(f"{name}: {kind}: {before} vectors in {source}, {after} in {to}")
+            out.print(f"{name}: {kind}: {before} vectors in {source}, {after} in {target}")
         out.print(
             f"{name}: top-10 of {report.queries} sample queries compared: "
             f"{len(report.mismatches)} differ"
@@ -75,5 +100,9 @@ def migrate(
         if not report.ok:
             failed.append(name)
     if failed:
-        raise CliError(f"the backends disagree on {', '.join(failed)}; keep the old backend", 1)
-    out.print(f"done: start the server with XMR_INDEX_BACKEND={to}")
+        raise CliError(f"the copies disagree on {', '.join(failed)}; keep the old setup", 1)
+    if to_database is not None:
+        blobs = f" and XMR_BLOB_DIR={blob_dir}" if blob_dir is not None else ""
+        out.print(f"done: start the server with XMR_DATABASE_URL set{blobs}")
+    else:
+        out.print(f"done: start the server with XMR_INDEX_BACKEND={to}")
