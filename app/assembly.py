@@ -24,6 +24,7 @@ from app.services.models import ModelLoader, ModelPool
 from app.services.registry import CollectionRegistry
 from app.services.threads import Pools, run_in
 from index import StorageError
+from index.catalog import CollectionCatalog, open_catalog
 from index.layout import ModelSpec
 from index.records import database_problem
 from models import Encoder
@@ -57,6 +58,7 @@ class Services:
         raise_descriptor_limit()
         pools = Pools.create(settings.decode_workers)
         job_store: JobLedger | None = None
+        catalog: CollectionCatalog | None = None
         try:
             models = ModelPool(
                 model_loader(settings, encoder),
@@ -66,6 +68,7 @@ class Services:
             )
             database_url = settings.index_options().database_url
             job_store = await run_in(pools.store, open_ledger, settings.data_dir, database_url)
+            catalog = await run_in(pools.store, open_catalog, settings.data_dir, database_url)
             reindexer = Reindexer(job_store, settings.encode_batch_size)
             limits = Limits(
                 max_k=settings.max_k,
@@ -83,6 +86,7 @@ class Services:
                 policy=model_policy(settings),
                 max_collections=settings.max_collections,
                 export_root=settings.runtime_cache_dir,
+                catalog=catalog,
             )
             await collections.open_all(default_spec(settings))
             models.started = True  # from now on, loads run beside the models that serve
@@ -90,6 +94,8 @@ class Services:
         except BaseException:
             if job_store is not None:
                 job_store.close()
+            if catalog is not None:
+                catalog.close()
             pools.shutdown()
             raise
         if jobs.interrupted_at_start:

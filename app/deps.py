@@ -64,7 +64,10 @@ def collection_name(request: Request) -> str:
     return str(request.path_params.get("collection", DEFAULT_COLLECTION))
 
 
-def get_collection(request: Request, services: ServicesDep) -> Collection:
+async def get_collection(request: Request, services: ServicesDep) -> Collection:
+    """The collection a route names, as the catalog describes it now: with several replicas,
+    what another one changed is taken up before this request uses it."""
+    await services.collections.refresh()
     return services.collections.get(collection_name(request))
 
 
@@ -126,7 +129,8 @@ def get_jobs(services: ServicesDep) -> JobRunner:
     return services.jobs
 
 
-def get_collections(services: ServicesDep) -> CollectionRegistry:
+async def get_collections(services: ServicesDep) -> CollectionRegistry:
+    await services.collections.refresh()
     return services.collections
 
 

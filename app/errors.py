@@ -27,6 +27,7 @@ from app.services.errors import (
 from index import (
     DatabaseUnavailableError,
     DuplicateIdError,
+    GenerationRetiredError,
     InvalidFilterError,
     InvalidMetadataError,
     ItemNotFoundError,
@@ -69,6 +70,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ModelsBusyError, 503),
     (ResourcesExhaustedError, 503),
     (DatabaseUnavailableError, 503),  # a StorageError, but one that passes
+    (GenerationRetiredError, 503),  # another replica is switching the collection's model
     (StorageError, 507),
 )
 

@@ -30,6 +30,7 @@ from app.routers.page import STATIC_DIR, SWAGGER_UI_DIR
 from models import Encoder
 
 logger = logging.getLogger(__name__)
+CATALOG_FOLLOW_S = 1.0
 
 
 def create_app(settings: Settings | None = None, encoder: Encoder | None = None) -> FastAPI:
@@ -44,15 +45,19 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         app.state.services = services
         metrics.watch(services.metrics_state)
         services.jobs.start()
-        snapshots = asyncio.create_task(_snapshot_periodically(services), name="xmr-snapshots")
+        background = [
+            asyncio.create_task(_snapshot_periodically(services), name="xmr-snapshots"),
+            asyncio.create_task(_follow_catalog(services), name="xmr-catalog"),
+        ]
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
-            snapshots.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await snapshots
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             metrics.unwatch()
             await services.stop()
 
@@ -128,6 +133,19 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 
 def megabytes(value: float) -> int:
     return int(value * 1024 * 1024)
+
+
+async def _follow_catalog(services: Services) -> None:
+    """With several replicas: take up their changes to the collections once a second, so an
+    idle replica has a re-embedding's model loaded before the switch (a no-op on one process)."""
+    if not services.collections.catalog.shared:
+        return
+    while True:
+        await asyncio.sleep(CATALOG_FOLLOW_S)
+        try:
+            await services.collections.refresh()
+        except Exception as e:  # the database may be away; the next round tries again
+            logger.warning("could not follow the collection catalog: %s", e)
 
 
 async def _snapshot_periodically(services: Services) -> None:

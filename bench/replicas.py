@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import benchmark_parser, emit
-from bench.run import percentile, query
+from bench.run import query, search_load
 from index import IndexOptions, NewItem
 from index.store import ItemStore
 from tests.cluster.conftest import HAProxy, Replica, ReplicaSet, haproxy_path
@@ -38,6 +38,7 @@ from tests.postgres import running_cluster, why_unavailable
 from xmr.client import XmrClient
 
 DIM = 512
+PATH, TEXTS = "/v1/search/text", {"target": "texts"}
 
 
 def unit_vectors(count: int, seed: int) -> np.ndarray:
@@ -90,35 +91,6 @@ def store_figures(root: Path, database_url: str, items: int) -> dict[str, Any]:
     return figures
 
 
-async def search_load(base: str, total: int, concurrency: int) -> dict[str, float]:
-    import httpx
-
-    latencies: list[float] = []
-    counter = iter(range(total))
-
-    async def worker(http: httpx.AsyncClient) -> None:
-        for n in counter:
-            began = time.perf_counter()
-            response = await http.get(
-                "/v1/search/text", params={"q": query(n), "k": 10, "target": "texts"}
-            )
-            response.raise_for_status()
-            latencies.append((time.perf_counter() - began) * 1000)
-
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
-        for n in range(2 * concurrency):  # every replica's first queries pay one-time costs
-            (await http.get("/v1/search/text", params={"q": query(n), "k": 10})).raise_for_status()
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return {
-        "p50_ms": round(percentile(latencies, 50), 1),
-        "p99_ms": round(percentile(latencies, 99), 1),
-        "qps": round(total / elapsed, 1),
-    }
-
-
 def fill(client: XmrClient, items: int) -> None:
     for start in range(0, items, 100):
         client.index_texts(
@@ -143,7 +115,7 @@ def replica_figures(root: Path, database_url: str, args: Any, haproxy: str) -> d
         with single.client() as client:
             fill(client, args.items)
         figures["sqlite_one_replica_direct"] = asyncio.run(
-            search_load(single.url, args.queries, args.concurrency)
+            search_load(single.url, PATH, args.queries, args.concurrency, TEXTS)
         )
     finally:
         alone.stop()
@@ -156,12 +128,12 @@ def replica_figures(root: Path, database_url: str, args: Any, haproxy: str) -> d
                 with replicas[0].client() as client:
                     fill(client, args.items)
                 figures["postgresql_one_replica_direct"] = asyncio.run(
-                    search_load(replicas[0].url, args.queries, args.concurrency)
+                    search_load(replicas[0].url, PATH, args.queries, args.concurrency, TEXTS)
                 )
             balancer = HAProxy(haproxy, root / "pg", replicas)
             try:
                 figures[f"haproxy_{count}_replicas"] = asyncio.run(
-                    search_load(balancer.url, args.queries, args.concurrency)
+                    search_load(balancer.url, PATH, args.queries, args.concurrency, TEXTS)
                 )
             finally:
                 balancer.stop()

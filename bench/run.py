@@ -178,20 +178,23 @@ def raw_baselines(args: argparse.Namespace, paths: list[Path]) -> tuple[dict, st
 
 
 # -- load through HTTP ----------------------------------------------------------------------
-async def search_load(base: str, path: str, total: int, concurrency: int) -> dict[str, float]:
+async def search_load(
+    base: str, path: str, total: int, concurrency: int, extra: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """p50/p99 and QPS of `total` searches (k=10, `extra` parameters) at `concurrency`."""
     latencies: list[float] = []
     counter = iter(range(total))
 
     async def worker(http: httpx.AsyncClient) -> None:
         for n in counter:
             started = time.perf_counter()
-            response = await http.get(path, params={"q": query(n), "k": 10})
+            response = await http.get(path, params={"q": query(n), "k": 10, **(extra or {})})
             response.raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as http:
-        await worker_warmup(http, path)
+        await worker_warmup(http, path, extra)
         started = time.perf_counter()
         await asyncio.gather(*(worker(http) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
@@ -202,9 +205,11 @@ async def search_load(base: str, path: str, total: int, concurrency: int) -> dic
     }
 
 
-async def worker_warmup(http: httpx.AsyncClient, path: str) -> None:
+async def worker_warmup(
+    http: httpx.AsyncClient, path: str, extra: dict[str, Any] | None = None
+) -> None:
     for query in QUERIES:
-        (await http.get(path, params={"q": query, "k": 10})).raise_for_status()
+        (await http.get(path, params={"q": query, "k": 10, **(extra or {})})).raise_for_status()
 
 
 def bench_xmr(args: argparse.Namespace, paths: list[Path], root: Path) -> dict:

@@ -9,6 +9,7 @@ nothing in index/ imports from app/ or models/.
 from index.errors import (
     DatabaseUnavailableError,
     DuplicateIdError,
+    GenerationRetiredError,
     InvalidFilterError,
     InvalidMetadataError,
     ItemNotFoundError,
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_METADATA_DEPTH",
     "DatabaseUnavailableError",
     "DuplicateIdError",
+    "GenerationRetiredError",
     "Hit",
     "HybridScope",
     "IndexInfo",

@@ -39,6 +39,11 @@ class DatabaseUnavailableError(StorageError):
     request may be retried; nothing acknowledged was lost."""
 
 
+class GenerationRetiredError(IndexDomainError):
+    """The generation written to was retired by a switch to a new model (on another replica):
+    nothing was written; the request may be made again against the new generation."""
+
+
 class DuplicateIdError(IndexDomainError):
     """One write names the same id twice."""
 

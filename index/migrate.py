@@ -51,24 +51,42 @@ def migrate(
     before = ItemStore(data_dir, model_id, dim, source, namespace)
     try:
         before.wait_for_builds()
-        queries = {kind: _sample_vectors(before, kind, dim, samples) for kind in KINDS}
-        expected = {kind: _top(before, kind, queries[kind]) for kind in KINDS}
-        counts = before.counts()
+        baseline = _Baseline.of(before, samples)
     finally:
         before.close()
     after = ItemStore(data_dir, model_id, dim, target, namespace)
     try:
         after.wait_for_builds()
-        for kind in KINDS:
-            report.counts[kind] = (counts[kind], after.counts()[kind])
-            got = _top(after, kind, queries[kind])
-            report.queries += len(got)
-            for n, (want, have) in enumerate(zip(expected[kind], got, strict=True)):
-                if not _same_ranking(want, have):
-                    report.mismatches.append(f"{kind} query {n}: {want} != {have}")
+        _compare(report, after, baseline)
     finally:
         after.close()
     return report
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    """What the source answers: its counts, and the top-10 of sample queries of each kind."""
+
+    counts: dict[Kind, int]
+    queries: dict[Kind, np.ndarray]
+    expected: dict[Kind, list[list[tuple[str, float]]]]
+
+    @classmethod
+    def of(cls, store: ItemStore, samples: int) -> _Baseline:
+        queries = {kind: _sample_vectors(store, kind, store.dim, samples) for kind in KINDS}
+        expected = {kind: _top(store, kind, queries[kind]) for kind in KINDS}
+        return cls(store.counts(), queries, expected)
+
+
+def _compare(report: MigrationReport, after: ItemStore, baseline: _Baseline) -> None:
+    """Record in `report` how `after` agrees with the counts and rankings taken before."""
+    for kind in KINDS:
+        report.counts[kind] = (baseline.counts[kind], after.counts()[kind])
+        got = _top(after, kind, baseline.queries[kind])
+        report.queries += len(got)
+        for n, (want, have) in enumerate(zip(baseline.expected[kind], got, strict=True)):
+            if not _same_ranking(want, have):
+                report.mismatches.append(f"{kind} query {n}: {want} != {have}")
 
 
 def opposite(options: IndexOptions, milvus_uri: str | None) -> IndexOptions:
@@ -148,9 +166,7 @@ def migrate_to_database(
     report = MigrationReport()
     before = ItemStore(store_dir, model_id, dim, IndexOptions())
     try:
-        queries = {kind: _sample_vectors(before, kind, dim, samples) for kind in KINDS}
-        expected = {kind: _top(before, kind, queries[kind]) for kind in KINDS}
-        counts = before.counts()
+        baseline = _Baseline.of(before, samples)
     finally:
         before.close()
     for snapshot in (store_dir / "index").glob("*"):
@@ -159,13 +175,7 @@ def migrate_to_database(
         target = IndexOptions(database_url=database_url, blob_dir=blob_dir)
         after = ItemStore(Path(scratch), model_id, dim, target, namespace)
         try:
-            for kind in KINDS:
-                report.counts[kind] = (counts[kind], after.counts()[kind])
-                got = _top(after, kind, queries[kind])
-                report.queries += len(got)
-                for n, (want, have) in enumerate(zip(expected[kind], got, strict=True)):
-                    if not _same_ranking(want, have):
-                        report.mismatches.append(f"{kind} query {n}: {want} != {have}")
+            _compare(report, after, baseline)
         finally:
             after.close()
     return report

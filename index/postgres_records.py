@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool
 
 from index.errors import (
     DatabaseUnavailableError,
+    GenerationRetiredError,
     ItemNotFoundError,
     ModelMismatchError,
     StorageError,
@@ -77,7 +78,7 @@ _COLUMNS = (
     "coalesce(octet_length(text), 0)"
 )
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SCHEMA_LOCK = 0x786D72  # "xmr": the advisory lock schema creation takes
+_SCHEMA_LOCK = 0x786D72  # "xmr": the advisory lock every schema's creation takes
 # How long a deletion stays in the shared log after every index saved here reflects it: a
 # process that shares the database and has not caught up yet still needs it
 TOMBSTONE_RETENTION_S = 3600.0
@@ -114,6 +115,26 @@ def database_error(error: psycopg.OperationalError, doing: str) -> StorageError:
     return DatabaseUnavailableError(f"PostgreSQL is unavailable ({doing}): {_first_line(error)}")
 
 
+def create_schema(
+    pool: ConnectionPool, schema: sql.Identifier, tables: str, extensions: Sequence[str] = ()
+) -> None:
+    """Create `schema` and the `;`-separated statements of `tables` (`{s}` naming the schema)
+    under one advisory lock: processes starting together create them once."""
+    try:
+        with pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            for extension in extensions:
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension))
+                )
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+            for statement in tables.split(";"):
+                if statement.strip():
+                    conn.execute(sql.SQL(statement).format(s=schema))
+    except psycopg.OperationalError as e:
+        raise database_error(e, "create tables in") from e
+
+
 def _first_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
@@ -127,19 +148,10 @@ class PostgresDatabase:
         self.pool = connection_pool(url)
         try:
             self.pool.open(wait=True, timeout=30)
-            self._create_schema()
+            create_schema(self.pool, self.schema, _TABLES, extensions=("unaccent",))
         except Exception:
             self.pool.close()
             raise
-
-    def _create_schema(self) -> None:
-        with self.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            conn.execute("CREATE EXTENSION IF NOT EXISTS unaccent")
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self.schema))
-            for statement in _TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(sql.SQL(statement).format(s=self.schema))
 
     def q(self, text: str) -> sql.Composed:
         """`text` with `{s}` naming this store's schema."""
@@ -252,6 +264,18 @@ class PostgresRecordStore:
             self._collect_released_blobs(conn, result)
         return result
 
+    def retire(self) -> None:
+        with self._db.transaction() as conn:
+            # the seq row's lock waits out the writes under way; later ones see the mark
+            conn.execute(self._db.q("SELECT value FROM {s}.meta WHERE key = 'seq' FOR UPDATE"))
+            conn.execute(
+                self._db.q("INSERT INTO {s}.meta VALUES ('retired', '1') ON CONFLICT DO NOTHING")
+            )
+
+    def unretire(self) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(self._db.q("DELETE FROM {s}.meta WHERE key = 'retired'"))
+
     def _next_seq(self, conn: psycopg.Connection[Any]) -> int:
         """The write's sequence number; the row lock orders writers of every process."""
         row = conn.execute(
@@ -260,7 +284,15 @@ class PostgresRecordStore:
                 "RETURNING value::bigint"
             )
         ).fetchone()
+        self._check_not_retired(conn)  # read after the lock: a retirement is seen
         return _one(row)
+
+    def _check_not_retired(self, conn: psycopg.Connection[Any]) -> None:
+        retired = conn.execute(
+            self._db.q("SELECT 1 FROM {s}.meta WHERE key = 'retired'")
+        ).fetchone()
+        if retired is not None:
+            raise GenerationRetiredError("this generation was retired by a switch of model")
 
     def _remove_existing(
         self, conn: psycopg.Connection[Any], item_id: str, result: WriteResult
@@ -303,6 +335,8 @@ class PostgresRecordStore:
         written = 0
         now = time.time()
         with self._db.transaction() as conn:
+            conn.execute(self._db.q("SELECT value FROM {s}.meta WHERE key = 'seq' FOR SHARE"))
+            self._check_not_retired(conn)
             for label, tag in tags.items():
                 row = conn.execute(
                     self._db.q("SELECT text, metadata FROM {s}.items WHERE label = %s FOR UPDATE"),

@@ -82,6 +82,15 @@ class RecordStore(Protocol):
         """Every blob path a record points to."""
         ...
 
+    def retire(self) -> None:
+        """Refuse every later write (GenerationRetiredError), from any process, once the writes
+        under way are committed: the fence of a switch to a new generation."""
+        ...
+
+    def unretire(self) -> None:
+        """Take writes again: the switch that retired this generation did not happen."""
+        ...
+
     def close(self) -> None:
         """Release the database; the log and keyword index over it close with it."""
         ...

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from index import sqlite_keywords as keywords
-from index.errors import ItemNotFoundError, ModelMismatchError
+from index.errors import GenerationRetiredError, ItemNotFoundError, ModelMismatchError
 from index.filters import MetadataFilter
 from index.metadata import load_stored_metadata
 from index.records import Records, labelled_vectors, vectors_in_pages
@@ -169,7 +169,20 @@ class SqliteRecordStore:
             ).fetchone()
         ]
 
+    def retire(self) -> None:
+        with self._db.transaction():
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('retired', '1')")
+
+    def unretire(self) -> None:
+        with self._db.transaction():
+            self._conn.execute("DELETE FROM meta WHERE key = 'retired'")
+
+    def _check_not_retired(self) -> None:
+        if self._conn.execute("SELECT 1 FROM meta WHERE key = 'retired'").fetchone():
+            raise GenerationRetiredError("this generation was retired by a switch of model")
+
     def _next_seq(self) -> int:
+        self._check_not_retired()
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
         seq = int(row[0]) + 1 if row else 1
         self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
@@ -181,6 +194,7 @@ class SqliteRecordStore:
         written = 0
         now = time.time()
         with self._db.transaction():
+            self._check_not_retired()
             for label, tag in tags.items():
                 row = self._conn.execute(
                     "SELECT text, metadata FROM items WHERE label = ?", (label,)

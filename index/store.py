@@ -249,12 +249,15 @@ class ItemStore:
         """Bring the indexes up to the writes other processes made (a shared store)."""
         self._follower.catch_up()
 
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
+        """Release the store, saving the indexes first unless `save` is False (a store another
+        process deleted: nothing of it is to be touched)."""
         self._follower.stop()
         with self._serving.lock:
             self._serving.closing = True
         try:
-            self.snapshot()
+            if save:
+                self.snapshot()
         finally:
             self._serving.close()
             self.records.close()

@@ -133,20 +133,27 @@ def migrate_collections_to_database(
 ) -> dict[str, tuple[str, MigrationReport]]:
     """Copy one collection's records (or every collection's) into PostgreSQL: name -> ("sqlite",
     report). A collection being re-embedded is refused: finish or cancel that first."""
+    from index.catalog import open_catalog
+
     names = [collection] if collection else [DEFAULT_COLLECTION, *collection_names(data_dir)]
     reports: dict[str, tuple[str, MigrationReport]] = {}
-    for name in names:
-        folder, generation = serving_generation(data_dir, name)
-        state = folder.read()
-        if state is not None and state.next is not None:
-            raise StorageError(
-                f"collection {name} is being re-embedded: let it finish (or cancel it) first"
-            )
-        store_dir, namespace = folder.path(generation), namespace_of(name, generation)
-        if stored_model(store_dir, None, namespace) is None:
-            continue  # nothing indexed there yet
-        reports[name] = (
-            "sqlite",
-            migrate_to_database(store_dir, database_url, namespace, samples, blob_dir),
-        )
+    catalog = open_catalog(data_dir, database_url)
+    try:
+        for name in names:
+            folder, generation = serving_generation(data_dir, name)
+            state = folder.read()
+            if state is not None and state.next is not None:
+                raise StorageError(
+                    f"collection {name} is being re-embedded: let it finish (or cancel it) first"
+                )
+            store_dir, namespace = folder.path(generation), namespace_of(name, generation)
+            if stored_model(store_dir, None, namespace) is not None:
+                reports[name] = (
+                    "sqlite",
+                    migrate_to_database(store_dir, database_url, namespace, samples, blob_dir),
+                )
+            if state is not None:  # the replicas learn the collection from the database
+                catalog.create(state)
+    finally:
+        catalog.close()
     return reports

@@ -27,10 +27,9 @@ from app.jobs.ledger import (
     job_item_of,
     job_view_of,
 )
-from index.postgres_records import connection_pool, database_error
+from index.postgres_records import connection_pool, create_schema, database_error
 
 SCHEMA = "xmr_jobs"
-_SCHEMA_LOCK = 0x786D726A  # "xmrj": the advisory lock schema creation takes
 _TABLES = """
 CREATE TABLE IF NOT EXISTS {s}.jobs (
     id text PRIMARY KEY,
@@ -90,11 +89,7 @@ class PostgresJobLedger(JobWaits):
         super().__init__()
         try:
             self._pool.open(wait=True, timeout=30)
-            with self._transaction() as conn:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._s))
-                for statement in _TABLES.split(";"):
-                    conn.execute(self._q(statement))
+            create_schema(self._pool, self._s, _TABLES)
         except Exception:
             self._pool.close()
             raise

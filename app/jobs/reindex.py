@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 MODEL_RETRY_S = 1.0
+MAX_CATCH_UP_PASSES = 5
 
 
 def check_reindexable(collection: Collection) -> None:
@@ -150,7 +151,7 @@ class Reindexer:
             model = await self._acquire(collection, job_id)
             try:
                 opened = new_store = await self._open_next(collection, model)
-                await self._catch_up(collection, job_id, model, opened)
+                await self._close_in(collection, job_id, model, opened)
                 final = replace(
                     collection.state, current=_next(collection), next=None, reindex_job=None
                 )
@@ -168,6 +169,7 @@ class Reindexer:
                 await self._abandon(collection, new_store)
                 await run_in(store_pool, self._job_store.set_status, job_id, "cancelled")
             elif new_store is not None:  # shutting down: resume at the next start
+                collection.next_store = None
                 await run_in(store_pool, new_store.close)
             raise
         except Exception as e:
@@ -200,10 +202,31 @@ class Reindexer:
         generation = with_identity(_next(collection), model.encoder.model_id, model.encoder.dim)
         if generation != collection.state.next:
             await collection.set_state(replace(collection.state, next=generation))
+        followed = collection.next_store
+        if followed is not None and followed.data_dir == collection.folder.path(generation):
+            return followed  # opened when another replica began it
         options = collection.store.options
-        return await run_in(
+        opened = await run_in(
             collection.pools.store, open_store, collection.folder, generation, options
         )
+        collection.next_store = opened
+        return opened
+
+    async def _close_in(
+        self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore
+    ) -> None:
+        """Before the switch: catch up in passes, each up to the records there when it began,
+        while the backlog shrinks (writes that outpace the re-embedding are left to the
+        switch, which holds them)."""
+        pool = collection.pools.store
+        left: int | None = None
+        for _ in range(MAX_CATCH_UP_PASSES):
+            target = await run_in(pool, collection.store.records.max_label)
+            cursor = await self._catch_up(collection, job_id, model, new_store, target)
+            backlog = await run_in(pool, collection.store.records.count_after, cursor.label)
+            if backlog <= self._batch_size or (left is not None and backlog >= left):
+                return
+            left = backlog
 
     async def _catch_up(
         self,
@@ -211,21 +234,30 @@ class Reindexer:
         job_id: str,
         model: LoadedModel,
         new_store: ItemStore,
-    ) -> None:
-        """Embed the serving generation's records past the cursor, until none are left, in a
-        pipeline like a batch job's (app.jobs.pipeline), the cursor written after each batch."""
+        up_to_label: int | None = None,
+    ) -> ReindexCursor:
+        """Embed the serving generation's records past the cursor, until none are left (or
+        past `up_to_label`), in a pipeline like a batch job's (app.jobs.pipeline), the cursor
+        written after each batch; where it got."""
         pool = collection.pools.store
         folder = collection.folder.path(_next(collection))
         cursor = await run_in(pool, read_cursor, folder)
+        progress = _Progress(folder, cursor, job_id, self._job_store)
         stages = ReembedStages(
             collection.store,
             new_store,
             model.encoding_for(collection.name),
-            _Progress(folder, cursor, job_id, self._job_store),
+            progress,
             pool,
             self._batch_size,
         )
-        await run_pipeline(await stages.next_after_label(cursor.label), stages)
+        reached = (
+            (lambda: False)
+            if up_to_label is None
+            else (lambda: progress.cursor.label >= up_to_label)
+        )
+        await run_pipeline(await stages.next_after_label(cursor.label), stages, reached)
+        return progress.cursor
 
     async def _finish(
         self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore
@@ -248,6 +280,7 @@ class Reindexer:
                 options = collection.store.options
                 new_store = await run_in(pool, open_store, collection.folder, generation, options)
             if new_store is not None:
+                collection.next_store = None
                 await run_in(pool, new_store.destroy)
         except Exception:  # its folder goes below all the same
             logger.exception("collection %s: closing the abandoned generation", collection.name)

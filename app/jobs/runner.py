@@ -167,6 +167,7 @@ class JobRunner:
     async def delete_collection(self, name: str) -> None:
         """Delete a collection: refused (404, 409) before anything stops, then its batch jobs
         are cancelled, then it goes with everything in it."""
+        await self._collections.refresh()
         self._collections.check_deletable(name)
         await self.cancel_jobs_of(name)
         await self._collections.delete(name)

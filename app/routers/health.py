@@ -43,6 +43,7 @@ def _not_ready(reason: str) -> JSONResponse:
 @router.get("/v1/info", response_model=InfoResponse, summary="Model, device and index sizes")
 async def info(services: ServicesDep) -> InfoResponse:
     """The default collection: its model as it runs, its sizes; and the names of all."""
+    await services.collections.refresh()
     view = services.collections.default().view()
     generation = view.state.current
     running = services.models.running(generation.spec)

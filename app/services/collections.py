@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.services.classify import ClassifyService
 from app.services.encoding import EncodingService
@@ -26,6 +26,7 @@ from app.services.models import LoadedModel, ModelPool
 from app.services.search import SearchService
 from app.services.threads import Pools, run_in
 from index import IndexInfo, IndexOptions, Kind
+from index.catalog import CollectionCatalog
 from index.layout import (
     DEFAULT_COLLECTION,
     CollectionFolder,
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 OLD_READERS_GRACE_S = 60.0  # a search still reading the old generation after this is cut off
+# how long a switched-from generation stays in a shared database for the other replicas, which
+# switch at their next request (and within a second when idle)
+SHARED_RETIRE_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -129,15 +133,19 @@ class Collection:
     def __init__(
         self,
         folder: CollectionFolder,
+        catalog: CollectionCatalog,
         state: CollectionState,
         store: ItemStore,
         models: ModelPool,
         pools: Pools,
         limits: Limits,
     ) -> None:
-        self.folder = folder
+        self.folder = folder  # this process's files of each generation
+        self.catalog = catalog
         self.state = state
         self.store = store
+        # the next generation's store while a re-embedding fills it (here or on another replica)
+        self.next_store: ItemStore | None = None
         self.models = models
         self.pools = pools
         self.limits = limits
@@ -145,6 +153,7 @@ class Collection:
         self._writers = 0
         self._readers: dict[int, int] = {}  # id(store) -> requests using it
         self._switching = False
+        self._tasks: set[asyncio.Task[None]] = set()  # kept until done (asyncio holds weakly)
         self.closed = False
 
     def view(self) -> CollectionView:
@@ -226,19 +235,27 @@ class Collection:
         old_store, old_generation = self.store, self.state.current
         committed = False
         try:
+            # other replicas' writes to the old generation are refused from here (503, retried)
+            await run_in(self.pools.store, old_store.records.retire)
             await carry_last_writes()
             await run_in(self.pools.store, store.snapshot)
-            await run_in(self.pools.store, self.folder.write, state)
+            await run_in(self.pools.store, self.catalog.write, state)
             committed = True
         finally:
             self._switching = False
             if committed:
                 self.store, self.state = store, state
+                self.next_store = None
+            else:
+                await run_in(self.pools.store, old_store.records.unretire)
             self._notify()
         # the switch is made: retiring the old generation must finish even if the caller stops
         await asyncio.shield(self._retire(old_store, old_generation))
 
-    async def _retire(self, store: ItemStore, generation: Generation) -> None:
+    async def _retire(self, store: ItemStore, generation: Generation, destroy: bool = True) -> None:
+        """Close the old generation once no request here reads it: deleted with everything in
+        it by the replica that switched (after the other replicas had time to switch too), only
+        this replica's files of it elsewhere."""
         try:
             await asyncio.wait_for(
                 self._wait_until(lambda: self._readers.get(id(store), 0) == 0),
@@ -248,7 +265,12 @@ class Collection:
             logger.warning("closing %s's old generation under running searches", self.name)
         self._readers.pop(id(store), None)
         try:
-            await run_in(self.pools.store, store.destroy)
+            if not destroy:
+                await run_in(self.pools.store, store.close)
+            else:
+                if self.catalog.shared:
+                    await asyncio.sleep(SHARED_RETIRE_GRACE_S)
+                await run_in(self.pools.store, store.destroy)
             await run_in(self.pools.store, self.folder.remove, generation)
         except Exception:  # the next start removes what is left (CollectionFolder.remove_strays)
             logger.exception("collection %s: removing the old generation failed", self.name)
@@ -259,8 +281,51 @@ class Collection:
         """Commit a description that keeps the serving generation (a re-embedding starts/ends)."""
         if state.current.dir != self.state.current.dir:
             raise ValueError("set_state cannot change the serving generation")
-        await run_in(self.pools.store, self.folder.write, state)
+        await run_in(self.pools.store, self.catalog.write, state)
         self.state = state
+
+    async def follow(self, state: CollectionState, options: IndexOptions) -> None:
+        """Take up what another replica committed to the catalog: a re-embedding begun (its
+        generation is followed from now, its model loaded, so the switch finds both ready),
+        given up, or switched to; the old generation is closed here once unused (the switching
+        replica deletes it)."""
+        if state == self.state or self._switching:
+            return
+        if state.current.dir != self.state.current.dir:
+            store = self.next_store
+            if store is None or store.data_dir != self.folder.path(state.current):
+                store = await run_in(
+                    self.pools.store, open_store, self.folder, state.current, options
+                )
+            old_store, old_generation = self.store, self.state.current
+            self.store, self.state, self.next_store = store, state, None
+            self._notify()
+            self._background(self._retire(old_store, old_generation, destroy=False))
+            return
+        if state.next is not None and state.next.model_id and self.next_store is None:
+            self.next_store = await run_in(
+                self.pools.store, open_store, self.folder, state.next, options
+            )
+            self._background(self._load_next_model(state.next))
+        elif state.next is None and self.next_store is not None and self.state.next is not None:
+            next_store, self.next_store = self.next_store, None
+            await run_in(self.pools.store, next_store.close)
+            await run_in(self.pools.store, self.folder.remove, self.state.next)
+        self.state = state
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load_next_model(self, generation: Generation) -> None:
+        try:
+            async with self.models.use(generation.spec, "background"):
+                pass  # loaded now, and kept while a slot is not needed for another
+        except Exception as e:  # the switch loads it then
+            logger.warning(
+                "collection %s: could not load %s early: %s", self.name, generation.spec.model, e
+            )
 
     async def close_when_unused(self, grace_s: float = OLD_READERS_GRACE_S) -> None:
         """Take no new requests (they get 404) and wait for those using the store to finish,
@@ -273,9 +338,11 @@ class Collection:
         except TimeoutError:
             logger.warning("deleting collection %s under requests still running", self.name)
 
-    def close(self) -> None:
+    def close(self, save: bool = True) -> None:
         self.closed = True
-        self.store.close()
+        self.store.close(save)
+        if self.next_store is not None:
+            self.next_store.close(save)
 
     def destroy(self) -> None:
         """Close and delete everything of the serving generation (the collection is deleted)."""

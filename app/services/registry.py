@@ -30,6 +30,7 @@ from app.services.model_policy import AllowedModels
 from app.services.models import ModelPool
 from app.services.threads import Pools, run_in
 from index import IndexOptions, ModelMismatchError
+from index.catalog import CollectionCatalog, FolderCatalog
 from index.layout import (
     COLLECTION_NAME,
     DEFAULT_COLLECTION,
@@ -37,7 +38,6 @@ from index.layout import (
     CollectionState,
     Generation,
     ModelSpec,
-    collection_names,
     is_collection_name,
     new_state,
 )
@@ -62,6 +62,7 @@ class CollectionRegistry:
         policy: AllowedModels,
         max_collections: int = 100,
         export_root: Path | None = None,
+        catalog: CollectionCatalog | None = None,
     ) -> None:
         self.export_root = export_root  # runtime exports (models.export_cache)
         self.data_dir = data_dir
@@ -72,20 +73,23 @@ class CollectionRegistry:
         self.pools = pools
         self.limits = limits
         self.reindexer = reindexer
+        self.catalog = catalog or FolderCatalog(data_dir)
         self._collections: dict[str, Collection] = {}
-        self._changing = asyncio.Lock()  # creations and deletions, one at a time
+        self._changing = asyncio.Lock()  # creations, deletions and refreshes, one at a time
+        self._seen_version: int | None = None  # of the shared catalog, when last followed
         models.serving = self.serving_models
 
     # -- start-up -------------------------------------------------------------------------
     async def open_all(self, default_spec: ModelSpec) -> None:
         """Open `default` (made or adopted with `default_spec`) and every other collection."""
         await self._open_default(default_spec)
-        for name in await run_in(self.pools.store, collection_names, self.data_dir):
-            folder = CollectionFolder(self.data_dir, name)
-            state = await run_in(self.pools.store, folder.read)
+        for name in await run_in(self.pools.store, self.catalog.names):
+            if name == DEFAULT_COLLECTION:
+                continue
+            state = await run_in(self.pools.store, self.catalog.read, name)
             if state is None:
                 continue
-            self._collections[name] = await self._open(folder, state)
+            self._collections[name] = await self._open(CollectionFolder(self.data_dir, name), state)
         for collection in self._collections.values():
             job = self.reindexer.resume(collection)
             if job is not None:
@@ -94,7 +98,7 @@ class CollectionRegistry:
     async def _open_default(self, spec: ModelSpec) -> None:
         folder = CollectionFolder(self.data_dir, DEFAULT_COLLECTION)
         await run_in(self.pools.store, folder.root.mkdir, 0o777, True, True)
-        state = await run_in(self.pools.store, folder.read)
+        state = await run_in(self.pools.store, self.catalog.read, DEFAULT_COLLECTION)
         if state is None:
             state = await self._adopt_default(folder, spec)
         collection = await self._open(folder, state)
@@ -129,8 +133,8 @@ class CollectionRegistry:
             name, _, pretrained = model_id.partition("/")
             made_by = ModelSpec(name, pretrained, spec.precision)
         state = new_state(DEFAULT_COLLECTION, Generation("", made_by, model_id, dim))
-        await run_in(self.pools.store, folder.write, state)
-        return state
+        # replicas starting together adopt it once: the first description holds
+        return await run_in(self.pools.store, self.catalog.create, state)
 
     async def _follow_settings(self, collection: Collection, spec: ModelSpec) -> None:
         """Re-embed `default` to the configured model if it serves another one.
@@ -174,7 +178,46 @@ class CollectionRegistry:
         store: ItemStore = await run_in(
             self.pools.store, open_store, folder, state.current, self.options
         )
-        return Collection(folder, state, store, self.models, self.pools, self.limits)
+        return Collection(folder, self.catalog, state, store, self.models, self.pools, self.limits)
+
+    async def refresh(self) -> None:
+        """Follow what other replicas changed in a shared catalog (collections created,
+        deleted, re-embedding or switched): one small read when nothing did."""
+        if not self.catalog.shared:
+            return
+        version = await run_in(self.pools.store, self.catalog.version)
+        if version == self._seen_version:
+            return
+        async with self._changing:
+            version = await run_in(self.pools.store, self.catalog.version)
+            if version == self._seen_version:
+                return
+            names = set(await run_in(self.pools.store, self.catalog.names))
+            for name in sorted(names):
+                state = await run_in(self.pools.store, self.catalog.read, name)
+                collection = self._collections.get(name)
+                if state is None:
+                    continue
+                if collection is not None and collection.state.created_at != state.created_at:
+                    await self._forget(name)  # deleted and made again under the same name
+                    collection = None
+                if collection is None:
+                    folder = CollectionFolder(self.data_dir, name)
+                    self._collections[name] = await self._open(folder, state)
+                    logger.info("collection %s: made on another replica, opened", name)
+                else:
+                    await collection.follow(state, self.options)
+            for name in set(self._collections) - names - {DEFAULT_COLLECTION}:
+                await self._forget(name)
+            self._seen_version = version
+
+    async def _forget(self, name: str) -> None:
+        """A collection another replica deleted: closed here, and this replica's files go."""
+        collection = self._collections.pop(name)
+        await collection.close_when_unused()
+        await run_in(self.pools.store, collection.close, False)
+        await run_in(self.pools.store, collection.folder.delete)
+        logger.info("collection %s: deleted on another replica, closed", name)
 
     def serving_models(self) -> set[ModelSpec]:
         """The models collections serve their searches with now."""
@@ -202,6 +245,7 @@ class CollectionRegistry:
                 "(lowercase letters, digits, _ and -; at most 63 characters)"
             )
         self.policy.check(spec)
+        await self.refresh()
         async with self._changing:
             if name in self._collections:
                 raise CollectionExistsError(name)
@@ -215,10 +259,12 @@ class CollectionRegistry:
                 generation = Generation("", spec, model.encoder.model_id, model.encoder.dim)
             folder = CollectionFolder(self.data_dir, name)
             state = new_state(name, generation)
+            if await run_in(self.pools.store, self.catalog.create, state) != state:
+                raise CollectionExistsError(name)  # made on another replica just now
             try:
-                await run_in(self.pools.store, folder.write, state)
                 collection = await self._open(folder, state)
             except BaseException as e:  # nothing half-made comes back as a collection later
+                await run_in(self.pools.store, self.catalog.delete, name)
                 await run_in(self.pools.store, folder.delete)
                 if out_of_descriptors(e):
                     raise ResourcesExhaustedError(
@@ -249,6 +295,7 @@ class CollectionRegistry:
             if collection.state.reindex_job is not None:
                 await self.reindexer.cancel(collection.state.reindex_job)
             await collection.close_when_unused()
+            await run_in(self.pools.store, self.catalog.delete, name)
             await run_in(self.pools.store, collection.destroy)
             await run_in(self.pools.store, collection.folder.delete)
             del self._collections[name]
@@ -267,6 +314,7 @@ class CollectionRegistry:
     def close(self) -> None:
         for collection in self._collections.values():
             collection.close()
+        self.catalog.close()
 
 
 def out_of_descriptors(error: BaseException) -> bool:

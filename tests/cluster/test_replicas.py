@@ -13,6 +13,9 @@ import psycopg
 import pytest
 from PIL import Image
 
+from models import OpenClipEncoder
+from tests.app.test_collections import SHAPES, shapes_encoder  # noqa: F401
+from tests.app.test_reindex import QUERY, made_by, make_docs, scores_by, text_of
 from tests.cluster.conftest import HAProxy, ReplicaSet
 from tests.postgres import ThrowawayPostgres
 from xmr.client import XmrClient, XmrError
@@ -54,7 +57,7 @@ def test_replicas_starting_together_on_an_empty_database_create_the_schema_once(
                 "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'xmr%' ORDER BY 1"
             )
         ]
-    assert schemas == ["xmr_default_e3b0c442", "xmr_jobs"]
+    assert schemas == ["xmr_catalog", "xmr_default_e3b0c442", "xmr_jobs"]
     for replica in replicas:
         assert "error" not in replica.log.read_text().lower(), replica.log.read_text()[-2000:]
 
@@ -200,3 +203,134 @@ def test_replicas_outlive_a_database_crash_with_503s_and_keep_every_acknowledged
         assert found_by_filter(client, -1) == ["after"]
     for client in clients:
         client.close()
+
+
+def model_of(hits: list[dict], by_old: dict[str, float], by_new: dict[str, float]) -> str:
+    return "old" if made_by(hits, by_old) else "new" if made_by(hits, by_new) else "mixed"
+
+
+def test_a_reembedding_switches_every_replica_within_a_second_never_mixing_models(
+    replica_set: ReplicaSet,
+    tiny_encoder: OpenClipEncoder,
+    shapes_encoder: OpenClipEncoder,  # noqa: F811
+) -> None:
+    replica_set.settings.update(
+        XMR_RUNTIME="torch", XMR_PRECISION="fp32", XMR_ENCODE_BATCH_SIZE="8"
+    )
+    replicas = replica_set.start(3)
+    texts = {f"t{i}": text_of(i) for i in range(300)}
+    by_old, by_new = scores_by(tiny_encoder, texts), scores_by(shapes_encoder, texts)
+    with httpx.Client(base_url=replicas[0].url, timeout=60) as http:
+        make_docs(http, items=300)
+    answers: list[list[tuple[float, str]]] = [[] for _ in replicas]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def search_throughout(number: int) -> None:
+        with httpx.Client(base_url=replicas[number].url, timeout=30) as http:
+            while not stop.is_set():
+                response = http.get(
+                    "/v1/collections/docs/search/text",
+                    params={"q": QUERY, "target": "texts", "k": 10},
+                )
+                if response.status_code != 200:
+                    failures.append(f"replica {number}: {response.status_code} {response.text}")
+                    continue
+                hits = response.json()["results"]
+                answer = (
+                    "old" if made_by(hits, by_old) else "new" if made_by(hits, by_new) else "mixed"
+                )
+                answers[number].append((time.monotonic(), answer))
+
+    threads = [threading.Thread(target=search_throughout, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        with replicas[0].client() as client:
+            job_id = client.reindex_collection("docs", SHAPES, precision="fp32")
+            job = client.wait_for_job(job_id, timeout_s=300)
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert job["status"] == "done", job
+    assert failures == []
+    first_new = []
+    for number, seen in enumerate(answers):
+        kinds = [answer for _, answer in seen]
+        assert "mixed" not in kinds, f"replica {number} mixed models in one answer"
+        assert kinds == sorted(kinds, key=lambda a: a == "new"), f"replica {number} went back"
+        assert kinds[0] == "old" and kinds[-1] == "new", f"replica {number}: {kinds[:3]}..."
+        first_new.append(next(t for t, answer in seen if answer == "new"))
+    assert max(first_new) - min(first_new) < 1.0, first_new
+
+
+def test_collections_made_and_deleted_on_one_replica_are_seen_by_the_other(
+    replica_set: ReplicaSet,
+) -> None:
+    a, b = replica_set.start(2)
+    with a.client() as on_a, b.client() as on_b:
+        on_a.create_collection("shop", "xmr-test-tiny", pretrained="")
+        assert "shop" in [c["name"] for c in on_b.collections()]
+        shop_b = XmrClient(b.url, collection="shop")
+        shop_a = XmrClient(a.url, collection="shop")
+        try:
+            shop_b.index_texts([{"id": "s1", "text": "a red shoe", "metadata": {"n": 1}}])
+            assert found_by_filter(shop_a, 1) == ["s1"]
+            on_b.delete_collection("shop")
+            with pytest.raises(XmrError) as gone:
+                shop_a.get_item("s1")
+            assert gone.value.status == 404
+            on_a.create_collection("shop", "xmr-test-tiny", pretrained="")  # made again: empty
+            assert found_by_filter(shop_b, 1) == []
+        finally:
+            shop_a.close()
+            shop_b.close()
+
+
+def test_writes_on_another_replica_during_a_switch_are_kept_or_refused_never_lost(
+    replica_set: ReplicaSet,
+) -> None:
+    # the default collection and docs load the tiny model at two precisions: room for a third
+    replica_set.settings.update(XMR_ENCODE_BATCH_SIZE="8", XMR_MAX_MODELS="3")
+    a, b = replica_set.start(2)
+    with httpx.Client(base_url=a.url, timeout=60) as http:
+        make_docs(http, items=200)
+    acknowledged: list[str] = []
+    statuses: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def write_throughout() -> None:
+        with XmrClient(b.url, collection="docs") as docs:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    docs.index_texts(
+                        [{"id": f"w{n}", "text": f"written {n}", "metadata": {"n": n}}]
+                    )
+                    acknowledged.append(f"w{n}")
+                    statuses[201] += 1
+                except XmrError as e:
+                    statuses[e.status] += 1
+                time.sleep(0.02)  # a steady writer, slower than the re-embedding
+
+    writer = threading.Thread(target=write_throughout)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        with a.client() as client:
+            job = client.wait_for_job(client.reindex_collection("docs", SHAPES), timeout_s=300)
+        time.sleep(1)
+    finally:
+        stop.set()
+        writer.join(60)
+    assert job["status"] == "done", job
+    assert set(statuses) <= {201, 503}, statuses
+    with XmrClient(a.url, collection="docs") as docs:
+        assert docs.collection("docs")["model"] == SHAPES
+        for item_id in acknowledged:
+            n = int(item_id[1:])
+            assert found_by_filter(docs, n) == [item_id], f"{item_id} lost in the switch"

@@ -190,3 +190,20 @@ def test_a_blob_path_cannot_escape_the_store(blobs: BlobStore) -> None:
 def test_an_unknown_blob_store_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown blob store 's3'.*local"):
         open_blobs(tmp_path, "s3")
+
+
+def test_a_retired_store_refuses_writes_until_it_is_taken_back(records: Records) -> None:
+    from index import GenerationRetiredError
+
+    first = records.items.upsert([text("a", 0, metadata={"k": 1})], "m/1")
+    records.items.retire()
+    with pytest.raises(GenerationRetiredError):
+        records.items.upsert([text("b", 1)], "m/1")
+    with pytest.raises(GenerationRetiredError):
+        records.items.delete("a")
+    label = first.added["text"][0][0]
+    with pytest.raises(GenerationRetiredError):
+        records.items.merge_tags({label: {"tag": "x"}}, 10_000)
+    assert records.log.current_seq() == first.seq  # nothing was written
+    records.items.unretire()
+    assert records.items.upsert([text("b", 1)], "m/1").seq == first.seq + 1
