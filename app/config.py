@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.services.encoding import EncodingLimits
 from index import DEFAULT_MAX_METADATA_BYTES, IndexOptions
 from models.options import LoadOptions
+from models.threads import available_cores
 
 
 class Settings(BaseSettings):
@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         1024, ge=1, description="items waiting per encoder before requests get 429"
     )
     decode_workers: int = Field(
-        default_factory=lambda: min(8, os.cpu_count() or 1),
+        default_factory=lambda: min(8, available_cores()),
         ge=1,
         le=64,
         description="threads that decode and preprocess images beside the inference thread",

@@ -10,7 +10,8 @@
 3. Text search through HAProxy (Debian's) in front of one, two and three `python -m app`
    replicas on that PostgreSQL (`--queries` queries at concurrency `--concurrency`, k=10, over
    `--items` texts written first), and one replica on SQLite without a balancer as the
-   baseline. On a machine with fewer cores than replicas the replicas share them: the ratio
+   baseline. Each replica is pinned (taskset) to its share of the cores, as on machines of its
+   own; with more replicas than cores, two share one. On a machine with few cores the ratio
    says what another replica costs or gives here, not how it scales on machines of their own.
 """
 
@@ -33,7 +34,7 @@ from bench.report import benchmark_parser, emit
 from bench.run import query, search_load
 from index import IndexOptions, NewItem
 from index.store import ItemStore
-from tests.cluster.conftest import HAProxy, Replica, ReplicaSet, haproxy_path
+from tests.cluster.conftest import HAProxy, ReplicaSet, haproxy_path
 from tests.postgres import running_cluster, why_unavailable
 from xmr.client import XmrClient
 
@@ -62,7 +63,8 @@ def writes_per_s(store: ItemStore, total: int, batch: int, seed: int) -> float:
 def store_figures(root: Path, database_url: str, items: int) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for name, url in (("sqlite", None), ("postgresql", database_url)):
-        store = ItemStore(root / f"store-{name}", "bench/1", DIM, IndexOptions(database_url=url))
+        options = IndexOptions(database_url=url)  # a namespace apart from the replicas' default
+        store = ItemStore(root / f"store-{name}", "bench/1", DIM, options, "bench-store")
         try:
             figures[name] = {
                 "writes_per_s_batch_1": round(writes_per_s(store, 500, 1, 1), 1),
@@ -119,26 +121,32 @@ def replica_figures(root: Path, database_url: str, args: Any, haproxy: str) -> d
         )
     finally:
         alone.stop()
-    shared = ReplicaSet(root / "pg", database_url, **settings)
-    replicas: list[Replica] = []
-    try:
-        for count in (1, 2, 3):
-            replicas += shared.start(count - len(replicas))
+    cores = [str(core) for core in sorted(os.sched_getaffinity(0))]
+    for count in (1, 2, 3):
+        # each replica on its share of the cores, as replicas on machines of their own would not
+        # compete for theirs (more replicas than cores share one)
+        shared = ReplicaSet(root / f"pg-{count}", database_url, **settings)
+        pinned = [
+            ",".join(cores[n::count]) if count <= len(cores) else cores[n % len(cores)]
+            for n in range(count)
+        ]
+        try:
+            replicas = shared.start(count, pinned)
             if count == 1:
                 with replicas[0].client() as client:
                     fill(client, args.items)
                 figures["postgresql_one_replica_direct"] = asyncio.run(
                     search_load(replicas[0].url, PATH, args.queries, args.concurrency, TEXTS)
                 )
-            balancer = HAProxy(haproxy, root / "pg", replicas)
+            balancer = HAProxy(haproxy, root / f"pg-{count}", replicas)
             try:
                 figures[f"haproxy_{count}_replicas"] = asyncio.run(
                     search_load(balancer.url, PATH, args.queries, args.concurrency, TEXTS)
                 )
             finally:
                 balancer.stop()
-    finally:
-        shared.stop()
+        finally:
+            shared.stop()
     base = figures["haproxy_1_replicas"]["qps"]
     figures["qps_ratio_vs_one_replica"] = {
         count: round(figures[f"haproxy_{count}_replicas"]["qps"] / base, 2) for count in (2, 3)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from models import use_threads
+from models.threads import available_cores
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def inference_pool(threads: int | None = None) -> ThreadPoolExecutor:
         max_workers=1,
         thread_name_prefix="xmr-infer",
         initializer=_inference_thread_setup,
-        initargs=(threads or os.cpu_count() or 1,),
+        initargs=(threads or available_cores(),),
     )
 
 

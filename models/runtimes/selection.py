@@ -4,7 +4,6 @@ vectors equal PyTorch fp32's on the probes (models/runtimes/verify.py), else PyT
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from models.memory import page_out_mappings
 from models.options import LoadOptions
 from models.runtimes.export import Export, onnx_graphs
 from models.runtimes.verify import MIN_COSINE, Probes
+from models.threads import available_cores
 from models.towers import TorchTowers, Towers, image_side
 from models.transforms import SplitTransform
 
@@ -188,7 +188,7 @@ def open_exported(
     threads: int | None = None,
 ) -> Towers:
     """The exported towers in the runtime `name` (each runtime's library loads here)."""
-    threads = threads or os.cpu_count() or 1  # the inference thread's, whichever thread loads
+    threads = threads or available_cores()  # the inference thread's, whichever thread loads
     if name == "onnxruntime":
         from models.runtimes.onnx_runtime import OnnxRuntimeTowers
 

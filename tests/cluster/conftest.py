@@ -41,12 +41,17 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(env["XMR_DATA_DIR"]).parent / f"{name}.log"
+        self.prefix: list[str] = []  # e.g. taskset -c 1: the cores it may use
 
     def start(self) -> None:
         Path(self.env["XMR_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app"], cwd=REPO, env=self.env, stdout=log, stderr=log
+                [*self.prefix, sys.executable, "-m", "app"],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
@@ -106,9 +111,12 @@ class ReplicaSet:
         self.replicas.append(replica)
         return replica
 
-    def start(self, count: int) -> list[Replica]:
-        """`count` more replicas, started together and ready."""
+    def start(self, count: int, cores: list[str] | None = None) -> list[Replica]:
+        """`count` more replicas, started together and ready; `cores[i]`, if given, is the
+        taskset core list the i-th may use."""
         started = [self.add() for _ in range(count)]
+        for replica, allowed in zip(started, cores or [], strict=False):
+            replica.prefix = ["taskset", "-c", allowed]
         for replica in started:
             replica.start()
         for replica in started:
@@ -200,11 +208,15 @@ def replica_set(tmp_path: Path, postgres: ThrowawayPostgres) -> Iterator[Replica
         replicas.stop()
 
 
+def haproxy_path() -> str | None:
+    """Debian installs HAProxy under /usr/sbin, which a user's PATH may lack."""
+    sbin = Path("/usr/sbin/haproxy")
+    return shutil.which("haproxy") or (str(sbin) if sbin.exists() else None)
+
+
 @pytest.fixture
 def haproxy_binary() -> str:
-    binary = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
-    )
+    binary = haproxy_path()
     if binary is None:
         pytest.skip("HAProxy is not installed (apt-get install haproxy; `make test` does)")
     return binary
