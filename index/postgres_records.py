@@ -226,40 +226,35 @@ class PostgresRecordStore:
         now = time.time()
         with self._db.transaction() as conn:
             result = WriteResult(seq=self._next_seq(conn))
-            for write in writes:
-                item, blob = write.item, write.blob
-                existing_created_at = self._remove_existing(conn, item.id, result)
-                row = conn.execute(
-                    self._db.q(
-                        "INSERT INTO {s}.items (id, kind, metadata, text, content_path, "
-                        "content_type, content_sha256, model, vector, seq, created_at, "
-                        "updated_at, keywords) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                        "%s, %s, to_tsvector('simple', unaccent(%s))) RETURNING label"
-                    ),
-                    (
-                        item.id,
-                        item.kind,
-                        None if item.metadata is None else Jsonb(item.metadata),
-                        item.text,
-                        None if blob is None else blob.path,
-                        item.content_type,
-                        None if blob is None else blob.sha256,
-                        model_id,
-                        np.ascontiguousarray(write.vector, dtype=np.float32).tobytes(),
-                        result.seq,
-                        item.created_at or existing_created_at or now,
-                        now,
-                        keyword_body(item.text, item.metadata),
-                    ),
-                ).fetchone()
-                result.added[item.kind].append((_one(row), write.vector))
+            created = self._remove_existing(conn, [write.item.id for write in writes], result)
+            rows = [_item_row(write, model_id, result.seq, created, now) for write in writes]
+            labels = self._insert_items(conn, rows)
+            for write, label in zip(writes, labels, strict=True):
+                result.added[write.item.kind].append((label, write.vector))
             self._collect_released_blobs(conn, result)
         return result
+
+    def _insert_items(
+        self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]
+    ) -> list[int]:
+        """Insert item rows; their labels. A batch goes in one pipelined round trip (one row
+        alone is faster without the pipeline)."""
+        insert = self._db.q(_INSERT_ITEM)
+        if len(rows) == 1:
+            return [_one(conn.execute(insert, rows[0]).fetchone())]
+        labels = []
+        with conn.cursor() as cursor:
+            cursor.executemany(insert, rows, returning=True)
+            while True:
+                labels.append(_one(cursor.fetchone()))
+                if not cursor.nextset():
+                    break
+        return labels
 
     def delete(self, item_id: str) -> WriteResult:
         with self._db.transaction() as conn:
             result = WriteResult(seq=self._next_seq(conn))
-            if self._remove_existing(conn, item_id, result) is None:
+            if not self._remove_existing(conn, [item_id], result):
                 raise ItemNotFoundError(item_id)
             self._collect_released_blobs(conn, result)
         return result
@@ -295,26 +290,32 @@ class PostgresRecordStore:
             raise GenerationRetiredError("this generation was retired by a switch of model")
 
     def _remove_existing(
-        self, conn: psycopg.Connection[Any], item_id: str, result: WriteResult
-    ) -> float | None:
-        row = conn.execute(
+        self, conn: psycopg.Connection[Any], item_ids: list[str], result: WriteResult
+    ) -> dict[str, float]:
+        """Delete the stored items among `item_ids`, leaving tombstones; their creation times."""
+        rows = conn.execute(
             self._db.q(
-                "DELETE FROM {s}.items WHERE id = %s "
-                "RETURNING label, kind, created_at, content_sha256, content_path"
+                "DELETE FROM {s}.items WHERE id = ANY(%s) "
+                "RETURNING label, kind, created_at, content_sha256, content_path, id"
             ),
-            (item_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        label, kind, created_at, sha, path = row
+            (item_ids,),
+        ).fetchall()
+        if not rows:
+            return {}
         conn.execute(
-            self._db.q("INSERT INTO {s}.tombstones (label, kind, seq) VALUES (%s, %s, %s)"),
-            (label, kind, result.seq),
+            self._db.q(
+                "INSERT INTO {s}.tombstones (label, kind, seq) "
+                "SELECT label, kind, %s FROM unnest(%s::bigint[], %s::text[]) AS t(label, kind)"
+            ),
+            (result.seq, [int(row[0]) for row in rows], [row[1] for row in rows]),
         )
-        result.removed[kind].append(int(label))
-        if sha:
-            result.released_blobs.append(StoredBlob(sha, path))
-        return float(created_at)
+        created: dict[str, float] = {}
+        for label, kind, created_at, sha, path, item_id in rows:
+            result.removed[kind].append(int(label))
+            if sha:
+                result.released_blobs.append(StoredBlob(sha, path))
+            created[item_id] = float(created_at)
+        return created
 
     def _collect_released_blobs(self, conn: psycopg.Connection[Any], result: WriteResult) -> None:
         shas = [blob.sha256 for blob in result.released_blobs]
@@ -566,6 +567,35 @@ def where_sql(where: MetadataFilter | None) -> tuple[str, list[Any]]:
             )
             params += [path, path, condition.value]
     return " AND ".join(clauses) or "true", params
+
+
+_INSERT_ITEM = (
+    "INSERT INTO {s}.items (id, kind, metadata, text, content_path, content_type, "
+    "content_sha256, model, vector, seq, created_at, updated_at, keywords) VALUES (%s, %s, %s, "
+    "%s, %s, %s, %s, %s, %s, %s, %s, %s, to_tsvector('simple', unaccent(%s))) RETURNING label"
+)
+
+
+def _item_row(
+    write: RecordWrite, model_id: str, seq: int, created: dict[str, float], now: float
+) -> tuple[Any, ...]:
+    """The values of one item's row: a replaced item keeps its creation time."""
+    item, blob = write.item, write.blob
+    return (
+        item.id,
+        item.kind,
+        None if item.metadata is None else Jsonb(item.metadata),
+        item.text,
+        None if blob is None else blob.path,
+        item.content_type,
+        None if blob is None else blob.sha256,
+        model_id,
+        np.ascontiguousarray(write.vector, dtype=np.float32).tobytes(),
+        seq,
+        item.created_at or created.get(item.id) or now,
+        now,
+        keyword_body(item.text, item.metadata),
+    )
 
 
 def _one(row: tuple[Any, ...] | None) -> int:

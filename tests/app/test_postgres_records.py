@@ -51,6 +51,11 @@ def test_writes_searches_and_jobs_live_in_postgresql(
     assert [h["id"] for h in client.get("/v1/search/text", params=keyword).json()["results"]] == [
         "inv"
     ]
+    # hybrid fusion on PostgreSQL's ranking (ts_rank_cd): the item with the words leads
+    hybrid = {"q": "invoice paid", "target": "texts", "k": 3, "mode": "hybrid", "alpha": 0.3}
+    fused = client.get("/v1/search/text", params=hybrid).json()["results"]
+    assert fused[0]["id"] == "inv" and fused[0]["keyword_score"] > 0
+    assert all(h["vector_score"] is not None for h in fused)
     recent = {"q": "animal", "target": "texts", "k": 3, "filter": '{"year": {"gte": 2020}}'}
     found = {h["id"] for h in client.get("/v1/search/text", params=recent).json()["results"]}
     assert found == {"inv", "dog"}
