@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from index.layout import CollectionState
-from index.postgres_records import connection_pool, create_schema, database_error
+from index.postgres_records import database_error, open_schema_pool
 
 SCHEMA = "xmr_catalog"
 _TABLES = """
@@ -32,13 +32,7 @@ class PostgresCatalog:
 
     def __init__(self, url: str) -> None:
         self._s = sql.Identifier(SCHEMA)
-        self._pool = connection_pool(url)
-        try:
-            self._pool.open(wait=True, timeout=30)
-            create_schema(self._pool, self._s, _TABLES)
-        except Exception:
-            self._pool.close()
-            raise
+        self._pool = open_schema_pool(url, self._s, _TABLES)
 
     def names(self) -> list[str]:
         return [row[0] for row in self._rows("SELECT name FROM {s}.collections ORDER BY name")]

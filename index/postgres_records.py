@@ -107,6 +107,20 @@ def connection_pool(url: str, **kwargs: Any) -> ConnectionPool:
     )
 
 
+def open_schema_pool(
+    url: str, schema: sql.Identifier, tables: str, extensions: Sequence[str] = (), **kwargs: Any
+) -> ConnectionPool:
+    """An open pool (see connection_pool) over a database holding `schema` and its `tables`."""
+    pool = connection_pool(url, **kwargs)
+    try:
+        pool.open(wait=True, timeout=30)
+        create_schema(pool, schema, tables, extensions)
+    except Exception:
+        pool.close()
+        raise
+    return pool
+
+
 def database_error(error: psycopg.OperationalError, doing: str) -> StorageError:
     """A database error as the domain's: a full disk is a StorageError, anything else that
     breaks the connection (the server down or restarting) a DatabaseUnavailableError."""
@@ -145,13 +159,7 @@ class PostgresDatabase:
 
     def __init__(self, url: str, namespace: str) -> None:
         self.schema = sql.Identifier(schema_name(namespace))
-        self.pool = connection_pool(url)
-        try:
-            self.pool.open(wait=True, timeout=30)
-            create_schema(self.pool, self.schema, _TABLES, extensions=("unaccent",))
-        except Exception:
-            self.pool.close()
-            raise
+        self.pool = open_schema_pool(url, self.schema, _TABLES, extensions=("unaccent",))
 
     def q(self, text: str) -> sql.Composed:
         """`text` with `{s}` naming this store's schema."""

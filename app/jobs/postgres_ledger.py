@@ -27,7 +27,7 @@ from app.jobs.ledger import (
     job_item_of,
     job_view_of,
 )
-from index.postgres_records import connection_pool, create_schema, database_error
+from index.postgres_records import database_error, open_schema_pool
 
 SCHEMA = "xmr_jobs"
 _TABLES = """
@@ -85,14 +85,8 @@ class PostgresJobLedger(JobWaits):
 
     def __init__(self, url: str) -> None:
         self._s = sql.Identifier(SCHEMA)
-        self._pool = connection_pool(url, row_factory=dict_row)
         super().__init__()
-        try:
-            self._pool.open(wait=True, timeout=30)
-            create_schema(self._pool, self._s, _TABLES)
-        except Exception:
-            self._pool.close()
-            raise
+        self._pool = open_schema_pool(url, self._s, _TABLES, row_factory=dict_row)
 
     def close(self) -> None:
         self._pool.close()
