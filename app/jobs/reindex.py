@@ -146,6 +146,9 @@ class Reindexer:
     async def _run(self, collection: Collection, job_id: str) -> None:
         store_pool = collection.pools.store
         await run_in(store_pool, self._job_store.set_status, job_id, "running")
+        # a switch cut short (a crash after the fence, before the commit) left the serving
+        # generation refusing writes: it serves on until this run switches
+        await run_in(store_pool, collection.store.records.unretire)
         new_store: ItemStore | None = None
         try:
             model = await self._acquire(collection, job_id)

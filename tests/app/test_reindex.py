@@ -252,3 +252,25 @@ def test_default_follows_settings_without_re_embedding_the_same_weights(
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
         assert client.get("/v1/info").json()["texts"] == 2000
     assert not list(settings.data_dir.glob("gen-*"))
+
+
+def test_a_switch_cut_short_after_its_fence_takes_writes_again_when_resumed(
+    settings: Settings, tiny_encoder: OpenClipEncoder
+) -> None:
+    """A crash between the switch's fence and its commit leaves the serving generation retired;
+    the re-embedding, run again, lifts that first: writes go on while it runs."""
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as http:
+        make_docs(http)
+        docs = http.app.state.services.collections.get("docs")  # type: ignore[attr-defined]
+        docs.store.records.retire()  # as the fence of a switch that never committed left it
+        note = {"items": [{"id": "note", "text": "a note"}]}
+        assert http.post("/v1/collections/docs/texts", json=note).status_code == 503
+        job_id = http.post(
+            "/v1/collections/docs/reindex", json={"model": SHAPES, "precision": "fp32"}
+        ).json()["job_id"]
+        while (job := http.get(f"/v1/jobs/{job_id}").json())["done"] < 8:
+            time.sleep(0.005)
+        assert job["status"] == "running"
+        assert http.post("/v1/collections/docs/texts", json=note).status_code == 201
+        assert wait_for_job(http, job_id)["status"] == "done"
+        assert http.get("/v1/collections/docs/items/note").status_code == 200
