@@ -69,6 +69,9 @@ class VectorBackend(Protocol):
 
     name: str
     keeps_snapshots: bool  # the store saves this backend's indexes beside the records
+    # one store every process sharing the records searches (a Milvus server): each write is
+    # applied to it once, by the process that committed it, and nobody replays the others'
+    shares_vectors: bool
     options: IndexOptions
 
     def open(self, kind: Kind, log: VectorLog, up_to_seq: int) -> tuple[VectorIndex, int]:

@@ -24,6 +24,7 @@ class FaissBackend:
 
     name = "faiss"
     keeps_snapshots = True
+    shares_vectors = False
 
     def __init__(self, snapshot_dir: Path, model_id: str, dim: int, options: IndexOptions):
         self.snapshot_dir = snapshot_dir

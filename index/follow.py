@@ -6,6 +6,11 @@ search (one indexed query for the log's sequence, so a write acknowledged anywhe
 the next search everywhere) and once a second between searches, so an idle replica does not
 fall behind. A replay covers exactly the sequences after the one the indexes reflect, up to the
 one read, so nothing is applied twice and nothing is skipped.
+
+A vector store shared by every process (a Milvus server) is not replayed: each process applies
+its own writes to it. Those can land out of the log's order: a record written here and deleted
+by another process at once may have its vector added after the other's removal. So after
+adding, the writer removes again whatever of it the log says was deleted since its commit.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ FOLLOW_INTERVAL_S = 1.0
 
 class LogFollower:
     """Applies writes to the serving indexes in sequence order; `shared` replays other
-    processes' writes too. `on_change(kind)` runs, write lock held, for each kind that changed
-    (a rebuild may be due)."""
+    processes' writes too; `shared_store` (a store every process writes to) makes each write
+    undo what was deleted of it meanwhile. `on_change(kind)` runs, write lock held, for each
+    kind that changed (a rebuild may be due)."""
 
     def __init__(
         self,
@@ -35,11 +41,13 @@ class LogFollower:
         dim: int,
         shared: bool,
         on_change: Callable[[Kind], None],
+        shared_store: bool = False,
     ) -> None:
         self._serving = serving
         self._log = log
         self._dim = dim
         self.shared = shared
+        self.shared_store = shared_store
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,8 +64,21 @@ class LogFollower:
             serving.applied_seq = max(serving.applied_seq, result.seq)
         else:
             changed = self._replay_to(result.seq)
+        if self.shared_store:
+            self._remove_deleted_since(result)
         for kind in changed:
             self._on_change(kind)
+
+    def _remove_deleted_since(self, result: WriteResult) -> None:
+        """Remove the vectors this write added whose records were deleted after its commit
+        (their removal may have reached the shared store before this write's add)."""
+        for kind in KINDS:
+            if not result.added[kind]:
+                continue
+            added = {label for label, _ in result.added[kind]}
+            deleted = [x for x in self._log.tombstones_after(kind, result.seq) if x in added]
+            if deleted:
+                self._serving[kind].remove(deleted)
 
     def catch_up(self) -> None:
         """Replay what other processes wrote, up to the log's current sequence."""

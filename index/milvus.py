@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,9 @@ class MilvusVectorIndex:
 
     spec = MILVUS_SPEC
     deleted_fraction = 0.0
+    # a search waits for every write acknowledged before it (another replica's too); "Bounded"
+    # would answer from a view up to a few seconds old (BENCHMARKS.md measures the cost)
+    consistency = "Strong"
 
     def __init__(self, client: Any, name: str, d: int, exact: bool = True) -> None:
         self.d = d
@@ -107,7 +109,7 @@ class MilvusVectorIndex:
         with self._lock:
             for start in range(0, len(ids), _IN_CHUNK):
                 result = self._client.delete(self._name, ids=ids[start : start + _IN_CHUNK])
-                removed += int(result.get("delete_count", 0)) if isinstance(result, dict) else 0
+                removed += _deleted_count(result)
         return removed
 
     def search(
@@ -131,11 +133,12 @@ class MilvusVectorIndex:
             filter=where,
             output_fields=[],
             search_params={"metric_type": "IP"},
+            consistency_level=self.consistency,
         )
         for row, hits in enumerate(results):
             for column, hit in enumerate(hits):
                 scores[row, column] = float(hit["distance"])
-                found[row, column] = int(hit["label"])  # the primary key, by its name
+                found[row, column] = _hit_label(hit)
         return scores, found
 
     def labels(self) -> np.ndarray:
@@ -147,26 +150,6 @@ class MilvusVectorIndex:
             labels += [int(r["label"]) for r in rows]
         iterator.close()
         return np.array(labels, dtype=np.int64)
-
-    def reconcile_with(
-        self, live: np.ndarray, vectors: Iterable[tuple[np.ndarray, np.ndarray]]
-    ) -> int:
-        """Make the collection hold exactly the `live` labels; `vectors` yields the records'.
-
-        Returns how many labels were added or removed.
-        """
-        stored = self.labels()
-        stale = stored[~np.isin(stored, live)]
-        missing = set(live[~np.isin(live, stored)].tolist())
-        self.remove(stale)
-        added = 0
-        if missing:
-            for labels, xb in vectors:
-                keep = np.isin(labels, list(missing))
-                if keep.any():
-                    self.add(labels[keep], xb[keep])
-                    added += int(keep.sum())
-        return int(stale.size) + added
 
     def drop(self) -> None:
         """Delete the Milvus collection with its vectors (its xmr collection is being removed)."""
@@ -180,6 +163,21 @@ class MilvusVectorIndex:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _hit_label(hit: Any) -> int:
+    """A hit's primary key: under its field's name from Milvus 2.4 on, under `id` from 2.3."""
+    label = hit.get("label")
+    return int(hit["id"] if label is None else label)
+
+
+def _deleted_count(result: Any) -> int:
+    """How many rows a delete removed: a count from Milvus 2.4 on, the list of keys from 2.3."""
+    if isinstance(result, dict):
+        return int(result.get("delete_count", 0))
+    if isinstance(result, list):
+        return len(result)
+    return int(getattr(result, "delete_count", 0))
 
 
 def _collection_dim(description: dict[str, Any]) -> int:

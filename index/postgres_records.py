@@ -158,7 +158,8 @@ class PostgresDatabase:
     """A connection pool and the schema of one store."""
 
     def __init__(self, url: str, namespace: str) -> None:
-        self.schema = sql.Identifier(schema_name(namespace))
+        self.name = schema_name(namespace)
+        self.schema = sql.Identifier(self.name)
         self.pool = open_schema_pool(url, self.schema, _TABLES, extensions=("unaccent",))
 
     def q(self, text: str) -> sql.Composed:
@@ -440,6 +441,16 @@ class PostgresVectorLog:
 
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
+
+    @contextmanager
+    def exclusively(self) -> Iterator[None]:
+        """A transaction-scoped advisory lock on this store: released at the end, or when the
+        connection of a process that died goes."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SCHEMA_LOCK, self._db.name)
+            )
+            yield
 
     def current_seq(self) -> int:
         return int(self._db.rows("SELECT value::bigint FROM {s}.meta WHERE key = 'seq'")[0][0])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,6 +128,11 @@ class VectorLog(Protocol):
     def prune_tombstones(self, up_to_seq: int) -> None:
         """Forget deletions that every saved index already reflects (a log shared by several
         processes keeps them a while longer, for the processes that have not caught up)."""
+        ...
+
+    def exclusively(self) -> AbstractContextManager[None]:
+        """Held by one process at a time among those sharing this log (the start-up
+        reconciliation of a vector store they share); a log of one process needs no lock."""
         ...
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,9 @@ class SqliteVectorLog:
 
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
+
+    def exclusively(self) -> AbstractContextManager[None]:
+        return nullcontext()  # one process has the file
 
     def current_seq(self) -> int:
         rows = self._db.rows("SELECT value FROM meta WHERE key = 'seq'")

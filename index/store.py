@@ -82,14 +82,17 @@ class ItemStore:
             data_dir / "blobs" if blob_dir is None else blob_dir / store_key(namespace)
         )
         self._rebuilder = Rebuilder(self._serving, self._backend, self.log, dim)
-        # with FAISS each process keeps indexes of its own, which follow the others' writes;
-        # a shared vector store (Milvus) is written by the writer of each record only
+        # with FAISS (or a Milvus Lite file) each process keeps indexes of its own, which follow
+        # the others' writes; a shared vector store (a Milvus server) is written by the writer
+        # of each record only
+        shares_vectors = self._backend.shares_vectors
         self._follower = LogFollower(
             self._serving,
             self.log,
             dim,
-            shared=self.shared and self._backend.keeps_snapshots,
+            shared=self.shared and not shares_vectors,
             on_change=self._rebuilder.maybe_start,
+            shared_store=self.shared and shares_vectors,
         )
         self._snapshots = Snapshots(
             data_dir / "index",

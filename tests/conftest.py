@@ -178,6 +178,30 @@ def with_backend(settings: Settings, backend: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
+def milvus_lite_server() -> Iterator[str]:
+    """Milvus Lite's gRPC server, shared by the session's tests (tests/milvus_servers.py)."""
+    from tests.milvus_servers import lite_server, why_no_lite_server
+
+    reason = why_no_lite_server()
+    if reason is not None:
+        pytest.skip(reason)
+    with lite_server() as server:
+        yield server.uri
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone() -> Iterator[str]:
+    """The Milvus 2.3 standalone server, shared by the session's tests."""
+    from tests.milvus_servers import standalone_server, why_no_standalone
+
+    reason = why_no_standalone()
+    if reason is not None:
+        pytest.skip(reason)
+    with standalone_server() as server:
+        yield server.uri
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the session (tests/postgres.py); skips, saying why,
     where none can run."""

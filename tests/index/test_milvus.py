@@ -1,19 +1,26 @@
-"""The Milvus backend (Milvus Lite): same contract as FAISS, reconciled with the records."""
+"""The Milvus backend on every Milvus it is used with: a Milvus Lite file, Milvus Lite's gRPC
+server, and the Milvus 2.3 standalone server (tests/milvus_servers.py). Same contract as FAISS,
+reconciled with the records; on a server, shared by several stores as replicas share it."""
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from index import IndexOptions, ModelMismatchError, NewItem
+from index.milvus_backend import reconcile
 from index.store import ItemStore
 from tests.conftest import _milvus_available
 
 pytestmark = pytest.mark.skipif(not _milvus_available(), reason="pymilvus/milvus-lite missing")
 DIM = 8
-MILVUS = IndexOptions(backend="milvus")
+DEPLOYMENTS = ["lite-file", "lite-server", "standalone-2.3"]
 
 
 def rows(n: int, seed: int = 0) -> np.ndarray:
@@ -25,51 +32,209 @@ def texts(vectors: np.ndarray, start: int = 0) -> list[NewItem]:
     return [NewItem(f"t{start + i}", "text", v, text="x") for i, v in enumerate(vectors)]
 
 
-def test_exact_cosine_ranking_like_faiss(tmp_path: Path) -> None:
+@pytest.fixture(params=DEPLOYMENTS)
+def milvus_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "lite-file":
+        return str(tmp_path / "milvus.db")
+    if request.param == "lite-server":
+        return str(request.getfixturevalue("milvus_lite_server"))
+    return str(request.getfixturevalue("milvus_standalone"))
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A collection name of the test's own: servers are shared by the session's tests."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def open_store(folder: Path, uri: str, namespace: str, model: str = "m/1", **options: object):
+    return ItemStore(
+        folder, model, DIM, IndexOptions(backend="milvus", milvus_uri=uri, **options), namespace
+    )
+
+
+def test_exact_cosine_ranking_like_faiss(tmp_path: Path, milvus_uri: str, namespace: str) -> None:
     xb = rows(200)
-    milvus = ItemStore(tmp_path / "m", "m/1", DIM, MILVUS)
+    milvus = open_store(tmp_path / "m", milvus_uri, namespace)
     faiss = ItemStore(tmp_path / "f", "m/1", DIM)
-    for store in (milvus, faiss):
-        store.upsert(texts(xb))
-    xq = rows(5, seed=1)
-    for a, b in zip(
-        milvus.searches.vector("text", xq, 10), faiss.searches.vector("text", xq, 10), strict=True
-    ):
-        assert len(a) == 10 and [h.record.id for h in a] == [h.record.id for h in b]
-        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
-    assert milvus.index_info()["text"].spec == "milvus"
-    milvus.close()
-    faiss.close()
+    try:
+        for store in (milvus, faiss):
+            store.upsert(texts(xb))
+        xq = rows(5, seed=1)
+        for a, b in zip(
+            milvus.searches.vector("text", xq, 10),
+            faiss.searches.vector("text", xq, 10),
+            strict=True,
+        ):
+            assert len(a) == 10 and [h.record.id for h in a] == [h.record.id for h in b]
+            np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+        assert milvus.index_info()["text"].spec == "milvus"
+    finally:
+        milvus.destroy()
+        faiss.close()
 
 
-def test_start_up_brings_the_collection_in_line_with_the_records(tmp_path: Path) -> None:
+def test_removes_count_what_they_removed(tmp_path: Path, milvus_uri: str, namespace: str) -> None:
+    store = open_store(tmp_path / "m", milvus_uri, namespace)
+    try:
+        store.upsert(texts(rows(5)))
+        index = store._serving["text"]
+        labels = sorted(index.labels().tolist())
+        assert index.remove(labels[:2]) == 2
+        assert len(index) == 3 and store.counts()["text"] == 3
+        store.delete("t4")
+        assert len(index) == 2
+    finally:
+        store.destroy()
+
+
+def test_start_up_brings_the_collection_in_line_with_the_records(
+    tmp_path: Path, milvus_uri: str, namespace: str
+) -> None:
     xb = rows(50)
-    store = ItemStore(tmp_path / "d", "m/1", DIM, MILVUS)
+    store = open_store(tmp_path / "d", milvus_uri, namespace)
     store.upsert(texts(xb))
     milvus = store._serving["text"]
-    # what a crash between the SQLite commit and the Milvus write leaves: a vector missing in
+    # what a crash between the records' commit and the Milvus write leaves: a vector missing in
     # Milvus, and one whose record was deleted still there
     milvus.remove([store.get("t7").label])
     store.close()
-    store = ItemStore(tmp_path / "d", "m/1", DIM, MILVUS)
+    store = open_store(tmp_path / "d", milvus_uri, namespace)
     store.delete("t9")
     stale = store.get("t8").label
     store.records.delete("t8")  # the record goes, the vector stays (the crash)
     store.close()
-    reopened = ItemStore(tmp_path / "d", "m/1", DIM, MILVUS)
-    assert reopened.counts()["text"] == 48
-    assert reopened.searches.vector("text", xb[7:8], 1)[0][0].record.id == "t7"
-    assert stale not in reopened._serving["text"].labels()
-    reopened.close()
+    reopened = open_store(tmp_path / "d", milvus_uri, namespace)
+    try:
+        assert reopened.counts()["text"] == 48
+        assert reopened.searches.vector("text", xb[7:8], 1)[0][0].record.id == "t7"
+        assert stale not in reopened._serving["text"].labels()
+    finally:
+        reopened.destroy()
 
 
-def test_each_model_has_its_own_collections(tmp_path: Path) -> None:
-    uri = str(tmp_path / "shared.db")
-    first = ItemStore(tmp_path / "a", "m/1", DIM, IndexOptions(backend="milvus", milvus_uri=uri))
+def test_each_model_has_its_own_collections(
+    tmp_path: Path, milvus_uri: str, namespace: str
+) -> None:
+    first = open_store(tmp_path / "a", milvus_uri, namespace)
     first.upsert(texts(rows(10)))
     first.close()
-    other = ItemStore(tmp_path / "b", "m/2", DIM, IndexOptions(backend="milvus", milvus_uri=uri))
-    assert other.counts()["text"] == 0
-    other.close()
-    with pytest.raises(ModelMismatchError):
-        ItemStore(tmp_path / "c", "m/1", DIM * 2, IndexOptions(backend="milvus", milvus_uri=uri))
+    other = open_store(tmp_path / "b", milvus_uri, namespace, model="m/2")
+    try:
+        assert other.counts()["text"] == 0
+        with pytest.raises(ModelMismatchError):
+            ItemStore(
+                tmp_path / "c",
+                "m/1",
+                DIM * 2,
+                IndexOptions(backend="milvus", milvus_uri=milvus_uri),
+                namespace,
+            )
+    finally:
+        other.destroy()
+        open_store(tmp_path / "a", milvus_uri, namespace).destroy()
+
+
+# -- one Milvus server shared by replicas (their records in one PostgreSQL) ------------------
+
+
+@pytest.fixture(params=["lite-server", "standalone-2.3"])
+def shared_uri(request: pytest.FixtureRequest) -> str:
+    fixture = "milvus_lite_server" if request.param == "lite-server" else "milvus_standalone"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, shared_uri: str, namespace: str, postgres_database: str
+) -> Iterator[list[ItemStore]]:
+    """Two stores of one collection, as two replicas hold it: one database, one Milvus."""
+    stores = [
+        open_store(tmp_path / name, shared_uri, namespace, database_url=postgres_database)
+        for name in "ab"
+    ]
+    try:
+        yield stores
+    finally:
+        stores[1].close()
+        stores[0].destroy()
+
+
+def top_id(store: ItemStore, vector: np.ndarray) -> str | None:
+    hits = store.searches.vector("text", vector[None], 1)[0]
+    return hits[0].record.id if hits else None
+
+
+def test_a_write_on_one_replica_is_found_by_the_next_search_on_the_other(
+    replicas: list[ItemStore],
+) -> None:
+    xb = rows(60, seed=3)
+    for i, v in enumerate(xb):
+        writer, reader = replicas[i % 2], replicas[(i + 1) % 2]
+        writer.upsert(texts(v[None], start=i))
+        assert top_id(reader, v) == f"t{i}", f"write {i} not found on the other replica"
+    index = replicas[0]._serving["text"]
+    assert len(index) == 60  # each vector written once, by its writer
+    for i in range(0, 60, 2):
+        replicas[1].delete(f"t{i}")
+        assert top_id(replicas[0], xb[i]) != f"t{i}"
+    assert len(index) == 30 and replicas[1].counts()["text"] == 30
+
+
+def test_a_vector_whose_record_another_replica_deleted_first_is_not_left_behind(
+    replicas: list[ItemStore],
+) -> None:
+    a, b = replicas
+    v = rows(1, seed=5)
+    # a commits the record; before its vector reaches Milvus, b deletes the item
+    result = a.records.upsert([a._record_write(texts(v)[0])], a.model_id)
+    b.delete("t0")
+    with a._serving.lock:
+        a._follower.follow(result)  # a's late add: undone by the deletion logged after it
+    label = result.added["text"][0][0]
+    assert label not in a._serving["text"].labels()
+    assert top_id(b, v[0]) is None
+
+
+def test_start_up_reconciliation_keeps_a_vector_committed_meanwhile(
+    replicas: list[ItemStore],
+) -> None:
+    a, b = replicas
+    index = a._serving["text"]
+    listed = index.labels
+
+    def list_then_let_b_write() -> np.ndarray:
+        labels = listed()
+        b.upsert(texts(rows(1, seed=8), start=100))  # committed after Milvus was listed
+        return labels
+
+    index.labels = list_then_let_b_write  # type: ignore[method-assign]
+    try:
+        reconcile(index, a.log, "text", DIM)
+    finally:
+        index.labels = listed  # type: ignore[method-assign]
+    assert b.get("t100").label in index.labels()
+    assert top_id(a, rows(1, seed=8)[0]) == "t100"
+
+
+def test_replicas_starting_together_reconcile_one_at_a_time(
+    tmp_path: Path, replicas: list[ItemStore], shared_uri: str, namespace: str
+) -> None:
+    a = replicas[0]
+    a.upsert(texts(rows(3)))
+    opened: list[float] = []
+
+    def start_a_replica() -> None:
+        store = open_store(
+            tmp_path / "c", shared_uri, namespace, database_url=a.options.database_url
+        )
+        opened.append(time.monotonic())
+        store.close()
+
+    with a.log.exclusively():  # another replica reconciling
+        starter = threading.Thread(target=start_a_replica)
+        starter.start()
+        time.sleep(1.5)
+        released = time.monotonic()
+    starter.join(60)
+    assert opened and opened[0] >= released

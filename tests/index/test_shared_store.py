@@ -1,11 +1,14 @@
-"""Several stores (as several replicas would) on one PostgreSQL database: each keeps FAISS
-indexes of its own, which follow the others' writes through the shared log."""
+"""Several stores (as several replicas would) on one PostgreSQL database: each keeps indexes of
+its own (FAISS, or a Milvus Lite file), which follow the others' writes through the shared log,
+or all share one Milvus server, which each writes its own writes to."""
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from index import NewItem
 from index.follow import FOLLOW_INTERVAL_S
 from index.planner import IndexOptions
 from index.store import SHARED_BLOB_GRACE_S, ItemStore
+from tests.conftest import _milvus_available
 
 DIM = 8
 
@@ -40,20 +44,33 @@ def top_id(store: ItemStore, i: int) -> str | None:
     return hits[0].record.id if hits else None
 
 
-@pytest.fixture
-def options(postgres_database: str, tmp_path: Path) -> IndexOptions:
-    return IndexOptions(database_url=postgres_database, blob_dir=tmp_path / "shared-blobs")
+@pytest.fixture(params=["faiss", "milvus-file", "milvus-server"])
+def options(request: pytest.FixtureRequest, postgres_database: str, tmp_path: Path) -> IndexOptions:
+    shared = IndexOptions(database_url=postgres_database, blob_dir=tmp_path / "shared-blobs")
+    if request.param == "faiss":
+        return shared
+    if not _milvus_available():
+        pytest.skip("pymilvus/milvus-lite missing")
+    if request.param == "milvus-file":  # each store a Milvus Lite file of its own
+        return replace(shared, backend="milvus")
+    uri = request.getfixturevalue("milvus_lite_server")
+    return replace(shared, backend="milvus", milvus_uri=uri)
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, options: IndexOptions) -> Iterator[list[ItemStore]]:
+def namespace() -> str:
+    return f"c{uuid.uuid4().hex[:8]}/gen-1"  # a Milvus server is shared by the session
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, options: IndexOptions, namespace: str) -> Iterator[list[ItemStore]]:
     """Two stores of the same collection, each with a data directory (its cache) of its own."""
-    stores = [ItemStore(tmp_path / name, "m/1", DIM, options, "c/gen-1") for name in "ab"]
+    stores = [ItemStore(tmp_path / name, "m/1", DIM, options, namespace) for name in "ab"]
     try:
         yield stores
     finally:
-        for store in stores:
-            store.close()
+        stores[-1].close()
+        stores[0].destroy()
 
 
 def test_a_write_on_one_is_found_by_the_next_search_on_the_other(
@@ -93,8 +110,9 @@ def test_an_idle_store_catches_up_between_searches(replicas: list[ItemStore]) ->
     assert b.counts()["text"] == 1
 
 
+@pytest.mark.parametrize("options", ["faiss"], indirect=True)
 def test_a_store_reopened_from_its_snapshot_replays_what_others_wrote(
-    tmp_path: Path, options: IndexOptions, replicas: list[ItemStore]
+    tmp_path: Path, options: IndexOptions, namespace: str, replicas: list[ItemStore]
 ) -> None:
     a, b = replicas
     a.upsert([text(f"t{i}", i) for i in range(20)])
@@ -103,17 +121,17 @@ def test_a_store_reopened_from_its_snapshot_replays_what_others_wrote(
     b.close()
     a.upsert([text("late", 99)])
     a.delete("t3")
-    again = ItemStore(tmp_path / "b", "m/1", DIM, options, "c/gen-1")
+    again = ItemStore(tmp_path / "b", "m/1", DIM, options, namespace)
     replicas[1] = again
     assert again.counts()["text"] == 20
     assert top_id(again, 99) == "late" and top_id(again, 3) != "t3"
 
 
 def test_a_rebuild_on_one_keeps_the_writes_of_the_other(
-    tmp_path: Path, postgres_database: str
+    tmp_path: Path, postgres_database: str, namespace: str
 ) -> None:
     options = IndexOptions(database_url=postgres_database, approx_threshold=300)
-    a, b = (ItemStore(tmp_path / name, "m/1", DIM, options, "c/gen-1") for name in "ab")
+    a, b = (ItemStore(tmp_path / name, "m/1", DIM, options, namespace) for name in "ab")
     try:
         for start in range(0, 600, 50):
             a.upsert([text(f"t{i}", i) for i in range(start, start + 50)])
@@ -129,8 +147,9 @@ def test_a_rebuild_on_one_keeps_the_writes_of_the_other(
         b.close()
 
 
+@pytest.mark.parametrize("options", ["faiss"], indirect=True)
 def test_shared_blobs_are_read_by_every_store_and_outlive_a_release(
-    tmp_path: Path, options: IndexOptions, replicas: list[ItemStore]
+    tmp_path: Path, options: IndexOptions, namespace: str, replicas: list[ItemStore]
 ) -> None:
     a, b = replicas
     a.upsert([image("p", 1, b"picture")])
@@ -138,10 +157,10 @@ def test_shared_blobs_are_read_by_every_store_and_outlive_a_release(
     record = a.get("p")
     a.delete("p")  # another replica may be writing the same bytes again right now: kept
     assert a.read_content(record) == b"picture"
-    ItemStore(tmp_path / "c", "m/1", DIM, options, "c/gen-1").close()  # a replica starting
+    ItemStore(tmp_path / "c", "m/1", DIM, options, namespace).close()  # a replica starting
     assert a.read_content(record) == b"picture"  # too fresh for its sweep
     blob = next((tmp_path / "shared-blobs").glob("*/*/*"))
     old = time.time() - SHARED_BLOB_GRACE_S - 60
     os.utime(blob, (old, old))
-    ItemStore(tmp_path / "c", "m/1", DIM, options, "c/gen-1").close()
+    ItemStore(tmp_path / "c", "m/1", DIM, options, namespace).close()
     assert not blob.exists()
