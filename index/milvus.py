@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -61,27 +62,17 @@ class MilvusVectorIndex:
         namespace: str = "",
     ) -> MilvusVectorIndex:
         """Connect and create the collection if needed; refuse one of another dimension."""
-        from pymilvus import DataType, MilvusClient, MilvusException
+        from pymilvus import MilvusClient, MilvusException
 
         try:
             client = MilvusClient(uri, token=token or "")
             name = collection_name(kind, model_id, namespace)
-            if client.has_collection(name):
-                dim = _collection_dim(client.describe_collection(name))
-                if dim != d:
-                    raise ModelMismatchError(f"Milvus collection {name} has dim {dim}, not {d}")
-            else:
-                schema = MilvusClient.create_schema(auto_id=False, description=model_id)
-                schema.add_field("label", DataType.INT64, is_primary=True)
-                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=d)
-                params = client.prepare_index_params()
-                # Milvus Lite searches FLAT exactly; a server picks its own index (AUTOINDEX)
-                index_type = "FLAT" if is_local(uri) else "AUTOINDEX"
-                params.add_index("vector", index_type=index_type, metric_type="IP")
-                client.create_collection(
-                    name, schema=schema, index_params=params, consistency_level="Strong"
-                )
-            client.load_collection(name)
+            if not client.has_collection(name):
+                _create_collection(client, name, model_id, d, exact=is_local(uri))
+            dim = _collection_dim(client.describe_collection(name))
+            if dim != d:
+                raise ModelMismatchError(f"Milvus collection {name} has dim {dim}, not {d}")
+            _load(client, name)
         except MilvusException as e:
             raise StorageError(f"Milvus at {uri} cannot be used: {e.message}") from e
         return cls(client, name, d, exact=is_local(uri))
@@ -163,6 +154,41 @@ class MilvusVectorIndex:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _create_collection(client: Any, name: str, model_id: str, d: int, exact: bool) -> None:
+    """Create the collection, unless another process sharing the server just did."""
+    from pymilvus import DataType, MilvusClient, MilvusException
+
+    schema = MilvusClient.create_schema(auto_id=False, description=model_id)
+    schema.add_field("label", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=d)
+    params = client.prepare_index_params()
+    # Milvus Lite searches FLAT exactly; a server picks its own index (AUTOINDEX)
+    params.add_index("vector", index_type="FLAT" if exact else "AUTOINDEX", metric_type="IP")
+    try:
+        client.create_collection(
+            name, schema=schema, index_params=params, consistency_level="Strong"
+        )
+    except MilvusException:
+        if not client.has_collection(name):  # not a race with another replica: a real failure
+            raise
+
+
+def _load(client: Any, name: str, wait_s: float = 10.0) -> None:
+    """Load the collection for search; one another process is still creating (its index not
+    made yet) is waited for."""
+    from pymilvus import MilvusException
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.load_collection(name)
+            return
+        except MilvusException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _hit_label(hit: Any) -> int:

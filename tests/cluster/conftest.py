@@ -200,8 +200,32 @@ def postgres() -> Iterator[ThrowawayPostgres]:
 
 
 @pytest.fixture
-def replica_set(tmp_path: Path, postgres: ThrowawayPostgres) -> Iterator[ReplicaSet]:
-    replicas = ReplicaSet(tmp_path, postgres.url)
+def vector_store(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The replicas' vector settings: FAISS in each (the default), or, where a test is
+    parametrized with "milvus-server", one Milvus Lite server of the test's own, shared."""
+    if getattr(request, "param", "faiss") == "faiss":
+        yield {}
+        return
+    from tests.milvus_servers import lite_server, why_no_lite_server
+
+    reason = why_no_lite_server()
+    if reason is not None:
+        pytest.skip(reason)
+    with lite_server() as server:
+        yield {"XMR_INDEX_BACKEND": "milvus", "XMR_MILVUS_URI": server.uri}
+
+
+# the tests that replicas on one shared Milvus server must pass as well
+ON_EVERY_VECTOR_STORE = pytest.mark.parametrize(
+    "vector_store", ["faiss", "milvus-server"], indirect=True
+)
+
+
+@pytest.fixture
+def replica_set(
+    tmp_path: Path, postgres: ThrowawayPostgres, vector_store: dict[str, str]
+) -> Iterator[ReplicaSet]:
+    replicas = ReplicaSet(tmp_path, postgres.url, **vector_store)
     try:
         yield replicas
     finally:

@@ -16,7 +16,7 @@ from PIL import Image
 from models import OpenClipEncoder
 from tests.app.test_collections import SHAPES, shapes_encoder  # noqa: F401
 from tests.app.test_reindex import QUERY, made_by, make_docs, scores_by, text_of
-from tests.cluster.conftest import HAProxy, ReplicaSet
+from tests.cluster.conftest import ON_EVERY_VECTOR_STORE, HAProxy, ReplicaSet
 from tests.postgres import ThrowawayPostgres
 from xmr.client import XmrClient, XmrError
 
@@ -29,6 +29,7 @@ def found_by_filter(client: XmrClient, n: int) -> list[str]:
     return [hit["id"] for hit in hits]
 
 
+@ON_EVERY_VECTOR_STORE
 def test_a_write_on_one_replica_is_found_at_once_on_the_other(replica_set: ReplicaSet) -> None:
     a, b = replica_set.start(2)
     clients = [a.client(), b.client()]
@@ -113,6 +114,7 @@ def test_a_batch_job_of_a_stopped_replica_is_finished_by_another(
             assert client.get_item(f"img{n}")["id"] == f"img{n}"
 
 
+@ON_EVERY_VECTOR_STORE
 def test_a_rolling_restart_behind_haproxy_fails_no_request_and_loses_no_write(
     replica_set: ReplicaSet, haproxy_binary: str
 ) -> None:
@@ -218,6 +220,7 @@ def model_of(hits: list[dict], by_old: dict[str, float], by_new: dict[str, float
     return "old" if made_by(hits, by_old) else "new" if made_by(hits, by_new) else "mixed"
 
 
+@ON_EVERY_VECTOR_STORE
 def test_a_reembedding_switches_every_replica_within_a_second_never_mixing_models(
     replica_set: ReplicaSet,
     tiny_encoder: OpenClipEncoder,
@@ -276,10 +279,25 @@ def test_a_reembedding_switches_every_replica_within_a_second_never_mixing_model
     assert max(first_new) - min(first_new) < 1.0, first_new
 
 
+def milvus_collections(vector_store: dict[str, str]) -> set[str]:
+    """The collections on the replicas' Milvus server; none with FAISS."""
+    if "XMR_MILVUS_URI" not in vector_store:
+        return set()
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(vector_store["XMR_MILVUS_URI"])
+    try:
+        return set(client.list_collections())
+    finally:
+        client.close()
+
+
+@ON_EVERY_VECTOR_STORE
 def test_collections_made_and_deleted_on_one_replica_are_seen_by_the_other(
-    replica_set: ReplicaSet,
+    replica_set: ReplicaSet, vector_store: dict[str, str]
 ) -> None:
     a, b = replica_set.start(2)
+    before = milvus_collections(vector_store)
     with a.client() as on_a, b.client() as on_b:
         on_a.create_collection("shop", "xmr-test-tiny", pretrained="")
         assert "shop" in [c["name"] for c in on_b.collections()]
@@ -292,6 +310,7 @@ def test_collections_made_and_deleted_on_one_replica_are_seen_by_the_other(
             with pytest.raises(XmrError) as gone:
                 shop_a.get_item("s1")
             assert gone.value.status == 404
+            assert milvus_collections(vector_store) == before  # its vectors dropped, once
             on_a.create_collection("shop", "xmr-test-tiny", pretrained="")  # made again: empty
             assert found_by_filter(shop_b, 1) == []
         finally:
@@ -299,6 +318,7 @@ def test_collections_made_and_deleted_on_one_replica_are_seen_by_the_other(
             shop_b.close()
 
 
+@ON_EVERY_VECTOR_STORE
 def test_writes_on_another_replica_during_a_switch_are_kept_or_refused_never_lost(
     replica_set: ReplicaSet,
 ) -> None:
