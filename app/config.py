@@ -156,6 +156,22 @@ class Settings(BaseSettings):
         description="where uploaded image bytes are kept, a folder per collection generation "
         "(a shared filesystem for several replicas); unset: inside each generation's folder",
     )
+    blob_url: str | None = Field(
+        None,
+        pattern=r"^s3://[^/]+(/.*)?$",
+        description="s3://bucket/prefix: uploaded image bytes in S3 or any S3-compatible store "
+        "(boto3; AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION or an instance "
+        "role), a prefix per collection generation; XMR_BLOB_DIR then holds only batch staging",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="the S3 API address of a store other than AWS (Ceph RGW, MinIO)"
+    )
+    s3_presign: bool = Field(
+        False,
+        description="GET .../content answers with a redirect to a presigned S3 URL instead of "
+        "streaming the bytes through the replica",
+    )
+    s3_presign_expiry_s: int = Field(300, ge=1, le=7 * 86400)
     job_lease_s: float = Field(
         30.0,
         ge=1,
@@ -214,6 +230,8 @@ class Settings(BaseSettings):
             milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
             database_url=self.database_url.get_secret_value() if self.database_url else None,
             blob_dir=self.blob_dir,
+            blob_url=self.blob_url,
+            s3_endpoint_url=self.s3_endpoint_url,
         )
 
 

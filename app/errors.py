@@ -25,6 +25,7 @@ from app.services.errors import (
     public_message,
 )
 from index import (
+    BlobStoreUnavailableError,
     DatabaseUnavailableError,
     DuplicateIdError,
     GenerationRetiredError,
@@ -70,6 +71,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ModelsBusyError, 503),
     (ResourcesExhaustedError, 503),
     (DatabaseUnavailableError, 503),  # a StorageError, but one that passes
+    (BlobStoreUnavailableError, 503),
     (GenerationRetiredError, 503),  # another replica is switching the collection's model
     (StorageError, 507),
 )

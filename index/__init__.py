@@ -7,6 +7,7 @@ nothing in index/ imports from app/ or models/.
 """
 
 from index.errors import (
+    BlobStoreUnavailableError,
     DatabaseUnavailableError,
     DuplicateIdError,
     GenerationRetiredError,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_MAX_METADATA_BYTES",
     "KINDS",
     "MAX_METADATA_DEPTH",
+    "BlobStoreUnavailableError",
     "DatabaseUnavailableError",
     "DuplicateIdError",
     "GenerationRetiredError",

@@ -57,6 +57,15 @@ class VectorIndex(Protocol):
         """(scores, labels), each (len(xq), k), best first; label -1 pads a short row."""
         ...
 
+    @property
+    def write_mark(self) -> int:
+        """The newest mark of this index's own writes in a store processes share (0: none)."""
+        ...
+
+    def show_writes_up_to(self, mark: int) -> None:
+        """Make later searches see every write of the shared store up to `mark`."""
+        ...
+
     def close(self) -> None: ...
 
     def drop(self) -> None:

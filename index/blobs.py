@@ -1,12 +1,15 @@
 """The blob contract (an item's original bytes, kept so they can be served back) and the one
-factory that opens a blob store; `LocalBlobStore` keeps them in a folder, content-addressed."""
+factory that opens a blob store: `LocalBlobStore` keeps them in a folder, content-addressed;
+`index/s3_blobs.py` in S3 or any S3-compatible object store."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -14,7 +17,8 @@ from index.errors import StorageError
 from index.files import write_atomic
 from index.types import StoredBlob
 
-BLOB_STORES = ("local",)
+BLOB_STORES = ("local", "s3")
+STREAM_CHUNK = 256 * 1024
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -33,6 +37,15 @@ class BlobStore(Protocol):
         ...
 
     def read(self, path: str) -> bytes: ...
+
+    def stream(self, path: str) -> Iterator[bytes]:
+        """The bytes in chunks, never all in memory; a missing blob fails here, not later."""
+        ...
+
+    def url_for(self, path: str, expires_s: int) -> str | None:
+        """An address a client may fetch the bytes from directly for `expires_s` (a presigned
+        URL), or None where there is none."""
+        ...
 
     def remove(self, path: str) -> None:
         """Delete a blob no record uses; one already gone is no error."""
@@ -76,6 +89,12 @@ class LocalBlobStore:
     def read(self, path: str) -> bytes:
         return self._resolve(path).read_bytes()
 
+    def stream(self, path: str) -> Iterator[bytes]:
+        return _file_chunks(self._resolve(path).open("rb"))
+
+    def url_for(self, path: str, expires_s: int) -> str | None:
+        return None  # served by the process
+
     def remove(self, path: str) -> None:
         with contextlib.suppress(OSError):
             self._resolve(path).unlink()
@@ -100,8 +119,21 @@ class LocalBlobStore:
         return path
 
 
-def open_blobs(folder: Path, name: str = "local") -> BlobStore:
-    """The blob store `name` (one of BLOB_STORES) in `folder`."""
-    if name == "local":
-        return LocalBlobStore(folder)
-    raise ValueError(f"unknown blob store {name!r}; expected one of {', '.join(BLOB_STORES)}")
+def _file_chunks(file: io.BufferedReader) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(STREAM_CHUNK):
+            yield chunk
+
+
+def open_blobs(location: Path | str, endpoint_url: str | None = None) -> BlobStore:
+    """The blob store at `location`: a folder, or `s3://bucket/prefix` (boto3, at
+    `endpoint_url` for a store other than AWS)."""
+    if isinstance(location, str) and "://" in location:
+        if location.startswith("s3://"):
+            from index.s3_blobs import S3BlobStore  # boto3: only where S3 is used
+
+            return S3BlobStore(location, endpoint_url)
+        raise ValueError(
+            f"unknown blob store {location!r}; expected a folder or s3://bucket/prefix"
+        )
+    return LocalBlobStore(Path(location))

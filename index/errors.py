@@ -39,6 +39,11 @@ class DatabaseUnavailableError(StorageError):
     request may be retried; nothing acknowledged was lost."""
 
 
+class BlobStoreUnavailableError(StorageError):
+    """The object storage holding the image bytes does not answer: a passing condition, the
+    request may be retried; nothing acknowledged was lost."""
+
+
 class GenerationRetiredError(IndexDomainError):
     """The generation written to was retired by a switch to a new model (on another replica):
     nothing was written; the request may be made again against the new generation."""

@@ -10,7 +10,9 @@ one read, so nothing is applied twice and nothing is skipped.
 A vector store shared by every process (a Milvus server) is not replayed: each process applies
 its own writes to it. Those can land out of the log's order: a record written here and deleted
 by another process at once may have its vector added after the other's removal. So after
-adding, the writer removes again whatever of it the log says was deleted since its commit.
+adding, the writer removes again whatever of it the log says was deleted since its commit. Each
+writer then raises the store's write mark in the log (Milvus' timestamp of its write) before the
+write is acknowledged, and each search waits until the store shows the mark it read first.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class LogFollower:
         self._dim = dim
         self.shared = shared
         self.shared_store = shared_store
+        self._mark_noted = 0
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,6 +69,7 @@ class LogFollower:
             changed = self._replay_to(result.seq)
         if self.shared_store:
             self._remove_deleted_since(result)
+            self._note_write_mark()
         for kind in changed:
             self._on_change(kind)
 
@@ -80,8 +84,19 @@ class LogFollower:
             if deleted:
                 self._serving[kind].remove(deleted)
 
+    def _note_write_mark(self) -> None:
+        mark = max(self._serving[kind].write_mark for kind in KINDS)
+        if mark > self._mark_noted:
+            self._log.advance_vector_store_mark(mark)
+            self._mark_noted = mark
+
     def catch_up(self) -> None:
-        """Replay what other processes wrote, up to the log's current sequence."""
+        """Replay what other processes wrote, up to the log's current sequence; with a shared
+        store, have the next searches wait for every write acknowledged so far."""
+        if self.shared_store:
+            mark = self._log.vector_store_mark()
+            for kind in KINDS:
+                self._serving[kind].show_writes_up_to(mark)
         if not self.shared:
             return
         target = self._log.current_seq()

@@ -35,6 +35,8 @@ class IndexOptions:
     milvus_token: str | None = None
     database_url: str | None = None  # the records in PostgreSQL (XMR_DATABASE_URL); None: SQLite
     blob_dir: Path | None = None  # XMR_BLOB_DIR: one folder per store under it; None: in the store
+    blob_url: str | None = None  # XMR_BLOB_URL: s3://bucket/prefix, a prefix per store under it
+    s3_endpoint_url: str | None = None  # XMR_S3_ENDPOINT_URL: an S3-compatible store, not AWS
 
 
 def ivf_lists(n: int) -> int:

@@ -442,6 +442,20 @@ class PostgresVectorLog:
     def __init__(self, db: PostgresDatabase) -> None:
         self._db = db
 
+    def vector_store_mark(self) -> int:
+        rows = self._db.rows("SELECT value::bigint FROM {s}.meta WHERE key = 'vector_mark'")
+        return int(rows[0][0]) if rows else 0
+
+    def advance_vector_store_mark(self, mark: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                self._db.q(
+                    "INSERT INTO {s}.meta VALUES ('vector_mark', %s) ON CONFLICT (key) DO UPDATE "
+                    "SET value = greatest(meta.value::bigint, excluded.value::bigint)::text"
+                ),
+                (str(mark),),
+            )
+
     @contextmanager
     def exclusively(self) -> Iterator[None]:
         """A transaction-scoped advisory lock on this store: released at the end, or when the

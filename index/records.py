@@ -130,6 +130,15 @@ class VectorLog(Protocol):
         processes keeps them a while longer, for the processes that have not caught up)."""
         ...
 
+    def vector_store_mark(self) -> int:
+        """The newest write mark (a Milvus timestamp) of a vector store the processes share
+        that any of them acknowledged: searches wait until the store shows it; 0 if none."""
+        ...
+
+    def advance_vector_store_mark(self, mark: int) -> None:
+        """Raise the mark to `mark` (never lowers it), before the write is acknowledged."""
+        ...
+
     def exclusively(self) -> AbstractContextManager[None]:
         """Held by one process at a time among those sharing this log (the start-up
         reconciliation of a vector store they share); a log of one process needs no lock."""

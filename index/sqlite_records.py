@@ -283,6 +283,13 @@ class SqliteVectorLog:
 
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
+        self._mark = 0
+
+    def vector_store_mark(self) -> int:
+        return self._mark  # one process writes and reads: nothing to share
+
+    def advance_vector_store_mark(self, mark: int) -> None:
+        self._mark = max(self._mark, mark)
 
     def exclusively(self) -> AbstractContextManager[None]:
         return nullcontext()  # one process has the file

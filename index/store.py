@@ -11,7 +11,7 @@ near-duplicates `store.duplicates` (index/duplicates.py), other reads `store.rec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,7 @@ class ItemStore:
         except BaseException:
             self.records.close()
             raise
-        blob_dir = self._backend.options.blob_dir
-        self._blobs = open_blobs(
-            data_dir / "blobs" if blob_dir is None else blob_dir / store_key(namespace)
-        )
+        self._blobs = open_blobs(*blob_location(self._backend.options, data_dir, namespace))
         self._rebuilder = Rebuilder(self._serving, self._backend, self.log, dim)
         # with FAISS (or a Milvus Lite file) each process keeps indexes of its own, which follow
         # the others' writes; a shared vector store (a Milvus server) is written by the writer
@@ -191,9 +188,20 @@ class ItemStore:
         return self.records.get(item_id)
 
     def read_content(self, record: Record) -> bytes:
+        return self._blobs.read(self._content_path(record))
+
+    def content_stream(self, record: Record) -> Iterator[bytes]:
+        """The item's stored bytes in chunks (StorageError if it has none or they are gone)."""
+        return self._blobs.stream(self._content_path(record))
+
+    def content_url(self, record: Record, expires_s: int) -> str | None:
+        """An address the bytes can be fetched from directly (object storage), or None."""
+        return self._blobs.url_for(self._content_path(record), expires_s)
+
+    def _content_path(self, record: Record) -> str:
         if record.content_path is None:
             raise StorageError(f"item {excerpt(record.id)} has no stored content")
-        return self._blobs.read(record.content_path)
+        return record.content_path
 
     def stored_vector(self, item_id: str) -> tuple[Record, np.ndarray]:
         """An item's record and its vector as stored, (1, dim); ItemNotFoundError if absent."""
@@ -277,6 +285,18 @@ class ItemStore:
             self._serving.drop()
         finally:
             self.records.destroy()
+
+
+def blob_location(
+    options: IndexOptions, data_dir: Path, namespace: str
+) -> tuple[Path | str, str | None]:
+    """Where a store keeps its image bytes (and the S3 endpoint): under XMR_BLOB_URL or
+    XMR_BLOB_DIR, a place of its own; else its data directory's `blobs` folder."""
+    if options.blob_url is not None:
+        return f"{options.blob_url.rstrip('/')}/{store_key(namespace)}", options.s3_endpoint_url
+    if options.blob_dir is not None:
+        return options.blob_dir / store_key(namespace), None
+    return data_dir / "blobs", None
 
 
 def _check_unique_ids(items: Sequence[NewItem]) -> None:

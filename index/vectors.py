@@ -228,6 +228,11 @@ class FaissVectorIndex:
     def _all_labels(self) -> np.ndarray:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
+    write_mark = 0  # kept in this process: every write is seen by the next search
+
+    def show_writes_up_to(self, mark: int) -> None:
+        return None
+
     def close(self) -> None:
         """Nothing to release: the index lives in memory (the VectorIndex contract asks)."""
 

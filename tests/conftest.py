@@ -202,6 +202,27 @@ def milvus_standalone() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """Ceph's RADOS Gateway, a real S3 server, for the session (tests/s3_server.py)."""
+    from tests.s3_server import rados_gateway, why_unavailable
+
+    reason = why_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with rados_gateway() as gateway:
+        gateway.server.client().create_bucket(Bucket="xmr-tests")
+        yield gateway.server
+
+
+@pytest.fixture
+def s3_url(s3_server: Any) -> str:
+    """A key prefix of the test's own in the session's bucket."""
+    import uuid
+
+    return f"s3://xmr-tests/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the session (tests/postgres.py); skips, saying why,
     where none can run."""

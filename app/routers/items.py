@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from app.deps import ChangingDep, IndexingDep, ItemsDep, StoredSearchDep, UrlBaseDep
 from app.parsing import parse_ids, parse_metadata
@@ -83,10 +83,12 @@ async def get_item_content(
     if not wants_content:  # /items/p%2Fcontent: the record of the item "p/content"
         record = item_response(await items.get(item_id), base)
         return JSONResponse(record.model_dump(mode="json"))
-    data, media_type = await items.content(item_id)
-    return Response(
-        content=data,
-        media_type=media_type,
+    content = await items.content(item_id)
+    if content.url is not None:  # XMR_S3_PRESIGN: fetched from object storage directly
+        return RedirectResponse(content.url, status_code=307, headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        content.chunks,
+        media_type=content.media_type,
         headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
     )
 

@@ -53,6 +53,8 @@ class Limits:
     max_metadata_bytes: int
     max_response_bytes: int
     duplicates_sync_limit: int = 20_000
+    # image bytes served by a redirect to the object store, valid this long; None: streamed
+    content_url_expiry_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class Pin:
             self.encoding,
             self.collection.pools.store,
             self.collection.limits.max_metadata_bytes,
+            self.collection.limits.content_url_expiry_s,
         )
 
     @functools.cached_property

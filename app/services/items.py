@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,15 @@ def image_content_type(data: bytes) -> str:
     return CONTENT_TYPES[sniff_image_format(data)]
 
 
+@dataclass(frozen=True)
+class StoredContent:
+    """An item's content: its chunks, or (`url`) an address to fetch it from instead."""
+
+    media_type: str
+    chunks: Iterator[bytes]
+    url: str | None = None
+
+
 class ItemService:
     """What the item routes and the batch jobs do with items."""
 
@@ -82,12 +91,16 @@ class ItemService:
         encoding: EncodingService | None,
         store_pool: Executor,
         max_metadata_bytes: int,
+        content_url_expiry_s: int | None = None,
     ) -> None:
-        """`encoding` may be None for reads and deletes, which need no model."""
+        """`encoding` may be None for reads and deletes, which need no model;
+        `content_url_expiry_s` serves image bytes by a presigned address where the blob store
+        has one."""
         self.store = store
         self._encoding = encoding
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
         self.max_metadata_bytes = max_metadata_bytes
+        self._content_url_expiry_s = content_url_expiry_s
 
     @property
     def encoding(self) -> EncodingService:
@@ -185,13 +198,22 @@ class ItemService:
     async def get(self, item_id: str) -> Record:
         return await run_in(self._store_pool, self.store.get, item_id)
 
-    async def content(self, item_id: str) -> tuple[bytes, str]:
-        """The stored bytes and their media type: the image, or the text as UTF-8."""
+    async def content(self, item_id: str) -> StoredContent:
+        """The stored bytes and their media type (the image in chunks, or the text as UTF-8),
+        or where a client may fetch the image directly."""
         record = await self.get(item_id)
         if record.kind == "text":
-            return (record.text or "").encode("utf-8"), "text/plain; charset=utf-8"
-        data = await run_in(self._store_pool, self.store.read_content, record)
-        return data, record.content_type or "application/octet-stream"
+            text = (record.text or "").encode("utf-8")
+            return StoredContent("text/plain; charset=utf-8", iter([text]))
+        media_type = record.content_type or "application/octet-stream"
+        if self._content_url_expiry_s is not None:
+            url = await run_in(
+                self._store_pool, self.store.content_url, record, self._content_url_expiry_s
+            )
+            if url is not None:
+                return StoredContent(media_type, iter(()), url)
+        chunks = await run_in(self._store_pool, self.store.content_stream, record)
+        return StoredContent(media_type, chunks)
 
     async def find_by_content_hash(self, hashes: Sequence[str]) -> dict[str, str]:
         """Which of these SHA-256 digests of image bytes are indexed already, and as what id."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -178,3 +180,41 @@ def test_content_hash_lookup_finds_indexed_bytes_and_refuses_bad_digests(
     assert bad.status_code == 422
     assert "sha256[1] is not a hex SHA-256 digest" in bad.json()["detail"]
     assert client.post("/v1/items/lookup", json={"sha256": []}).status_code == 422
+
+
+@pytest.mark.parametrize("presign", [False, True])
+def test_image_bytes_in_object_storage_are_streamed_or_redirected_to(
+    settings: Settings,
+    tiny_encoder: OpenClipEncoder,
+    s3_server: Any,
+    s3_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    presign: bool,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    on_s3 = settings.model_copy(
+        update={
+            "blob_url": s3_url,
+            "s3_endpoint_url": s3_server.endpoint_url,
+            "s3_presign": presign,
+        }
+    )
+    with TestClient(create_app(on_s3, encoder=tiny_encoder)) as client:
+        stored = client.post(
+            "/v1/images", files=[png_file("red.png", "red")], data={"ids": '["red"]'}
+        )
+        assert stored.status_code == 201
+        content = client.get("/v1/items/red/content", follow_redirects=False)
+        if presign:
+            assert content.status_code == 307
+            fetched = httpx.get(content.headers["location"])
+            assert fetched.content == image_bytes("red")
+            assert fetched.headers["content-type"] == "image/png"
+        else:
+            assert content.status_code == 200 and content.content == image_bytes("red")
+            assert content.headers["content-type"] == "image/png"
+        stored = s3_server.client().list_objects_v2(
+            Bucket="xmr-tests", Prefix=s3_url.removeprefix("s3://xmr-tests/")
+        )
+        assert [o["Size"] for o in stored["Contents"]] == [len(image_bytes("red"))]
