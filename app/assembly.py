@@ -28,6 +28,7 @@ from index.catalog import CollectionCatalog, open_catalog
 from index.layout import ModelSpec
 from index.records import database_problem
 from models import Encoder
+from models.ray_embedder import RayImageEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Services:
     reindexer: Reindexer
     jobs: JobRunner
     job_store: JobLedger
+    remote: RayImageEmbedder | None = None  # batch jobs' images embedded on a Ray cluster
 
     @classmethod
     async def start(
@@ -91,7 +93,8 @@ class Services:
             )
             await collections.open_all(default_spec(settings))
             models.started = True  # from now on, loads run beside the models that serve
-            jobs = job_runner(settings, job_store, collections)
+            remote = ray_embedder(settings)
+            jobs = job_runner(settings, job_store, collections, remote)
         except BaseException:
             if job_store is not None:
                 job_store.close()
@@ -103,7 +106,7 @@ class Services:
             logger.warning(
                 "batch jobs interrupted by the last shutdown: %s", jobs.interrupted_at_start
             )
-        return cls(settings, pools, models, collections, reindexer, jobs, job_store)
+        return cls(settings, pools, models, collections, reindexer, jobs, job_store, remote)
 
     def metrics_state(self) -> ServiceState:
         """Loaded models, their queues, and each collection's model and indexes, for /metrics."""
@@ -147,16 +150,31 @@ class Services:
         finally:
             self.job_store.close()
             self.pools.shutdown()
+            if self.remote is not None:
+                self.remote.close()
 
 
-def job_runner(settings: Settings, ledger: JobLedger, collections: CollectionRegistry) -> JobRunner:
+def ray_embedder(settings: Settings) -> RayImageEmbedder | None:
+    """The Ray cluster batch jobs embed their images on (XMR_RAY_ADDRESS), connected to at the
+    first job; None: on this replica's own model."""
+    if settings.ray_address is None:
+        return None
+    return RayImageEmbedder(settings.ray_address, settings.ray_workers, settings.max_image_pixels)
+
+
+def job_runner(
+    settings: Settings,
+    ledger: JobLedger,
+    collections: CollectionRegistry,
+    remote: RayImageEmbedder | None = None,
+) -> JobRunner:
     """The job queue, with a handler for each kind of job it runs."""
     sources = Sources(
         settings.import_root,
         max_file_bytes=int(settings.max_upload_mb * 2**20),  # one file, not a request
     )
     handlers: dict[JobKind, JobHandler] = {
-        "batch": BatchJob(collections, sources, settings.encode_batch_size),
+        "batch": BatchJob(collections, sources, settings.encode_batch_size, remote),
         "duplicates": DuplicatesJob(collections),
         "classify": TaggingJob(collections),
     }

@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         "streaming the bytes through the replica",
     )
     s3_presign_expiry_s: int = Field(300, ge=1, le=7 * 86400)
+    ray_address: str | None = Field(
+        None,
+        description="a Ray cluster (e.g. 10.0.0.5:6379, ray://host:10001): batch jobs decode and "
+        "embed their images there, in XMR_RAY_WORKERS actors per model (a GPU each where the "
+        "cluster has GPUs); the vectors are stored by the replica that runs the job",
+    )
+    ray_workers: int = Field(2, ge=1, le=1024, description="Ray actors per model in use")
     job_lease_s: float = Field(
         30.0,
         ge=1,

@@ -2,16 +2,22 @@
 
 Each batch holds its collection's generation from reading to storing, so a switch of model
 waits for it and never splits it; a batch is recorded as done only once its items are durably
-stored.
+stored. With a Ray cluster (XMR_RAY_ADDRESS) a batch's images are decoded and encoded there,
+sent as soon as the batch is read (while the one before is stored); the vectors come back and
+are stored here, through the same write path as every other write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.jobs.context import JobContext, JobStopped
 from app.jobs.import_files import read_import_file
@@ -20,10 +26,11 @@ from app.jobs.pipeline import run_pipeline
 from app.jobs.staging import read_staged
 from app.services.collections import Collection, Pin
 from app.services.errors import ImportPathError, InvalidInputError
-from app.services.items import ImageInput, TextInput
+from app.services.items import ImageInput, TextInput, image_items
 from app.services.registry import CollectionRegistry
 from app.services.threads import run_in
 from index import NewItem
+from models.ray_embedder import RayImageEmbedder, RemoteModel
 
 
 @dataclass(frozen=True)
@@ -50,12 +57,14 @@ class Sources:
 
 @dataclass
 class LoadedBatch:
-    """A batch's images read and prepared ahead of encoding, and the items that failed."""
+    """A batch's images read and prepared ahead of encoding (or sent to the Ray cluster: the
+    embedding under way), and the items that failed."""
 
     pin: Pin
     images: list[tuple[ImageInput, Any]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    remote: asyncio.Task[tuple[np.ndarray, list[str]]] | None = None
 
 
 @dataclass
@@ -73,12 +82,18 @@ class BatchStages:
     """The pipeline stages of one batch job."""
 
     def __init__(
-        self, job: JobContext, collection: Collection, sources: Sources, batch_size: int
+        self,
+        job: JobContext,
+        collection: Collection,
+        sources: Sources,
+        batch_size: int,
+        remote: RayImageEmbedder | None = None,
     ) -> None:
         self._job = job
         self._collection = collection
         self._sources = sources
         self._batch_size = batch_size
+        self._remote = remote
         self._dedup: float | None = job.params.get("dedup_threshold")
 
     async def first(self) -> list[JobItem]:
@@ -104,7 +119,14 @@ class BatchStages:
                     sources.append(item)
                 except InvalidInputError as e:
                     loaded.failed[item.position] = str(e)
-            prepared = await pin.items.encoding.prepare_many(blobs)
+            if self._remote is not None and pin.model is not None:
+                prepared: list[Any] = [None] * len(blobs)
+                if blobs:
+                    spec = pin.model.spec
+                    model = RemoteModel(spec.model, spec.pretrained, spec.precision)
+                    loaded.remote = asyncio.ensure_future(self._remote.embed(model, blobs))
+            else:
+                prepared = await pin.items.encoding.prepare_many(blobs)
         except BaseException:
             await pin.release()
             raise
@@ -125,12 +147,17 @@ class BatchStages:
                 background=True,
             )
             encoded.positions += [t.position for t in texts]
-        if loaded.images:
+        if loaded.remote is not None:
+            images, decode_failures = await self._embedded_remotely(loaded)
+        elif loaded.images:
             images, decode_failures = await items.encode_images(
                 [inp for inp, _ in loaded.images],
                 [prepared for _, prepared in loaded.images],
                 background=True,
             )
+        else:
+            images, decode_failures = [], {}
+        if loaded.images:
             encoded.items += images
             encoded.positions += [
                 p for slot, p in enumerate(loaded.positions) if slot not in decode_failures
@@ -139,6 +166,16 @@ class BatchStages:
                 encoded.failed[loaded.positions[slot]] = reason
         encoded.done = [item.position for item in batch if item.position not in encoded.failed]
         return encoded
+
+    @staticmethod
+    async def _embedded_remotely(loaded: LoadedBatch) -> tuple[list[NewItem], dict[int, str]]:
+        """The Ray cluster's vectors as items, and the images it could not decode by slot."""
+        assert loaded.remote is not None
+        vectors, errors = await loaded.remote
+        inputs = [inp for inp, _ in loaded.images]
+        good = [slot for slot, error in enumerate(errors) if not error]
+        items = image_items([inputs[slot] for slot in good], vectors[good])
+        return items, {slot: error for slot, error in enumerate(errors) if error}
 
     async def store(self, encoded: EncodedBatch) -> None:
         duplicates: dict[int, tuple[str, float]] = {}
@@ -163,20 +200,31 @@ class BatchStages:
         )
 
     async def discard(self, loaded: LoadedBatch) -> None:
+        if loaded.remote is not None:
+            loaded.remote.cancel()
+            with contextlib.suppress(BaseException):
+                await loaded.remote
         await loaded.pin.release()
 
 
 class BatchJob:
     """The handler of `batch` jobs."""
 
-    def __init__(self, collections: CollectionRegistry, sources: Sources, batch_size: int) -> None:
+    def __init__(
+        self,
+        collections: CollectionRegistry,
+        sources: Sources,
+        batch_size: int,
+        remote: RayImageEmbedder | None = None,
+    ) -> None:
         self._collections = collections
         self._sources = sources
         self._batch_size = batch_size
+        self._remote = remote
 
     async def run(self, job: JobContext) -> None:
         collection = self._collections.get(job.view.collection)
-        stages = BatchStages(job, collection, self._sources, self._batch_size)
+        stages = BatchStages(job, collection, self._sources, self._batch_size, self._remote)
         await job.set_status("running")
         left = await run_pipeline(await stages.first(), stages, job.should_stop)
         if left or job.cancelled():  # a cancel during the last batch keeps its status

@@ -73,6 +73,16 @@ def image_content_type(data: bytes) -> str:
     return CONTENT_TYPES[sniff_image_format(data)]
 
 
+def image_items(inputs: Sequence[ImageInput], vectors: Any) -> list[NewItem]:
+    """The items to store for images and their vectors (one row each)."""
+    return [
+        NewItem.image_item(
+            _item_id(item.id), vector, item.data, image_content_type(item.data), item.metadata
+        )
+        for item, vector in zip(inputs, vectors, strict=True)
+    ]
+
+
 @dataclass(frozen=True)
 class StoredContent:
     """An item's content: its chunks, or (`url`) an address to fetch it from instead."""
@@ -152,13 +162,7 @@ class ItemService:
         if not good:
             return [], failures
         vectors = await self.encoding.encode_prepared(good, background)
-        items = [
-            NewItem.image_item(
-                _item_id(item.id), vector, item.data, image_content_type(item.data), item.metadata
-            )
-            for item, vector in zip(good_inputs, vectors, strict=True)
-        ]
-        return items, failures
+        return image_items(good_inputs, vectors), failures
 
     async def encode_texts(
         self, inputs: Sequence[TextInput], background: bool = False

@@ -237,3 +237,10 @@ def test_a_retired_store_refuses_writes_until_it_is_taken_back(records: Records)
     assert records.log.current_seq() == first.seq  # nothing was written
     records.items.unretire()
     assert records.items.upsert([text("b", 1)], "m/1").seq == first.seq + 1
+
+
+def test_the_shared_vector_store_mark_only_rises(records: Records) -> None:
+    assert records.log.vector_store_mark() == 0
+    records.log.advance_vector_store_mark(5)
+    records.log.advance_vector_store_mark(3)  # a slower writer's older mark: kept at 5
+    assert records.log.vector_store_mark() == 5
