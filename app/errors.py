@@ -34,6 +34,7 @@ from index import (
     ItemNotFoundError,
     StorageError,
     TooManyDuplicatesError,
+    VectorStoreUnavailableError,
 )
 from models import (
     EmptyTextError,
@@ -72,6 +73,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (ResourcesExhaustedError, 503),
     (DatabaseUnavailableError, 503),  # a StorageError, but one that passes
     (BlobStoreUnavailableError, 503),
+    (VectorStoreUnavailableError, 503),
     (GenerationRetiredError, 503),  # another replica is switching the collection's model
     (StorageError, 507),
 )

@@ -18,6 +18,7 @@ from index.errors import (
     SnapshotError,
     StorageError,
     TooManyDuplicatesError,
+    VectorStoreUnavailableError,
     excerpt,
 )
 from index.filters import MetadataFilter, parse_filter
@@ -35,6 +36,7 @@ __all__ = [
     "KINDS",
     "MAX_METADATA_DEPTH",
     "BlobStoreUnavailableError",
+    "VectorStoreUnavailableError",
     "DatabaseUnavailableError",
     "DuplicateIdError",
     "GenerationRetiredError",

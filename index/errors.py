@@ -44,6 +44,11 @@ class BlobStoreUnavailableError(StorageError):
     request may be retried; nothing acknowledged was lost."""
 
 
+class VectorStoreUnavailableError(StorageError):
+    """The vector store the replicas share (a Milvus server) does not answer: a passing
+    condition, the request may be retried; nothing acknowledged was lost."""
+
+
 class GenerationRetiredError(IndexDomainError):
     """The generation written to was retired by a switch to a new model (on another replica):
     nothing was written; the request may be made again against the new generation."""

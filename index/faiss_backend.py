@@ -72,6 +72,9 @@ class FaissBackend:
             self.dim, spec=spec, ef_search=self.options.ef_search, nprobe=self.options.nprobe
         )
 
+    def reconcile(self, index: VectorIndex, log: VectorLog, kind: Kind) -> int:
+        return 0  # kept in this process: it follows the log
+
     def planned_spec(self, index: VectorIndex) -> str | None:
         spec = planned_spec(self.options, len(index), self.dim, index.spec)
         too_deleted = index.deleted_fraction > self.options.rebuild_deleted_fraction

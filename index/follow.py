@@ -12,7 +12,9 @@ its own writes to it. Those can land out of the log's order: a record written he
 by another process at once may have its vector added after the other's removal. So after
 adding, the writer removes again whatever of it the log says was deleted since its commit. Each
 writer then raises the store's write mark in the log (Milvus' timestamp of its write) before the
-write is acknowledged, and each search waits until the store shows the mark it read first.
+write is acknowledged, and each search waits until the store shows the mark it read first. A
+write the shared store failed (it was away) leaves its committed records without vectors: the
+follower's thread reconciles the store with the records once it answers again (`repair`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from index.errors import StorageError
 from index.records import VectorLog
 from index.serving import ServingIndexes
 from index.types import KINDS, Kind, WriteResult
@@ -44,6 +47,7 @@ class LogFollower:
         shared: bool,
         on_change: Callable[[Kind], None],
         shared_store: bool = False,
+        repair: Callable[[Kind], object] | None = None,
     ) -> None:
         self._serving = serving
         self._log = log
@@ -51,6 +55,8 @@ class LogFollower:
         self.shared = shared
         self.shared_store = shared_store
         self._mark_noted = 0
+        self._repair = repair
+        self.needs_repair = False
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,16 +68,41 @@ class LogFollower:
         and the log is replayed up to and including this write.
         """
         serving = self._serving
-        if not self.shared or result.seq == serving.applied_seq + 1:
+        if self.shared_store:
+            changed = self._apply_to_shared_store(result)
+        elif not self.shared or result.seq == serving.applied_seq + 1:
             changed = serving.apply(result)
             serving.applied_seq = max(serving.applied_seq, result.seq)
         else:
             changed = self._replay_to(result.seq)
-        if self.shared_store:
-            self._remove_deleted_since(result)
-            self._note_write_mark()
         for kind in changed:
             self._on_change(kind)
+
+    def _apply_to_shared_store(self, result: WriteResult) -> list[Kind]:
+        """This process's write, applied once to the store every process shares; if the store
+        fails it, the records are committed already: it is repaired when it answers again."""
+        try:
+            changed = self._serving.apply(result)
+            self._remove_deleted_since(result)
+            self._note_write_mark()
+        except StorageError:
+            self.needs_repair = True
+            raise
+        self._serving.applied_seq = max(self._serving.applied_seq, result.seq)
+        return changed
+
+    def repair(self) -> None:
+        """Reconcile the shared store with the records after a write it failed (takes the
+        write lock)."""
+        if not self.needs_repair or self._repair is None:
+            return
+        with self._serving.lock:
+            if self._serving.closing:
+                return
+            for kind in KINDS:
+                self._repair(kind)
+            self.needs_repair = False
+            logger.warning("the shared vector store answers again; repaired")
 
     def _remove_deleted_since(self, result: WriteResult) -> None:
         """Remove the vectors this write added whose records were deleted after its commit
@@ -132,8 +163,8 @@ class LogFollower:
 
     # -- between searches -------------------------------------------------------------------
     def start(self) -> None:
-        """Catch up once a second on a thread of its own (shared logs only)."""
-        if not self.shared or self._thread is not None:
+        """Catch up (or repair a shared store) once a second on a thread of its own."""
+        if not (self.shared or self.shared_store) or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="xmr-log-follower", daemon=True)
         self._thread.start()
@@ -142,6 +173,7 @@ class LogFollower:
         while not self._stop.wait(FOLLOW_INTERVAL_S):
             try:
                 self.catch_up()
+                self.repair()
             except Exception as e:  # the database may be away; the next round tries again
                 logger.warning("could not catch up with the shared records: %s", e)
 

@@ -9,17 +9,20 @@ back in line with it at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from index.errors import ModelMismatchError, StorageError
+from index.errors import ModelMismatchError, StorageError, VectorStoreUnavailableError
 from index.types import check_labels, check_vectors
 
 MILVUS_SPEC = "milvus"
+_LOGICAL_BITS = 18  # of a Milvus hybrid timestamp, below its physical milliseconds
 _IN_CHUNK = 1000  # labels per `label in [...]` expression when deleting or listing
 
 
@@ -52,7 +55,7 @@ class MilvusVectorIndex:
         # Strong consistency waits for the server's next time tick on every search
         # (BENCHMARKS.md: ~600 ms on Milvus 2.3 standalone against ~5 ms)
         self.write_mark = 0
-        self._read_mark = 0
+        self._read_mark = hybrid_now()  # opened: sees what was written before, whoever wrote it
 
     @classmethod
     def open(
@@ -81,8 +84,11 @@ class MilvusVectorIndex:
         return cls(client, name, d, exact=is_local(uri))
 
     def __len__(self) -> int:
-        rows = self._client.query(
-            self._name, filter="", output_fields=["count(*)"], **self._consistency()
+        rows = self._loaded(
+            "count",
+            lambda: self._client.query(
+                self._name, filter="", output_fields=["count(*)"], **self._consistency()
+            ),
         )
         return int(rows[0]["count(*)"])
 
@@ -96,29 +102,48 @@ class MilvusVectorIndex:
         if ids.size == 0:
             return
         rows = [{"label": int(i), "vector": v} for i, v in zip(ids, xb.tolist(), strict=True)]
-        with self._lock:
+        with self._lock, _unavailable_mapped("write to"):
             self._client.upsert(self._name, rows)
             self._note_write()
 
     def remove(self, labels: np.ndarray | list[int]) -> int:
         ids = [int(x) for x in check_labels(labels)]
         removed = 0
-        with self._lock:
+        with self._lock, _unavailable_mapped("delete from"):
+            before = self._last_write_ts()
             for start in range(0, len(ids), _IN_CHUNK):
                 result = self._client.delete(self._name, ids=ids[start : start + _IN_CHUNK])
                 removed += _deleted_count(result)
             if ids:
-                self._note_write()
+                # Milvus 2.3 gives a delete no timestamp: the time now stands in for it
+                after = self._last_write_ts()
+                self.write_mark = max(self.write_mark, after if after > before else hybrid_now())
         return removed
 
     def _note_write(self) -> None:
         """Keep the timestamp Milvus gave this client's last write to the collection."""
+        self.write_mark = max(self.write_mark, self._last_write_ts())
+
+    def _last_write_ts(self) -> int:
         from pymilvus.client import ts_utils
 
         # pymilvus keeps it per server address for its own Session consistency
         address = self._client._get_connection().server_address
-        mark = ts_utils.get_collection_ts(self._name, address, "") or 0
-        self.write_mark = max(self.write_mark, int(mark))
+        return int(ts_utils.get_collection_ts(self._name, address, "") or 0)
+
+    def _loaded(self, doing: str, request: Callable[[], Any]) -> Any:
+        """Run a read; a collection the server released (a Milvus Lite server restarted) is
+        loaded again and the read repeated once."""
+        from pymilvus import MilvusException
+
+        with _unavailable_mapped(doing):
+            try:
+                return request()
+            except MilvusException as e:
+                if "load" not in str(e.message).lower():
+                    raise
+                self._client.load_collection(self._name)
+                return request()
 
     def show_writes_up_to(self, mark: int) -> None:
         self._read_mark = max(self._read_mark, mark)
@@ -142,14 +167,17 @@ class MilvusVectorIndex:
             if len(allowed) == 0:
                 return scores, found
             where = f"label in [{','.join(str(int(x)) for x in allowed)}]"
-        results = self._client.search(
-            self._name,
-            data=xq.tolist(),
-            limit=min(k, 16_384),  # Milvus's own cap on topk
-            filter=where,
-            output_fields=[],
-            search_params={"metric_type": "IP"},
-            **self._consistency(),
+        results = self._loaded(
+            "search",
+            lambda: self._client.search(
+                self._name,
+                data=xq.tolist(),
+                limit=min(k, 16_384),  # Milvus's own cap on topk
+                filter=where,
+                output_fields=[],
+                search_params={"metric_type": "IP"},
+                **self._consistency(),
+            ),
         )
         for row, hits in enumerate(results):
             for column, hit in enumerate(hits):
@@ -159,12 +187,16 @@ class MilvusVectorIndex:
 
     def labels(self) -> np.ndarray:
         labels: list[int] = []
-        iterator = self._client.query_iterator(
-            self._name, batch_size=10_000, filter="", output_fields=["label"]
+        iterator = self._loaded(
+            "list",
+            lambda: self._client.query_iterator(
+                self._name, batch_size=10_000, filter="", output_fields=["label"]
+            ),
         )
-        while rows := iterator.next():
-            labels += [int(r["label"]) for r in rows]
-        iterator.close()
+        with _unavailable_mapped("list"):
+            while rows := iterator.next():
+                labels += [int(r["label"]) for r in rows]
+            iterator.close()
         return np.array(labels, dtype=np.int64)
 
     def drop(self) -> None:
@@ -179,6 +211,17 @@ class MilvusVectorIndex:
 
     def close(self) -> None:
         self._client.close()
+
+
+@contextlib.contextmanager
+def _unavailable_mapped(doing: str) -> Iterator[None]:
+    """A Milvus that fails a request is a passing condition for the caller (503, retried)."""
+    from pymilvus import MilvusException
+
+    try:
+        yield
+    except MilvusException as e:
+        raise VectorStoreUnavailableError(f"Milvus could not {doing}: {e.message}") from e
 
 
 def _create_collection(client: Any, name: str, model_id: str, d: int, exact: bool) -> None:
@@ -214,6 +257,12 @@ def _load(client: Any, name: str, wait_s: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def hybrid_now() -> int:
+    """Now as a Milvus hybrid timestamp: milliseconds since 1970 above 18 logical bits (with
+    the server's clock in step with this one)."""
+    return int(time.time() * 1000) << _LOGICAL_BITS
 
 
 def _hit_label(hit: Any) -> int:

@@ -52,13 +52,17 @@ class MilvusBackend:
             self.options.milvus_token,
             namespace=self.namespace,
         )
+        self.reconcile(index, log, kind)
+        return index, up_to_seq
+
+    def reconcile(self, index: VectorIndex, log: VectorLog, kind: Kind) -> int:
         with log.exclusively():  # replicas starting together reconcile one after another
             changed = reconcile(index, log, kind, self.dim)
         if changed:
             logger.warning(
                 "brought %d %s vectors in Milvus in line with the records", changed, kind
             )
-        return index, up_to_seq
+        return changed
 
     def planned_spec(self, index: VectorIndex) -> str | None:
         return None  # Milvus structures its own indexes

@@ -89,7 +89,8 @@ class ItemStore:
             dim,
             shared=self.shared and not shares_vectors,
             on_change=self._rebuilder.maybe_start,
-            shared_store=self.shared and shares_vectors,
+            shared_store=shares_vectors,
+            repair=lambda kind: self._backend.reconcile(self._serving[kind], self.log, kind),
         )
         self._snapshots = Snapshots(
             data_dir / "index",

@@ -238,3 +238,28 @@ def test_replicas_starting_together_reconcile_one_at_a_time(
         released = time.monotonic()
     starter.join(60)
     assert opened and opened[0] >= released
+
+
+def test_a_write_milvus_failed_is_repaired_once_it_answers_again(
+    tmp_path: Path, namespace: str
+) -> None:
+    from index import VectorStoreUnavailableError
+    from tests.milvus_servers import MilvusProcess, lite_server
+
+    with lite_server() as server:
+        store = open_store(tmp_path / "d", server.uri, namespace)
+        try:
+            store.upsert(texts(rows(3)))
+            server.kill()
+            with pytest.raises(VectorStoreUnavailableError):
+                store.upsert(texts(rows(1, seed=9), start=50))  # committed, not in Milvus
+            assert store.get("t50")  # the record stayed: the client got a 503 and may retry
+            restarted = MilvusProcess(server.process.args, server.uri, server.log)
+            server.process = restarted.process  # stopped by the fixture's own finally
+            restarted.wait_ready(30)
+            deadline = time.monotonic() + 20
+            while store.counts()["text"] != 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert top_id(store, rows(1, seed=9)[0]) == "t50"
+        finally:
+            store.destroy()
