@@ -3,14 +3,17 @@
 Each model in use gets `workers` Ray actors, spread over the cluster's nodes (the SPREAD
 strategy: unpinned work otherwise stays on the head node), each holding the model once (on a
 GPU of its node where the cluster has GPUs) and turning image bytes into unit vectors:
-decoding, preprocessing and encoding all happen there. The server sends a batch's bytes and
-gets back a vector or a decode error per image; it stores them itself, through the normal write
-path. A worker that dies is restarted by Ray, and the batch it held is sent again.
+decoding, preprocessing and encoding all happen there. The actors are named by the model and
+detached, so every replica uses the same ones (a replica's own actors would hold the cluster's
+CPUs while it idles and leave none to the replica with work). The server sends a batch's bytes
+and gets back a vector or a decode error per image; it stores them itself, through the normal
+write path. A worker that dies is restarted by Ray, and the batch it held is sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import threading
@@ -23,6 +26,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 4  # sends of one batch before its failure is the job's
+START_TIMEOUT_S = 300.0  # for the workers of a model to be placed and load it
 RETRY_PAUSE_S = 1.0
 
 
@@ -108,19 +112,33 @@ class RayImageEmbedder:
 
         self._connect()
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= self.workers else 0
-        worker = ray.remote(ImageWorker).options(
-            num_cpus=1,
-            num_gpus=gpus,
-            max_restarts=-1,  # a worker killed is started again, its model loaded again
-            max_task_retries=2,
-            scheduling_strategy="SPREAD",
-        )
         device = "cuda" if gpus else "cpu"
-        actors = [worker.remote(spec, device, self._max_pixels) for _ in range(self.workers)]
-        # each model loaded, and where
-        nodes = set(ray.get([actor.node.remote() for actor in actors]))  # type: ignore[attr-defined]
+        digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:12]
+        actors = [
+            ray.remote(ImageWorker)
+            .options(
+                name=f"xmr-images-{digest}-{number}",
+                namespace="xmr",
+                lifetime="detached",  # shared by every replica, whichever started it
+                get_if_exists=True,
+                num_cpus=1,
+                num_gpus=gpus,
+                max_restarts=-1,  # a worker killed is started again, its model loaded again
+                max_task_retries=2,
+                scheduling_strategy="SPREAD",
+            )
+            .remote(spec, device, self._max_pixels)
+            for number in range(self.workers)
+        ]
+        try:  # each placed with its model loaded, and where
+            nodes = set(ray.get([a.node.remote() for a in actors], timeout=START_TIMEOUT_S))  # type: ignore[attr-defined]
+        except ray.exceptions.GetTimeoutError as e:
+            raise RuntimeError(
+                f"the Ray cluster did not start {self.workers} workers for {spec.model} within "
+                f"{START_TIMEOUT_S:.0f} s: too few free CPUs or GPUs for XMR_RAY_WORKERS?"
+            ) from e
         logger.warning(
-            "started %d Ray workers for %s on %d nodes", len(actors), spec.model, len(nodes)
+            "using %d Ray workers for %s on %d nodes", len(actors), spec.model, len(nodes)
         )
         return actors
 
@@ -146,12 +164,11 @@ class RayImageEmbedder:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Disconnect; the workers stay for the other replicas (`ray kill` or a cluster
+        restart removes them)."""
         import ray
 
         with self._lock:
-            for actors in self._actors.values():
-                for actor in actors:
-                    ray.kill(actor)
             self._actors.clear()
         if ray.is_initialized():
             ray.shutdown()

@@ -185,6 +185,12 @@ class RadosGateway:
             self.start_monitor()
         self._daemon("osd", "ceph-osd", "-i", "0")
         self._wait(lambda: "1 up" in self._ceph("ceph", "osd", "stat"), "the OSD", 60)
+        self.start_gateway()
+
+    def start_gateway(self) -> None:
+        """Start radosgw (again, after a kill) and wait until it answers."""
+        with contextlib.suppress(FileNotFoundError):  # a killed one leaves its socket behind
+            (self.root / "run" / "client.rgw.asok").unlink()
         self._daemon("rgw", "radosgw", "-n", "client.rgw")
         self._wait(self._gateway_answers, "radosgw", 120)
 
