@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xmr-installed
 
-.PHONY: serve test lint test-tools mutation-test docker-test demo eval install train-shapes clean
+.PHONY: serve test lint test-tools mutation-test docker-test cluster-test demo eval install train-shapes clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,22 @@ docker-test:
 	    >/dev/null) || echo "note: could not install$$missing"; \
 	fi
 	bash scripts/docker_smoke.sh
+
+# PostgreSQL, a shared Milvus server, Ceph's RADOS Gateway, a two-node Ray cluster and three
+# replicas behind HAProxy on this machine, each component killed in turn (minutes; not part of
+# `make test`). Installs Debian's haproxy and Ceph packages where it can (root with apt-get);
+# prints SKIPPED and why where something cannot run.
+cluster-test: $(STAMP)
+	@missing=""; \
+	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v radosgw >/dev/null 2>&1 || missing="$$missing radosgw"; \
+	command -v ceph-mon >/dev/null 2>&1 || missing="$$missing ceph-mon"; \
+	command -v ceph-osd >/dev/null 2>&1 || missing="$$missing ceph-osd"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	    >/dev/null) || echo "note: could not install$$missing"; \
+	fi
+	PATH="$$PATH:/usr/sbin" $(PY) -m scripts.cluster_test
 
 mutation-test: $(STAMP)  ## break each promise on purpose; fails if a test does not notice
 	$(PY) -m scripts.mutation_test

@@ -25,8 +25,6 @@ from app.services.errors import (
     public_message,
 )
 from index import (
-    BlobStoreUnavailableError,
-    DatabaseUnavailableError,
     DuplicateIdError,
     GenerationRetiredError,
     InvalidFilterError,
@@ -34,7 +32,7 @@ from index import (
     ItemNotFoundError,
     StorageError,
     TooManyDuplicatesError,
-    VectorStoreUnavailableError,
+    UnavailableError,
 )
 from models import (
     EmptyTextError,
@@ -71,9 +69,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (NotReadyError, 503),
     (ModelsBusyError, 503),
     (ResourcesExhaustedError, 503),
-    (DatabaseUnavailableError, 503),  # a StorageError, but one that passes
-    (BlobStoreUnavailableError, 503),
-    (VectorStoreUnavailableError, 503),
+    (UnavailableError, 503),  # a StorageError, but one that passes: the database, S3, Milvus
     (GenerationRetiredError, 503),  # another replica is switching the collection's model
     (StorageError, 507),
 )

@@ -18,6 +18,7 @@ from index.errors import (
     SnapshotError,
     StorageError,
     TooManyDuplicatesError,
+    UnavailableError,
     VectorStoreUnavailableError,
     excerpt,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "KINDS",
     "MAX_METADATA_DEPTH",
     "BlobStoreUnavailableError",
+    "UnavailableError",
     "VectorStoreUnavailableError",
     "DatabaseUnavailableError",
     "DuplicateIdError",

@@ -34,17 +34,22 @@ class StorageError(IndexDomainError):
     """Writing to disk failed (disk full, permissions); nothing acknowledged was lost."""
 
 
-class DatabaseUnavailableError(StorageError):
+class UnavailableError(StorageError):
+    """A service the store depends on does not answer (down, restarting, unreachable): a
+    passing condition; the request or job may be retried, nothing acknowledged was lost."""
+
+
+class DatabaseUnavailableError(UnavailableError):
     """The database does not answer (down, restarting, unreachable): a passing condition, the
     request may be retried; nothing acknowledged was lost."""
 
 
-class BlobStoreUnavailableError(StorageError):
+class BlobStoreUnavailableError(UnavailableError):
     """The object storage holding the image bytes does not answer: a passing condition, the
     request may be retried; nothing acknowledged was lost."""
 
 
-class VectorStoreUnavailableError(StorageError):
+class VectorStoreUnavailableError(UnavailableError):
     """The vector store the replicas share (a Milvus server) does not answer: a passing
     condition, the request may be retried; nothing acknowledged was lost."""
 

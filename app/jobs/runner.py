@@ -27,12 +27,14 @@ from app.services.errors import InvalidInputError, JobNotFoundError, JobStateErr
 from app.services.items import new_item_id
 from app.services.registry import CollectionRegistry
 from app.services.threads import run_in
+from index import UnavailableError
 
 logger = logging.getLogger(__name__)
 
 
 # A free runner looks for claimable jobs this often (a job accepted here wakes it at once)
 CLAIM_POLL_S = 1.0
+UNAVAILABLE_PAUSE_S = 2.0  # before looking for work again after a service was away
 
 
 class UnknownJobKindError(Exception):
@@ -208,6 +210,8 @@ class JobRunner:
             self._running = job_id
             try:
                 await self._run(job_id)
+            except UnavailableError as e:  # the database, Milvus or S3 away: not the job's fault
+                await self._paused(job_id, e)
             except Exception as e:  # a job must never take the worker down with it
                 logger.exception("job %s failed", job_id)
                 await run_in(
@@ -246,6 +250,14 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
         await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
+
+    async def _paused(self, job_id: str, error: UnavailableError) -> None:
+        """Hand the job back to be taken up again (by any replica) once the service it needs
+        answers; if even that fails, its lease runs out and it is taken up all the same."""
+        logger.warning("job %s paused: %s; it is taken up again when that passes", job_id, error)
+        with contextlib.suppress(Exception):
+            await run_in(self._pool, self._ledger.release, job_id, self.owner, "queued")
+        await asyncio.sleep(UNAVAILABLE_PAUSE_S)
 
     async def _stopped(self, job_id: str) -> None:
         """Record why a job stopped: cancelled (its status says so already), taken from this

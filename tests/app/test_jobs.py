@@ -67,3 +67,28 @@ def test_interrupted_job_keeps_its_progress_and_resumes(
         assert (final["status"], final["done"], final["failed"]) == ("done", 200, 0)
         assert client.get("/v1/info").json()["texts"] == 200
         assert client.post(f"/v1/jobs/{job_id}/resume").status_code == 409
+
+
+def test_a_job_whose_storage_is_away_waits_for_it_instead_of_failing(
+    settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: Any
+) -> None:
+    from app.services.items import ItemService
+    from index import VectorStoreUnavailableError
+
+    store_items = ItemService.store_items
+    outage = {"left": 2}  # two writes refused, as while Milvus restarts
+
+    async def refused_at_first(self: ItemService, items: Sequence[Any]) -> list[str]:
+        if outage["left"]:
+            outage["left"] -= 1
+            raise VectorStoreUnavailableError("Milvus could not write to: it does not answer")
+        return await store_items(self, items)
+
+    monkeypatch.setattr(ItemService, "store_items", refused_at_first)
+    small_batches = settings.model_copy(update={"encode_batch_size": 4})
+    items = [{"id": f"t{i}", "text": f"caption {i}"} for i in range(40)]
+    with TestClient(create_app(small_batches, encoder=tiny_encoder)) as client:
+        job_id = client.post("/v1/batch", json={"items": items}).json()["job_id"]
+        final = wait_for_job(client, job_id, timeout_s=60)
+        assert (final["status"], final["done"], final["failed"]) == ("done", 40, 0)
+        assert outage["left"] == 0 and client.get("/v1/info").json()["texts"] == 40
