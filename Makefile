@@ -21,14 +21,17 @@ serve: $(STAMP)  ## run the service (XMR_* variables configure it)
 test: lint test-tools  ## lint, type-check, then run the test suite
 	$(PY) -m pytest -q
 
-# Debian's Chromium (the search-page test), strace (the power-loss test) and HAProxy (the
-# replica tests), where they can be installed (root with apt-get); elsewhere those tests are
-# skipped and say so.
+# Debian's Chromium (the search-page test), strace (the power-loss test), HAProxy (the
+# replica tests) and Ceph's RADOS Gateway with a monitor and an OSD (the S3 tests), where they
+# can be installed (root with apt-get); elsewhere those tests are skipped and say so.
 test-tools:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v radosgw >/dev/null 2>&1 || missing="$$missing radosgw"; \
+	command -v ceph-mon >/dev/null 2>&1 || missing="$$missing ceph-mon"; \
+	command -v ceph-osd >/dev/null 2>&1 || missing="$$missing ceph-osd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
