@@ -15,6 +15,7 @@ from app.jobs.duplicates import DuplicatesJob
 from app.jobs.ledger import JobKind, JobLedger, open_ledger
 from app.jobs.reindex import Reindexer
 from app.jobs.runner import JobRunner
+from app.jobs.staging import open_staging
 from app.jobs.tagging import TaggingJob
 from app.observability.metrics import CollectionGauges, ServiceState
 from app.services.collections import Limits
@@ -169,9 +170,16 @@ def job_runner(
     remote: RayImageEmbedder | None = None,
 ) -> JobRunner:
     """The job queue, with a handler for each kind of job it runs."""
+    staging = open_staging(
+        (settings.blob_dir or settings.data_dir) / "staging",
+        settings.blob_url,
+        settings.s3_endpoint_url,
+        spool=settings.data_dir / "staging-spool",
+    )
     sources = Sources(
         settings.import_root,
         max_file_bytes=int(settings.max_upload_mb * 2**20),  # one file, not a request
+        staging=staging,
     )
     handlers: dict[JobKind, JobHandler] = {
         "batch": BatchJob(collections, sources, settings.encode_batch_size, remote),
@@ -182,7 +190,7 @@ def job_runner(
         ledger,
         collections,
         handlers,
-        staging_dir=(settings.blob_dir or settings.data_dir) / "staging",
+        staging=staging,
         import_root=settings.import_root,
         lease_s=settings.job_lease_s,
     )

@@ -61,7 +61,7 @@ class S3BlobStore:
     def put(self, data: bytes, content_type: str) -> StoredBlob:
         blob = blob_name(data, content_type)
         key = self._key(blob.path)
-        with _mapped("store the image bytes in"):
+        with unavailable_mapped("store the image bytes in"):
             if self._exists(key):
                 # written again: a copy onto itself renews its time, so a sweep of old
                 # unreferenced blobs passes it by
@@ -98,7 +98,9 @@ class S3BlobStore:
 
     def stream(self, path: str) -> Iterator[bytes]:
         key = self._key(path)
-        with _mapped("read the image bytes from"):  # a missing object fails here, not later
+        with unavailable_mapped(
+            "read the image bytes from"
+        ):  # a missing object fails here, not later
             body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
         return _chunks(body)
 
@@ -112,14 +114,14 @@ class S3BlobStore:
         )
 
     def remove(self, path: str) -> None:
-        with _mapped("delete from"):
+        with unavailable_mapped("delete from"):
             self._s3.delete_object(Bucket=self.bucket, Key=self._key(path))
 
     def remove_unreferenced(self, referenced: set[str], older_than_s: float = 0.0) -> int:
         written_before = time.time() - older_than_s
         start = f"{self.prefix}/" if self.prefix else ""
         doomed: list[str] = []
-        with _mapped("list"):
+        with unavailable_mapped("list"):
             pages = self._s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=start
             )
@@ -143,7 +145,7 @@ def _chunks(body: Any) -> Iterator[bytes]:
         body.close()
 
 
-class _mapped:
+class unavailable_mapped:
     """boto3's failures as the index layer's: unreachable is a passing condition (503)."""
 
     def __init__(self, doing: str) -> None:

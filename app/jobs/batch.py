@@ -23,7 +23,7 @@ from app.jobs.context import JobContext, JobStopped
 from app.jobs.import_files import read_import_file
 from app.jobs.ledger import JobItem
 from app.jobs.pipeline import run_pipeline
-from app.jobs.staging import read_staged
+from app.jobs.staging import Staging
 from app.services.collections import Collection, Pin
 from app.services.errors import ImportPathError, InvalidInputError
 from app.services.items import ImageInput, TextInput, image_items
@@ -35,17 +35,18 @@ from models.ray_embedder import RayImageEmbedder, RemoteModel
 
 @dataclass(frozen=True)
 class Sources:
-    """Where a batch's images are read from: its staging folder or the import root."""
+    """Where a batch's images are read from: its staged uploads or the import root."""
 
     import_root: Path | None
     max_file_bytes: int
+    staging: Staging
 
     def read(self, item: JobItem) -> bytes:
         """An item's image bytes; any problem with the file is that item's error, not the job's."""
         source = item.source or ""
         if item.staged:
             try:
-                return read_staged(source, item.offset, item.length)
+                return self.staging.read(source, item.offset, item.length)
             except OSError as e:
                 raise InvalidInputError(f"the staged upload is lost ({e.strerror or e})") from e
         if self.import_root is None:

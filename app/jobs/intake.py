@@ -34,15 +34,15 @@ class BatchEntry:
 
 
 def stage_batch(
-    folder: Path,
+    staging: StagingWriter,
     entries: Sequence[BatchEntry],
     import_root: Path | None,
     max_metadata_bytes: int,
 ) -> list[JobItem]:
-    """Check every item and stage the uploaded images in `folder`, synced once for the job."""
+    """Check every item and stage the uploaded images with `staging`, made durable once for
+    the job (synced, or uploaded)."""
     seen: set[str] = set()
     prepared: list[JobItem] = []
-    staging = StagingWriter(folder)
     try:
         for position, entry in enumerate(entries):
             check_item_input(entry.id, entry.metadata, f"items[{position}]", max_metadata_bytes)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 from app.jobs.context import JobContext, JobHandler, JobStopped, job_error_text
 from app.jobs.intake import BatchEntry, stage_batch
 from app.jobs.ledger import FINISHED, QUEUED_KINDS, JobKind, JobLedger, JobStatus, JobView
+from app.jobs.staging import Staging
 from app.services.errors import InvalidInputError, JobNotFoundError, JobStateError
 from app.services.items import new_item_id
 from app.services.registry import CollectionRegistry
@@ -49,7 +49,7 @@ class JobRunner:
         ledger: JobLedger,
         collections: CollectionRegistry,
         handlers: Mapping[JobKind, JobHandler],
-        staging_dir: Path,
+        staging: Staging,
         import_root: Path | None,
         lease_s: float = 30.0,
     ) -> None:
@@ -60,7 +60,7 @@ class JobRunner:
         self._handlers = dict(handlers)
         self._pool = collections.pools.store
         self._max_metadata_bytes = collections.limits.max_metadata_bytes
-        self._staging_dir = staging_dir
+        self._staging = staging
         self._import_root = import_root
         self._wake = asyncio.Event()  # a job was queued here
         self._task: asyncio.Task[None] | None = None
@@ -72,13 +72,14 @@ class JobRunner:
         self._remove_orphaned_staging()
 
     def _remove_orphaned_staging(self) -> None:
-        """Staged uploads of jobs that finished, or were never recorded (a crash at submit)."""
-        if not self._staging_dir.is_dir():
-            return
-        for folder in self._staging_dir.iterdir():
-            job = self._ledger.get(folder.name)
-            if job is None or job.status in ("done", "cancelled"):
-                shutil.rmtree(folder, ignore_errors=True)
+        """Staged uploads of jobs that finished, or were never recorded (a crash at submit;
+        in a shared ledger another replica may be recording one right now: those stay)."""
+        for job_id in self._staging.job_ids():
+            job = self._ledger.get(job_id)
+            if (job is None and not self._ledger.shared) or (
+                job is not None and job.status in ("done", "cancelled")
+            ):
+                self._staging.remove(job_id)
 
     # -- control --------------------------------------------------------------------------
     def start(self) -> None:
@@ -113,12 +114,11 @@ class JobRunner:
         self._collections.get(collection)
         job_id = new_item_id()
         params = None if dedup_threshold is None else {"dedup_threshold": dedup_threshold}
-        staging = self._staging_dir / job_id
         try:
             items = await run_in(
                 self._pool,
                 stage_batch,
-                staging,
+                self._staging.writer(job_id),
                 entries,
                 self._import_root,
                 self._max_metadata_bytes,
@@ -127,7 +127,8 @@ class JobRunner:
                 self._pool, lambda: self._ledger.create(job_id, items, collection, "batch", params)
             )
         except BaseException:
-            await run_in(self._pool, shutil.rmtree, staging, True)
+            with contextlib.suppress(Exception):
+                await run_in(self._pool, self._staging.remove, job_id)
             raise
         self._wake.set()
         return job_id
@@ -153,7 +154,7 @@ class JobRunner:
         else:
             await self._mark_cancelled(job_id)
             if view.status == "queued":  # nobody runs it: nobody else removes its uploads
-                await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
+                await run_in(self._pool, self._staging.remove, job_id)
         return await self.get(job_id)
 
     async def cancel_jobs_of(self, collection: str, timeout_s: float = 30.0) -> None:
@@ -249,7 +250,7 @@ class JobRunner:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-        await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
+        await run_in(self._pool, self._staging.remove, job_id)
 
     async def _paused(self, job_id: str, error: UnavailableError) -> None:
         """Hand the job back to be taken up again (by any replica) once the service it needs
@@ -287,4 +288,4 @@ class JobRunner:
 
     async def _finish_cancelled(self, job_id: str) -> None:
         self._cancelled.discard(job_id)
-        await run_in(self._pool, shutil.rmtree, self._staging_dir / job_id, True)
+        await run_in(self._pool, self._staging.remove, job_id)

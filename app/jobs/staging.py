@@ -1,8 +1,12 @@
-"""Uploaded batch images kept on disk until their job has indexed them.
+"""Uploaded batch images kept until their job has indexed them.
 
 Every image of a job is appended to a few large files (`staging/<job>/<n>.blobs`), each item
 remembering its offset and length, and each file is synced once before the job is recorded.
 A file and an fsync per item made a 100,000-image JSON batch take five minutes to accept.
+
+`Staging` is where those files live: a folder (`LocalStaging`; shared by the replicas when it is
+under XMR_BLOB_DIR), or object storage (`app/jobs/s3_staging.py`), so that a job another replica
+takes over can read its uploads.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from index.files import fsync_dir
 
@@ -42,7 +46,11 @@ class StagingWriter:
             out.write(data)
         else:
             shutil.copyfileobj(data, out, 1 << 20)
-        return StagedBlob(str(path), offset, out.tell() - offset)
+        return StagedBlob(self.location(path), offset, out.tell() - offset)
+
+    def location(self, path: Path) -> str:
+        """Where a staging file will be read from by the job (its `source`)."""
+        return str(path)
 
     def commit(self) -> None:
         """Flush and fsync every staging file of the job, and the folder that lists them."""
@@ -87,3 +95,51 @@ def read_staged(path: str, offset: int | None, length: int | None) -> bytes:
     if len(data) != length:
         raise OSError(f"staged image truncated: {len(data)} of {length} bytes")
     return data
+
+
+class Staging(Protocol):
+    """Where jobs' uploads are kept between the request that sent them and the job's end."""
+
+    def writer(self, job_id: str) -> StagingWriter: ...
+
+    def read(self, source: str, offset: int | None, length: int | None) -> bytes: ...
+
+    def remove(self, job_id: str) -> None:
+        """Forget a job's uploads (it ended, or was never recorded)."""
+        ...
+
+    def job_ids(self) -> list[str]:
+        """The jobs that have uploads staged."""
+        ...
+
+
+class LocalStaging:
+    """A folder per job under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def writer(self, job_id: str) -> StagingWriter:
+        return StagingWriter(self.root / job_id)
+
+    def read(self, source: str, offset: int | None, length: int | None) -> bytes:
+        return read_staged(source, offset, length)
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    def job_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return [folder.name for folder in self.root.iterdir() if folder.is_dir()]
+
+
+def open_staging(
+    folder: Path, blob_url: str | None, endpoint_url: str | None, spool: Path
+) -> Staging:
+    """In object storage under `blob_url`/staging when there is one, else in `folder`."""
+    if blob_url is None:
+        return LocalStaging(folder)
+    from app.jobs.s3_staging import S3Staging  # boto3: only where S3 is used
+
+    return S3Staging(f"{blob_url.rstrip('/')}/staging", endpoint_url, spool)

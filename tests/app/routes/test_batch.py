@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.main import create_app
+from models import OpenClipEncoder
 from tests.conftest import (
     image_bytes,
     png_file,
@@ -76,3 +79,31 @@ def test_batch_symlink_escaping_the_import_root_is_refused(
     assert (job["status"], job["done"], job["failed"]) == ("done", 0, 1)
     assert "symbolic link" in job["errors"][0]["error"]
     assert client.get("/v1/info").json()["images"] == 0
+
+
+def test_batch_uploads_are_staged_in_object_storage_when_the_bytes_live_there(
+    settings: Settings,
+    tiny_encoder: OpenClipEncoder,
+    s3_server: Any,
+    s3_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No shared folder needed: a job any replica takes over reads its uploads from S3."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    on_s3 = settings.model_copy(
+        update={"blob_url": s3_url, "s3_endpoint_url": s3_server.endpoint_url}
+    )
+    bucket = s3_server.client()
+    staged_prefix = s3_url.removeprefix("s3://xmr-tests/") + "/staging/"
+    with TestClient(create_app(on_s3, encoder=tiny_encoder)) as client:
+        files = [png_file(f"{i}.png", (i * 20, 0, 0)) for i in range(6)]
+        ids = str([f"s{i}" for i in range(6)]).replace("'", '"')
+        response = client.post("/v1/batch", files=files, data={"ids": ids})
+        assert response.status_code == 202
+        job = wait_for_job(client, response.json()["job_id"])
+        assert (job["status"], job["done"], job["failed"]) == ("done", 6, 0)
+        assert client.get("/v1/items/s3/content").content == png_file("3.png", (60, 0, 0))[1][1]
+        assert not (on_s3.data_dir / "staging").exists()  # nothing staged on this replica
+        left = bucket.list_objects_v2(Bucket="xmr-tests", Prefix=staged_prefix)
+        assert left.get("KeyCount", 0) == 0  # removed once the job was done
