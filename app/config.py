@@ -161,7 +161,7 @@ class Settings(BaseSettings):
         pattern=r"^s3://[^/]+(/.*)?$",
         description="s3://bucket/prefix: uploaded image bytes in S3 or any S3-compatible store "
         "(boto3; AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION or an instance "
-        "role), a prefix per collection generation; XMR_BLOB_DIR then holds only batch staging",
+        "role), a prefix per collection generation; batch uploads are staged there too",
     )
     s3_endpoint_url: str | None = Field(
         None, description="the S3 API address of a store other than AWS (Ceph RGW, MinIO)"
