@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -200,20 +200,27 @@ def test_start_up_reconciliation_keeps_a_vector_committed_meanwhile(
     replicas: list[ItemStore],
 ) -> None:
     a, b = replicas
-    index = a._serving["text"]
-    listed = index.labels
+    index, log = a._serving["text"], a.log
+    listed, read = index.labels, log.all_labels
+    wrote: list[bool] = []
 
-    def list_then_let_b_write() -> np.ndarray:
-        labels = listed()
-        b.upsert(texts(rows(1, seed=8), start=100))  # committed after Milvus was listed
-        return labels
+    def then_b_writes(read_first: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        def reading(*args: object) -> np.ndarray:
+            result = read_first(*args)
+            if not wrote:  # between the two reads, whichever comes first: b commits and adds
+                wrote.append(True)
+                b.upsert(texts(rows(1, seed=8), start=100))
+            return result
 
-    index.labels = list_then_let_b_write  # type: ignore[method-assign]
+        return reading
+
+    index.labels = then_b_writes(listed)  # type: ignore[method-assign]
+    log.all_labels = then_b_writes(read)  # type: ignore[method-assign]
     try:
-        reconcile(index, a.log, "text", DIM)
+        reconcile(index, log, "text", DIM)
     finally:
-        index.labels = listed  # type: ignore[method-assign]
-    assert b.get("t100").label in index.labels()
+        index.labels, log.all_labels = listed, read  # type: ignore[method-assign]
+    assert wrote and b.get("t100").label in index.labels()
     assert top_id(a, rows(1, seed=8)[0]) == "t100"
 
 
