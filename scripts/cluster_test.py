@@ -72,20 +72,11 @@ class MilvusServer:
     """Milvus Lite's server on a fixed port and folder, so it can be killed and started again."""
 
     def __init__(self, root: Path) -> None:
-        from tests.milvus_servers import _bin, _free_port
+        from tests.milvus_servers import _free_port, lite_command
 
         self.port = _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.command = [
-            str(_bin("milvus-lite")),
-            "server",
-            "--data-dir",
-            str(root / "milvus"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
+        self.command = lite_command(root / "milvus", self.port)
         self.log = root / "milvus.log"
         self.process: MilvusProcess | None = None
 

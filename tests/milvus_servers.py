@@ -103,28 +103,40 @@ def why_no_standalone() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def lite_server() -> Iterator[MilvusProcess]:
-    """`milvus-lite server` on a free loopback port and a throwaway folder."""
-    folder = Path(tempfile.mkdtemp(prefix="xmr-milvus-lite-"))
-    port = _free_port()
-    command = [
+def lite_command(data_dir: Path, port: int) -> list[str]:
+    """`milvus-lite server` on loopback at `port`, keeping its data in `data_dir`."""
+    return [
         str(_bin("milvus-lite")),
         "server",
         "--data-dir",
-        str(folder / "data"),
+        str(data_dir),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
     ]
+
+
+@contextlib.contextmanager
+def _serving(
+    command: list[str], port: int, folder: Path, timeout_s: float
+) -> Iterator[MilvusProcess]:
     server = MilvusProcess(command, f"http://127.0.0.1:{port}", folder / "server.log")
     try:
-        server.wait_ready(30)
+        server.wait_ready(timeout_s)
         yield server
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lite_server() -> Iterator[MilvusProcess]:
+    """`milvus-lite server` on a free loopback port and a throwaway folder."""
+    folder = Path(tempfile.mkdtemp(prefix="xmr-milvus-lite-"))
+    port = _free_port()
+    with _serving(lite_command(folder / "data", port), port, folder, 30) as server:
+        yield server
 
 
 @contextlib.contextmanager
@@ -133,10 +145,5 @@ def standalone_server() -> Iterator[MilvusProcess]:
     folder = Path(tempfile.mkdtemp(prefix="xmr-milvus-standalone-"))
     port = _free_port()
     command = [str(_bin("milvus-server")), "--data", str(folder), "--proxy-port", str(port)]
-    server = MilvusProcess(command, f"http://127.0.0.1:{port}", folder / "server.log")
-    try:
-        server.wait_ready(120)
+    with _serving(command, port, folder, 120) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
