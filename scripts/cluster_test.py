@@ -38,7 +38,7 @@ from tests.cluster.conftest import HAProxy, ReplicaSet, haproxy_path
 from tests.milvus_servers import MilvusProcess, why_no_lite_server
 from tests.postgres import ThrowawayPostgres
 from tests.postgres import why_unavailable as why_no_postgres
-from tests.ray_cluster import RayCluster
+from tests.ray_cluster import DRIVER_ENV, RayCluster
 from tests.ray_cluster import why_unavailable as why_no_ray
 from tests.s3_server import RadosGateway
 from tests.s3_server import why_unavailable as why_no_rgw
@@ -141,6 +141,7 @@ class Stack:
             XMR_JOB_LEASE_S="3",
             XMR_ENCODE_BATCH_SIZE="16",
             **self.rgw.server.env(),
+            **DRIVER_ENV,
         )
         started = self.replicas.start(3)
         self.balancer = HAProxy(str(haproxy_path()), self.root, started)

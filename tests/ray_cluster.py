@@ -17,6 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 WORKER_PROCESS = "ray::ImageWorker"  # how a model actor's process is named
+# Ray 2.60 turns token authentication on once ~/.ray/auth_token exists (a local `ray.init()`
+# writes one), and a driver then fails to connect to a cluster started without it: the nodes
+# and every driver of the tests (the replicas) run with it off, whatever the home folder holds
+DRIVER_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 def _free_port() -> int:
@@ -61,7 +65,7 @@ class RayCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[RayNode] = []
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **DRIVER_ENV}
 
     def start(self, timeout_s: float = 120) -> None:
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000"]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.cluster.conftest import ReplicaSet
 from tests.cluster.test_replicas import png
-from tests.ray_cluster import RayCluster, ray_cluster, why_unavailable
+from tests.ray_cluster import DRIVER_ENV, RayCluster, ray_cluster, why_unavailable
 
 pytestmark = pytest.mark.cluster
 COUNT = 2000
@@ -39,6 +39,7 @@ def test_a_batch_job_on_ray_stores_every_image_once_while_searches_answer(
         XMR_RAY_WORKERS="2",
         XMR_JOB_LEASE_S="3",
         XMR_ENCODE_BATCH_SIZE="32",
+        **DRIVER_ENV,
     )
     a, b = replica_set.start(2)
     failures: list[str] = []
