@@ -23,6 +23,7 @@ from index.types import check_labels, check_vectors
 
 MILVUS_SPEC = "milvus"
 _LOGICAL_BITS = 18  # of a Milvus hybrid timestamp, below its physical milliseconds
+_READ_RETRY_PAUSE_S = 0.2
 _IN_CHUNK = 1000  # labels per `label in [...]` expression when deleting or listing
 
 
@@ -133,16 +134,22 @@ class MilvusVectorIndex:
 
     def _loaded(self, doing: str, request: Callable[[], Any]) -> Any:
         """Run a read; a collection the server released (a Milvus Lite server restarted) is
-        loaded again and the read repeated once."""
+        loaded again, and a dropped connection waited for, and the read repeated once."""
         from pymilvus import MilvusException
 
         with _unavailable_mapped(doing):
             try:
                 return request()
             except MilvusException as e:
-                if "load" not in str(e.message).lower():
+                message = str(e.message).lower()
+                if "load" in message:
+                    self._client.load_collection(self._name)
+                elif "connect" in message or "unavailable" in message:
+                    # a server that sent the client away (Milvus Lite's, for pinging it too
+                    # often) is usually back at once: a read is asked again, once
+                    time.sleep(_READ_RETRY_PAUSE_S)
+                else:
                     raise
-                self._client.load_collection(self._name)
                 return request()
 
     def show_writes_up_to(self, mark: int) -> None:
