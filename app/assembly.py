@@ -79,6 +79,7 @@ class Services:
                 max_response_bytes=int(settings.max_response_mb * 2**20),
                 duplicates_sync_limit=settings.duplicates_sync_limit,
                 content_url_expiry_s=settings.s3_presign_expiry_s if settings.s3_presign else None,
+                keep_gps=settings.keep_gps,
             )
             collections = CollectionRegistry(
                 settings.data_dir,

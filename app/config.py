@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         ge=2,
         description="largest metadata of one item, as JSON (nesting is limited to 32 levels)",
     )
+    keep_gps: bool = Field(
+        False,
+        description="keep where a photo was taken (metadata exif.gps); off, the place in a "
+        "photo's EXIF is never stored",
+    )
     max_response_mb: float = Field(
         64.0, gt=0, description="largest search response; asking for more results is a 422"
     )

@@ -42,6 +42,20 @@ def content_url(item_id: str, base: str = "/v1") -> str:
     return f"{base}/items/{quote(item_id, safe='')}/content"
 
 
+def thumbnail_url(record: Record, base: str = "/v1") -> str | None:
+    """Where an image's thumbnail is served; the version (its bytes' hash) makes the address
+    change with them, so a browser may keep it for good. None for a text."""
+    if record.kind != "image" or record.content_sha256 is None:
+        return None
+    return (
+        f"{base}/items/{quote(record.id, safe='')}/thumbnail"
+        f"?v={record.content_sha256[:THUMBNAIL_VERSION_CHARS]}"
+    )
+
+
+THUMBNAIL_VERSION_CHARS = 16
+
+
 def item_response(record: Record, base: str = "/v1") -> ItemResponse:
     return ItemResponse(
         id=record.id,
@@ -50,6 +64,7 @@ def item_response(record: Record, base: str = "/v1") -> ItemResponse:
         text=record.text,
         content_type=record.content_type if record.kind == "image" else "text/plain",
         content_url=content_url(record.id, base),
+        thumbnail_url=thumbnail_url(record, base),
         model=record.model,
         created_at=record.created_at,
         updated_at=record.updated_at,
@@ -67,6 +82,7 @@ def search_hit(hit: Hit, base: str = "/v1") -> SearchHit:
         metadata=record.metadata,
         text=record.text,
         content_url=content_url(record.id, base),
+        thumbnail_url=thumbnail_url(record, base),
     )
 
 

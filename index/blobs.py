@@ -26,6 +26,8 @@ _EXTENSIONS = {
     "image/gif": ".gif",
     "image/bmp": ".bmp",
     "image/tiff": ".tiff",
+    "image/heic": ".heic",
+    "image/avif": ".avif",
 }
 
 
@@ -34,6 +36,11 @@ class BlobStore(Protocol):
 
     def put(self, data: bytes, content_type: str) -> StoredBlob:
         """Store `data` durably (StorageError if it cannot be) and say where it went."""
+        ...
+
+    def put_beside(self, path: str, data: bytes, content_type: str) -> None:
+        """Store `data` durably under `path`, a name derived from a stored blob's (its
+        thumbnail): written before the record that needs it commits."""
         ...
 
     def read(self, path: str) -> bytes: ...
@@ -61,6 +68,23 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+THUMBNAIL_SUFFIX = ".thumb.webp"
+THUMBNAIL_TYPE = "image/webp"
+
+
+def thumbnail_path(content_path: str) -> str:
+    """Where the thumbnail of the blob at `content_path` is kept: beside it, so the same bytes
+    indexed again (under any id) find theirs."""
+    folder, _, name = content_path.rpartition("/")
+    stem = name.split(".", 1)[0]  # the SHA-256
+    return f"{folder}/{stem}{THUMBNAIL_SUFFIX}" if folder else stem + THUMBNAIL_SUFFIX
+
+
+def with_thumbnails(paths: set[str]) -> set[str]:
+    """`paths` and their thumbnails' (what a sweep must leave alone)."""
+    return paths | {thumbnail_path(path) for path in paths}
+
+
 def blob_name(data: bytes, content_type: str) -> StoredBlob:
     """The content address of `data`: its SHA-256 and a path with the type's extension."""
     sha = sha256_hex(data)
@@ -85,6 +109,16 @@ class LocalBlobStore:
         except OSError as e:
             raise StorageError(f"could not store the image bytes: {e.strerror or e}") from e
         return blob
+
+    def put_beside(self, path: str, data: bytes, content_type: str) -> None:
+        target = self._resolve(path)
+        try:
+            if target.is_file():  # the same bytes indexed again: made from them already
+                os.utime(target)
+            else:
+                write_atomic(target, data)
+        except OSError as e:
+            raise StorageError(f"could not store the thumbnail: {e.strerror or e}") from e
 
     def read(self, path: str) -> bytes:
         return self._resolve(path).read_bytes()

@@ -35,7 +35,7 @@ from index.errors import (
     ModelMismatchError,
     StorageError,
 )
-from index.filters import RANGE_OPERATORS, MetadataFilter
+from index.filters import EARTH_RADIUS_KM, RANGE_OPERATORS, Box, Condition, MetadataFilter, Near
 from index.keywords import KeywordQuery, searchable_text
 from index.records import Records, labelled_vectors, store_key, vectors_in_pages
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
@@ -584,22 +584,62 @@ def where_sql(where: MetadataFilter | None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for condition in where.conditions:
-        path = condition.field.split(".")
-        if condition.op == "eq":
-            clauses.append("metadata #> %s = %s")
-            params += [path, Jsonb(condition.value)]
-        elif condition.op == "in":
-            clauses.append("metadata #> %s = ANY(%s::jsonb[])")
-            params += [path, [Jsonb(v) for v in condition.value]]
-        else:
-            # only numbers take part in a range, as in the SQLite store (CASE: a cast of a
-            # string would fail, and AND does not promise to test the type first)
-            clauses.append(
-                "CASE WHEN jsonb_typeof(metadata #> %s) = 'number' "
-                f"THEN (metadata #> %s)::numeric END {RANGE_OPERATORS[condition.op]} %s"
-            )
-            params += [path, path, condition.value]
+        clause, values = _condition_sql(condition)
+        clauses.append(clause)
+        params += values
     return " AND ".join(clauses) or "true", params
+
+
+def _number_at(path: list[str]) -> tuple[str, list[Any]]:
+    """The number at `path` as float8, NULL where it is not a number (CASE: a cast of a string
+    would fail, and AND does not promise to test the type first)."""
+    return (
+        "(CASE WHEN jsonb_typeof(metadata #> %s) = 'number' THEN (metadata #> %s)::float8 END)",
+        [path, path],
+    )
+
+
+def _condition_sql(condition: Condition) -> tuple[str, list[Any]]:
+    path = condition.field.split(".")
+    if condition.op == "eq":
+        return "metadata #> %s = %s", [path, Jsonb(condition.value)]
+    if condition.op == "in":
+        return "metadata #> %s = ANY(%s::jsonb[])", [path, [Jsonb(v) for v in condition.value]]
+    if condition.op in ("near", "bbox"):
+        lat, lat_params = _number_at([*path, "lat"])
+        lon, lon_params = _number_at([*path, "lon"])
+        if condition.op == "near":
+            near: Near = condition.value
+            # haversine, as the SQLite store's xmr_distance_km
+            return (
+                f"2 * {EARTH_RADIUS_KM} * asin(least(1, sqrt("
+                f"power(sin(radians({lat} - %s) / 2), 2) + cos(radians({lat})) * "
+                f"cos(radians(%s)) * power(sin(radians({lon} - %s) / 2), 2)))) <= %s",
+                [*lat_params, near.lat, *lat_params, near.lat, *lon_params, near.lon, near.km],
+            )
+        box: Box = condition.value
+        inside = f"{lat} BETWEEN %s AND %s AND "
+        params = [*lat_params, box.south, box.north]
+        if box.west <= box.east:
+            return inside + f"{lon} BETWEEN %s AND %s", [*params, *lon_params, box.west, box.east]
+        # across the 180th meridian
+        return (
+            inside + f"({lon} >= %s OR {lon} <= %s)",
+            [*params, *lon_params, box.west, *lon_params, box.east],
+        )
+    operator = RANGE_OPERATORS[condition.op]
+    if isinstance(condition.value, str):  # dates: ISO 8601 texts, compared byte by byte
+        return (
+            f"CASE WHEN jsonb_typeof(metadata #> %s) = 'string' "
+            f'THEN (metadata #>> %s) COLLATE "C" END {operator} %s',
+            [path, path, condition.value],
+        )
+    # only numbers take part in a numeric range, as in the SQLite store
+    return (
+        "CASE WHEN jsonb_typeof(metadata #> %s) = 'number' "
+        f"THEN (metadata #> %s)::numeric END {operator} %s",
+        [path, path, condition.value],
+    )
 
 
 _INSERT_ITEM = (

@@ -82,6 +82,12 @@ class S3BlobStore:
                 )
         return blob
 
+    def put_beside(self, path: str, data: bytes, content_type: str) -> None:
+        with unavailable_mapped("store the thumbnail in"):
+            self._s3.put_object(
+                Bucket=self.bucket, Key=self._key(path), Body=data, ContentType=content_type
+            )
+
     def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from index.errors import StorageError
-from index.filters import RANGE_OPERATORS, MetadataFilter, Scalar
+from index.filters import RANGE_OPERATORS, Box, Condition, MetadataFilter, Near, Scalar, distance_km
 
 IN_CHUNK = 5000  # values bound in one `IN (...)`: SQLite caps the number of parameters
 
@@ -21,6 +21,7 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    conn.create_function("xmr_distance_km", 4, distance_km, deterministic=True)
     conn.executescript(schema)
     return conn
 
@@ -85,24 +86,55 @@ def where_sql(where: MetadataFilter | None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for condition in where.conditions:
-        path = "$." + ".".join(f'"{part}"' for part in condition.field.split("."))
-        column = "json_extract(metadata, ?)"
-        if condition.op == "eq":
-            clauses.append(f"{column} = ?")
-            params += [path, _sql_value(condition.value)]
-        elif condition.op == "in":
-            marks = ",".join("?" * len(condition.value))
-            clauses.append(f"{column} IN ({marks})")
-            params += [path, *(_sql_value(v) for v in condition.value)]
-        else:
-            # json_type keeps strings out of numeric comparisons (SQLite orders any text
-            # above any number, which would make "abc" > 5 true)
-            clauses.append(
-                f"json_type(metadata, ?) IN ('integer', 'real') "
-                f"AND {column} {RANGE_OPERATORS[condition.op]} ?"
-            )
-            params += [path, path, condition.value]
+        clause, values = _condition_sql(condition)
+        clauses.append(clause)
+        params += values
     return " AND ".join(clauses) or "1", params
+
+
+def _json_path(field: str, *more: str) -> str:
+    return "$." + ".".join(f'"{part}"' for part in (*field.split("."), *more))
+
+
+def _condition_sql(condition: Condition) -> tuple[str, list[Any]]:
+    path = _json_path(condition.field)
+    column = "json_extract(metadata, ?)"
+    if condition.op == "eq":
+        return f"{column} = ?", [path, _sql_value(condition.value)]
+    if condition.op == "in":
+        marks = ",".join("?" * len(condition.value))
+        return f"{column} IN ({marks})", [path, *(_sql_value(v) for v in condition.value)]
+    if condition.op == "near":
+        near: Near = condition.value
+        lat, lon = _json_path(condition.field, "lat"), _json_path(condition.field, "lon")
+        return (
+            "xmr_distance_km(json_extract(metadata, ?), json_extract(metadata, ?), ?, ?) <= ?",
+            [lat, lon, near.lat, near.lon, near.km],
+        )
+    if condition.op == "bbox":
+        return _box_sql(condition.field, condition.value)
+    # a range: json_type keeps numbers and texts apart (SQLite orders any text above any
+    # number, which would make "abc" > 5 true); texts compare as dates do, character by
+    # character
+    kinds = "('text')" if isinstance(condition.value, str) else "('integer', 'real')"
+    return (
+        f"json_type(metadata, ?) IN {kinds} AND {column} {RANGE_OPERATORS[condition.op]} ?",
+        [path, path, condition.value],
+    )
+
+
+def _box_sql(field: str, box: Box) -> tuple[str, list[Any]]:
+    lat, lon = _json_path(field, "lat"), _json_path(field, "lon")
+    value = "json_extract(metadata, ?)"
+    clause = (
+        f"json_type(metadata, ?) IN ('integer', 'real') "
+        f"AND json_type(metadata, ?) IN ('integer', 'real') AND {value} BETWEEN ? AND ? AND "
+    )
+    params: list[Any] = [lat, lon, lat, box.south, box.north]
+    if box.west <= box.east:
+        return clause + f"{value} BETWEEN ? AND ?", [*params, lon, box.west, box.east]
+    # across the 180th meridian: east of `west` or west of `east`
+    return clause + f"({value} >= ? OR {value} <= ?)", [*params, lon, box.west, lon, box.east]
 
 
 def _sql_value(value: Scalar) -> Scalar:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from index.backends import open_backend
-from index.blobs import open_blobs
+from index.blobs import THUMBNAIL_TYPE, open_blobs, thumbnail_path, with_thumbnails
 from index.duplicates import Duplicate, DuplicateScan
 from index.errors import DuplicateIdError, ItemNotFoundError, StorageError, excerpt
 from index.files import remove_stale_temporaries
@@ -105,7 +105,8 @@ class ItemStore:
         )
         self.duplicates = DuplicateScan(self._serving, self.records, self.log, self.searches, dim)
         self._blobs.remove_unreferenced(
-            self.records.blob_paths(), SHARED_BLOB_GRACE_S if self.shared else 0.0
+            with_thumbnails(self.records.blob_paths()),
+            SHARED_BLOB_GRACE_S if self.shared else 0.0,
         )
         with self._serving.lock:
             for kind in KINDS:
@@ -170,6 +171,8 @@ class ItemStore:
         blob = None
         if item.content is not None:
             blob = self._blobs.put(item.content, item.content_type or "")
+            if item.thumbnail is not None:
+                self._blobs.put_beside(thumbnail_path(blob.path), item.thumbnail, THUMBNAIL_TYPE)
         return RecordWrite(item, vector[0], blob)
 
     def _follow(self, result: WriteResult) -> None:
@@ -183,6 +186,7 @@ class ItemStore:
         if not self.shared:
             for blob in result.released_blobs:
                 self._blobs.remove(blob.path)
+                self._blobs.remove(thumbnail_path(blob.path))
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, item_id: str) -> Record:
@@ -198,6 +202,16 @@ class ItemStore:
     def content_url(self, record: Record, expires_s: int) -> str | None:
         """An address the bytes can be fetched from directly (object storage), or None."""
         return self._blobs.url_for(self._content_path(record), expires_s)
+
+    def thumbnail_stream(self, record: Record) -> Iterator[bytes]:
+        """The image's thumbnail in chunks; FileNotFoundError where none was stored (an item
+        indexed before thumbnails were made)."""
+        return self._blobs.stream(thumbnail_path(self._content_path(record)))
+
+    def store_thumbnail(self, record: Record, thumbnail: bytes) -> None:
+        """Keep a thumbnail made after the item was indexed."""
+        path = thumbnail_path(self._content_path(record))
+        self._blobs.put_beside(path, thumbnail, THUMBNAIL_TYPE)
 
     def _content_path(self, record: Record) -> str:
         if record.content_path is None:

@@ -52,6 +52,7 @@ class NewItem:
     content: bytes | None = None
     content_type: str | None = None
     created_at: float | None = None  # kept from the item's first write (re-embedding carries it)
+    thumbnail: bytes | None = None  # an image's small rendition, stored beside its bytes
 
     @classmethod
     def text_item(
@@ -67,8 +68,17 @@ class NewItem:
         content: bytes,
         content_type: str,
         metadata: dict[str, Any] | None = None,
+        thumbnail: bytes | None = None,
     ) -> NewItem:
-        return cls(item_id, "image", vector, metadata, content=content, content_type=content_type)
+        return cls(
+            item_id,
+            "image",
+            vector,
+            metadata,
+            content=content,
+            content_type=content_type,
+            thumbnail=thumbnail,
+        )
 
     @classmethod
     def again(cls, record: Record, vector: np.ndarray, content: bytes | None) -> NewItem:

@@ -7,11 +7,16 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageFormatError
 
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+# HEIC/HEIF (what phones save) through libheif; AVIF is Pillow's own (Pillow 11.2 and later).
+# Registered once, at import: Pillow's plugin registry is process-wide.
+pillow_heif.register_heif_opener()
+
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"})
 DEFAULT_MAX_PIXELS = 50_000_000  # about 7000x7000; larger images are refused before decoding
 # what the decoded samples may take: a 16-bit RGBA pixel is 8 bytes, an 8-bit RGB one 3
 DEFAULT_MAX_DECODED_BYTES = 256 * 2**20
@@ -24,7 +29,10 @@ CONTENT_TYPES = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
+    "HEIF": "image/heic",
+    "AVIF": "image/avif",
 }
+
 
 _BACKGROUND = (255, 255, 255)
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from models.photos import Photo
+
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 4  # sends of one batch before its failure is the job's
@@ -51,25 +53,29 @@ class ImageWorker:
         self._encoder = OpenClipEncoder.load(spec.model, spec.pretrained, options)
         self._max_pixels = max_pixels
 
-    def embed(self, blobs: Sequence[bytes]) -> tuple[np.ndarray, list[str]]:
-        """(vectors, errors): a row per image; an image that does not decode has an error and
-        a row of zeros."""
+    def embed(self, blobs: Sequence[bytes]) -> tuple[np.ndarray, list[str], list[Photo | None]]:
+        """(vectors, errors, photos): a row per image; an image that does not decode has an
+        error, a row of zeros and no photo."""
         from models import ImageDecodeError, decode_image
+        from models.photos import describe, draft_for_photo
 
-        size = self._encoder.image_size
+        draft_size = draft_for_photo(self._encoder.image_size * 2)
         prepared, errors = [], []
+        photos: list[Photo | None] = []
         for data in blobs:
             try:
-                image = decode_image(data, self._max_pixels, draft_size=size * 2)
+                image = decode_image(data, self._max_pixels, draft_size=draft_size)
                 prepared.append(self._encoder.prepare_image(image))
+                photos.append(describe(data, image))
                 errors.append("")
             except ImageDecodeError as e:
                 errors.append(str(e))
+                photos.append(None)
         vectors = np.zeros((len(blobs), self._encoder.dim), dtype=np.float32)
         good = [slot for slot, error in enumerate(errors) if not error]
         if good:
             vectors[good] = self._encoder.encode_prepared(prepared)
-        return vectors, errors
+        return vectors, errors, photos
 
     def node(self) -> str:
         import ray
@@ -144,9 +150,9 @@ class RayImageEmbedder:
 
     async def embed(
         self, spec: RemoteModel, blobs: Sequence[bytes]
-    ) -> tuple[np.ndarray, list[str]]:
-        """Vectors and decode errors for `blobs`, from one of the model's workers; a batch whose
-        worker died is sent again (to the restarted worker or another)."""
+    ) -> tuple[np.ndarray, list[str], list[Photo | None]]:
+        """Vectors, decode errors and photos for `blobs`, from one of the model's workers; a
+        batch whose worker died is sent again (to the restarted worker or another)."""
         import ray
 
         actors = await asyncio.to_thread(self._actors_for, spec)
@@ -154,8 +160,8 @@ class RayImageEmbedder:
         for attempt in range(1, ATTEMPTS + 1):
             actor = actors[next(self._turn[spec])]
             try:
-                vectors, errors = await actor.embed.remote(payload)
-                return vectors, errors
+                vectors, errors, photos = await actor.embed.remote(payload)
+                return vectors, errors, photos
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 if attempt == ATTEMPTS:
                     raise

@@ -33,6 +33,7 @@ class RayIndexReport:
     skipped: int
     failed: list[tuple[str, str]]
     seconds: float
+    dated: int = 0  # images indexed with a capture date (exif.taken_at)
 
 
 def _hash(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -61,19 +62,33 @@ class _Prepare:
         self._max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from models import ImageDecodeError, decode_image
+        import json
 
-        pixels, errors = [], []
+        from models import ImageDecodeError, decode_image
+        from models.photos import describe, draft_for_photo
+
+        pixels, errors, thumbnails, facts = [], [], [], []
         size = self._encoder.image_size
         for data in batch["data"]:
             try:
-                image = decode_image(data, self._max_pixels, draft_size=size * 2)
+                image = decode_image(data, self._max_pixels, draft_for_photo(size * 2))
                 pixels.append(self._encoder.prepare_image(image).numpy())
+                photo = describe(data, image)
+                thumbnails.append(photo.thumbnail)
+                facts.append(json.dumps(photo.facts))
                 errors.append("")
             except ImageDecodeError as e:
                 pixels.append(np.zeros((3, size, size), dtype=np.uint8))
+                thumbnails.append(b"")
+                facts.append("{}")
                 errors.append(str(e))
-        return {**batch, "pixels": np.stack(pixels), "error": np.array(errors)}
+        return {
+            **batch,
+            "pixels": np.stack(pixels),
+            "error": np.array(errors),
+            "thumbnail": np.array(thumbnails, dtype=object),
+            "facts": np.array(facts),
+        }
 
 
 class _Encode:
@@ -101,6 +116,8 @@ class _Encode:
             "item_id": batch["item_id"],
             "data": batch["data"],
             "error": batch["error"],
+            "thumbnail": batch["thumbnail"],
+            "facts": batch["facts"],
             "vector": vectors,
         }
 
@@ -116,10 +133,14 @@ def index_with_ray(
     runtime: str = "auto",
     batch_size: int = 32,
     max_pixels: int = 50_000_000,
+    keep_gps: bool = False,
 ) -> RayIndexReport:
     """Embed `files` on the Ray cluster this process is connected to and store the vectors."""
+    import json
+
     import ray
 
+    from app.services.items import with_photo_facts
     from index import NewItem
     from models.images import CONTENT_TYPES, sniff_image_format
 
@@ -143,26 +164,35 @@ def index_with_ray(
         concurrency=workers,
         num_gpus=1 if gpus else 0,
     )
-    indexed, failed = 0, []
+    indexed, dated, failed = 0, 0, []
     for batch in encoded.iter_batches(batch_size=WRITE_BATCH, batch_format="numpy"):
         items = []
-        for item_id, data, error, vector in zip(
-            batch["item_id"], batch["data"], batch["error"], batch["vector"], strict=True
+        for item_id, data, error, vector, thumbnail, facts in zip(
+            batch["item_id"],
+            batch["data"],
+            batch["error"],
+            batch["vector"],
+            batch["thumbnail"],
+            batch["facts"],
+            strict=True,
         ):
             if error:
                 failed.append((str(item_id), str(error)))
                 continue
             content_type = CONTENT_TYPES[sniff_image_format(data)]
+            photo = json.loads(str(facts))
+            dated += "taken_at" in photo
+            metadata = with_photo_facts({"path": str(item_id)}, photo, keep_gps)
             items.append(
                 NewItem.image_item(
-                    str(item_id), vector, bytes(data), content_type, {"path": str(item_id)}
+                    str(item_id), vector, bytes(data), content_type, metadata, bytes(thumbnail)
                 )
             )
         if items:
             store.upsert(items)
             indexed += len(items)
     skipped = len(files) - len(fresh)
-    return RayIndexReport(indexed, skipped, failed, time.perf_counter() - started)
+    return RayIndexReport(indexed, skipped, failed, time.perf_counter() - started, dated)
 
 
 def _dataset(files: Sequence[ImageFile], batch_size: int) -> Any:

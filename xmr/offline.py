@@ -72,6 +72,7 @@ def index_on_ray(
             runtime=settings.runtime,
             batch_size=batch_size,
             max_pixels=settings.max_image_pixels,
+            keep_gps=settings.keep_gps,
         )
         for start in range(0, len(texts), TEXT_CHUNK):
             part = texts[start : start + TEXT_CHUNK]

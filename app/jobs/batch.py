@@ -30,6 +30,7 @@ from app.services.items import ImageInput, TextInput, image_items
 from app.services.registry import CollectionRegistry
 from app.services.threads import run_in
 from index import NewItem
+from models.photos import Photo
 from models.ray_embedder import RayImageEmbedder, RemoteModel
 
 
@@ -65,7 +66,7 @@ class LoadedBatch:
     images: list[tuple[ImageInput, Any]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
-    remote: asyncio.Task[tuple[np.ndarray, list[str]]] | None = None
+    remote: asyncio.Task[tuple[np.ndarray, list[str], list[Photo | None]]] | None = None
 
 
 @dataclass
@@ -127,7 +128,7 @@ class BatchStages:
                     model = RemoteModel(spec.model, spec.pretrained, spec.precision)
                     loaded.remote = asyncio.ensure_future(self._remote.embed(model, blobs))
             else:
-                prepared = await pin.items.encoding.prepare_many(blobs)
+                prepared = await pin.items.encoding.prepare_many(blobs, describe=True)
         except BaseException:
             await pin.release()
             raise
@@ -170,12 +171,18 @@ class BatchStages:
 
     @staticmethod
     async def _embedded_remotely(loaded: LoadedBatch) -> tuple[list[NewItem], dict[int, str]]:
-        """The Ray cluster's vectors as items, and the images it could not decode by slot."""
+        """The Ray cluster's vectors and photos as items, and the images it could not decode
+        by slot."""
         assert loaded.remote is not None
-        vectors, errors = await loaded.remote
+        vectors, errors, photos = await loaded.remote
         inputs = [inp for inp, _ in loaded.images]
         good = [slot for slot, error in enumerate(errors) if not error]
-        items = image_items([inputs[slot] for slot in good], vectors[good])
+        items = image_items(
+            [inputs[slot] for slot in good],
+            vectors[good],
+            [photo for slot in good if (photo := photos[slot]) is not None],
+            loaded.pin.items.keep_gps,
+        )
         return items, {slot: error for slot, error in enumerate(errors) if error}
 
     async def store(self, encoded: EncodedBatch) -> None:

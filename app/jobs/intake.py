@@ -45,7 +45,9 @@ def stage_batch(
     prepared: list[JobItem] = []
     try:
         for position, entry in enumerate(entries):
-            check_item_input(entry.id, entry.metadata, f"items[{position}]", max_metadata_bytes)
+            image = entry.text is None
+            where = f"items[{position}]"
+            check_item_input(entry.id, entry.metadata, where, max_metadata_bytes, image)
             item_id = entry.id if entry.id is not None else new_item_id()
             if item_id in seen:
                 raise InvalidInputError(f"items[{position}]: id {excerpt(item_id)} appears twice")

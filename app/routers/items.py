@@ -94,6 +94,37 @@ async def get_item_content(
 
 
 @router.get(
+    "/items/{item_id:path}/thumbnail",
+    summary="An image's thumbnail (384 px on its longest side, WebP), with an ETag",
+    response_class=Response,
+    responses={304: {"description": "the client's copy (If-None-Match) is current"}},
+)
+async def get_item_thumbnail(
+    item_id: str, request: Request, items: ItemsDep, base: UrlBaseDep
+) -> Response:
+    item_id, wants_thumbnail = item_path(request, THUMBNAIL_SUFFIX)
+    if not wants_thumbnail:  # /items/p%2Fthumbnail: the record of the item "p/thumbnail"
+        return JSONResponse(item_response(await items.get(item_id), base).model_dump(mode="json"))
+    thumbnail = await items.thumbnail(item_id, request.headers.get("if-none-match"))
+    headers = {
+        "ETag": thumbnail.etag,
+        "Cache-Control": thumbnail_caching(request.query_params.get("v"), thumbnail.etag),
+        "X-Content-Type-Options": "nosniff",
+    }
+    if thumbnail.chunks is None:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return StreamingResponse(thumbnail.chunks, media_type=thumbnail.media_type, headers=headers)
+
+
+def thumbnail_caching(version: str | None, etag: str) -> str:
+    """A versioned address (a hit's thumbnail_url) names these bytes for good; a bare one may
+    show other bytes once the id is indexed again, so it is checked by its ETag each time."""
+    if version and len(version) >= 8 and etag.strip('"').startswith(version):
+        return "private, max-age=31536000, immutable"
+    return "private, no-cache"
+
+
+@router.get(
     "/items/{item_id:path}/similar",
     response_model=SearchResponse,
     summary="Items like this one, by its stored vector (itself left out)",
@@ -131,6 +162,7 @@ async def delete_item(item_id: str, request: Request, items: ChangingDep) -> Res
 
 
 CONTENT_SUFFIX = "/content"
+THUMBNAIL_SUFFIX = "/thumbnail"
 SIMILAR_SUFFIX = "/similar"
 
 

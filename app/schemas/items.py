@@ -81,6 +81,9 @@ class ItemResponse(BaseModel):
     text: str | None = None
     content_type: str | None = None
     content_url: str
+    thumbnail_url: str | None = Field(
+        None, description="images: a small rendition (384 px, WebP) for result grids"
+    )
     model: str
     created_at: float
     updated_at: float

@@ -26,6 +26,9 @@ class SearchHit(BaseModel):
     metadata: JSONObject | None = None
     text: str | None = None
     content_url: str
+    thumbnail_url: str | None = Field(
+        None, description="images: a small rendition (384 px, WebP) for result grids"
+    )
 
 
 class SearchResponse(BaseModel):

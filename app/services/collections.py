@@ -55,6 +55,7 @@ class Limits:
     duplicates_sync_limit: int = 20_000
     # image bytes served by a redirect to the object store, valid this long; None: streamed
     content_url_expiry_s: int | None = None
+    keep_gps: bool = False  # images keep where they were taken (XMR_KEEP_GPS)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Pin:
             self.collection.pools.store,
             self.collection.limits.max_metadata_bytes,
             self.collection.limits.content_url_expiry_s,
+            self.collection.limits.keep_gps,
         )
 
     @functools.cached_property

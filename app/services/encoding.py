@@ -39,6 +39,7 @@ from app.services.threads import (
 from models import Encoder, ImageDecodeError, decode_image
 from models.images import DEFAULT_MAX_DECODED_BYTES, read_header
 from models.memory import release_free_memory
+from models.photos import Photo, describe, draft_for_photo
 
 DRAFT_FACTOR = 2  # large images are decoded or reduced to no less than twice the model input
 LARGE_IMAGE_PIXELS = 12_000_000  # a PNG this size decodes in about 0.2 s on one core
@@ -56,6 +57,15 @@ class EncodingLimits:
     jpeg_draft: bool = True  # decode large JPEGs at a reduced size (DRAFT_FACTOR)
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     overlap_decode: bool | None = None  # decode while the model runs; default: off the CPU
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """An image to index: what the encoder takes, and its facts and thumbnail, made from
+    the same decoding."""
+
+    prepared: Any
+    photo: Photo
 
 
 class EncodingService:
@@ -82,6 +92,8 @@ class EncodingService:
         self._max_image_pixels = limits.max_image_pixels
         self._max_decoded_bytes = limits.max_decoded_bytes
         self._draft_size = encoder.image_size * DRAFT_FACTOR if limits.jpeg_draft else None
+        # an image to index is decoded large enough for its thumbnail too
+        self._photo_draft_size = draft_for_photo(self._draft_size)
         decode_workers, max_batch, max_queue = (
             limits.decode_workers,
             limits.max_batch,
@@ -152,34 +164,40 @@ class EncodingService:
 
         Raises ImageDecodeError (or a subclass) for bytes that are not an acceptable image.
         """
-        return await self._prepare(data, self._is_large(data))
+        return await self._prepare(data, self._is_large(data), self._decode_and_prepare)
 
-    async def _prepare(self, data: bytes, large: bool) -> Any:
+    async def _prepare(self, data: bytes, large: bool, work: Callable[[bytes], Any]) -> Any:
         if large:
-            return await run_in(self._large_decode, self._decode_large, data)
+            return await run_in(self._large_decode, self._decode_large, data, work)
         pool = self._decode if self.overlap_decode else self._inference
-        return await run_in(pool, self._decode_and_prepare, data)
+        return await run_in(pool, work, data)
 
-    async def prepare_many(self, blobs: Sequence[bytes]) -> list[Any]:
-        """Prepare several uploads concurrently; a failure is returned in its slot, not raised."""
+    async def prepare_many(self, blobs: Sequence[bytes], describe: bool = False) -> list[Any]:
+        """Prepare several uploads concurrently; a failure is returned in its slot, not raised.
+
+        With `describe` (images to index), each slot is a PreparedPhoto.
+        """
+        work = self._decode_prepare_describe if describe else self._decode_and_prepare
         large = {position for position, data in enumerate(blobs) if self._is_large(data)}
         if self.overlap_decode:
             results = await asyncio.gather(
-                *(self._prepare(b, p in large) for p, b in enumerate(blobs)),
+                *(self._prepare(b, p in large, work) for p, b in enumerate(blobs)),
                 return_exceptions=True,
             )
         elif not large:
-            results = await run_in(self._inference, self._prepare_in_turn, blobs)
+            results = await run_in(self._inference, self._prepare_in_turn, blobs, work)
         else:
-            results = await self._prepare_large_aside(blobs, large)
+            results = await self._prepare_large_aside(blobs, large, work)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
         return list(results)
 
-    async def prepare_all(self, blobs: Sequence[bytes], name: str = "files") -> list[Any]:
+    async def prepare_all(
+        self, blobs: Sequence[bytes], name: str = "files", describe: bool = False
+    ) -> list[Any]:
         """Prepare every upload, or fail on the first that is not an image, naming `name[i]`."""
-        prepared = await self.prepare_many(blobs)
+        prepared = await self.prepare_many(blobs, describe)
         for position, result in enumerate(prepared):
             if isinstance(result, ImageDecodeError):
                 raise type(result)(f"{name}[{position}]: {result}") from result
@@ -187,11 +205,15 @@ class EncodingService:
                 raise result
         return prepared
 
-    async def _prepare_large_aside(self, blobs: Sequence[bytes], large: set[int]) -> list[Any]:
+    async def _prepare_large_aside(
+        self, blobs: Sequence[bytes], large: set[int], work: Callable[[bytes], Any]
+    ) -> list[Any]:
         """On the CPU: small images in turn with the model, large ones beside it meanwhile."""
         small = [position for position in range(len(blobs)) if position not in large]
-        in_turn = run_in(self._inference, self._prepare_in_turn, [blobs[p] for p in small])
-        aside = [run_in(self._large_decode, self._decode_large, blobs[p]) for p in sorted(large)]
+        in_turn = run_in(self._inference, self._prepare_in_turn, [blobs[p] for p in small], work)
+        aside = [
+            run_in(self._large_decode, self._decode_large, blobs[p], work) for p in sorted(large)
+        ]
         gathered = await asyncio.gather(in_turn, *aside, return_exceptions=True)
         if isinstance(gathered[0], BaseException):
             raise gathered[0]
@@ -205,15 +227,15 @@ class EncodingService:
         except ImageDecodeError:
             return False  # refused where it is decoded, with the same error
 
-    def _decode_large(self, data: bytes) -> Any:
+    def _decode_large(self, data: bytes, work: Callable[[bytes], Any]) -> Any:
         try:
-            return self._decode_and_prepare(data)
+            return work(data)
         finally:
             release_free_memory()
 
-    def _prepare_in_turn(self, blobs: Sequence[bytes]) -> list[Any]:
+    def _prepare_in_turn(self, blobs: Sequence[bytes], work: Callable[[bytes], Any]) -> list[Any]:
         """On the inference thread: decode `blobs` over the whole decode pool, model idle."""
-        futures = [self._decode.submit(self._decode_and_prepare, data) for data in blobs]
+        futures = [self._decode.submit(work, data) for data in blobs]
         results: list[Any] = []
         for future in futures:
             try:
@@ -227,6 +249,12 @@ class EncodingService:
             data, self._max_image_pixels, self._draft_size, self._max_decoded_bytes
         )
         return self.encoder.prepare_image(image)
+
+    def _decode_prepare_describe(self, data: bytes) -> PreparedPhoto:
+        image = decode_image(
+            data, self._max_image_pixels, self._photo_draft_size, self._max_decoded_bytes
+        )
+        return PreparedPhoto(self.encoder.prepare_image(image), describe(data, image))
 
     def close(self) -> None:
         if not self._owns_pools:

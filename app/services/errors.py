@@ -21,6 +21,10 @@ class ImportPathError(InvalidInputError):
     """A batch item names a file outside XMR_IMPORT_ROOT, or no import root is configured."""
 
 
+class NoThumbnailError(ServiceError):
+    """The item is a text: only images have thumbnails (404)."""
+
+
 class JobNotFoundError(ServiceError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job with id {excerpt(job_id)}")

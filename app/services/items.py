@@ -9,13 +9,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.services.encoding import EncodingService
-from app.services.errors import InvalidInputError
+from app.services.encoding import EncodingService, PreparedPhoto
+from app.services.errors import InvalidInputError, NoThumbnailError
 from app.services.threads import run_in
 from index import Kind, MetadataFilter, NewItem, Record, serialized_metadata
+from index.blobs import THUMBNAIL_TYPE
 from index.duplicates import Duplicate
+from index.errors import excerpt
 from models import ImageDecodeError
 from models.images import CONTENT_TYPES, sniff_image_format
+from models.photos import EXIF_MAX_BYTES, THUMBNAIL_SIDE, Photo, thumbnail_of
 
 if TYPE_CHECKING:
     from index.store import ItemStore
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 MAX_ID_LENGTH = 256
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+EXIF_KEY = "exif"  # an image's metadata key for its photo facts, filled by xmr
 
 
 @dataclass(frozen=True)
@@ -57,29 +61,57 @@ def _item_id(given: str | None) -> str:
 
 
 def check_item_input(
-    item_id: str | None, metadata: Any, where: str, max_metadata_bytes: int
+    item_id: str | None, metadata: Any, where: str, max_metadata_bytes: int, image: bool = False
 ) -> None:
-    """Refuse a bad id or metadata before any decoding or encoding is spent on it."""
+    """Refuse a bad id or metadata before any decoding or encoding is spent on it.
+
+    An image's metadata leaves EXIF_MAX_BYTES of the limit to its `exif` object, a key no
+    client may set (it would be one's word against the file's).
+    """
     if item_id is not None:
         try:
             check_item_id(item_id)
         except InvalidInputError as e:
             raise InvalidInputError(f"{where}: {e}") from e
     if metadata is not None:
-        serialized_metadata(metadata, max_metadata_bytes, f"{where}.metadata")
+        limit = max(max_metadata_bytes - EXIF_MAX_BYTES, 2) if image else max_metadata_bytes
+        serialized_metadata(metadata, limit, f"{where}.metadata")
+        if isinstance(metadata, dict) and EXIF_KEY in metadata:
+            raise InvalidInputError(
+                f"{where}.metadata.{EXIF_KEY}: reserved for the facts xmr reads from the photo "
+                "(taken_at, camera, lens, gps, width, height, format); name your key otherwise"
+            )
+
+
+def with_photo_facts(
+    metadata: dict[str, Any] | None, facts: dict[str, Any], keep_gps: bool
+) -> dict[str, Any] | None:
+    """An image's metadata with its photo facts under EXIF_KEY (the place only with
+    `keep_gps`); the client's own keys as they were."""
+    kept = {key: value for key, value in facts.items() if keep_gps or key != "gps"}
+    if not kept:
+        return metadata
+    return {**(metadata or {}), EXIF_KEY: kept}
 
 
 def image_content_type(data: bytes) -> str:
     return CONTENT_TYPES[sniff_image_format(data)]
 
 
-def image_items(inputs: Sequence[ImageInput], vectors: Any) -> list[NewItem]:
-    """The items to store for images and their vectors (one row each)."""
+def image_items(
+    inputs: Sequence[ImageInput], vectors: Any, photos: Sequence[Photo], keep_gps: bool
+) -> list[NewItem]:
+    """The items to store for images, their vectors and their photos (one row each)."""
     return [
         NewItem.image_item(
-            _item_id(item.id), vector, item.data, image_content_type(item.data), item.metadata
+            _item_id(item.id),
+            vector,
+            item.data,
+            image_content_type(item.data),
+            with_photo_facts(item.metadata, photo.facts, keep_gps),
+            photo.thumbnail,
         )
-        for item, vector in zip(inputs, vectors, strict=True)
+        for item, vector, photo in zip(inputs, vectors, photos, strict=True)
     ]
 
 
@@ -92,6 +124,28 @@ class StoredContent:
     url: str | None = None
 
 
+@dataclass(frozen=True)
+class StoredThumbnail:
+    """An image's thumbnail: its ETag, and its chunks (None: the client has these bytes)."""
+
+    etag: str
+    chunks: Iterator[bytes] | None
+    media_type: str = THUMBNAIL_TYPE
+
+
+def thumbnail_etag(record: Record) -> str:
+    """The thumbnail's entity tag: its image's SHA-256 and the rendition's size."""
+    return f'"{record.content_sha256}-{THUMBNAIL_SIDE}"'
+
+
+def matches_etag(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (or `*`); weak tags compare equal."""
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
 class ItemService:
     """What the item routes and the batch jobs do with items."""
 
@@ -102,15 +156,17 @@ class ItemService:
         store_pool: Executor,
         max_metadata_bytes: int,
         content_url_expiry_s: int | None = None,
+        keep_gps: bool = False,
     ) -> None:
         """`encoding` may be None for reads and deletes, which need no model;
         `content_url_expiry_s` serves image bytes by a presigned address where the blob store
-        has one."""
+        has one; `keep_gps` stores where a photo was taken (XMR_KEEP_GPS)."""
         self.store = store
         self._encoding = encoding
         self._store_pool = store_pool  # FAISS kept to one core per thread (app.services.threads)
         self.max_metadata_bytes = max_metadata_bytes
         self._content_url_expiry_s = content_url_expiry_s
+        self.keep_gps = keep_gps
 
     @property
     def encoding(self) -> EncodingService:
@@ -118,8 +174,10 @@ class ItemService:
             raise RuntimeError("this ItemService was made without a model")
         return self._encoding
 
-    def check_input(self, item_id: str | None, metadata: Any, where: str) -> None:
-        check_item_input(item_id, metadata, where, self.max_metadata_bytes)
+    def check_input(
+        self, item_id: str | None, metadata: Any, where: str, image: bool = False
+    ) -> None:
+        check_item_input(item_id, metadata, where, self.max_metadata_bytes, image)
 
     async def index_images(
         self, inputs: Sequence[ImageInput], dedup_threshold: float | None = None
@@ -129,8 +187,8 @@ class ItemService:
         With `dedup_threshold`, images that similar to a stored one are not stored again.
         """
         for position, item in enumerate(inputs):
-            self.check_input(item.id, item.metadata, f"files[{position}]")
-        prepared = await self.encoding.prepare_all([item.data for item in inputs])
+            self.check_input(item.id, item.metadata, f"files[{position}]", image=True)
+        prepared = await self.encoding.prepare_all([item.data for item in inputs], describe=True)
         items, _ = await self.encode_images(inputs, prepared)
         if dedup_threshold is None:
             return await self.store_items(items), []
@@ -144,13 +202,14 @@ class ItemService:
     async def encode_images(
         self, inputs: Sequence[ImageInput], prepared: Sequence[Any], background: bool = False
     ) -> tuple[list[NewItem], dict[int, str]]:
-        """Items to store for images already through `EncodingService.prepare_many`.
+        """Items to store for images already through `EncodingService.prepare_many` (with
+        `describe`: each a PreparedPhoto).
 
         A slot holding an ImageDecodeError is reported by position and skipped.
         """
         failures: dict[int, str] = {}
         good_inputs: list[ImageInput] = []
-        good: list[Any] = []
+        good: list[PreparedPhoto] = []
         for position, (item, result) in enumerate(zip(inputs, prepared, strict=True)):
             if isinstance(result, ImageDecodeError):
                 failures[position] = str(result)
@@ -161,8 +220,9 @@ class ItemService:
                 good.append(result)
         if not good:
             return [], failures
-        vectors = await self.encoding.encode_prepared(good, background)
-        return image_items(good_inputs, vectors), failures
+        vectors = await self.encoding.encode_prepared([p.prepared for p in good], background)
+        photos = [p.photo for p in good]
+        return image_items(good_inputs, vectors, photos, self.keep_gps), failures
 
     async def encode_texts(
         self, inputs: Sequence[TextInput], background: bool = False
@@ -218,6 +278,28 @@ class ItemService:
                 return StoredContent(media_type, iter(()), url)
         chunks = await run_in(self._store_pool, self.store.content_stream, record)
         return StoredContent(media_type, chunks)
+
+    async def thumbnail(self, item_id: str, if_none_match: str | None = None) -> StoredThumbnail:
+        """An image's thumbnail, or only its ETag where `if_none_match` names it already.
+
+        An image indexed before thumbnails were made gets one now, made once and kept.
+        """
+        record = await self.get(item_id)
+        if record.kind != "image" or record.content_path is None:
+            raise NoThumbnailError(f"item {excerpt(item_id)} is a text: only images have one")
+        etag = thumbnail_etag(record)
+        if matches_etag(if_none_match, etag):
+            return StoredThumbnail(etag, None)
+        try:
+            chunks = await run_in(self._store_pool, self.store.thumbnail_stream, record)
+        except FileNotFoundError:
+            chunks = iter([await run_in(self._store_pool, self._make_thumbnail, record)])
+        return StoredThumbnail(etag, chunks)
+
+    def _make_thumbnail(self, record: Record) -> bytes:
+        thumbnail = thumbnail_of(self.store.read_content(record))
+        self.store.store_thumbnail(record, thumbnail)
+        return thumbnail
 
     async def find_by_content_hash(self, hashes: Sequence[str]) -> dict[str, str]:
         """Which of these SHA-256 digests of image bytes are indexed already, and as what id."""

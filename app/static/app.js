@@ -256,9 +256,13 @@ function clearQueryImage() {
   $("query-image-clear").hidden = true;
 }
 
+// HEIC and AVIF files often come without a type (the browser does not know them)
+const IMAGE_NAME = /\.(jpe?g|png|webp|gif|bmp|tiff?|heic|heif|avif)$/i;
+const isImage = (file) => file.type.startsWith("image/") || IMAGE_NAME.test(file.name);
+
 function useQueryImage(file) {
   if (!file) return;
-  if (!file.type.startsWith("image/")) { setStatus(`${file.name} is not an image`, true); return; }
+  if (!isImage(file)) { setStatus(`${file.name} is not an image`, true); return; }
   state.image = file;
   preview(file);
   search().catch(failed);
@@ -358,7 +362,7 @@ drop.addEventListener("drop", (event) => {
   useQueryImage(event.dataTransfer.files[0]);
 });
 document.addEventListener("paste", (event) => {
-  const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+  const file = [...(event.clipboardData?.files || [])].find(isImage);
   if (file) useQueryImage(file);
 });
 

@@ -99,6 +99,56 @@ def test_a_shared_log_forgets_deletions_after_its_retention(postgres_url: str) -
         records.items.destroy()
 
 
+PHOTOS = {  # taken_at as photo_facts writes it; places in Berlin, Paris, Fiji, Taveuni (Fiji)
+    "june": {
+        "exif": {"taken_at": "2025-06-14T10:22:31+02:00", "gps": {"lat": 52.52, "lon": 13.405}}
+    },
+    "july": {"exif": {"taken_at": "2025-07-31T23:59:59", "gps": {"lat": 48.857, "lon": 2.352}}},
+    "august": {
+        "exif": {"taken_at": "2025-08-31T08:00:00-05:00", "gps": {"lat": -18.1, "lon": 178.4}}
+    },
+    "september": {
+        "exif": {"taken_at": "2025-09-01T00:00:00", "gps": {"lat": -16.8, "lon": -179.9}}
+    },
+    "undated": {"exif": {"taken_at": 20250701, "gps": {"lat": "52.52", "lon": 13.4}}},
+    "none": {},
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"exif.taken_at": {"gte": "2025-06-01", "lt": "2025-09-01"}}, {"june", "july", "august"}),
+        ({"exif.taken_at": {"gte": "2025-07-01", "lte": "2025-08-31"}}, {"july", "august"}),
+        ({"exif.taken_at": {"gt": "2025-07-31"}}, {"august", "september"}),  # all of the 31st out
+        ({"exif.taken_at": {"lt": "2025-07-31T23:59:59"}}, {"june"}),
+        ({"exif.taken_at": {"lte": "2025-07-31T23:59:59"}}, {"june", "july"}),
+        ({"exif.gps": {"near": {"lat": 52.5, "lon": 13.4, "km": 10}}}, {"june"}),
+        ({"exif.gps": {"near": {"lat": 52.5, "lon": 13.4, "km": 900}}}, {"june", "july"}),
+        (
+            {"exif.gps": {"bbox": {"south": 40, "west": 0, "north": 60, "east": 20}}},
+            {"june", "july"},
+        ),
+        (  # across the 180th meridian
+            {"exif.gps": {"bbox": {"south": -20, "west": 170, "north": -10, "east": -170}}},
+            {"august", "september"},
+        ),
+        (  # 50 km either side of the 180th meridian, one on each side
+            {"exif.gps": {"near": {"lat": -17.5, "lon": 180, "km": 200}}},
+            {"august", "september"},
+        ),
+    ],
+)
+def test_dates_and_places_filter_alike_in_every_record_store(
+    records: Records, raw: dict, expected: set[str]
+) -> None:
+    writes = [text(name, n, metadata=meta) for n, (name, meta) in enumerate(PHOTOS.items())]
+    result = records.items.upsert(writes, "m/1")
+    names = {label: name for (label, _), name in zip(result.added["text"], PHOTOS, strict=True)}
+    matching = records.items.labels_matching("text", parse_filter(raw))
+    assert {names[label] for label in matching.tolist()} == expected
+
+
 def test_items_are_read_by_id_label_cursor_and_filter(records: Records) -> None:
     result = records.items.upsert(
         [text("a", 0, metadata={"album": "x"}), text("b", 1, metadata={"album": "y"})], "m/1"

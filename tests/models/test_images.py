@@ -15,7 +15,7 @@ from models.images import decode_image, sniff_image_format
 from tests.conftest import image_bytes
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF"])
 def test_common_formats_decode_to_rgb(fmt: str) -> None:
     image = decode_image(image_bytes((200, 30, 30), fmt, (40, 30)))
     assert image.mode == "RGB"

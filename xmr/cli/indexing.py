@@ -80,9 +80,12 @@ def index(
         todo = [(f, d) for f, d in zip(files, digests, strict=True) if d not in known]
         failures = upload_images(client, todo, batch_size)
         texts = index_captions(client, files, read_captions(captions)) if captions else 0
+    failed = {item_id for item_id, _ in failures}
+    indexed = [f for f, _ in todo if f.item_id not in failed]
     out.print(
-        f"indexed {len(todo) - len(failures)} images, skipped {len(files) - len(todo)} "
-        f"already indexed, {len(failures)} failed" + (f", {texts} captions" if captions else "")
+        f"indexed {len(indexed)} images ({count_dated(indexed)} with a capture date), skipped "
+        f"{len(files) - len(todo)} already indexed, {len(failures)} failed"
+        + (f", {texts} captions" if captions else "")
     )
     for item_id, reason in failures[:20]:
         err.print(f"  {item_id}: {reason}", markup=False)
@@ -111,8 +114,8 @@ def ray_index(
     except StorageError as e:
         raise CliError(str(e), 2) from e
     out.print(
-        f"indexed {report.indexed} images, skipped {report.skipped} already indexed, "
-        f"{len(report.failed)} failed"
+        f"indexed {report.indexed} images ({report.dated} with a capture date), skipped "
+        f"{report.skipped} already indexed, {len(report.failed)} failed"
         + (f", {len(texts)} captions" if captions else "")
         + f" ({report.indexed / max(report.seconds, 1e-9):.1f} images/s on Ray)"
     )
@@ -120,6 +123,13 @@ def ray_index(
         err.print(f"  {item_id}: {reason}", markup=False)
     if report.failed:
         raise CliError(f"{len(report.failed)} images could not be indexed", 1)
+
+
+def count_dated(files: Sequence[ImageFile]) -> int:
+    """How many of `files` say in their EXIF when they were taken (as the server reads it)."""
+    from models.photos import photo_facts
+
+    return sum("taken_at" in photo_facts(f.path) for f in files)
 
 
 class Advance:
