@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from app.schemas.openai import OPENAI_PATHS
 from app.services.errors import (
     AdminKeyRequiredError,
     CollectionExistsError,
@@ -34,6 +36,7 @@ from index import (
     StorageError,
     TooManyDuplicatesError,
     UnavailableError,
+    excerpt,
 )
 from models import (
     EmptyTextError,
@@ -87,11 +90,37 @@ def status_for(error: Exception) -> int | None:
     return None
 
 
+_OPENAI_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(
+    status: int, message: str, error: Exception | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error body, `{"error": {"message", "type", "param", "code"}}`, for the routes its
+    clients call (their SDKs read the message from there)."""
+    kind = _OPENAI_ERROR_TYPES.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    code = None
+    if isinstance(error, CollectionNotFoundError):
+        message = f"The model {excerpt(error.name)} does not exist: name a collection or its model"
+        code = "model_not_found"
+    param = getattr(error, "param", param)
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     status = status_for(error) or 500
     if status >= 500 or isinstance(error, ModelLoadError):
         logger.error("%s %s -> %d: %s", request.method, request.url.path, status, error)
     headers = {"Retry-After": RETRY_AFTER[status]} if status in RETRY_AFTER else None
+    if request.url.path in OPENAI_PATHS:  # OpenAI's clients read errors in OpenAI's shape
+        body = openai_error(status, public_message(error), error)
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse({"detail": public_message(error)}, status_code=status, headers=headers)
 
 
@@ -107,6 +136,11 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
         }
         for e in error.errors()
     ]
+    if request.url.path in OPENAI_PATHS and details:
+        first = details[0]
+        field = ".".join(str(part) for part in first["loc"][1:]) or None
+        message = f"{field}: {first['msg']}" if field else str(first["msg"])
+        return JSONResponse(openai_error(422, message, param=field), status_code=422)
     return JSONResponse({"detail": details}, status_code=422)
 
 

@@ -23,6 +23,7 @@ from app.routers import (
     health,
     items,
     metrics,
+    openai,
     page,
     search,
 )
@@ -72,6 +73,7 @@ api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(mounted(COLLECTION_ROUTERS, "/v1"))
 api_router.include_router(batch.jobs_router)
+api_router.include_router(openai.router)
 api_router.include_router(collections.router)
 api_router.include_router(
     mounted(

@@ -141,17 +141,24 @@ class EncodingService:
         await self.images.stop()
 
     async def encode_texts(self, texts: Sequence[str], background: bool = False) -> np.ndarray:
-        """Vectors for `texts`; `background` work waits for room instead of being refused.
+        """Vectors for `texts`; `background` work waits for room instead of being refused."""
+        rows = await self._tokenize(texts)
+        return await self.texts.submit(rows, wait_for_room=background, lane=self.lane)
 
-        Tokenized off the inference thread, each text cut first to what reaches the context:
-        short ones right here (tens of microseconds, less than a hop to another thread, which on
-        the CPU also takes a core from the model's threads), longer ones in the decode pool.
-        """
+    async def encode_texts_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Vectors for `texts`, and how many tokens they took (padding left out: CLIP's
+        tokenizers pad with id 0)."""
+        rows = await self._tokenize(texts)
+        tokens = sum(int(np.count_nonzero(np.asarray(row))) for row in rows)
+        return await self.texts.submit(rows, lane=self.lane), tokens
+
+    async def _tokenize(self, texts: Sequence[str]) -> list[Any]:
+        """Token rows, each text cut first to what reaches the context: short ones right here
+        (tens of microseconds, less than a hop to another thread, which on the CPU also takes
+        a core from the model's threads), longer ones in the decode pool."""
         if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
-            rows = self.encoder.tokenize(list(texts))
-        else:
-            rows = await run_in(self._decode, self.encoder.tokenize, list(texts))
-        return await self.texts.submit(list(rows), wait_for_room=background, lane=self.lane)
+            return list(self.encoder.tokenize(list(texts)))
+        return list(await run_in(self._decode, self.encoder.tokenize, list(texts)))
 
     async def encode_prepared(
         self, prepared: Sequence[Any], background: bool = False

@@ -45,6 +45,7 @@ class OverloadedError(ServiceError):
 class CollectionNotFoundError(ServiceError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no collection named {excerpt(name)}")
+        self.name = name
 
 
 class CollectionExistsError(ServiceError):
