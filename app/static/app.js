@@ -1,5 +1,6 @@
 // The xmr search page: text and/or an image (weighted), "not" words, keyword/hybrid ranking, a
-// score cutoff, "more/less like this", near-duplicates, upload. The URL holds the query, so a
+// score cutoff, a capture-date range, "more/less like this", near-duplicates, upload. The grid
+// shows thumbnails; a click opens the original. The URL holds the query, so a
 // search can be shared and the back button goes back. Plain JavaScript against the public HTTP
 // API; no build step, nothing loaded from elsewhere.
 "use strict";
@@ -21,6 +22,13 @@ function base() {
   return collection() === "default" ? "/v1" : `/v1/collections/${encodeURIComponent(collection())}`;
 }
 function k() { return Math.max(1, Math.min(200, parseInt($("k").value, 10) || 24)); }
+// the capture-date range as a metadata filter on exif.taken_at (both ends are whole days)
+function dateFilter() {
+  const range = {};
+  if ($("taken-from").value) range.gte = $("taken-from").value;
+  if ($("taken-to").value) range.lte = $("taken-to").value;
+  return Object.keys(range).length ? { "exif.taken_at": range } : null;
+}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -49,6 +57,8 @@ function queryParams() {
   if (mode() !== "vector") params.set("mode", mode());
   if (minScore() !== null) params.set("min_score", minScore());
   if (k() !== 24) params.set("k", k());
+  if ($("taken-from").value) params.set("from", $("taken-from").value);
+  if ($("taken-to").value) params.set("to", $("taken-to").value);
   if (state.steer.length) params.set("items", state.steer.map((s) => `${s.weight < 0 ? "-" : ""}${s.id}`).join(","));
   return params;
 }
@@ -69,6 +79,8 @@ function restore() {
   $("min-score").value = params.get("min_score") || "0";
   showMinScore();
   if (params.get("k")) $("k").value = params.get("k");
+  $("taken-from").value = params.get("from") || "";
+  $("taken-to").value = params.get("to") || "";
   state.steer = (params.get("items") || "").split(",").filter(Boolean).map((entry) => (
     entry.startsWith("-") ? { id: entry.slice(1), weight: LESS_WEIGHT } : { id: entry, weight: 1 }
   ));
@@ -102,6 +114,7 @@ async function search(push = true) {
 async function searchText(query) {
   const params = new URLSearchParams({ q: query, k: k(), target: target(), mode: mode() });
   if (minScore() !== null) params.set("min_score", minScore());
+  if (dateFilter()) params.set("filter", JSON.stringify(dateFilter()));
   setStatus(`Searching ${target()} for “${query}”…`);
   const body = await (await api(`${base()}/search/text?${params}`)).json();
   show(body, `“${query}”`);
@@ -111,6 +124,7 @@ async function similarTo(id) {
   // by the item's stored vector: no upload, no model call
   const params = new URLSearchParams({ k: k(), target: target() });
   if (minScore() !== null) params.set("min_score", minScore());
+  if (dateFilter()) params.set("filter", JSON.stringify(dateFilter()));
   setStatus(`Searching ${target()} like ${id}…`);
   const body = await (await api(`${base()}/items/${encodeURIComponent(id)}/similar?${params}`)).json();
   show(body, `items like ${id}`);
@@ -124,6 +138,7 @@ function compositeRequest(text, not) {
   state.steer.forEach((s) => query.push({ item: s.id, weight: s.weight }));
   const request = { query, target: target(), k: k(), mode: mode() };
   if (minScore() !== null) request.min_score = minScore();
+  if (dateFilter()) request.filter = dateFilter();
   return request;
 }
 
@@ -163,9 +178,16 @@ function thumbnail(hit, described) {
   const img = document.createElement("img");
   img.alt = hit.id;
   img.loading = "lazy";
-  imageUrl(hit.content_url).then((url) => { img.src = url; }).catch(failed);
-  img.addEventListener("click", () => openDetails(described));
+  // the small rendition; the original only when the picture is opened
+  imageUrl(hit.thumbnail_url || hit.content_url).then((url) => { img.src = url; }).catch(failed);
+  img.addEventListener("click", () => openDetails(described, hit.content_url));
   return img;
+}
+
+// the day a photo was taken, as its EXIF says (local time there)
+function takenOn(hit) {
+  const taken = hit.metadata?.exif?.taken_at;
+  return typeof taken === "string" ? taken.slice(0, 10) : "";
 }
 
 function button(className, label, onClick) {
@@ -204,9 +226,23 @@ function card(hit) {
   const id = document.createElement("span");
   id.className = "id";
   id.textContent = hit.id;
-  meta.append(score, id,
+  id.title = hit.id;
+  const facts = document.createElement("div");
+  facts.className = "facts";
+  facts.append(score, id);
+  if (takenOn(hit)) {
+    const taken = document.createElement("time");
+    taken.className = "taken";
+    taken.dateTime = takenOn(hit);
+    taken.textContent = takenOn(hit);
+    facts.append(taken);
+  }
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.append(
     button("more-like-this", "more like this", () => moreLikeThis(hit).catch(failed)),
     button("less-like-this", "less like this", () => lessLikeThis(hit).catch(failed)));
+  meta.append(facts, actions);
   item.append(meta);
   return item;
 }
@@ -234,8 +270,12 @@ function showSteering() {
   $("steering-items").textContent = state.steer.map((s) => `${s.weight > 0 ? "more" : "less"} like ${s.id}`).join(", ");
 }
 
-function openDetails(text) {
+function openDetails(text, originalUrl = null) {
   $("details-body").textContent = text;
+  const img = $("details-image");
+  img.hidden = !originalUrl;
+  img.removeAttribute("src");
+  if (originalUrl) imageUrl(originalUrl).then((url) => { img.src = url; }).catch(failed);
   $("details").showModal();
 }
 
@@ -390,7 +430,9 @@ async function loadCollections() {
   picker.replaceChildren(...listed.map((c) => {
     const option = document.createElement("option");
     option.value = c.name;
-    option.textContent = `${c.name} · ${c.model_id}${c.status === "reindexing" ? " (re-embedding)" : ""}`;
+    // the name a person gave it and the model's name; the full model id on hover
+    option.textContent = `${c.name} · ${c.model}${c.status === "reindexing" ? " (re-embedding)" : ""}`;
+    option.title = c.model_id;
     option.selected = c.name === collection();
     return option;
   }));
@@ -401,6 +443,10 @@ $("collection").addEventListener("change", (event) => {
   $("results").replaceChildren();
   setStatus(`Searching in ${event.target.value}`);
 });
+
+["taken-from", "taken-to"].forEach((id) => $(id).addEventListener("change", () => {
+  if ($("query").value.trim() || state.image || state.steer.length) search().catch(failed);
+}));
 
 $("api-key").value = apiKey();
 $("api-key").addEventListener("change", (event) => {

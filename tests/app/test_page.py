@@ -7,6 +7,7 @@ where either is missing the test is skipped and says why.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -212,7 +213,10 @@ def test_the_collection_picker_searches_the_chosen_collection_and_is_remembered(
     page = browser.new_page()
     page.goto(indexed_server + "/")
     page.wait_for_selector("#collection option[value=shapes]", state="attached")
-    assert "shapes-tiny/" in page.inner_text("#collection option[value=shapes]")
+    shown = page.inner_text("#collection option[value=shapes]")
+    assert shown == "shapes · shapes-tiny"  # its name and its model's, not the raw model id
+    model_id = page.get_attribute("#collection option[value=shapes]", "title") or ""
+    assert model_id.startswith("shapes-tiny/")  # that on hover
     page.select_option("#collection", "shapes")
     page.fill("#query", "a cyan square")
     page.press("#query", "Enter")
@@ -393,3 +397,62 @@ def wait_for_thumbnails_in(page: Any, selector: str) -> None:
         ".every(i => i.complete && i.naturalWidth > 0)",
         arg=selector,
     )
+
+
+def test_the_grid_fetches_thumbnails_only_and_filters_by_capture_date(
+    browser: Any, live_server: str
+) -> None:
+    from tests.app.test_photos import camera_exif, encoded, noisy_photo
+
+    taken = {"may": "2025:05:20 09:00:00", "june": "2025:06:14 10:00:00", "july": None}
+    files, originals = [], {}
+    for n, (name, date) in enumerate(taken.items()):
+        photo = Image.open(io.BytesIO(noisy_photo(n, (1600, 1200))))
+        originals[name] = encoded(photo, "JPEG", camera_exif(date), quality=92)
+        files.append(("files", (f"{name}.jpg", originals[name], "image/jpeg")))
+    httpx.post(
+        f"{live_server}/v1/images", files=files, data={"ids": json.dumps(list(taken))}
+    ).raise_for_status()
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    fetched: dict[str, int] = {}
+
+    def count(response: Any) -> None:
+        if "/items/" in response.url:
+            fetched[response.url] = len(response.body())
+
+    page.on("response", count)
+    page.goto(live_server + "/")
+    page.fill("#query", "a photo")
+    page.press("#query", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit img').length === 3")
+    wait_for_thumbnails(page)
+    assert fetched and all("/thumbnail?v=" in url for url in fetched), fetched
+    biggest = min(len(data) for data in originals.values())
+    assert sum(fetched.values()) < biggest, (fetched, biggest)  # three thumbnails < one photo
+    # each card shows its id and the day it was taken, and its buttons fit inside it
+    cards = page.locator("#results .hit")
+    shown = {
+        cards.nth(n).locator(".id").inner_text(): cards.nth(n).locator(".taken").all_inner_texts()
+        for n in range(3)
+    }
+    assert shown == {"may": ["2025-05-20"], "june": ["2025-06-14"], "july": []}
+    for n in range(3):
+        card = cards.nth(n).bounding_box()
+        for name in ("more-like-this", "less-like-this"):
+            box = cards.nth(n).locator(f"button.{name}").bounding_box()
+            assert card and box and box["x"] + box["width"] <= card["x"] + card["width"] + 0.5
+            assert box["y"] + box["height"] <= card["y"] + card["height"] + 0.5
+    # a click opens the original
+    fetched.clear()
+    page.locator("#results .hit img").first.click()
+    page.wait_for_function("() => document.getElementById('details-image').naturalWidth > 0")
+    assert any(url.endswith("/content") for url in fetched), fetched
+    page.keyboard.press("Escape")
+    # a capture-date range: only June
+    page.fill("#taken-from", "2025-06-01")
+    page.fill("#taken-to", "2025-06-30")
+    page.dispatch_event("#taken-to", "change")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 1")
+    assert page.locator("#results .hit .id").all_inner_texts() == ["june"]
+    assert "from=2025-06-01" in page.url and "to=2025-06-30" in page.url
+    page.close()
