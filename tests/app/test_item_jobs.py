@@ -271,7 +271,7 @@ def test_tagging_writes_the_best_label_into_metadata_and_resumes(
         for position, (truth, _) in enumerate(drawings):
             metadata = items[f"d{position}"]["metadata"]
             if position >= 9:
-                assert metadata == {"set": "other"}
+                assert {k: v for k, v in metadata.items() if k != "exif"} == {"set": "other"}
                 continue
             right += metadata["tag"] == truth
             assert 0.0 < metadata["tag_probability"] <= 1.0 and metadata["set"] == "tagged"

@@ -402,7 +402,7 @@ def wait_for_thumbnails_in(page: Any, selector: str) -> None:
 def test_the_grid_fetches_thumbnails_only_and_filters_by_capture_date(
     browser: Any, live_server: str
 ) -> None:
-    from tests.app.test_photos import camera_exif, encoded, noisy_photo
+    from tests.photos import camera_exif, encoded, noisy_photo
 
     taken = {"may": "2025:05:20 09:00:00", "june": "2025:06:14 10:00:00", "july": None}
     files, originals = [], {}

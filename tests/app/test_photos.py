@@ -14,62 +14,20 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image, TiffImagePlugin
+from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
 from tests.app.test_collections import SHAPES, shapes_encoder  # noqa: F401
 from tests.conftest import _milvus_available, image_bytes, with_backend
+from tests.photos import camera_exif, encoded, noisy_photo
 from xmr.shapes import random_scene, render
-
-ORIENTATION, EXIF_IFD, GPS_IFD = 0x0112, 0x8769, 0x8825
-
-
-def camera_exif(
-    taken: str | None = None,
-    offset: str | None = None,
-    gps: tuple[float, float] | None = None,
-    orientation: int | None = None,
-) -> bytes:
-    """EXIF as a camera writes it: Make/Model, DateTimeOriginal (+ offset), lens, GPS."""
-    exif = Image.Exif()
-    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"
-    if orientation is not None:
-        exif[ORIENTATION] = orientation
-    details = exif.get_ifd(EXIF_IFD)
-    details[0xA434] = "RF24-105mm F4 L IS USM"
-    if taken is not None:
-        details[0x9003] = taken
-    if offset is not None:
-        details[0x9011] = offset
-    if gps is not None:
-        place = exif.get_ifd(GPS_IFD)
-        lat, lon = gps
-        place[1], place[2] = ("N" if lat >= 0 else "S"), _dms(lat)
-        place[3], place[4] = ("E" if lon >= 0 else "W"), _dms(lon)
-    return exif.tobytes()
-
-
-def _dms(value: float) -> tuple[TiffImagePlugin.IFDRational, ...]:
-    value = abs(value)
-    degrees, minutes = int(value), int(abs(value) * 60) % 60
-    seconds = round((value - degrees - minutes / 60) * 3600 * 1000)
-    rational = TiffImagePlugin.IFDRational
-    return rational(degrees, 1), rational(minutes, 1), rational(seconds, 1000)
 
 
 def scene(color: str, kind: str, seed: int = 0, size: int = 160) -> Image.Image:
     rng = np.random.default_rng(seed)
     return render(random_scene(rng, 1, [(color, kind)], min_side=size, max_side=size))
-
-
-def encoded(image: Image.Image, fmt: str, exif: bytes | None = None, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    if exif is not None:
-        options["exif"] = exif
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -153,16 +111,6 @@ def test_a_heic_decompression_bomb_is_refused_like_a_png_one(
 
 
 # -- thumbnails ----------------------------------------------------------------------------------
-def noisy_photo(seed: int, size: tuple[int, int] = (1600, 1200)) -> bytes:
-    """A JPEG that compresses like a photo, not like a flat colour."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
-    noise = rng.normal(0, 12, (size[1], size[0], 3))
-    pixels = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
-    return encoded(Image.fromarray(pixels), "JPEG", quality=90)
-
-
 def test_every_image_has_a_small_thumbnail_with_an_etag(client: TestClient) -> None:
     photo = noisy_photo(1)
     index(client, {"big.jpg": photo})

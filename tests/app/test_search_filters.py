@@ -83,7 +83,8 @@ def test_image_search_and_query_batches_take_filters_too(client: TestClient) -> 
     ("params", "message"),
     [
         ({"filter": "{not json"}, "filter: not valid JSON"),
-        ({"filter": '{"year": {"gte": "x"}}'}, "filter.year.gte: must be a number"),
+        ({"filter": '{"year": {"gte": "x"}}'}, "filter.year.gte: a date is YYYY-MM-DD"),
+        ({"filter": '{"year": {"gte": []}}'}, "filter.year.gte: must be a number or an ISO"),
         ({"filter": '{"year": NaN}'}, "filter: not valid JSON"),
         ({"filter": '{"a": {"regex": "."}}'}, "filter.a.regex: unknown operator"),
         ({"offset": -1}, "greater than or equal to 0"),

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from models.photos import THUMBNAIL_SIDE, make_thumbnail, photo_facts
-from tests.app.test_photos import camera_exif, encoded
+from tests.photos import camera_exif, encoded
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "HEIF", "AVIF", "WEBP", "PNG", "TIFF"])

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from tests.app.test_server_process import free_port
+from tests.photos import camera_exif
 from xmr.client import XmrClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,8 @@ def gallery(folder: Path) -> dict[str, str]:
     colours = {"red.png": "red", "sub/blue.png": "blue", "sub/deeper/green.jpg": "green"}
     for name, colour in colours.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (40, 30), colour).save(folder / name)
+        taken = {"exif": camera_exif("2025:06:14 10:22:31")} if name.endswith(".jpg") else {}
+        Image.new("RGB", (40, 30), colour).save(folder / name, **taken)
     (folder / "notes.txt").write_text("not an image")
     return colours
 
@@ -38,14 +40,17 @@ def test_index_search_and_resume_by_content_hash(live_server: str, tmp_path: Pat
 
     flat = xmr("index", str(photos), server=live_server)
     assert flat.returncode == 0, flat.stderr
-    assert "indexed 1 images, skipped 0" in flat.stdout
+    assert "indexed 1 images (0 with a capture date), skipped 0" in flat.stdout
 
     deep = xmr("index", str(photos), "-r", "--captions", str(captions), server=live_server)
     assert deep.returncode == 0, deep.stderr
-    assert "indexed 2 images, skipped 1 already indexed, 0 failed, 2 captions" in deep.stdout
+    assert (  # green.jpg says when it was taken
+        "indexed 2 images (1 with a capture date), skipped 1 already indexed, 0 failed, 2 captions"
+        in deep.stdout
+    )
 
     again = xmr("index", str(photos), "--recursive", server=live_server)
-    assert "indexed 0 images, skipped 3 already indexed" in again.stdout
+    assert "indexed 0 images (0 with a capture date), skipped 3 already indexed" in again.stdout
 
     with XmrClient(live_server) as client:
         info = client.info()
@@ -84,7 +89,9 @@ def test_failed_images_are_listed_with_exit_code_1(live_server: str, tmp_path: P
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     result = xmr("index", str(tmp_path), server=live_server)
     assert result.returncode == 1
-    assert "indexed 1 images, skipped 0 already indexed, 1 failed" in result.stdout
+    assert "indexed 1 images (0 with a capture date), skipped 0 already indexed, 1 failed" in (
+        result.stdout
+    )
     assert "broken.jpg:" in result.stderr
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TINY_MODEL
+from tests.photos import camera_exif
 
 pytest.importorskip("ray", reason="ray is not installed")
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +39,12 @@ def photos(folder: Path) -> None:
         target = folder / ("sub" if n % 2 else "") / f"p{n}.{'jpg' if n % 3 else 'png'}"
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG" if n % 3 else "PNG")
+        exif = camera_exif("2025:06:14 10:22:31") if n == 1 else None
+        encoded = Image.fromarray(pixels)
+        if exif is None:
+            encoded.save(buffer, "JPEG" if n % 3 else "PNG")
+        else:
+            encoded.save(buffer, "JPEG", exif=exif)
         target.write_bytes(buffer.getvalue())
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
 
@@ -65,7 +71,10 @@ def test_ray_indexes_what_the_ordinary_path_indexes(live_server: str, tmp_path: 
     }
     first = xmr("index", str(folder), "-r", "--ray", "--workers", "2", "--batch-size", "3", **env)
     assert first.returncode == 1, first.stderr
-    assert "indexed 7 images, skipped 0 already indexed, 1 failed" in first.stdout
+    assert (
+        "indexed 7 images (1 with a capture date), skipped 0 already indexed, 1 failed"
+        in first.stdout
+    )
     assert "broken.jpg:" in first.stderr
 
     expected, got = stored(tmp_path / "data"), stored(ray_data)
@@ -73,6 +82,9 @@ def test_ray_indexes_what_the_ordinary_path_indexes(live_server: str, tmp_path: 
     for item_id, (metadata, sha, vector) in expected.items():
         assert got[item_id][:2] == (metadata, sha)
         np.testing.assert_allclose(got[item_id][2], vector, atol=1e-5)
+    thumbnails = sorted(p.name for p in (tmp_path / "data").rglob("*.thumb.webp"))
+    assert len(thumbnails) == 7
+    assert sorted(p.name for p in ray_data.rglob("*.thumb.webp")) == thumbnails
 
     again = xmr("index", str(folder), "-r", "--ray", **env)
-    assert "indexed 0 images, skipped 7 already indexed, 1 failed" in again.stdout
+    assert "indexed 0 images (0 with a capture date), skipped 7 already indexed" in again.stdout

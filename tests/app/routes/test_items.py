@@ -33,7 +33,11 @@ def test_index_images_with_ids_and_metadata(client: TestClient) -> None:
     ids = response.json()["ids"]
     assert ids[0] == "red" and len(ids[1]) == 32
     record = client.get("/v1/items/red").json()
-    assert record["kind"] == "image" and record["metadata"] == {"colour": "red"}
+    assert record["kind"] == "image"  # its own metadata, and the facts of the file
+    assert record["metadata"] == {
+        "colour": "red",
+        "exif": {"format": "png", "width": 64, "height": 48},
+    }
     assert record["content_type"] == "image/png" and record["model"] == f"{TINY_MODEL}/random-init"
     content = client.get("/v1/items/red/content")
     assert content.headers["content-type"] == "image/png"
@@ -217,4 +221,8 @@ def test_image_bytes_in_object_storage_are_streamed_or_redirected_to(
         stored = s3_server.client().list_objects_v2(
             Bucket="xmr-tests", Prefix=s3_url.removeprefix("s3://xmr-tests/")
         )
-        assert [o["Size"] for o in stored["Contents"]] == [len(image_bytes("red"))]
+        sizes = {o["Key"].rsplit("/", 1)[1].split(".", 1)[1]: o["Size"] for o in stored["Contents"]}
+        assert sizes.keys() == {"png", "thumb.webp"}  # the bytes, and their thumbnail beside
+        assert sizes["png"] == len(image_bytes("red"))
+        thumbnail = client.get("/v1/items/red/thumbnail")
+        assert thumbnail.status_code == 200 and len(thumbnail.content) == sizes["thumb.webp"]
