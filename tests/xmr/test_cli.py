@@ -55,7 +55,13 @@ def test_index_search_and_resume_by_content_hash(live_server: str, tmp_path: Pat
     with XmrClient(live_server) as client:
         info = client.info()
         assert (info["images"], info["texts"]) == (3, 2)
-        assert client.get_item("sub/blue.png")["metadata"] == {"path": "sub/blue.png"}
+        assert client.get_item("sub/blue.png")["metadata"] == {
+            "path": "sub/blue.png",
+            "exif": {"format": "png", "width": 40, "height": 30},
+        }
+        assert client.get_item("sub/deeper/green.jpg")["metadata"]["exif"]["taken_at"] == (
+            "2025-06-14T10:22:31"
+        )
         assert client.get_item("sub/blue.png#0")["metadata"] == {"image_id": "sub/blue.png"}
 
     found = xmr("search", "a square", "-k", "2", "--json", server=live_server)
