@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from index.blobs import thumbnail_path
 from tests.app.test_server_process import free_port, server_env, start_server
 from xmr.client import XmrClient
 
@@ -170,7 +171,18 @@ def verify(client: XmrClient, acked: Acknowledged, data_dir: Path) -> int:
         orphans = records_db.execute(
             "SELECT rowid FROM keywords EXCEPT SELECT label FROM items"
         ).fetchall()
+        image_paths = [
+            path
+            for (path,) in records_db.execute(
+                "SELECT content_path FROM items WHERE kind = 'image'"
+            ).fetchall()
+        ]
     assert unindexed == [] and orphans == []
+    # every image's thumbnail was made durable before its record committed
+    without_thumbnail = [
+        path for path in image_paths if not (data_dir / "blobs" / thumbnail_path(path)).is_file()
+    ]
+    assert image_paths and without_thumbnail == []
     counts = dict(rows)
     assert (info["images"], info["texts"]) == (counts.get("image", 0), counts.get("text", 0))
     assert info["texts"] >= len(expected) and info["images"] >= len(acked.images)
@@ -180,5 +192,5 @@ def verify(client: XmrClient, acked: Acknowledged, data_dir: Path) -> int:
 
 def _found_with_own_record(hits: list[dict], item_id: str) -> bool:
     own = [h for h in hits if h["id"] == item_id]
-    every_record_is_its_own = all(h["metadata"] == {"id": h["id"]} for h in hits)
+    every_record_is_its_own = all(h["metadata"]["id"] == h["id"] for h in hits)
     return bool(own) and own[0]["score"] > 0.9999 and every_record_is_its_own
