@@ -68,8 +68,8 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-THUMBNAIL_SUFFIX = ".thumb.webp"
-THUMBNAIL_TYPE = "image/webp"
+THUMBNAIL_SUFFIX = ".thumb.jpg"
+THUMBNAIL_TYPE = "image/jpeg"
 
 
 def thumbnail_path(content_path: str) -> str:

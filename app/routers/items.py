@@ -95,7 +95,7 @@ async def get_item_content(
 
 @router.get(
     "/items/{item_id:path}/thumbnail",
-    summary="An image's thumbnail (384 px on its longest side, WebP), with an ETag",
+    summary="An image's thumbnail (384 px on its longest side, JPEG), with an ETag",
     response_class=Response,
     responses={304: {"description": "the client's copy (If-None-Match) is current"}},
 )

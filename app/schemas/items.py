@@ -82,7 +82,7 @@ class ItemResponse(BaseModel):
     content_type: str | None = None
     content_url: str
     thumbnail_url: str | None = Field(
-        None, description="images: a small rendition (384 px, WebP) for result grids"
+        None, description="images: a small rendition (384 px, JPEG) for result grids"
     )
     model: str
     created_at: float

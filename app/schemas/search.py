@@ -27,7 +27,7 @@ class SearchHit(BaseModel):
     text: str | None = None
     content_url: str
     thumbnail_url: str | None = Field(
-        None, description="images: a small rendition (384 px, WebP) for result grids"
+        None, description="images: a small rendition (384 px, JPEG) for result grids"
     )
 
 

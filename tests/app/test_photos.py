@@ -119,7 +119,7 @@ def test_every_image_has_a_small_thumbnail_with_an_etag(client: TestClient) -> N
     assert hit["thumbnail_url"].startswith("/v1/items/big.jpg/thumbnail?v=")
     response = client.get(hit["thumbnail_url"])
     assert response.status_code == 200
-    assert response.headers["content-type"] == "image/webp"
+    assert response.headers["content-type"] == "image/jpeg"
     assert "immutable" in response.headers["cache-control"]
     assert len(response.content) < 40_000 < len(photo) / 4
     assert Image.open(io.BytesIO(response.content)).size == (384, 288)
@@ -138,21 +138,21 @@ def test_the_same_bytes_again_share_one_thumbnail_and_the_id_changes_its_etag(
 ) -> None:
     first, second = noisy_photo(1, (640, 480)), noisy_photo(2, (640, 480))
     index(client, {"a": first, "b": first})
-    thumbnails = sorted((settings.data_dir).rglob("*.thumb.webp"))
+    thumbnails = sorted((settings.data_dir).rglob("*.thumb.jpg"))
     assert len(thumbnails) == 1
     etag = client.get("/v1/items/a/thumbnail").headers["etag"]
     index(client, {"a": second})  # the id now shows other bytes
     response = client.get("/v1/items/a/thumbnail", headers={"If-None-Match": etag})
     assert response.status_code == 200 and response.headers["etag"] != etag
     assert client.delete("/v1/items/b").status_code == 204  # the first bytes: no record now
-    assert len(sorted(settings.data_dir.rglob("*.thumb.webp"))) == 1
+    assert len(sorted(settings.data_dir.rglob("*.thumb.jpg"))) == 1
 
 
 def test_an_image_stored_without_a_thumbnail_gets_one_on_first_request(
     client: TestClient, settings: Settings
 ) -> None:
     index(client, {"old": noisy_photo(3, (800, 600))})
-    (stored,) = settings.data_dir.rglob("*.thumb.webp")
+    (stored,) = settings.data_dir.rglob("*.thumb.jpg")
     stored.unlink()  # as an item indexed before thumbnails were made
     response = client.get("/v1/items/old/thumbnail")
     assert response.status_code == 200

@@ -82,9 +82,9 @@ def test_ray_indexes_what_the_ordinary_path_indexes(live_server: str, tmp_path: 
     for item_id, (metadata, sha, vector) in expected.items():
         assert got[item_id][:2] == (metadata, sha)
         np.testing.assert_allclose(got[item_id][2], vector, atol=1e-5)
-    thumbnails = sorted(p.name for p in (tmp_path / "data").rglob("*.thumb.webp"))
+    thumbnails = sorted(p.name for p in (tmp_path / "data").rglob("*.thumb.jpg"))
     assert len(thumbnails) == 7
-    assert sorted(p.name for p in ray_data.rglob("*.thumb.webp")) == thumbnails
+    assert sorted(p.name for p in ray_data.rglob("*.thumb.jpg")) == thumbnails
 
     again = xmr("index", str(folder), "-r", "--ray", **env)
     assert "indexed 0 images (0 with a capture date), skipped 7 already indexed" in again.stdout

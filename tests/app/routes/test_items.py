@@ -222,7 +222,7 @@ def test_image_bytes_in_object_storage_are_streamed_or_redirected_to(
             Bucket="xmr-tests", Prefix=s3_url.removeprefix("s3://xmr-tests/")
         )
         sizes = {o["Key"].rsplit("/", 1)[1].split(".", 1)[1]: o["Size"] for o in stored["Contents"]}
-        assert sizes.keys() == {"png", "thumb.webp"}  # the bytes, and their thumbnail beside
+        assert sizes.keys() == {"png", "thumb.jpg"}  # the bytes, and their thumbnail beside
         assert sizes["png"] == len(image_bytes("red"))
         thumbnail = client.get("/v1/items/red/thumbnail")
-        assert thumbnail.status_code == 200 and len(thumbnail.content) == sizes["thumb.webp"]
+        assert thumbnail.status_code == 200 and len(thumbnail.content) == sizes["thumb.jpg"]
