@@ -81,7 +81,13 @@ class NewItem:
         )
 
     @classmethod
-    def again(cls, record: Record, vector: np.ndarray, content: bytes | None) -> NewItem:
+    def again(
+        cls,
+        record: Record,
+        vector: np.ndarray,
+        content: bytes | None,
+        thumbnail: bytes | None = None,
+    ) -> NewItem:
         """A stored item with a new vector (a re-embedding): all else as it was."""
         return cls(
             record.id,
@@ -92,6 +98,7 @@ class NewItem:
             content=content,
             content_type=record.content_type,
             created_at=record.created_at,
+            thumbnail=thumbnail,
         )
 
 

@@ -335,12 +335,13 @@ class ReembedStages:
         return await self.next_after_label(batch[-1].label)
 
     async def load(self, batch: Sequence[Record]) -> tuple[dict[str, bytes], list[Any]]:
-        """The stored bytes of the batch's images, decoded and prepared for the new model."""
+        """The stored bytes of the batch's images, decoded and prepared for the new model (with
+        their thumbnails, for the new generation's blob store)."""
         images = [r for r in batch if r.kind == "image"]
         if not images:
             return {}, []
         data = [await run_in(self._pool, self._old.read_content, r) for r in images]
-        prepared = await self._encoding.prepare_many(data)
+        prepared = await self._encoding.prepare_many(data, describe=True)
         for record, result in zip(images, prepared, strict=True):
             if isinstance(result, Exception):
                 raise ReindexFailed(f"image {record.id} cannot be embedded again: {result}")
@@ -360,12 +361,18 @@ class ReembedStages:
                 [r.text or "" for r in texts], background=True
             )
             vectors.update({r.id: v for r, v in zip(texts, encoded, strict=True)})
+        thumbnails: dict[str, bytes] = {}
         if images:
-            encoded = await self._encoding.encode_prepared(prepared, background=True)
+            encoded = await self._encoding.encode_prepared(
+                [p.prepared for p in prepared], background=True
+            )
             vectors.update({r.id: v for r, v in zip(images, encoded, strict=True)})
+            thumbnails = {r.id: p.photo.thumbnail for r, p in zip(images, prepared, strict=True)}
         progress = self._progress
         progress.cursor = ReindexCursor(batch[-1].label, progress.cursor.done + len(batch))
-        items = [NewItem.again(r, vectors[r.id], blobs.get(r.id)) for r in batch]
+        items = [
+            NewItem.again(r, vectors[r.id], blobs.get(r.id), thumbnails.get(r.id)) for r in batch
+        ]
         return items, progress.cursor
 
     async def store(self, encoded: tuple[list[NewItem], ReindexCursor]) -> None:

@@ -146,6 +146,8 @@ def test_searches_run_throughout_a_reindex_and_writes_are_carried_over(
     folder = settings.data_dir / "collections" / "docs"
     assert not (folder / "records.sqlite3").exists()  # the first generation is gone
     assert [p.name for p in folder.glob("gen-*")] == ["gen-1"]
+    # the new generation got the image's thumbnail while re-embedding, not on first request
+    assert len(list((folder / "gen-1").rglob("*.thumb.jpg"))) == 1
 
 
 def test_a_cancelled_reindex_leaves_the_collection_as_it_was(
