@@ -75,7 +75,8 @@ def read_header(data: bytes) -> ImageHeader:
         raise ImageTooLargeError(
             f"the image declares too many pixels to decode safely ({e})"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, RuntimeError) as e:
+        # RuntimeError: libavif's and libheif's plugins report a broken file so
         raise ImageDecodeError("the file is not a recognised image") from e
     if image_format not in ALLOWED_FORMATS:
         allowed = ", ".join(sorted(ALLOWED_FORMATS - {"MPO"}))
@@ -146,7 +147,7 @@ def decode_image(
         raise ImageTooLargeError(
             f"the image declares too many pixels to decode safely ({e})"
         ) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt ({e})") from e
 
 

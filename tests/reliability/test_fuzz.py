@@ -15,6 +15,7 @@ from PIL import Image
 from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
+from tests.photos import camera_exif, encoded
 
 pytestmark = pytest.mark.fuzz
 FUZZ = settings(
@@ -33,10 +34,15 @@ def _seed_images() -> list[bytes]:
         ("WEBP", "RGB"),
         ("BMP", "RGB"),
         ("TIFF", "CMYK"),
+        ("HEIF", "RGB"),
+        ("AVIF", "RGB"),
     ):
         buffer = io.BytesIO()
         Image.new(mode, (33, 21), 120).save(buffer, fmt)
         seeds.append(buffer.getvalue())
+    # a photo's EXIF (date, camera, lens, place, orientation), read at indexing
+    exif = camera_exif("2025:06:14 10:22:31", "+02:00", gps=(52.52, 13.4), orientation=6)
+    seeds.append(encoded(Image.new("RGB", (33, 21), 120), "JPEG", exif))
     return seeds
 
 
