@@ -423,6 +423,10 @@ class PostgresRecordStore:
     def count_after(self, label: int) -> int:
         return int(self._db.rows("SELECT count(*) FROM {s}.items WHERE label > %s", (label,))[0][0])
 
+    def count_images_without_bytes(self) -> int:
+        sql = "SELECT count(*) FROM {s}.items WHERE kind = 'image' AND content_path IS NULL"
+        return int(self._db.rows(sql)[0][0])
+
     def all_ids(self) -> set[str]:
         return {row[0] for row in self._db.rows("SELECT id FROM {s}.items")}
 

@@ -25,6 +25,7 @@ from index.records import stored_model
 from index.store import ItemStore
 from xmr.distributed import RayIndexReport, index_with_ray
 from xmr.files import ImageFile
+from xmr.import_embeddings import ImportReport, import_embeddings
 
 TEXT_CHUNK = 256
 
@@ -42,23 +43,9 @@ def index_on_ray(
     import ray
 
     from app.config import Settings
-    from models import OpenClipEncoder
 
     settings = Settings()
-    folder, generation = serving_generation(data_dir or settings.data_dir, collection)
-    spec = generation.spec
-    if not spec.model:  # a data directory the server has not described yet: the settings' model
-        spec = ModelSpec(settings.model, settings.pretrained, settings.precision)
-    encoder = OpenClipEncoder.load(
-        spec.model, spec.pretrained, settings.load_options(spec.precision, device="cpu")
-    )
-    store = ItemStore(
-        folder.path(generation),
-        encoder.model_id,
-        encoder.dim,
-        settings.index_options(),
-        namespace_of(collection, generation),
-    )
+    encoder, store, spec = open_collection(settings, data_dir, collection)
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         report = index_with_ray(
@@ -87,6 +74,59 @@ def index_on_ray(
         ray.shutdown()
         store.close()
     return report
+
+
+def open_collection(
+    settings: Any, data_dir: Path | None, collection: str
+) -> tuple[Any, ItemStore, ModelSpec]:
+    """The serving generation of `collection` in a stopped server's data directory: its model
+    (loaded on the CPU), its store, and the model's spec."""
+    from models import OpenClipEncoder
+
+    folder, generation = serving_generation(data_dir or settings.data_dir, collection)
+    spec = generation.spec
+    if not spec.model:  # a data directory the server has not described yet: the settings' model
+        spec = ModelSpec(settings.model, settings.pretrained, settings.precision)
+    encoder = OpenClipEncoder.load(
+        spec.model, spec.pretrained, settings.load_options(spec.precision, device="cpu")
+    )
+    store = ItemStore(
+        folder.path(generation),
+        encoder.model_id,
+        encoder.dim,
+        settings.index_options(),
+        namespace_of(collection, generation),
+    )
+    return encoder, store, spec
+
+
+def import_embeddings_offline(
+    folder: Path,
+    collection: str,
+    data_dir: Path | None,
+    layout: Any,
+    id_column: str | None,
+    verify: int,
+    min_cosine: float,
+) -> ImportReport:
+    """`xmr import-embeddings`: the folder's vectors into `collection`'s serving generation."""
+    from app.config import Settings
+
+    settings = Settings()
+    encoder, store, _ = open_collection(settings, data_dir, collection)
+    try:
+        return import_embeddings(
+            folder,
+            store,
+            encoder,
+            layout,
+            id_column,
+            verify,
+            settings.import_root,
+            min_cosine,
+        )
+    finally:
+        store.close()
 
 
 def migrate_collections(

@@ -59,6 +59,20 @@ def check_reindexable(collection: Collection) -> None:
         )
 
 
+async def check_every_image_has_bytes(collection: Collection) -> None:
+    """Images imported as vectors alone cannot be embedded by another model: refuse, never
+    lose them."""
+    without = await run_in(
+        collection.pools.store, collection.store.records.count_images_without_bytes
+    )
+    if without:
+        raise CollectionStateError(
+            f"{without} images of collection {collection.name} were imported as vectors, "
+            "without their bytes: another model cannot embed them. Delete them, or import "
+            "that model's vectors into a new collection"
+        )
+
+
 class Reindexer:
     """Starts, runs, resumes and cancels the re-embeddings of every collection."""
 
@@ -75,6 +89,7 @@ class Reindexer:
         """Begin switching `collection` to `spec`; the job's id. One re-embedding at a time."""
         if not by_settings:
             check_reindexable(collection)
+        await check_every_image_has_bytes(collection)
         if collection.state.next is not None or collection.name in self._starting:
             raise JobStateError(
                 f"collection {collection.name} is being re-embedded already "

@@ -22,7 +22,11 @@ class ImportPathError(InvalidInputError):
 
 
 class NoThumbnailError(ServiceError):
-    """The item is a text: only images have thumbnails (404)."""
+    """The item is a text, or an image imported as a vector alone: no thumbnail (404)."""
+
+
+class NoContentError(ServiceError):
+    """An image imported as a vector alone: xmr has none of its bytes (404)."""
 
 
 class JobNotFoundError(ServiceError):

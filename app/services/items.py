@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.services.encoding import EncodingService, PreparedPhoto
-from app.services.errors import InvalidInputError, NoThumbnailError
+from app.services.errors import InvalidInputError, NoContentError, NoThumbnailError
 from app.services.threads import run_in
 from index import Kind, MetadataFilter, NewItem, Record, serialized_metadata
 from index.blobs import THUMBNAIL_TYPE
@@ -146,6 +146,10 @@ def matches_etag(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+def _imported(item_id: str) -> str:
+    return f"item {excerpt(item_id)} was imported as a vector: xmr holds none of its bytes"
+
+
 class ItemService:
     """What the item routes and the batch jobs do with items."""
 
@@ -269,6 +273,8 @@ class ItemService:
         if record.kind == "text":
             text = (record.text or "").encode("utf-8")
             return StoredContent("text/plain; charset=utf-8", iter([text]))
+        if record.content_path is None:
+            raise NoContentError(_imported(item_id))
         media_type = record.content_type or "application/octet-stream"
         if self._content_url_expiry_s is not None:
             url = await run_in(
@@ -285,8 +291,10 @@ class ItemService:
         An image indexed before thumbnails were made gets one now, made once and kept.
         """
         record = await self.get(item_id)
-        if record.kind != "image" or record.content_path is None:
+        if record.kind != "image":
             raise NoThumbnailError(f"item {excerpt(item_id)} is a text: only images have one")
+        if record.content_path is None:
+            raise NoThumbnailError(_imported(item_id))
         etag = thumbnail_etag(record)
         if matches_etag(if_none_match, etag):
             return StoredThumbnail(etag, None)

@@ -106,3 +106,67 @@ def migrate(
         out.print(f"done: start the server with XMR_DATABASE_URL set{blobs}")
     else:
         out.print(f"done: start the server with XMR_INDEX_BACKEND={to}")
+
+
+@app.command("import-embeddings")
+def import_embeddings(
+    folder: Annotated[Path, typer.Argument(help="clip-retrieval's output, or vectors.npy + ...")],
+    collection: Annotated[
+        str, typer.Option("--collection", "-c", help="the collection to import into")
+    ] = "default",
+    layout: Annotated[
+        str | None,
+        typer.Option("--format", help="clip-retrieval or npy (default: read from the folder)"),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="the parquet column naming each item (default: image_path, url, id)"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the data directory (XMR_DATA_DIR); stop the server first")
+    ] = None,
+    verify: Annotated[
+        int,
+        typer.Option(
+            min=0, help="first re-embed this many originals (under XMR_IMPORT_ROOT) and compare"
+        ),
+    ] = 0,
+    min_cosine: Annotated[
+        float, typer.Option(help="with --verify: the lowest cosine that passes")
+    ] = 0.98,
+) -> None:
+    """Import embeddings made elsewhere (clip-retrieval's img_emb/, text_emb/, metadata/ or
+    vectors.npy + metadata.parquet) into a collection, without embedding the images again.
+
+    Into a stopped server's data directory. Running it twice stores each item once; an import
+    cut short is finished by running it again.
+    """
+    from index import StorageError
+    from xmr.embedding_files import EmbeddingFilesError
+    from xmr.import_embeddings import ImportRefusedError
+    from xmr.offline import import_embeddings_offline
+
+    if layout not in (None, "clip-retrieval", "npy"):
+        raise CliError("--format must be clip-retrieval or npy", 2)
+    if not folder.is_dir():
+        raise CliError(f"{folder} is not a folder", 2)
+    try:
+        report = import_embeddings_offline(
+            folder, collection, data_dir, layout, id_column, verify, min_cosine
+        )
+    except (EmbeddingFilesError, ImportRefusedError, StorageError) as e:
+        raise CliError(str(e), 2) from e
+    if report.verification is not None:
+        check = report.verification
+        out.print(
+            f"verified {check.checked} images against the collection's model: cosine lowest "
+            f"{check.lowest:.4f}, median {check.median:.4f}"
+        )
+    out.print(
+        f"imported {report.images} images and {report.texts} captions, "
+        f"{len(report.failed)} failed ({report.images / max(report.seconds, 1e-9):.0f} items/s)"
+    )
+    for item_id, reason in report.failed[:20]:
+        err.print(f"  {item_id}: {reason}", markup=False)
+    if report.failed:
+        raise CliError(f"{len(report.failed)} rows could not be imported", 1)
