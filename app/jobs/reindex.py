@@ -31,7 +31,7 @@ from app.services.errors import CollectionStateError, JobStateError, ModelsBusyE
 from app.services.items import new_item_id
 from app.services.models import LoadedModel
 from app.services.threads import run_in
-from index import NewItem, Record
+from index import NewItem, Record, UnavailableError
 from index.layout import (
     DEFAULT_COLLECTION,
     Generation,
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 MODEL_RETRY_S = 1.0
+UNAVAILABLE_PAUSE_S = 2.0  # before going on after storage was away
 MAX_CATCH_UP_PASSES = 5
 
 
@@ -256,7 +257,22 @@ class Reindexer:
     ) -> ReindexCursor:
         """Embed the serving generation's records past the cursor, until none are left (or
         past `up_to_label`), in a pipeline like a batch job's (app.jobs.pipeline), the cursor
-        written after each batch; where it got."""
+        written after each batch; where it got. Storage that is away is waited for, and the
+        work goes on from the cursor."""
+        while True:
+            try:
+                return await self._catch_up_once(collection, job_id, model, new_store, up_to_label)
+            except UnavailableError as e:  # the database, Milvus or S3 away for a moment
+                await self._wait_for_storage(job_id, e)
+
+    async def _catch_up_once(
+        self,
+        collection: Collection,
+        job_id: str,
+        model: LoadedModel,
+        new_store: ItemStore,
+        up_to_label: int | None,
+    ) -> ReindexCursor:
         pool = collection.pools.store
         folder = collection.folder.path(_next(collection))
         cursor = await run_in(pool, read_cursor, folder)
@@ -276,6 +292,16 @@ class Reindexer:
         )
         await run_pipeline(await stages.next_after_label(cursor.label), stages, reached)
         return progress.cursor
+
+    async def _wait_for_storage(self, job_id: str, error: UnavailableError) -> None:
+        """A re-embedding waits for storage that is away and goes on from its cursor, as a
+        batch job does (app.jobs.runner), instead of failing and throwing its work away."""
+        logger.warning("re-embedding job %s waits: %s", job_id, error)
+        self._job_store.set_waiting(job_id, "storage that is away")
+        try:
+            await asyncio.sleep(UNAVAILABLE_PAUSE_S)
+        finally:
+            self._job_store.set_waiting(job_id, None)
 
     async def _finish(
         self, collection: Collection, job_id: str, model: LoadedModel, new_store: ItemStore

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -177,6 +178,37 @@ def test_a_cancelled_reindex_leaves_the_collection_as_it_was(
         # and it can be re-embedded again later
         again = client.post("/v1/collections/docs/reindex", json={"model": SHAPES})
         assert again.status_code == 202
+
+
+def test_a_reindex_whose_storage_is_away_for_a_moment_waits_and_finishes(
+    settings: Settings,
+    tiny_encoder: OpenClipEncoder,
+    shapes_encoder: OpenClipEncoder,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.jobs.reindex import ReembedStages
+    from index import VectorStoreUnavailableError
+
+    store = ReembedStages.store
+    outage = {"left": 2}  # two writes refused, as while Milvus restarts or drops a connection
+
+    async def refused_at_first(self: ReembedStages, encoded: Any) -> None:
+        if outage["left"]:
+            outage["left"] -= 1
+            raise VectorStoreUnavailableError("Milvus could not write to: it does not answer")
+        await store(self, encoded)
+
+    monkeypatch.setattr(ReembedStages, "store", refused_at_first)
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        make_docs(client, items=40)
+        job_id = client.post("/v1/collections/docs/reindex", json={"model": SHAPES}).json()[
+            "job_id"
+        ]
+        job = wait_for_job(client, job_id, timeout_s=120)
+        assert job["status"] == "done", job
+        described = client.get("/v1/collections/docs").json()
+        assert (described["model"], described["texts"], described["images"]) == (SHAPES, 40, 2)
+        assert outage["left"] == 0
 
 
 def test_a_failed_reindex_leaves_the_collection_as_it_was(

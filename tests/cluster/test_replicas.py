@@ -267,7 +267,8 @@ def test_a_reembedding_switches_every_replica_within_a_second_never_mixing_model
         stop.set()
         for thread in threads:
             thread.join(60)
-    assert job["status"] == "done", job
+    logs = "".join(r.log.read_text()[-3000:] for r in replicas)
+    assert job["status"] == "done", (job.get("error"), logs)
     assert failures == []
     first_new = []
     for number, seen in enumerate(answers):
