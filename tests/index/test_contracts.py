@@ -149,6 +149,17 @@ def test_dates_and_places_filter_alike_in_every_record_store(
     assert {names[label] for label in matching.tolist()} == expected
 
 
+def test_images_stored_without_bytes_are_counted(records: Records) -> None:
+    imported = RecordWrite(NewItem("v", "image", vector(0), {"url": "u"}), vector(0))
+    with_bytes = RecordWrite(
+        NewItem.image_item("b", vector(1), b"png", "image/png"),
+        vector(1),
+        blob_name(b"png", "image/png"),
+    )
+    records.items.upsert([imported, with_bytes, text("t", 2)], "m/1")
+    assert records.items.count_images_without_bytes() == 1
+
+
 def test_items_are_read_by_id_label_cursor_and_filter(records: Records) -> None:
     result = records.items.upsert(
         [text("a", 0, metadata={"album": "x"}), text("b", 1, metadata={"album": "y"})], "m/1"
