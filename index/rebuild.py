@@ -57,7 +57,10 @@ class Rebuilder:
             chunks = self._log.vectors_after(kind, 0, self._dim, up_to_seq=seq)
             built: VectorIndex | None = self._backend.build(spec, chunks)
         except Exception:  # a failed build leaves the working index in place
-            logger.exception("building the %s %s index failed", spec, kind)
+            if self._serving.closing:  # the store closed under it: nothing failed
+                logger.info("the %s %s index build stopped: the store closed", spec, kind)
+            else:
+                logger.exception("building the %s %s index failed", spec, kind)
             built = None
         with self._serving.lock:
             if built is not None and not self._serving.closing:
