@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     )
     index_approx_threshold: int = Field(100_000, ge=1)
     index_memory_mb: float = Field(4096.0, gt=0)
+    filter_fields: str = Field(
+        "",
+        pattern=r"^\s*([A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,7}\s*(,\s*|$))*$",
+        description="metadata fields to index for fast equality filters, comma-separated "
+        "(album,exif.camera): each is a database index, built at start-up where missing",
+    )
     hnsw_ef_search: int = Field(128, ge=1, le=65_536)
     ivf_nprobe: int = Field(32, ge=1, le=65_536)
     snapshot_interval_s: float = Field(
@@ -244,6 +250,7 @@ class Settings(BaseSettings):
             blob_dir=self.blob_dir,
             blob_url=self.blob_url,
             s3_endpoint_url=self.s3_endpoint_url,
+            filter_fields=tuple(_split(self.filter_fields)),
         )
 
 

@@ -11,6 +11,11 @@ run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, its memory
 from the data directory.
 
     python -m bench.scale --items 100000 --json-out bench/scale-cpu-100k.json
+    python -m bench.scale --items 100000 --filter-fields rare,rating \
+        --json-out bench/scale-cpu-100k-indexed.json
+
+With --filter-fields the server indexes those fields (XMR_FILTER_FIELDS) at start-up, which
+its start-up time includes.
 """
 
 from __future__ import annotations
@@ -122,13 +127,20 @@ def disk_mb(folder: Path) -> float:
 def main() -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument(
+        "--filter-fields", default="", help="XMR_FILTER_FIELDS for the server, e.g. rare"
+    )
     args = parser.parse_args()
     from index.store import ItemStore
     from models.open_clip_encoder import OpenClipEncoder
     from xmr.import_embeddings import import_embeddings
 
     encoder = OpenClipEncoder.load(args.model, args.pretrained or "")
-    report: dict[str, Any] = {"items": args.items, "model": args.model}
+    report: dict[str, Any] = {
+        "items": args.items,
+        "model": args.model,
+        "filter_fields": args.filter_fields,
+    }
     with tempfile.TemporaryDirectory(prefix="xmr-scale-") as scratch:
         root = Path(scratch)
         (root / "folder").mkdir()
@@ -152,6 +164,7 @@ def main() -> int:
             "XMR_DATA_DIR": str(data_dir),
             "XMR_PORT": str(port),
             "XMR_LOG_LEVEL": "warning",
+            "XMR_FILTER_FIELDS": args.filter_fields,
         }
         process, startup = start_server(env, port)
         report["startup_from_snapshots_s"] = round(startup, 2)

@@ -37,6 +37,7 @@ class IndexOptions:
     blob_dir: Path | None = None  # XMR_BLOB_DIR: one folder per store under it; None: in the store
     blob_url: str | None = None  # XMR_BLOB_URL: s3://bucket/prefix, a prefix per store under it
     s3_endpoint_url: str | None = None  # XMR_S3_ENDPOINT_URL: an S3-compatible store, not AWS
+    filter_fields: tuple[str, ...] = ()  # XMR_FILTER_FIELDS: metadata fields with an index
 
 
 def ivf_lists(n: int) -> int:

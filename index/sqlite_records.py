@@ -16,7 +16,7 @@ from index.errors import GenerationRetiredError, ItemNotFoundError, ModelMismatc
 from index.filters import MetadataFilter
 from index.metadata import load_stored_metadata
 from index.records import Records, labelled_vectors, vectors_in_pages
-from index.sqlite import SqliteDatabase, where_sql
+from index.sqlite import SqliteDatabase, field_index_name, field_value_sql, where_sql
 from index.sqlite_keywords import SqliteKeywordIndex, build_keywords
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
 
@@ -267,6 +267,14 @@ class SqliteRecordStore:
     def count_images_without_bytes(self) -> int:
         sql = "SELECT COUNT(*) FROM items WHERE kind = 'image' AND content_path IS NULL"
         return int(self._db.rows(sql)[0][0])
+
+    def index_fields(self, fields: Sequence[str]) -> None:
+        with self._db.transaction():
+            for field in fields:
+                self._conn.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{field_index_name(field)}" '
+                    f"ON items (kind, {field_value_sql(field)})"
+                )
 
     def all_ids(self) -> set[str]:
         return {row[0] for row in self._db.rows("SELECT id FROM items")}

@@ -70,6 +70,8 @@ class ItemStore:
         self.shared = opened.shared
         try:
             self.records.bind_model(model_id, dim)
+            if self._backend.options.filter_fields:
+                self.records.index_fields(self._backend.options.filter_fields)
             seq = self.log.current_seq()
             self._serving = ServingIndexes(
                 {kind: self._backend.open(kind, self.log, seq) for kind in KINDS}, seq
