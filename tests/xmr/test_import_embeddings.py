@@ -23,10 +23,9 @@ from app.main import create_app
 from index.store import ItemStore
 from models import OpenClipEncoder, decode_image
 from tests.conftest import TINY_MODEL
+from tests.xmr.commands import REPO, run_xmr
 from xmr.import_embeddings import import_embeddings
 from xmr.shapes import random_scene, render
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def photos(root: Path, count: int) -> dict[str, bytes]:
@@ -75,16 +74,7 @@ def clip_retrieval_folder(
         pq.write_table(table, folder / "metadata" / f"metadata_{number}.parquet")
 
 
-def xmr(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "xmr", *args],
-        cwd=REPO,
-        env=base | env,
-        text=True,
-        capture_output=True,
-        timeout=300,
-    )
+xmr = run_xmr
 
 
 def server_env(tmp_path: Path) -> dict[str, str]:

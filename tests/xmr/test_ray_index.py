@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +12,12 @@ from PIL import Image
 
 from tests.conftest import TINY_MODEL
 from tests.photos import camera_exif
+from tests.xmr.commands import run_xmr
 
 pytest.importorskip("ray", reason="ray is not installed")
-REPO = Path(__file__).resolve().parents[2]
 
 
-def xmr(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")}
-    return subprocess.run(
-        [sys.executable, "-m", "xmr", *args],
-        cwd=REPO,
-        env=base | env,
-        text=True,
-        capture_output=True,
-        timeout=300,
-    )
+xmr = run_xmr
 
 
 def photos(folder: Path) -> None:
