@@ -24,6 +24,7 @@ Errors name the part that is wrong, e.g. `filter.year.gte: must be a number`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ class Box:
 @dataclass(frozen=True)
 class MetadataFilter:
     conditions: tuple[Condition, ...]
+
+
+def field_index_name(field: str) -> str:
+    """The name of the database index on a metadata field's value (XMR_FILTER_FIELDS), the
+    same in every record store: the field made safe for SQL, and a digest keeping it unique."""
+    digest = hashlib.sha256(field.encode()).hexdigest()[:8]
+    return f"items_field_{re.sub(r'[^a-z0-9]', '_', field.lower())[:40]}_{digest}"
 
 
 def parse_filter(raw: Any) -> MetadataFilter:

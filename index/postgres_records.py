@@ -15,7 +15,6 @@ BM25: scores differ from SQLite's, the words that match do not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -36,7 +35,15 @@ from index.errors import (
     ModelMismatchError,
     StorageError,
 )
-from index.filters import EARTH_RADIUS_KM, RANGE_OPERATORS, Box, Condition, MetadataFilter, Near
+from index.filters import (
+    EARTH_RADIUS_KM,
+    RANGE_OPERATORS,
+    Box,
+    Condition,
+    MetadataFilter,
+    Near,
+    field_index_name,
+)
 from index.keywords import KeywordQuery, searchable_text
 from index.records import Records, labelled_vectors, store_key, vectors_in_pages
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
@@ -619,11 +626,6 @@ def field_value_sql(field: str) -> str:
     can use an index on the same expression (`index_fields`); braces doubled for the schema's
     format step. Field names are letters, digits, _ and - (index.filters)."""
     return "(metadata #> '{{" + ",".join(field.split(".")) + "}}')"
-
-
-def field_index_name(field: str) -> str:
-    digest = hashlib.sha256(field.encode()).hexdigest()[:8]
-    return f"items_field_{re.sub(r'[^a-z0-9]', '_', field.lower())[:40]}_{digest}"
 
 
 def _condition_sql(condition: Condition) -> tuple[str, list[Any]]:

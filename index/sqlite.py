@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -103,11 +101,6 @@ def field_value_sql(field: str) -> str:
     SQLite can use an index on the same expression (RecordStore.index_fields). Field names
     are letters, digits, _ and - (index.filters): nothing in them can end the literal."""
     return f"json_extract(metadata, '{_json_path(field)}')"
-
-
-def field_index_name(field: str) -> str:
-    digest = hashlib.sha256(field.encode()).hexdigest()[:8]
-    return f"items_field_{re.sub(r'[^a-z0-9]', '_', field.lower())[:40]}_{digest}"
 
 
 def _condition_sql(condition: Condition) -> tuple[str, list[Any]]:

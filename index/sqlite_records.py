@@ -13,10 +13,10 @@ import numpy as np
 
 from index import sqlite_keywords as keywords
 from index.errors import GenerationRetiredError, ItemNotFoundError, ModelMismatchError
-from index.filters import MetadataFilter
+from index.filters import MetadataFilter, field_index_name
 from index.metadata import load_stored_metadata
 from index.records import Records, labelled_vectors, vectors_in_pages
-from index.sqlite import SqliteDatabase, field_index_name, field_value_sql, where_sql
+from index.sqlite import SqliteDatabase, field_value_sql, where_sql
 from index.sqlite_keywords import SqliteKeywordIndex, build_keywords
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
 

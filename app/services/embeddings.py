@@ -12,7 +12,6 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,14 +30,6 @@ class InvalidEmbeddingsInputError(InvalidInputError):
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
-
-
-@dataclass(frozen=True)
-class Embedded:
-    """Vectors (n, dim) for the inputs in order, and the tokens the texts took."""
-
-    vectors: np.ndarray
-    tokens: int
 
 
 def resolve_model(collections: CollectionRegistry, model: str) -> Collection:
