@@ -34,7 +34,8 @@ function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
 }
-const failed = (e) => setStatus(e.message, true);
+// a search the user has since replaced was aborted: its answer must not overwrite the newer one
+const failed = (e) => { if (e.name !== "AbortError") setStatus(e.message, true); };
 
 async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
@@ -96,6 +97,22 @@ function restore() {
 }
 
 // -- searching --------------------------------------------------------------------------------
+// Only the latest search may show its results: starting one aborts the one still in flight, and
+// an answer that arrives after it was replaced is dropped, so a slow earlier answer (a cutoff, the
+// page before going back) never overwrites a newer one.
+let inFlight = null;
+function replaceInFlight() {
+  if (inFlight) inFlight.abort();
+  inFlight = new AbortController();
+  return inFlight.signal;
+}
+
+async function latestJson(path, signal, options = {}) {
+  const body = await (await api(path, { ...options, signal })).json();
+  if (signal.aborted) throw new DOMException("replaced by a newer search", "AbortError");
+  return body;
+}
+
 // One text alone goes to GET /search/text (mode, cutoff); one item alone to /similar; anything
 // combined (an image, "not" words, items to steer by) is one POST /v1/search.
 async function search(push = true) {
@@ -116,7 +133,7 @@ async function searchText(query) {
   if (minScore() !== null) params.set("min_score", minScore());
   if (dateFilter()) params.set("filter", JSON.stringify(dateFilter()));
   setStatus(`Searching ${target()} for “${query}”…`);
-  const body = await (await api(`${base()}/search/text?${params}`)).json();
+  const body = await latestJson(`${base()}/search/text?${params}`, replaceInFlight());
   show(body, `“${query}”`);
 }
 
@@ -126,7 +143,8 @@ async function similarTo(id) {
   if (minScore() !== null) params.set("min_score", minScore());
   if (dateFilter()) params.set("filter", JSON.stringify(dateFilter()));
   setStatus(`Searching ${target()} like ${id}…`);
-  const body = await (await api(`${base()}/items/${encodeURIComponent(id)}/similar?${params}`)).json();
+  const path = `${base()}/items/${encodeURIComponent(id)}/similar?${params}`;
+  const body = await latestJson(path, replaceInFlight());
   show(body, `items like ${id}`);
 }
 
@@ -148,7 +166,7 @@ async function searchComposite(text, not) {
   form.append("request", JSON.stringify(request));
   if (state.image) form.append("files", state.image, state.image.name || "query");
   setStatus(`Searching ${target()}…`);
-  const body = await (await api(`${base()}/search`, { method: "POST", body: form })).json();
+  const body = await latestJson(`${base()}/search`, replaceInFlight(), { method: "POST", body: form });
   const parts = [text && `“${text}”`, state.image && "the image", not && `not “${not}”`,
     state.steer.length && `${state.steer.length} items`].filter(Boolean);
   show(body, parts.join(" + "));
@@ -329,16 +347,17 @@ async function findDuplicates(push = true) {
   if (push) remember(new URLSearchParams({ view: "duplicates", threshold }));
   const params = new URLSearchParams({ threshold, target: "images", limit: 200 });
   setStatus(`Looking for images at least ${threshold} alike…`);
-  let body = await (await api(`${base()}/duplicates?${params}`)).json();
-  if (body.job_id) body = await followJob(body.job_id);
+  const signal = replaceInFlight();
+  let body = await latestJson(`${base()}/duplicates?${params}`, signal);
+  if (body.job_id) body = await followJob(body.job_id, signal);
   releaseImages();
   $("groups").replaceChildren(...body.groups.map(duplicateGroup));
   setStatus(`${body.total_groups} groups of near-duplicates (similarity ≥ ${threshold})`);
 }
 
-async function followJob(jobId) {
+async function followJob(jobId, signal) {
   for (;;) {
-    const job = await (await api(`/v1/jobs/${encodeURIComponent(jobId)}`)).json();
+    const job = await latestJson(`/v1/jobs/${encodeURIComponent(jobId)}`, signal);
     if (job.status === "done") return job.result;
     if (!["queued", "running"].includes(job.status)) throw new Error(`the job ${job.status}: ${job.error || ""}`);
     setStatus(`Looking for duplicates: ${job.done} of ${job.total || "?"} images…`);

@@ -348,6 +348,48 @@ def test_keyword_mode_cutoff_and_the_back_button(browser: Any, indexed_server: s
     shared.close()
 
 
+# Holds back the answer to any search with a cutoff, so a newer search answers first.
+SLOW_CUTOFF_ANSWERS = """
+const realFetch = window.fetch;
+window.slowAnswers = 0;  // answered or aborted
+window.fetch = async (url, options) => {
+  const slow = String(url).includes("min_score");
+  try {
+    const response = await realFetch(url, options);
+    if (slow) await new Promise((resolve) => setTimeout(resolve, 1500));
+    return response;
+  } finally {
+    if (slow) window.slowAnswers += 1;
+  }
+};
+"""
+
+
+def set_min_score(page: Any, value: str) -> None:
+    page.eval_on_selector(
+        "#min-score", "(el, v) => { el.value = v; el.dispatchEvent(new Event('change')); }", value
+    )
+
+
+def test_a_slow_earlier_answer_never_replaces_a_newer_one(
+    browser: Any, indexed_server: str
+) -> None:
+    page = browser.new_page()
+    page.add_init_script(SLOW_CUTOFF_ANSWERS)
+    page.goto(indexed_server + "/")
+    page.fill("#query", "a red thing")
+    page.press("#query", "Enter")
+    wait_for_status(page, "3 results")
+    set_min_score(page, "0.99")  # its answer (no results) is held back
+    set_min_score(page, "0")  # the newer search, answered at once
+    wait_for_status(page, "3 results")
+    page.wait_for_function("() => window.slowAnswers === 1")
+    page.wait_for_timeout(100)
+    assert page.inner_text("#status").startswith("3 results for “a red thing” in")
+    assert len(shown_ids(page)) == 3
+    page.close()
+
+
 def test_less_like_this_pushes_the_query_away_from_an_item(
     browser: Any, indexed_server: str
 ) -> None:
