@@ -209,12 +209,16 @@ def raise_descriptor_limit() -> None:
 
 
 def model_labels(encoder: Encoder) -> dict[str, str]:
-    return {
+    """The labels of xmr_model_info, and per tower `<tower>_runtime`, `<tower>_precision`."""
+    labels = {
         "model_id": encoder.model_id,
         "device": encoder.device,
         "runtime": encoder.runtime,
         "precision": encoder.precision,
     }
+    for tower, run in encoder.tower_runs.items():
+        labels |= {f"{tower}_runtime": run.runtime, f"{tower}_precision": run.precision}
+    return labels
 
 
 def default_spec(settings: Settings) -> ModelSpec:

@@ -47,6 +47,7 @@ from bench.run import (
 from models import OpenClipEncoder
 from models.open_clip_encoder import cpu_has_native_bf16
 from models.options import LoadOptions
+from models.threads import use_threads
 from xmr.client import XmrClient
 
 LOAD_CLIENTS = 32
@@ -62,10 +63,11 @@ def cpu_flags() -> list[str]:
 
 
 def variants() -> list[tuple[str, str]]:
+    """Each runtime for both towers, then `auto` (a runtime per tower) in the default precision."""
     chosen = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
     if cpu_has_native_bf16():
         chosen += [("torch", "bf16"), ("openvino", "bf16")]
-    return chosen
+    return chosen + [("auto", "bf16" if cpu_has_native_bf16() else "fp32")]
 
 
 def median_ms(fn: Any, repeats: int) -> float:
@@ -141,8 +143,12 @@ def raw_all(args: Any, paths: list[Path], cache: Path) -> tuple[dict[str, Any], 
             started = time.perf_counter()
             encoder = pool.submit(load, runtime, precision).result()
             name = f"{runtime}-{precision}"
-            assert (encoder.runtime, encoder.precision) == (runtime, precision), name
-            results[name] = {"load_s": round(time.perf_counter() - started, 2)}
+            if runtime != "auto":
+                assert (encoder.runtime, encoder.precision) == (runtime, precision), name
+            results[name] = {
+                "load_s": round(time.perf_counter() - started, 2),
+                "runs": f"{encoder.runtime} {encoder.precision}",
+            }
             results[name] |= pool.submit(raw_figures, encoder, prepared, reference).result()
             del encoder
         return results, round(export_s, 1)
@@ -180,6 +186,20 @@ async def image_query_p50(base: str, images: list[bytes], total: int) -> float:
             if n >= 2:  # two warm-up queries
                 times.append((time.perf_counter() - started) * 1000)
     return round(statistics.median(times), 1)
+
+
+async def embed_request_images_per_s(base: str, images: list[bytes], rounds: int) -> float:
+    """Images/s of one POST /v1/embed/image with len(images) images: the median of `rounds`."""
+    files = [("files", (f"{n}.jpg", data, "image/jpeg")) for n, data in enumerate(images)]
+    times = []
+    async with httpx.AsyncClient(base_url=base, timeout=300) as http:
+        for n in range(rounds + 1):
+            started = time.perf_counter()
+            response = await http.post("/v1/embed/image", files=files)
+            response.raise_for_status()
+            if n >= 1:  # one warm-up request
+                times.append(time.perf_counter() - started)
+    return round(len(images) / statistics.median(times), 2)
 
 
 async def load_test(base: str, images: list[bytes], seconds: float) -> dict[str, Any]:
@@ -238,7 +258,8 @@ def through_http(
         wait_http(f"{base}/readyz")
         ready_s = time.perf_counter() - started
         info = httpx.get(f"{base}/v1/info").json()
-        assert (info["runtime"], info["precision"]) == (runtime, precision), info
+        if runtime != "auto":
+            assert (info["runtime"], info["precision"]) == (runtime, precision), info
         with XmrClient(base) as client:
             warm_up = client.submit_batch([{"image_path": p.name} for p in paths[:32]])
             client.wait_for_job(warm_up, poll_s=0.1)
@@ -246,15 +267,18 @@ def through_http(
         text_1 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 1))
         text_32 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 32))
         image_p50 = asyncio.run(image_query_p50(base, images, 40))
+        embed_32 = asyncio.run(embed_request_images_per_s(base, [jpeg(p) for p in paths[:32]], 5))
         rss_before = rss_mb(process.pid)
         load = asyncio.run(load_test(base, images, args.load_seconds))
         rss_after = rss_mb(process.pid)
         return {
+            "towers": info["towers"],
             "ready_s": round(ready_s, 1),
             "text_query_p50_ms": text_1["p50_ms"],
             "text_qps_at_32": text_32["qps"],
             "image_query_p50_ms": image_p50,
             "index_images_per_s": round(index_rate, 2),
+            "embed_request_32_images_per_s": embed_32,
             "load_test": load,
             "memory_before_load": rss_before,
             "memory_after_load": rss_after,
@@ -275,7 +299,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     wanted = {name for name in args.servers.split(",") if name}
-    torch.set_num_threads(os.cpu_count() or 1)
+    # as in the server, only the inference thread runs torch on every core: a second
+    # multi-core OpenMP pool here (preparing images) slows every torch encode (app.services.threads)
+    use_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

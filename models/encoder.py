@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from models.tower_run import Tower, TowerRun
+
 
 class Encoder(Protocol):
     """A dual encoder mapping images and texts into one space of `dim` dimensions.
@@ -35,7 +37,13 @@ class Encoder(Protocol):
 
     @property
     def runtime(self) -> str:
-        """What runs the model: torch, onnxruntime or openvino."""
+        """What runs the model: torch, onnxruntime or openvino; or two, text first, joined by
+        + where each tower runs in its own (openvino+torch)."""
+        ...
+
+    @property
+    def tower_runs(self) -> dict[Tower, TowerRun]:
+        """Per tower ("text", "image"), the runtime and the precision that run it."""
         ...
 
     @property

@@ -17,9 +17,18 @@ from models.errors import EmptyTextError, ModelLoadError
 from models.memory import release_free_memory
 from models.options import LoadOptions
 from models.registry import WeightsSource, model_id_for, resolve_weights
-from models.runtimes.selection import TowerInputs, build_towers, runtime_candidates
+from models.runtimes.selection import TowerInputs, build_towers, runtime_plan
 from models.text import bound_word_cache, fit_to_context, longest_token
-from models.towers import DTYPES, SHORT_TEXT_PROBES, TorchTowers, Towers, image_side, text_length
+from models.tower_run import Tower, TowerRun
+from models.towers import (
+    DTYPES,
+    SHORT_TEXT_PROBES,
+    TorchTowers,
+    TowerPair,
+    Towers,
+    image_side,
+    text_length,
+)
 from models.transforms import split_transform
 
 logger = logging.getLogger(__name__)
@@ -110,7 +119,7 @@ class OpenClipEncoder:
         cache_dir = options.model_cache_dir
         source = resolve_weights(model_name, pretrained, cache_dir)
         torch_device = resolve_device(options.device)
-        runtime_candidates(options.runtime, torch_device)  # a bad setting fails before loading
+        runtime_plan(options.runtime, torch_device)  # a bad setting fails before loading
         try:
             # in fp32: on the CPU another runtime is exported from, and checked against, them
             model, preprocess = _create(model_name, source, torch_device, cache_dir)
@@ -149,13 +158,27 @@ class OpenClipEncoder:
 
     @property
     def runtime(self) -> str:
-        """Which runtime runs the towers: torch, onnxruntime or openvino."""
+        """Which runtime runs the towers: torch, onnxruntime or openvino, or two joined by +
+        (text first) where each tower runs in its own: openvino+torch."""
         return self._towers.runtime
 
     @property
+    def tower_runs(self) -> dict[Tower, TowerRun]:
+        """Per tower, the runtime and precision that run it."""
+        return self._towers.runs
+
+    @property
     def torch_model(self) -> Any | None:
-        """The open_clip module, where PyTorch runs it (another runtime holds its own copy)."""
-        return self._towers.model if isinstance(self._towers, TorchTowers) else None
+        """The open_clip module where PyTorch runs it (another runtime holds its own copy); where
+        PyTorch runs one tower only, the module without the other tower's weights."""
+        towers = self._towers
+        if isinstance(towers, TowerPair):
+            towers = (
+                towers.image_towers
+                if towers.runs["image"].runtime == "torch"
+                else towers.text_towers
+            )
+        return towers.model if isinstance(towers, TorchTowers) else None
 
     @property
     def image_size(self) -> int:
@@ -209,9 +232,10 @@ class OpenClipEncoder:
 
         PyTorch runs only: another runtime's graph starts from the uint8 pixels.
         """
-        if not isinstance(self._towers, TorchTowers):
+        towers = self._towers.image_towers if isinstance(self._towers, TowerPair) else self._towers
+        if not isinstance(towers, TorchTowers):
             raise ValueError(f"encode_pixels needs the torch runtime, not {self.runtime}")
-        return self._towers.pixels(pixels)
+        return towers.pixels(pixels)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode_tokens(list(self.tokenize(texts)))

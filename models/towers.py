@@ -17,6 +17,7 @@ import numpy as np
 import open_clip
 import torch
 
+from models.tower_run import Tower, TowerRun, one_run
 from models.transforms import SplitTransform
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ class Towers(Protocol):
     @property
     def precision(self) -> str:
         """The arithmetic the runtime does: fp32, fp16 or bf16."""
+        ...
+
+    @property
+    def runs(self) -> dict[Tower, TowerRun]:
+        """Per tower it runs, the runtime and the precision."""
         ...
 
     @property
@@ -87,6 +93,10 @@ class TorchTowers:
         return self._precision
 
     @property
+    def runs(self) -> dict[Tower, TowerRun]:
+        return one_run(self.runtime, self._precision)
+
+    @property
     def model(self) -> Any:
         return self._model
 
@@ -133,6 +143,67 @@ class TorchTowers:
             logger.warning("short-query text encoding disabled: cosine %.6f", agreement)
             return False
         return True
+
+
+class TowerPair:
+    """The text tower run by one runtime, the image tower by another (models.runtimes.selection
+    picks each where it measured fastest); each runtime holds only its own tower's weights."""
+
+    def __init__(self, text: Towers, image: Towers) -> None:
+        self._text = text
+        self._image = image
+        self.short_text = text.short_text
+        # the encoder pads or splits both towers' inputs to fixed shapes if either keeps state
+        # per shape; every pair `auto` makes (OpenVINO, PyTorch bf16 on the CPU) does
+        self.fixed_shapes = text.fixed_shapes or image.fixed_shapes
+
+    @property
+    def runtime(self) -> str:
+        """`<text runtime>+<image runtime>`, e.g. openvino+torch."""
+        return f"{self._text.runtime}+{self._image.runtime}"
+
+    @property
+    def precision(self) -> str:
+        text, image = self._text.precision, self._image.precision
+        return text if text == image else f"{text}+{image}"
+
+    @property
+    def runs(self) -> dict[Tower, TowerRun]:
+        return {"text": self._text.runs["text"], "image": self._image.runs["image"]}
+
+    @property
+    def text_towers(self) -> Towers:
+        return self._text
+
+    @property
+    def image_towers(self) -> Towers:
+        return self._image
+
+    def image(self, pixels: torch.Tensor) -> np.ndarray:
+        return self._image.image(pixels)
+
+    def text(self, tokens: torch.Tensor) -> np.ndarray:
+        return self._text.text(tokens)
+
+
+def drop_tower(model: Any, tower: Tower) -> None:
+    """Free `tower`'s weights from an open_clip model whose other tower alone is run by it.
+
+    CLIP keeps its text tower as several attributes, CustomTextCLIP as `text`; both keep the
+    image tower as `visual`. A model of another shape keeps both (and says so).
+    """
+    if tower == "image":
+        names = ["visual"]
+    elif isinstance(model, open_clip.CLIP):
+        names = ["transformer", "token_embedding", "positional_embedding", "ln_final"]
+        names += ["text_projection", "attn_mask"]
+    else:
+        names = ["text"]
+    if not all(hasattr(model, name) for name in names):
+        logger.warning("kept the %s tower of a %s in PyTorch too", tower, type(model).__name__)
+        return
+    for name in names:
+        setattr(model, name, None)
 
 
 def normalized_numpy(features: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from index import IndexInfo, Kind
+from models.tower_run import TOWERS
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -108,6 +109,23 @@ class StateCollector(Collector):
         for labels in state.models:
             model.add_metric([labels[k] for k in ("device", "model_id", "precision", "runtime")], 1)
         yield model
+        tower = GaugeMetricFamily(
+            "xmr_model_tower_info",
+            "How each tower of a loaded model runs: its runtime and precision",
+            labels=["model_id", "tower", "runtime", "precision"],
+        )
+        for labels in state.models:
+            for name in TOWERS:
+                tower.add_metric(
+                    [
+                        labels["model_id"],
+                        name,
+                        labels[f"{name}_runtime"],
+                        labels[f"{name}_precision"],
+                    ],
+                    1,
+                )
+        yield tower
         queue = GaugeMetricFamily(
             "xmr_encode_queue_depth",
             "Items waiting for a model's encoder",

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from app.deps import ServicesDep
 from app.responses import index_descriptions
 from app.schemas import InfoResponse
+from app.schemas.collections import TowerRunDescription
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -55,6 +56,10 @@ async def info(services: ServicesDep) -> InfoResponse:
         device=running.device if running else services.settings.device,
         precision=running.precision if running else generation.spec.precision,
         runtime=running.runtime if running else "not loaded",
+        towers={
+            tower: TowerRunDescription(runtime=run.runtime, precision=run.precision)
+            for tower, run in (running.towers if running else {}).items()
+        },
         images=view.counts["image"],
         texts=view.counts["text"],
         indexes=index_descriptions(view.indexes),

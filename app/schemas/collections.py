@@ -8,12 +8,18 @@ from pydantic import BaseModel, Field
 
 from index import Kind
 from index.layout import COLLECTION_NAME, ModelSpec
+from models.tower_run import Tower
 
 
 class IndexDescription(BaseModel):
     structure: str = Field(..., description="FAISS index structure, e.g. Flat or HNSW32")
     size: int
     building: str | None = Field(None, description="structure being built in the background")
+
+
+class TowerRunDescription(BaseModel):
+    runtime: str = Field(examples=["openvino"])
+    precision: str = Field(examples=["bf16"])
 
 
 class InfoResponse(BaseModel):
@@ -23,7 +29,13 @@ class InfoResponse(BaseModel):
     dim: int
     device: str
     precision: str
-    runtime: str = Field(description="what runs the model: torch, onnxruntime or openvino")
+    runtime: str = Field(
+        description="what runs the model: torch, onnxruntime or openvino; where each tower runs "
+        "in its own, both, text first: openvino+torch"
+    )
+    towers: dict[Tower, TowerRunDescription] = Field(
+        default_factory=dict, description="per tower, what runs it (empty: not loaded)"
+    )
     images: int
     texts: int
     indexes: dict[Kind, IndexDescription]

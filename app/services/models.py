@@ -33,6 +33,7 @@ from app.services.threads import Pools, run_in
 from index.layout import ModelSpec
 from models import Encoder, ModelLoadError
 from models.memory import release_free_memory
+from models.tower_run import Tower, TowerRun
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,12 @@ EncodingFactory = Callable[[Encoder], EncodingService]
 
 @dataclass(frozen=True)
 class RunningModel:
-    """How a loaded model runs: its device, precision and runtime."""
+    """How a loaded model runs: its device, precision and runtime, and each tower's."""
 
     device: str
     precision: str
     runtime: str
+    towers: dict[Tower, TowerRun]
 
 
 @dataclass
@@ -115,7 +117,7 @@ class ModelPool:
         if loaded is None:
             return None
         encoder = loaded.encoder
-        return RunningModel(encoder.device, encoder.precision, encoder.runtime)
+        return RunningModel(encoder.device, encoder.precision, encoder.runtime, encoder.tower_runs)
 
     @asynccontextmanager
     async def use(self, spec: ModelSpec, purpose: Purpose = "serve") -> AsyncIterator[LoadedModel]:

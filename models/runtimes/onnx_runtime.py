@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.tower_run import Tower, TowerRun, one_run
+
 
 class OnnxRuntimeTowers:
     """Both towers as ONNX Runtime CPU sessions with all graph optimizations."""
@@ -30,6 +32,10 @@ class OnnxRuntimeTowers:
             str(folder / "image.onnx"), options, providers=providers
         )
         self.short_text = short_text
+
+    @property
+    def runs(self) -> dict[Tower, TowerRun]:
+        return one_run(self.runtime, self.precision)
 
     def image(self, pixels: torch.Tensor) -> np.ndarray:
         return np.asarray(self._image.run(None, {"pixels": pixels.numpy()})[0])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from models.runtimes.export import made_whole, onnx_graphs
+from models.tower_run import TOWERS, Tower, TowerRun
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,20 @@ def openvino_fp16_graphs(folder: Path) -> dict[str, Path]:
 
 
 class OpenVinoTowers:
-    """Both towers compiled by OpenVINO for the CPU, for latency (one stream)."""
+    """The towers compiled by OpenVINO for the CPU, for latency (one stream): both, or only
+    the one it runs beside another runtime (the other is never compiled, its weights never held)."""
 
     runtime = "openvino"
     fixed_shapes = True  # compiled kernels are cached per input shape
 
     def __init__(
-        self, graphs: dict[str, Path], folder: Path, short_text: bool, threads: int, precision: str
+        self,
+        graphs: dict[str, Path],
+        folder: Path,
+        short_text: bool,
+        threads: int,
+        precision: str,
+        towers: tuple[Tower, ...] = TOWERS,
     ) -> None:
         import openvino
 
@@ -57,17 +65,24 @@ class OpenVinoTowers:
             # start maps them instead of reading and compiling the ONNX files again
             "CACHE_DIR": str(folder / f"openvino-{openvino.__version__}"),
         }
-        self._text = core.compile_model(str(graphs["text"]), "CPU", config)
-        self._image = core.compile_model(str(graphs["image"]), "CPU", config)
+        compiled = {
+            tower: core.compile_model(str(graphs[tower]), "CPU", config) for tower in towers
+        }
         # the hint is ignored (f32) on a CPU without bf16 instructions: report what runs
-        actual = getattr(self._image.get_property("INFERENCE_PRECISION_HINT"), "type_name", "")
+        hint = compiled[towers[0]].get_property("INFERENCE_PRECISION_HINT")
+        actual = getattr(hint, "type_name", "")
         self.precision = "bf16" if actual in ("bf16", "bfloat16") else "fp32"
         self.short_text = short_text
         # an infer request is one set of buffers: one caller at a time
+        self._compiled = compiled
         self._requests = {
-            "text": (self._text.create_infer_request(), threading.Lock()),
-            "image": (self._image.create_infer_request(), threading.Lock()),
+            tower: (model.create_infer_request(), threading.Lock())
+            for tower, model in compiled.items()
         }
+
+    @property
+    def runs(self) -> dict[Tower, TowerRun]:
+        return {tower: TowerRun(self.runtime, self.precision) for tower in self._requests}
 
     def image(self, pixels: torch.Tensor) -> np.ndarray:
         return self._infer("image", pixels.numpy())
@@ -75,7 +90,9 @@ class OpenVinoTowers:
     def text(self, tokens: torch.Tensor) -> np.ndarray:
         return self._infer("text", tokens.numpy())
 
-    def _infer(self, tower: str, array: np.ndarray) -> np.ndarray:
+    def _infer(self, tower: Tower, array: np.ndarray) -> np.ndarray:
+        if tower not in self._requests:
+            raise ValueError(f"OpenVINO runs only the {' and '.join(self._requests)} tower here")
         request, lock = self._requests[tower]
         with lock:
             request.infer({0: array})

@@ -17,7 +17,8 @@ from models.options import LoadOptions
 from models.runtimes.export import Export, onnx_graphs
 from models.runtimes.verify import MIN_COSINE, Probes
 from models.threads import available_cores
-from models.towers import TorchTowers, Towers, image_side
+from models.tower_run import TOWERS, Tower
+from models.towers import TorchTowers, TowerPair, Towers, drop_tower, image_side
 from models.transforms import SplitTransform
 
 logger = logging.getLogger(__name__)
@@ -38,26 +39,41 @@ class TowerInputs:
     model_id: str
 
 
-def runtime_candidates(
-    requested: str, device: torch.device, precision: str = "fp32", amx: bool | None = None
-) -> tuple[str, ...]:
-    """The runtimes to try before PyTorch, in order; empty: PyTorch.
+@dataclass(frozen=True)
+class RuntimePlan:
+    """Per tower, the runtimes to try before PyTorch, in order; empty: PyTorch."""
 
-    `auto` in bf16 on a CPU with AMX is PyTorch: oneDNN's AMX kernels encoded image batches
-    faster there than OpenVINO's (145.7 against 125.0 images/s for ViT-B-32; indexing through
-    HTTP 125 against 96 /s), and PyTorch bf16 was the default before. On AVX512-BF16 without
-    AMX and on AVX2 OpenVINO was the fastest everywhere (BENCHMARKS.md).
+    text: tuple[str, ...]
+    image: tuple[str, ...]
+
+    def of(self, tower: Tower) -> tuple[str, ...]:
+        return self.text if tower == "text" else self.image
+
+
+def runtime_plan(
+    requested: str, device: torch.device, precision: str = "fp32", amx: bool | None = None
+) -> RuntimePlan:
+    """Which runtimes run each tower. A named runtime runs both; `auto` picks per tower.
+
+    `auto` on a CPU: OpenVINO runs the text tower on every CPU measured (one short query 5.7
+    against PyTorch's 20.3 ms in bf16 with AMX, 3.8 against 9.0 ms without; BENCHMARKS.md).
+    The image tower is PyTorch in bf16 on a CPU with AMX, whose oneDNN kernels encode the
+    batcher's batches of 32 faster than OpenVINO's (145.7 against 125.0 images/s for
+    ViT-B-32), and OpenVINO on AVX512-BF16 without AMX and on AVX2, where it was the fastest
+    in every figure.
     """
     if requested not in ("auto", *RUNTIMES):
         raise ModelLoadError(f"XMR_RUNTIME={requested!r} is not one of auto, {', '.join(RUNTIMES)}")
     if device.type != "cpu":
         if requested not in ("auto", "torch"):
             raise ModelLoadError(f"XMR_RUNTIME={requested} runs on the CPU; on {device} use torch")
-        return ()
+        return RuntimePlan((), ())
     if requested == "auto":
         has_amx = cpu_has_amx() if amx is None else amx
-        return () if precision == "bf16" and has_amx else AUTO_CPU_RUNTIMES
-    return () if requested == "torch" else (requested,)
+        image = () if precision == "bf16" and has_amx else AUTO_CPU_RUNTIMES
+        return RuntimePlan(text=AUTO_CPU_RUNTIMES, image=image)
+    chosen = () if requested == "torch" else (requested,)
+    return RuntimePlan(text=chosen, image=chosen)
 
 
 def cpu_has_amx() -> bool:
@@ -77,39 +93,83 @@ def runtime_precision(runtime: str, requested: str, resolved: str) -> str:
 def build_towers(
     inputs: TowerInputs, device: torch.device, precision: str, options: LoadOptions
 ) -> Towers:
-    """The fastest allowed runtime whose vectors equal PyTorch fp32's; PyTorch otherwise.
+    """Each tower in the fastest allowed runtime whose vectors equal PyTorch fp32's; PyTorch
+    otherwise. Where the towers run in two runtimes, each holds only its own tower.
 
     `precision` is `options.precision` resolved for PyTorch on `device`; `options.threads` are
     the cores another runtime runs on (the inference thread's), not those of the thread that
     loads it (app.services.threads).
     """
-    candidates = runtime_candidates(options.runtime, device, precision)
-    model_id = inputs.model_id
-    if options.runtime == "auto" and device.type == "cpu" and not candidates:
-        logger.info("XMR_RUNTIME=auto: PyTorch runs %s (bf16 on a CPU with AMX)", model_id)
+    plan = runtime_plan(options.runtime, device, precision)
     model, split, probe_tokens = inputs.model, inputs.split, inputs.probe_tokens
-    if candidates:
-        reference = TorchTowers(model, torch.device("cpu"), "fp32", split, probe_tokens)
-        export = Export(
-            model,
-            split,
-            reference.short_text,
-            probe_tokens.shape[1],
-            model_id,
-            options.runtime_cache_dir,
-        )
-        probes = Probes(probe_tokens, split, image_side(model), reference.short_text)
-        expected = probes.reference(reference)
+    if not plan.text and not plan.image:
+        return TorchTowers(model, device, precision, split, probe_tokens)
+    reference = TorchTowers(model, torch.device("cpu"), "fp32", split, probe_tokens)
+    export = Export(
+        model,
+        split,
+        reference.short_text,
+        probe_tokens.shape[1],
+        inputs.model_id,
+        options.runtime_cache_dir,
+    )
+    probes = Probes(probe_tokens, split, image_side(model), reference.short_text)
+    expected = probes.reference(reference)
+    check = _RuntimeCheck(export, probes, expected, options)
+    if plan.text == plan.image:
+        towers = check.first_passing(plan.text, precision, TOWERS)
+        if towers is not None:
+            return towers
+        logger.warning("%s: no other runtime passed; running PyTorch", inputs.model_id)
+        return TorchTowers(model, device, precision, split, probe_tokens)
+    text = check.first_passing(plan.text, precision, ("text",))
+    image = check.first_passing(plan.image, precision, ("image",))
+    if text is not None and image is None:
+        drop_tower(model, "text")
+        image = TorchTowers(model, device, precision, split)
+    elif image is not None and text is None:
+        drop_tower(model, "image")
+        text = TorchTowers(model, device, precision, split, probe_tokens)
+    if text is None or image is None:
+        logger.warning("%s: no other runtime passed; running PyTorch", inputs.model_id)
+        return TorchTowers(model, device, precision, split, probe_tokens)
+    towers = TowerPair(text, image)
+    logger.info("%s: text in %s, images in %s", inputs.model_id, text.runtime, image.runtime)
+    return towers
+
+
+class _RuntimeCheck:
+    """Opens another runtime on the export and keeps it only if its vectors equal PyTorch
+    fp32's on the probes of the towers it is to run."""
+
+    def __init__(
+        self, export: Export, probes: Probes, expected: dict[str, np.ndarray], options: LoadOptions
+    ) -> None:
+        self._export = export
+        self._probes = probes
+        self._expected = expected
+        self._options = options
+
+    def first_passing(
+        self, candidates: tuple[str, ...], precision: str, which: tuple[Tower, ...]
+    ) -> Towers | None:
+        parameters = parameter_count(self._export.model)
         for name in candidates:
-            runtime_prec = runtime_precision(name, options.precision, precision)
-            for weights in weight_formats(name, runtime_prec, parameter_count(model)):
+            runtime_prec = runtime_precision(name, self._options.precision, precision)
+            for weights in weight_formats(name, runtime_prec, parameters):
                 towers = _checked_runtime(
-                    name, runtime_prec, weights, export, probes, expected, options.threads
+                    name,
+                    runtime_prec,
+                    weights,
+                    self._export,
+                    self._probes,
+                    self._expected,
+                    self._options.threads,
+                    which,
                 )
                 if towers is not None:
                     return towers
-        logger.warning("%s: no other runtime passed; running PyTorch", model_id)
-    return TorchTowers(model, device, precision, split, probe_tokens)
+        return None
 
 
 def weight_formats(runtime: str, precision: str, parameters: int) -> tuple[str, ...]:
@@ -139,8 +199,10 @@ def _checked_runtime(
     probes: Probes,
     expected: dict[str, np.ndarray],
     threads: int | None = None,
+    which: tuple[Tower, ...] = TOWERS,
 ) -> Towers | None:
-    """`name` running the export, if its vectors equal PyTorch fp32's; None (logged) if not.
+    """`name` running the towers `which` of the export, if its vectors equal PyTorch fp32's;
+    None (logged) if not.
 
     A cached export that fails is exported again once: a damaged cache heals itself.
     """
@@ -149,8 +211,10 @@ def _checked_runtime(
         cached = False  # an export that failed as it was made is not made again
         try:
             folder, cached = export.folder(replace)
-            towers = open_exported(name, folder, precision, export.short_text, weights, threads)
-            agreement = probes.agreement(towers, expected)
+            towers = open_exported(
+                name, folder, precision, export.short_text, weights, threads, which
+            )
+            agreement = probes.agreement(towers, expected, which)
         except Exception as e:  # any failure of another runtime means PyTorch, never worse
             problem = f"{type(e).__name__}: {e}"
         else:
@@ -161,8 +225,9 @@ def _checked_runtime(
                 # pages again, whatever shapes follow (BENCHMARKS.md): the kernel may take them
                 page_out_mappings(folder)
                 logger.info(
-                    "%s runs %s in %s from %s weights (cosine to PyTorch fp32 >= %.6f)",
+                    "%s runs %s of %s in %s from %s weights (cosine to PyTorch fp32 >= %.6f)",
                     name,
+                    " and ".join(which),
                     export.model_id,
                     towers.precision,
                     weights,
@@ -186,8 +251,10 @@ def open_exported(
     short_text: bool,
     weights: str = "fp32",
     threads: int | None = None,
+    which: tuple[Tower, ...] = TOWERS,
 ) -> Towers:
-    """The exported towers in the runtime `name` (each runtime's library loads here)."""
+    """The exported towers `which` in the runtime `name` (each runtime's library loads here;
+    ONNX Runtime, never chosen for one tower alone, opens both)."""
     threads = threads or available_cores()  # the inference thread's, whichever thread loads
     if name == "onnxruntime":
         from models.runtimes.onnx_runtime import OnnxRuntimeTowers
@@ -197,5 +264,5 @@ def open_exported(
         from models.runtimes.open_vino import OpenVinoTowers, openvino_fp16_graphs
 
         graphs = openvino_fp16_graphs(folder) if weights == "fp16" else onnx_graphs(folder)
-        return OpenVinoTowers(graphs, folder, short_text, threads, precision)
+        return OpenVinoTowers(graphs, folder, short_text, threads, precision, which)
     raise ModelLoadError(f"no runtime named {name!r}")

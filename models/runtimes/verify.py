@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from models.buckets import text_length_bucket
+from models.tower_run import TOWERS, Tower
 from models.towers import TorchTowers, Towers, text_length
 from models.transforms import SplitTransform
 
@@ -47,17 +48,20 @@ class Probes:
             text = reference.model.encode_text(self.full_tokens)
         return {"text": _unit_rows(text.float().numpy()), "image": reference.image(self.pixels)}
 
-    def agreement(self, towers: Towers, expected: dict[str, np.ndarray]) -> float:
-        """The lowest cosine between `towers`' vectors and PyTorch fp32's over all probes."""
-        texts = [towers.text(tokens) for tokens in self.text_inputs]
-        singles = np.concatenate(texts[:-1])
-        images = [towers.image(self.pixels[:1]), towers.image(self.pixels)]
-        return min(
-            _min_cosine(singles, expected["text"]),
-            _min_cosine(texts[-1], expected["text"]),
-            _min_cosine(images[0], expected["image"][:1]),
-            _min_cosine(images[1], expected["image"]),
-        )
+    def agreement(
+        self, towers: Towers, expected: dict[str, np.ndarray], which: tuple[Tower, ...] = TOWERS
+    ) -> float:
+        """The lowest cosine between `towers`' vectors and PyTorch fp32's over the probes of
+        the towers `which`."""
+        cosines = []
+        if "text" in which:
+            texts = [towers.text(tokens) for tokens in self.text_inputs]
+            cosines.append(_min_cosine(np.concatenate(texts[:-1]), expected["text"]))
+            cosines.append(_min_cosine(texts[-1], expected["text"]))
+        if "image" in which:
+            cosines.append(_min_cosine(towers.image(self.pixels[:1]), expected["image"][:1]))
+            cosines.append(_min_cosine(towers.image(self.pixels), expected["image"]))
+        return min(cosines)
 
 
 def _unit_rows(rows: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ class SlowEncoder:
         self._delay_s = delay_s
         self.model_id, self.dim, self.device = inner.model_id, inner.dim, inner.device
         self.precision, self.image_size = inner.precision, inner.image_size
-        self.runtime = inner.runtime
+        self.runtime, self.tower_runs = inner.runtime, inner.tower_runs
         self.prepare_image = inner.prepare_image
         self.tokenize = inner.tokenize
 

@@ -57,6 +57,9 @@ def test_metrics_count_requests_batches_and_index_sizes(client: TestClient) -> N
     assert metric_value(text, "xmr_index_vectors", **default, kind="text", structure="Flat") == 3
     model = {"device": "cpu", "model_id": model_id, "precision": "fp32"}
     assert metric_value(text, "xmr_model_info", **model, runtime="openvino") == 1
+    for tower in ("text", "image"):
+        run = {"model_id": model_id, "precision": "fp32", "runtime": "openvino", "tower": tower}
+        assert metric_value(text, "xmr_model_tower_info", **run) == 1
     assert metric_value(text, "xmr_index_building", **default, kind="text") == 0
 
 
@@ -117,5 +120,7 @@ def test_the_runtime_setting_reaches_the_model(settings: Settings) -> None:
         info = client.get("/v1/info").json()
         text = client.get("/metrics").text
     assert (info["runtime"], info["precision"]) == ("onnxruntime", "fp32")  # fp32 only
+    run = {"runtime": "onnxruntime", "precision": "fp32"}
+    assert info["towers"] == {"text": run, "image": run}
     model = {"device": "cpu", "model_id": f"{TINY_MODEL}/random-init", "precision": "fp32"}
     assert metric_value(text, "xmr_model_info", **model, runtime="onnxruntime") == 1

@@ -15,7 +15,8 @@ from models import ModelLoadError, OpenClipEncoder
 from models.open_clip_encoder import cpu_has_native_bf16
 from models.options import LoadOptions
 from models.runtimes import export, open_vino, selection
-from models.runtimes.selection import runtime_candidates
+from models.runtimes.selection import RuntimePlan, runtime_plan
+from models.tower_run import TowerRun
 from tests.conftest import TINY_MODEL, torch_state
 
 TEXTS = ["a", "a red circle", "a blue square on the left of a green star", "x " * 300, "日本語"]
@@ -296,25 +297,62 @@ def test_auto_runs_what_this_cpu_measured_fastest(tmp_path: Path) -> None:
     encoder = OpenClipEncoder.load(
         TINY_MODEL, "", LoadOptions(device="cpu", runtime_cache_dir=tmp_path)
     )
-    expected = "torch" if encoder.precision == "bf16" and selection.cpu_has_amx() else "openvino"
-    assert encoder.runtime == expected
+    with_amx = encoder.precision == "bf16" and selection.cpu_has_amx()
+    assert encoder.runtime == ("openvino+torch" if with_amx else "openvino")
 
 
-def test_runtime_choice_by_device_and_setting() -> None:
+def test_runtime_plan_per_tower_by_device_and_setting() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert runtime_candidates("auto", cpu) == ("openvino",)
-    # bf16: OpenVINO on AVX512-BF16 alone, PyTorch (oneDNN's AMX kernels) where there is AMX
-    assert runtime_candidates("auto", cpu, "bf16", amx=False) == ("openvino",)
-    assert runtime_candidates("auto", cpu, "bf16", amx=True) == ()
-    assert runtime_candidates("auto", cpu, "fp32", amx=True) == ("openvino",)
-    assert runtime_candidates("openvino", cpu, "bf16", amx=True) == ("openvino",)
-    assert runtime_candidates("torch", cpu) == ()
-    assert runtime_candidates("onnxruntime", cpu) == ("onnxruntime",)
-    assert runtime_candidates("auto", cuda) == ()  # PyTorch fp16 on CUDA
+    openvino = RuntimePlan(text=("openvino",), image=("openvino",))
+    assert runtime_plan("auto", cpu) == openvino
+    assert runtime_plan("auto", cpu, "bf16", amx=False) == openvino
+    # bf16 with AMX: OpenVINO answers text queries, PyTorch (oneDNN's AMX kernels) the images
+    assert runtime_plan("auto", cpu, "bf16", amx=True) == RuntimePlan(("openvino",), ())
+    assert runtime_plan("auto", cpu, "fp32", amx=True) == openvino
+    assert runtime_plan("openvino", cpu, "bf16", amx=True) == openvino  # a named one runs both
+    assert runtime_plan("torch", cpu) == RuntimePlan((), ())
+    assert runtime_plan("onnxruntime", cpu) == RuntimePlan(("onnxruntime",), ("onnxruntime",))
+    assert runtime_plan("auto", cuda) == RuntimePlan((), ())  # PyTorch fp16 on CUDA
     with pytest.raises(ModelLoadError, match="runs on the CPU"):
-        runtime_candidates("openvino", cuda)
+        runtime_plan("openvino", cuda)
     with pytest.raises(ModelLoadError, match="XMR_RUNTIME"):
-        runtime_candidates("tensorflow", cpu)
+        runtime_plan("tensorflow", cpu)
+
+
+def test_each_tower_in_its_own_runtime_holds_only_its_own_weights(
+    torch_encoder: OpenClipEncoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selection, "cpu_has_amx", lambda: True)  # the plan of an AMX CPU
+    encoder = OpenClipEncoder.load(
+        TINY_MODEL, "", LoadOptions(device="cpu", precision="bf16", runtime_cache_dir=tmp_path)
+    )
+    assert encoder.runtime == "openvino+torch"
+    assert encoder.tower_runs["text"].runtime == "openvino"
+    assert encoder.tower_runs["image"] == TowerRun("torch", "bf16")
+    model = encoder.torch_model
+    assert model is not None  # PyTorch keeps the image tower alone
+    assert {name.split(".")[0] for name, _ in model.named_parameters()} == {"visual", "logit_scale"}
+    assert worst_cosine(encoder, torch_encoder) >= 0.999  # bf16 images against fp32
+
+
+def test_openvino_compiles_only_the_towers_it_runs(
+    torch_encoder: OpenClipEncoder, tmp_path: Path
+) -> None:
+    full = OpenClipEncoder.load(
+        TINY_MODEL,
+        "",
+        LoadOptions(device="cpu", precision="fp32", runtime="openvino", runtime_cache_dir=tmp_path),
+    )
+    assert full.runtime == "openvino"
+    folder = next(tmp_path.iterdir())
+    text_only = selection.open_exported("openvino", folder, "fp32", True, which=("text",))
+    assert set(text_only.runs) == {"text"}
+    tokens = torch_encoder.tokenize(["a red circle"])
+    np.testing.assert_allclose(
+        text_only.text(tokens), full.encode_texts(["a red circle"]), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="runs only the text tower"):
+        text_only.image(torch.zeros((1, 3, 32, 32), dtype=torch.uint8))
 
 
 def test_onnxruntime_runs_fp32_and_says_so_when_bf16_is_asked() -> None:
@@ -356,5 +394,6 @@ def test_openvino_uses_the_cores_it_is_given_whichever_thread_loads_it(
         pool.shutdown()
     towers = encoder._towers
     assert isinstance(towers, open_vino.OpenVinoTowers)
-    for compiled in (towers._text, towers._image):
+    assert set(towers._compiled) == {"text", "image"}
+    for compiled in towers._compiled.values():
         assert compiled.get_property("INFERENCE_NUM_THREADS") == threads
