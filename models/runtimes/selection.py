@@ -55,8 +55,9 @@ def runtime_plan(
 ) -> RuntimePlan:
     """Which runtimes run each tower. A named runtime runs both; `auto` picks per tower.
 
-    `auto` on a CPU: OpenVINO runs the text tower on every CPU measured (one short query 5.7
-    against PyTorch's 20.3 ms in bf16 with AMX, 3.8 against 9.0 ms without; BENCHMARKS.md).
+    `auto` on a CPU: OpenVINO runs the text tower on every CPU measured (one short query 6.9
+    against PyTorch's 17.7 ms in bf16 on AVX512-BF16, 5.7 against 20.3 ms with AMX, 8.7
+    against 25.8 ms in fp32; BENCHMARKS.md).
     The image tower is PyTorch in bf16 on a CPU with AMX, whose oneDNN kernels encode the
     batcher's batches of 32 faster than OpenVINO's (145.7 against 125.0 images/s for
     ViT-B-32), and OpenVINO on AVX512-BF16 without AMX and on AVX2, where it was the fastest
