@@ -27,7 +27,7 @@ from app.services.search import SearchService
 from index.layout import COLLECTION_NAME, DEFAULT_COLLECTION
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Routes that change what every client shares need XMR_ADMIN_KEY, when one is set."""
     settings: Settings = request.app.state.settings
     if settings.admin_key is None:
@@ -43,7 +43,7 @@ def require_admin(request: Request) -> None:
 AdminOnly = Depends(require_admin)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None or not getattr(request.app.state, "ready", False):
         raise NotReadyError("the service is starting or stopping; retry shortly")
@@ -53,7 +53,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def collection_param(
+async def collection_param(
     collection: str = Path(pattern=COLLECTION_NAME.pattern, description="the collection's name"),
 ) -> str:
     """Declares (and checks) `{collection}` for the routes mounted under a collection."""
@@ -74,7 +74,7 @@ async def get_collection(request: Request, services: ServicesDep) -> Collection:
 CollectionDep = Annotated[Collection, Depends(get_collection)]
 
 
-def get_url_base(request: Request) -> str:
+async def get_url_base(request: Request) -> str:
     """Where this collection's routes live: item content URLs are built on it."""
     name = collection_name(request)
     return (
@@ -125,7 +125,7 @@ async def encoding(collection: CollectionDep) -> AsyncIterator[EncodingService]:
         yield pin.require_encoding()
 
 
-def get_jobs(services: ServicesDep) -> JobRunner:
+async def get_jobs(services: ServicesDep) -> JobRunner:
     return services.jobs
 
 

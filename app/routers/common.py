@@ -32,7 +32,7 @@ OFFSET_HELP = "skip this many results (paging)"
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def query_scope(
+async def query_scope(
     k: int = Query(10, ge=1, description="how many results"),
     target: Target = Query("images", description="what to search: images or texts"),
     filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name
@@ -46,7 +46,7 @@ def query_scope(
 QueryScopeDep = Annotated[SearchScope, Depends(query_scope)]
 
 
-def text_query_scope(
+async def text_query_scope(
     k: int = Query(10, ge=1, description="how many results"),
     target: Target = Query("images", description="what to search: images or texts"),
     filter: str | None = Query(None, description=FILTER_HELP),  # noqa: A002 - the API's name

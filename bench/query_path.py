@@ -1,0 +1,146 @@
+"""Where a text query's time goes beyond the model, at concurrency 1.
+
+    .venv/bin/python -m bench.query_path --json-out bench/query-path-cpu.json
+
+One server (XMR_RUNTIME as set, default auto) with 64 images indexed; each figure is the p50 of
+`--requests` sequential requests with the same client (httpx), interleaved in rounds so that
+drift hits all alike:
+- GET /healthz: HTTP and the whole middleware stack, nothing else (the floor);
+- POST /v1/embed/text with one query: + the route, tokenizing, the batcher's hand-off to the
+  inference thread, the encode and 512 floats of JSON;
+- GET /v1/search/text: + the search and the records of its hits.
+Then, with the server stopped, the raw encode of the same texts on a thread set up like the
+server's inference thread (tokenizing included, as the server's encode does). The differences
+are the breakdown; `over_raw_ms` is the search's p50 less the raw encode's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from app.services.threads import inference_pool
+from bench.report import benchmark_parser, emit
+from bench.run import REPO, free_port, query, stop, wait_http, write_images
+from bench.runtimes import cpu_flags
+from models import OpenClipEncoder
+from models.options import LoadOptions
+from models.threads import use_threads
+from xmr.client import XmrClient
+
+ROUNDS = 5
+
+Request = Callable[[httpx.AsyncClient, int], Any]
+REQUESTS: dict[str, Request] = {
+    "healthz": lambda http, n: http.get("/healthz"),
+    "embed_text": lambda http, n: http.post("/v1/embed/text", json={"texts": [query(n)]}),
+    "search_text": lambda http, n: http.get("/v1/search/text", params={"q": query(n), "k": 10}),
+}
+
+
+async def timed_rounds(base: str, per_round: int) -> dict[str, float]:
+    """p50 ms of each request kind, `ROUNDS` rounds of `per_round` each, kinds interleaved."""
+    times: dict[str, list[float]] = {name: [] for name in REQUESTS}
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        for make in REQUESTS.values():  # warm-up: every text length bucket is compiled
+            for n in range(20):
+                (await make(http, n)).raise_for_status()
+        for round_ in range(ROUNDS):
+            for name, make in REQUESTS.items():
+                for n in range(round_ * per_round, (round_ + 1) * per_round):
+                    started = time.perf_counter()
+                    (await make(http, n)).raise_for_status()
+                    times[name].append((time.perf_counter() - started) * 1000)
+    return {name: round(statistics.median(values), 2) for name, values in times.items()}
+
+
+def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
+    port = free_port()
+    env = os.environ | {
+        "XMR_MODEL": args.model,
+        "XMR_PRETRAINED": args.pretrained,
+        "XMR_DEVICE": "cpu",
+        "XMR_RUNTIME": args.runtime,
+        "XMR_RUNTIME_CACHE_DIR": str(root / "runtime-cache"),
+        "XMR_DATA_DIR": str(root / "data"),
+        "XMR_IMPORT_ROOT": str(paths[0].parent),
+        "XMR_PORT": str(port),
+        "XMR_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/readyz")
+        info = httpx.get(f"{base}/v1/info").json()
+        with XmrClient(base) as client:
+            job = client.submit_batch([{"image_path": p.name} for p in paths])
+            client.wait_for_job(job, poll_s=0.2)
+        figures = asyncio.run(timed_rounds(base, args.requests // ROUNDS))
+        return {"runtime": info["runtime"], "precision": info["precision"], **figures}
+    finally:
+        stop(process)
+
+
+def raw_encode_ms(args: Any, root: Path, repeats: int) -> float:
+    pool = inference_pool()
+    try:
+        options = LoadOptions(
+            device="cpu", runtime=args.runtime, runtime_cache_dir=root / "runtime-cache"
+        )
+        encoder = pool.submit(OpenClipEncoder.load, args.model, args.pretrained, options).result()
+
+        def measure() -> float:
+            for n in range(20):
+                encoder.encode_texts([query(n)])
+            times = []
+            for n in range(repeats):
+                started = time.perf_counter()
+                encoder.encode_texts([query(n)])
+                times.append((time.perf_counter() - started) * 1000)
+            return round(statistics.median(times), 2)
+
+        return pool.submit(measure).result()
+    finally:
+        pool.shutdown()
+
+
+def main() -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--requests", type=int, default=500, help="per kind, over all rounds")
+    args = parser.parse_args()
+    use_threads(1)  # as the server's other threads: one multi-core torch pool, the model's
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = write_images(root / "images", 64)
+        http = through_http(args, root, paths)
+        raw = raw_encode_ms(args, root, args.requests)
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "cpu_flags": cpu_flags(),
+        "model": f"{args.model}/{args.pretrained or 'random-init'}",
+        "p50_ms": {**http, "raw_encode": raw},
+        "breakdown_ms": {
+            "http_and_middleware": http["healthz"],
+            "route_tokenize_batcher_json": round(http["embed_text"] - http["healthz"] - raw, 2),
+            "search_and_records": round(http["search_text"] - http["embed_text"], 2),
+        },
+        "over_raw_ms": round(http["search_text"] - raw, 2),
+    }
+    return emit(report, args.json_out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

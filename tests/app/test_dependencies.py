@@ -1,0 +1,50 @@
+"""Every route runs on the event loop: FastAPI hands a plain `def` endpoint or dependency to a
+thread pool, one thread hop per call and request (about 0.5 ms of a text query's time on the
+2-core machine, BENCHMARKS.md); blocking work leaves the loop through app.services.threads."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fastapi.dependencies.models import Dependant
+from fastapi.testclient import TestClient
+
+
+def dependants(dependant: Dependant) -> Iterator[Dependant]:
+    yield dependant
+    for sub in dependant.dependencies:
+        yield from dependants(sub)
+
+
+def route_calls(routes: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    """(path, callable) for each endpoint and each dependency FastAPI calls for it, routers
+    included under a prefix (FastAPI builds those routes lazily) walked too."""
+    for route in routes:
+        if hasattr(route, "effective_candidates"):  # an included router
+            yield from route_calls(route.effective_candidates())
+            continue
+        original = getattr(route, "original_route", route)
+        dependant = getattr(route, "dependant", None) or getattr(original, "dependant", None)
+        if dependant is None:
+            continue  # Starlette's own routes: the OpenAPI document, static files
+        for found in dependants(dependant):
+            if found.call is not None:
+                yield route.path, found.call
+        for depends in getattr(route, "dependencies", []):  # given where a router is included
+            yield route.path, depends.dependency
+
+
+def runs_on_the_loop(call: Any) -> bool:
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
+
+
+def test_no_endpoint_or_dependency_is_run_in_a_thread(client: TestClient) -> None:
+    calls = list(route_calls(client.app.router.routes))  # type: ignore[attr-defined]
+    paths = {path for path, _ in calls}
+    assert "/v1/search/text" in paths and "/v1/collections/{collection}/search/text" in paths
+    in_threads = {
+        f"{path}: {call.__qualname__}" for path, call in calls if not runs_on_the_loop(call)
+    }
+    assert not in_threads, sorted(in_threads)
