@@ -120,6 +120,7 @@ class Services:
                 for m in loaded
                 for modality, depth in m.queue_depths().items()
             },
+            query_caches={m.encoder.model_id: m.query_cache_stats() for m in loaded},
             collections=[
                 CollectionGauges(c.name, c.state.current.model_id, c.store.index_info())
                 for c in self.collections.all()

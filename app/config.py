@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         1024, ge=1, description="items waiting per encoder before requests get 429"
     )
+    query_cache_mb: float = Field(
+        8.0,
+        ge=0,
+        description="vectors of recent query texts kept per loaded model, so that a query asked "
+        "again skips the model (about 2.8 KB each for 512 dimensions: 8 MB hold ~2,900); 0 = off",
+    )
     decode_workers: int = Field(
         default_factory=lambda: min(8, available_cores()),
         ge=1,
@@ -234,6 +240,7 @@ class Settings(BaseSettings):
             decode_workers=self.decode_workers,
             jpeg_draft=self.jpeg_draft,
             max_decoded_bytes=int(self.max_decoded_image_mb * 2**20),
+            query_cache_bytes=int(self.query_cache_mb * 2**20),
         )
 
     def index_options(self) -> IndexOptions:

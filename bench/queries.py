@@ -162,6 +162,7 @@ def main() -> int:
             "XMR_DATA_DIR": str(data),
             "XMR_PORT": str(port),
             "XMR_LOG_LEVEL": "warning",
+            "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
             "XMR_DUPLICATES_SYNC_LIMIT": "0",  # always the job, whose rate is measured
         }
         process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)

@@ -9,6 +9,9 @@ drift hits all alike:
 - POST /v1/embed/text with one query: + the route, tokenizing, the batcher's hand-off to the
   inference thread, the encode and 512 floats of JSON;
 - GET /v1/search/text: + the search and the records of its hits.
+The query cache is off (XMR_QUERY_CACHE_MB=0: every query text differs anyway); with
+`--query-cache-mb N` it is on and one more kind asks one text again and again (all hits but the
+first): `search_text_cached`.
 Then, with the server stopped, the raw encode of the same texts on a thread set up like the
 server's inference thread (tokenizing included, as the server's encode does). The differences
 are the breakdown; `over_raw_ms` is the search's p50 less the raw encode's.
@@ -48,17 +51,23 @@ REQUESTS: dict[str, Request] = {
     "embed_text": lambda http, n: http.post("/v1/embed/text", json={"texts": [query(n)]}),
     "search_text": lambda http, n: http.get("/v1/search/text", params={"q": query(n), "k": 10}),
 }
+CACHED: dict[str, Request] = {
+    "search_text_cached": lambda http, n: http.get(
+        "/v1/search/text", params={"q": query(0), "k": 10}
+    ),
+}
 
 
-async def timed_rounds(base: str, per_round: int) -> dict[str, float]:
+async def timed_rounds(base: str, per_round: int, cached: bool) -> dict[str, float]:
     """p50 ms of each request kind, `ROUNDS` rounds of `per_round` each, kinds interleaved."""
-    times: dict[str, list[float]] = {name: [] for name in REQUESTS}
+    kinds = REQUESTS | (CACHED if cached else {})
+    times: dict[str, list[float]] = {name: [] for name in kinds}
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        for make in REQUESTS.values():  # warm-up: every text length bucket is compiled
+        for make in kinds.values():  # warm-up: every text length bucket is compiled
             for n in range(20):
                 (await make(http, n)).raise_for_status()
         for round_ in range(ROUNDS):
-            for name, make in REQUESTS.items():
+            for name, make in kinds.items():
                 for n in range(round_ * per_round, (round_ + 1) * per_round):
                     started = time.perf_counter()
                     (await make(http, n)).raise_for_status()
@@ -78,6 +87,7 @@ def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
         "XMR_IMPORT_ROOT": str(paths[0].parent),
         "XMR_PORT": str(port),
         "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": str(args.query_cache_mb),
     }
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +97,8 @@ def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
         with XmrClient(base) as client:
             job = client.submit_batch([{"image_path": p.name} for p in paths])
             client.wait_for_job(job, poll_s=0.2)
-        figures = asyncio.run(timed_rounds(base, args.requests // ROUNDS))
+        cached = args.query_cache_mb > 0
+        figures = asyncio.run(timed_rounds(base, args.requests // ROUNDS, cached))
         return {"runtime": info["runtime"], "precision": info["precision"], **figures}
     finally:
         stop(process)
@@ -120,6 +131,7 @@ def main() -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--requests", type=int, default=500, help="per kind, over all rounds")
+    parser.add_argument("--query-cache-mb", type=float, default=0.0)
     args = parser.parse_args()
     use_threads(1)  # as the server's other threads: one multi-core torch pool, the model's
     with tempfile.TemporaryDirectory() as tmp:

@@ -78,6 +78,7 @@ def reindex_rates(args: Any, paths: list[Path], texts: list[str], root: Path) ->
         "XMR_IMPORT_ROOT": str(paths[0].parent),
         "XMR_PORT": str(port),
         "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
         "XMR_ENCODE_BATCH_SIZE": str(args.batch),
     }
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)

@@ -105,6 +105,7 @@ def replica_figures(root: Path, database_url: str, args: Any, haproxy: str) -> d
         "XMR_MODEL": args.model,
         "XMR_PRETRAINED": args.pretrained,
         "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
         "XMR_DECODE_WORKERS": "1",
     }
     figures: dict[str, Any] = {}

@@ -223,6 +223,7 @@ def bench_xmr(args: argparse.Namespace, paths: list[Path], root: Path) -> dict:
         "XMR_IMPORT_ROOT": str(paths[0].parent),
         "XMR_PORT": str(port),
         "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
         "XMR_ENCODE_BATCH_SIZE": str(args.batch),
         "XMR_MAX_BATCH": str(args.batch),
     }

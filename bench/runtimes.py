@@ -247,6 +247,7 @@ def through_http(
         "XMR_IMPORT_ROOT": str(paths[0].parent),
         "XMR_PORT": str(port),
         "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
         "XMR_ENCODE_BATCH_SIZE": "32",
         "XMR_MAX_BATCH": "32",
     }

@@ -164,6 +164,7 @@ def main() -> int:
             "XMR_DATA_DIR": str(data_dir),
             "XMR_PORT": str(port),
             "XMR_LOG_LEVEL": "warning",
+            "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
             "XMR_FILTER_FIELDS": args.filter_fields,
         }
         process, startup = start_server(env, port)

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.services.query_cache import QueryCacheStats
 from index import IndexInfo, Kind
 from models.tower_run import TOWERS
 
@@ -87,12 +88,35 @@ class ServiceState:
     """What a scrape reports besides the counters.
 
     models: labels of each loaded model (model_id, device, runtime, precision);
-    queues: (model_id, modality) -> items waiting; collections: each one's model and indexes.
+    queues: (model_id, modality) -> items waiting; collections: each one's model and indexes;
+    query_caches: model_id -> its query cache's counts.
     """
 
     models: list[dict[str, str]] = field(default_factory=list)
     queues: dict[tuple[str, str], int] = field(default_factory=dict)
+    query_caches: dict[str, QueryCacheStats] = field(default_factory=dict)
     collections: list[CollectionGauges] = field(default_factory=list)
+
+
+def query_cache_metrics(caches: dict[str, QueryCacheStats]) -> Iterator[Metric]:
+    """Each loaded model's query cache: hits and misses since it loaded, entries and bytes."""
+    lookups = CounterMetricFamily(
+        "xmr_query_cache_lookups",
+        "Query texts looked up in a model's query cache, by result",
+        labels=["model_id", "result"],
+    )
+    entries = GaugeMetricFamily(
+        "xmr_query_cache_entries", "Query vectors a model's cache holds", labels=["model_id"]
+    )
+    size = GaugeMetricFamily(
+        "xmr_query_cache_bytes", "What a model's query cache holds, in bytes", labels=["model_id"]
+    )
+    for model_id, stats in caches.items():
+        lookups.add_metric([model_id, "hit"], stats.hits)
+        lookups.add_metric([model_id, "miss"], stats.misses)
+        entries.add_metric([model_id], stats.entries)
+        size.add_metric([model_id], stats.bytes)
+    yield from (lookups, entries, size)
 
 
 class StateCollector(Collector):
@@ -134,6 +158,7 @@ class StateCollector(Collector):
         for (model_id, modality), depth in state.queues.items():
             queue.add_metric([model_id, modality], depth)
         yield queue
+        yield from query_cache_metrics(state.query_caches)
         collections = GaugeMetricFamily(
             "xmr_collection_info",
             "A collection and the model of its vectors",

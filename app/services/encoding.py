@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from app.services.batcher import Batcher
+from app.services.query_cache import QueryCacheStats, QueryVectorCache, token_key
 from app.services.threads import (
     LARGE_DECODE_NICENESS,
     Pools,
@@ -57,6 +58,7 @@ class EncodingLimits:
     jpeg_draft: bool = True  # decode large JPEGs at a reduced size (DRAFT_FACTOR)
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
     overlap_decode: bool | None = None  # decode while the model runs; default: off the CPU
+    query_cache_bytes: int = 0  # vectors of recent query texts kept (app.services.query_cache)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class EncodingService:
         self.images: Batcher[Any] = Batcher(
             "image", encoder.encode_prepared, self._inference, max_batch, max_queue, on_batch
         )
+        # one per model, shared by the collections' lanes (in_lane copies the reference)
+        self._query_cache = QueryVectorCache(limits.query_cache_bytes)
 
     lane = ""  # whose requests these are, among the users of one model (a collection)
 
@@ -144,6 +148,25 @@ class EncodingService:
         """Vectors for `texts`; `background` work waits for room instead of being refused."""
         rows = await self._tokenize(texts)
         return await self.texts.submit(rows, wait_for_room=background, lane=self.lane)
+
+    async def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for query texts: those asked recently come from the query cache, the rest
+        are encoded (as one request) and kept there."""
+        if not self._query_cache.enabled:
+            return await self.encode_texts(texts)
+        rows = await self._tokenize(texts)
+        keys = [token_key(np.asarray(row)) for row in rows]
+        found = [self._query_cache.get(key) for key in keys]
+        missing = [position for position, vector in enumerate(found) if vector is None]
+        if missing:
+            vectors = await self.texts.submit([rows[p] for p in missing], lane=self.lane)
+            for position, vector in zip(missing, vectors, strict=True):
+                self._query_cache.put(keys[position], vector)
+                found[position] = vector
+        return np.stack([vector for vector in found if vector is not None])
+
+    def query_cache_stats(self) -> QueryCacheStats:
+        return self._query_cache.stats()
 
     async def encode_texts_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """Vectors for `texts`, and how many tokens they took (padding left out: CLIP's

@@ -29,6 +29,7 @@ from typing import Literal
 from app.services.classify import LabelVectors
 from app.services.encoding import EncodingService
 from app.services.errors import ModelsBusyError
+from app.services.query_cache import QueryCacheStats
 from app.services.threads import Pools, run_in
 from index.layout import ModelSpec
 from models import Encoder, ModelLoadError
@@ -76,6 +77,10 @@ class LoadedModel:
     def queue_depths(self) -> dict[str, int]:
         """Items waiting per modality, over every collection's lane."""
         return self.encoding.queue_depths()
+
+    def query_cache_stats(self) -> QueryCacheStats:
+        """The model's query cache, shared by every collection's lane."""
+        return self.encoding.query_cache_stats()
 
     async def stop(self) -> None:
         await self.encoding.stop()

@@ -100,7 +100,7 @@ class SearchService:
         words = KeywordQuery(query)
         if scope.mode == "keyword":
             return SearchResult(await self._keyword(words, scope), _elapsed_ms(started))
-        vectors = await self.encoding.encode_texts([query])
+        vectors = await self.encoding.encode_queries([query])
         if scope.mode == "hybrid":
             return SearchResult(await self._hybrid(vectors, words, scope), _elapsed_ms(started))
         hits = await self._search(vectors, scope)
@@ -118,7 +118,7 @@ class SearchService:
         """Several text queries: encoded as one batch and searched in one FAISS call."""
         started = time.perf_counter()
         self._check(scope, len(queries))
-        vectors = await self.encoding.encode_texts(queries)
+        vectors = await self.encoding.encode_queries(queries)
         return MultiSearchResult(await self._search(vectors, scope), _elapsed_ms(started))
 
     async def by_images(self, blobs: Sequence[bytes], scope: SearchScope) -> MultiSearchResult:
@@ -180,7 +180,7 @@ class SearchService:
         vectors: list[np.ndarray] = []
         texts = [p.text for p in parts if p.text is not None]
         images = [p.image for p in parts if p.image is not None]
-        by_text = iter(await self.encoding.encode_texts(texts)) if texts else iter(())
+        by_text = iter(await self.encoding.encode_queries(texts)) if texts else iter(())
         by_image: Iterator[np.ndarray] = iter(())
         if images:
             prepared = await self.encoding.prepare_all(images, "query images")

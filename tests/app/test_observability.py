@@ -47,10 +47,16 @@ def test_metrics_count_requests_batches_and_index_sizes(client: TestClient) -> N
     latency = {"method": "GET", "route": "/v1/search/text"}
     assert metric_value(text, "xmr_http_request_duration_seconds_count", **latency) == 3
     assert metric_value(text, "xmr_encode_batch_size_sum", modality="image") == 2
-    assert metric_value(text, "xmr_encode_batch_size_sum", modality="text") == 3 + 3
+    # three texts indexed, one query: its two repeats came from the query cache
+    assert metric_value(text, "xmr_encode_batch_size_sum", modality="text") == 3 + 1
     assert metric_value(text, "xmr_encode_batch_duration_seconds_count", modality="text") >= 2
     model_id = f"{TINY_MODEL}/random-init"
     assert metric_value(text, "xmr_encode_queue_depth", model_id=model_id, modality="text") == 0
+    assert metric_value(text, "xmr_query_cache_lookups_total", model_id=model_id, result="hit") == 2
+    assert (
+        metric_value(text, "xmr_query_cache_lookups_total", model_id=model_id, result="miss") == 1
+    )
+    assert metric_value(text, "xmr_query_cache_entries", model_id=model_id) == 1
     default = {"collection": "default"}
     assert metric_value(text, "xmr_collection_info", **default, model_id=model_id) == 1
     assert metric_value(text, "xmr_index_vectors", **default, kind="image", structure="Flat") == 2
