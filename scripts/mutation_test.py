@@ -175,6 +175,47 @@ BREAKS: tuple[Break, ...] = (
         (RUNTIMES + "test_openvino_leaves_the_files_it_packed_its_weights_from_paged_out",),
     ),
     Break(
+        "where each tower runs in its own runtime, PyTorch drops the text tower's weights",
+        "models/runtimes/selection.py",
+        '        drop_tower(model, "text")\n',
+        "",
+        (RUNTIMES + "test_each_tower_in_its_own_runtime_holds_only_its_own_weights",),
+    ),
+    Break(
+        "OpenVINO compiles only the towers it runs",
+        "models/runtimes/open_vino.py",
+        '"CPU", config) for tower in towers\n',
+        '"CPU", config) for tower in TOWERS\n',
+        (RUNTIMES + "test_openvino_compiles_only_the_towers_it_runs",),
+    ),
+    Break(
+        "no dependency runs in FastAPI's thread pool",
+        "app/deps.py",
+        "async def get_services(request: Request) -> Services:",
+        "def get_services(request: Request) -> Services:",
+        ("tests/app/test_dependencies.py::test_no_endpoint_or_dependency_is_run_in_a_thread",),
+    ),
+    Break(
+        "a query asked again comes from the query cache",
+        "app/services/encoding.py",
+        "        if not self._query_cache.enabled:\n",
+        "        if True:\n",
+        (
+            "tests/app/services/test_query_cache.py::"
+            "test_a_query_asked_again_skips_the_model_and_gets_the_same_vector",
+        ),
+    ),
+    Break(
+        "the query cache keeps a copy, not a view of the batch",
+        "app/services/query_cache.py",
+        "        stored = vector.copy()",
+        "        stored = vector",
+        (
+            "tests/app/services/test_query_cache.py::"
+            "test_a_cached_vector_is_a_read_only_copy_and_zero_bytes_keeps_nothing",
+        ),
+    ),
+    Break(
         "fp16 weights whose vectors differ give way to the fp32 weights",
         "models/runtimes/selection.py",
         "                break  # only these weights are coarser: exporting again would not help\n",
