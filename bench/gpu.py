@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import asdict
@@ -29,7 +28,7 @@ from PIL import Image
 
 from app.services.threads import inference_pool
 from bench.report import benchmark_parser, emit
-from bench.run import query, write_images
+from bench.run import text_query_p50_ms, write_images
 from bench.runtimes import cpu_flags
 from models import OpenClipEncoder
 from models.options import LoadOptions
@@ -55,17 +54,6 @@ def batch_rates(encoder: OpenClipEncoder, prepared: list[Any], batches: list[int
     return rates
 
 
-def text_p50_ms(encoder: OpenClipEncoder, repeats: int = 100) -> float:
-    for n in range(10):
-        encoder.encode_texts([query(n)])
-    times = []
-    for n in range(repeats):
-        started = time.perf_counter()
-        encoder.encode_texts([query(n)])
-        times.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(times), 2)
-
-
 def torch_figures(args: Any, precision: str, images: list[Image.Image]) -> dict:
     pool = inference_pool()
     try:
@@ -78,7 +66,7 @@ def torch_figures(args: Any, precision: str, images: list[Image.Image]) -> dict:
         figures: dict[str, Any] = {
             "runs": {tower: asdict(run) for tower, run in encoder.tower_runs.items()},
             "images_per_s": pool.submit(batch_rates, encoder, prepared, args.batches).result(),
-            "text_query_p50_ms": pool.submit(text_p50_ms, encoder).result(),
+            "text_query_p50_ms": pool.submit(text_query_p50_ms, encoder, 100).result(),
         }
         if cuda:
             figures["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)

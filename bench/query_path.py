@@ -36,7 +36,7 @@ import torch
 
 from app.services.threads import inference_pool
 from bench.report import benchmark_parser, emit
-from bench.run import REPO, free_port, query, stop, wait_http, write_images
+from bench.run import REPO, free_port, query, stop, text_query_p50_ms, wait_http, write_images
 from bench.runtimes import cpu_flags
 from models import OpenClipEncoder
 from models.options import LoadOptions
@@ -112,17 +112,7 @@ def raw_encode_ms(args: Any, root: Path, repeats: int) -> float:
         )
         encoder = pool.submit(OpenClipEncoder.load, args.model, args.pretrained, options).result()
 
-        def measure() -> float:
-            for n in range(20):
-                encoder.encode_texts([query(n)])
-            times = []
-            for n in range(repeats):
-                started = time.perf_counter()
-                encoder.encode_texts([query(n)])
-                times.append((time.perf_counter() - started) * 1000)
-            return round(statistics.median(times), 2)
-
-        return pool.submit(measure).result()
+        return pool.submit(text_query_p50_ms, encoder, repeats).result()
     finally:
         pool.shutdown()
 

@@ -107,6 +107,18 @@ def query(n: int) -> str:
     return f"{QUERIES[n % len(QUERIES)]} {n}"
 
 
+def text_query_p50_ms(encoder: OpenClipEncoder, repeats: int, warm_up: int = 20) -> float:
+    """p50 ms of encode_texts for one short query (tokenizing included), each query new."""
+    for n in range(warm_up):
+        encoder.encode_texts([query(n)])
+    times = []
+    for n in range(repeats):
+        started = time.perf_counter()
+        encoder.encode_texts([query(n)])
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
+
+
 def raw_text_ms(encoder: OpenClipEncoder, short: bool, repeats: int = 40) -> float:
     encoder.short_text = short
     times = []
