@@ -59,7 +59,7 @@ def build(spec: str, xb: np.ndarray) -> tuple[FaissVectorIndex, float]:
     """Built exactly as the service builds it (index.vectors), default search parameters."""
     started = time.perf_counter()
     labels = np.arange(len(xb), dtype=np.int64)
-    index = FaissVectorIndex.build(DIM, spec, [(labels, xb)])
+    index = FaissVectorIndex.build(DIM, spec, lambda: [(labels, xb)])
     return index, time.perf_counter() - started
 
 

@@ -10,7 +10,6 @@ loads neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from index.planner import IndexOptions
 from index.records import VectorLog
-from index.types import Kind
+from index.types import Kind, VectorChunks
 
 BACKEND_NAMES = ("faiss", "milvus")
 UNSAVED = -1  # the sequence an index "was saved at" when nothing on disk reflects it yet
@@ -97,7 +96,7 @@ class VectorBackend(Protocol):
         it failed); how many vectors changed. In-process indexes replay the log instead: 0."""
         ...
 
-    def build(self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorIndex: ...
+    def build(self, spec: str, chunks: VectorChunks) -> VectorIndex: ...
 
     def serialize(self, index: VectorIndex) -> bytes: ...
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
-
-import numpy as np
 
 from index.backends import UNSAVED, VectorIndex
 from index.errors import ModelMismatchError, SnapshotError
 from index.planner import EXACT_SPEC, IndexOptions, planned_spec
 from index.records import VectorLog
 from index.snapshots import load_snapshot
-from index.types import Kind
+from index.types import Kind, VectorChunks
 from index.vectors import FaissVectorIndex
 
 logger = logging.getLogger(__name__)
@@ -80,7 +77,7 @@ class FaissBackend:
         too_deleted = index.deleted_fraction > self.options.rebuild_deleted_fraction
         return spec if spec != index.spec or too_deleted else None
 
-    def build(self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorIndex:
+    def build(self, spec: str, chunks: VectorChunks) -> VectorIndex:
         return FaissVectorIndex.build(
             self.dim, spec, chunks, ef_search=self.options.ef_search, nprobe=self.options.nprobe
         )

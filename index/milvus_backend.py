@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from index.backends import VectorIndex
 from index.planner import IndexOptions
 from index.records import VectorLog
-from index.types import Kind
+from index.types import Kind, VectorChunks
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class MilvusBackend:
     def planned_spec(self, index: VectorIndex) -> str | None:
         return None  # Milvus structures its own indexes
 
-    def build(self, spec: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> VectorIndex:
+    def build(self, spec: str, chunks: VectorChunks) -> VectorIndex:
         raise NotImplementedError("Milvus indexes are not rebuilt by xmr")
 
     def serialize(self, index: VectorIndex) -> bytes:

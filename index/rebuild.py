@@ -9,6 +9,7 @@ it, and it is swapped in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -54,7 +55,7 @@ class Rebuilder:
 
         use_search_threads(1)
         try:
-            chunks = self._log.vectors_after(kind, 0, self._dim, up_to_seq=seq)
+            chunks = functools.partial(self._log.vectors_after, kind, 0, self._dim, up_to_seq=seq)
             built: VectorIndex | None = self._backend.build(spec, chunks)
         except Exception:  # a failed build leaves the working index in place
             if self._serving.closing:  # the store closed under it: nothing failed

@@ -6,6 +6,7 @@ FAISS, SQLite or Milvus; the checks every vector and label array passes live her
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +16,10 @@ from index.filters import MetadataFilter
 from index.fusion import Fusion
 
 Kind = Literal["image", "text"]
+
+# (labels, vectors) chunks, read afresh on each call: an index build reads them twice (a
+# training sample, then every vector), so it never holds all of them at once
+VectorChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 KINDS: tuple[Kind, Kind] = ("image", "text")
 
 

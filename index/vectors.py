@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from index.planner import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, EXACT_SPEC
-from index.types import check_labels, check_vectors
+from index.types import VectorChunks, check_labels, check_vectors
 
 # faiss's SWIG wrappers take keyword arguments its type stubs do not know
 _faiss: Any = faiss
@@ -40,6 +40,30 @@ def _factory(spec: str, d: int) -> Any:
 def new_faiss_index(spec: str, d: int) -> Any:
     """An empty IndexIDMap2 over `faiss.index_factory(d, spec)` with inner-product metric."""
     return faiss.IndexIDMap2(_factory(spec, d))  # faiss's wrapper keeps the inner index alive
+
+
+def training_sample(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], size: int, d: int, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """A uniform random sample of up to `size` of the chunks' vectors, and how many there were.
+
+    Reservoir sampling (Vitter's algorithm R), a chunk at a time: row t (1-based) replaces a
+    random slot with probability size/t, so late rows are as likely to be drawn as early ones.
+    """
+    rng = np.random.default_rng(seed)
+    sample = np.empty((size, d), dtype=np.float32)
+    seen = 0
+    for _, xb in chunks:
+        xb = check_vectors(xb, d)
+        fill = max(0, min(size - seen, len(xb)))
+        sample[seen : seen + fill] = xb[:fill]
+        rest = xb[fill:]
+        if len(rest):
+            position = np.arange(seen + fill + 1, seen + len(xb) + 1)
+            drawn = rng.random(len(rest)) * position < size
+            sample[rng.integers(0, size, int(drawn.sum()))] = rest[drawn]  # in order: last wins
+        seen += len(xb)
+    return sample[: min(seen, size)], seen
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,22 +119,26 @@ class FaissVectorIndex:
         cls,
         d: int,
         spec: str,
-        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+        chunks: VectorChunks,
         ef_search: int = DEFAULT_EF_SEARCH,
         nprobe: int = DEFAULT_NPROBE,
         train_size: int = 100_000,
     ) -> FaissVectorIndex:
-        """A new index of `spec` holding every (labels, vectors) chunk, trained on them first."""
-        parts = [(check_labels(ids), check_vectors(xb, d)) for ids, xb in chunks]
-        labels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        xb = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, d), np.float32)
+        """A new index of `spec` holding every (labels, vectors) chunk, trained on them first.
+
+        A structure that needs training reads the chunks twice: once for a uniform sample of
+        `train_size` vectors, once to add them all; at no point are they all in memory (10M
+        vectors are 20 GB of float32).
+        """
         index = cls(d, spec=spec, ef_search=ef_search, nprobe=nprobe)
         if not index._index.is_trained:
-            if len(xb) < min_training_vectors(spec, d):
-                raise ValueError(f"{spec} needs more vectors to train than the {len(xb)} given")
-            sample = np.random.default_rng(0).permutation(len(xb))[:train_size]
-            index._index.train(xb[np.sort(sample)])
-        index.add(labels, xb)
+            sample, seen = training_sample(chunks(), train_size, d)
+            if seen < min_training_vectors(spec, d):
+                raise ValueError(f"{spec} needs more vectors to train than the {seen} given")
+            index._index.train(sample)
+            del sample
+        for labels, xb in chunks():
+            index.add(labels, xb)
         return index
 
     def __len__(self) -> int:

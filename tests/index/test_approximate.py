@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from index import IndexOptions, NewItem
 from index.planner import planned_spec, sq8_bytes
 from index.store import ItemStore
-from index.vectors import FaissVectorIndex, min_training_vectors
+from index.vectors import FaissVectorIndex, min_training_vectors, training_sample
 
 DIM = 32
 
@@ -38,7 +40,7 @@ def recall_at_10(index: FaissVectorIndex, xb: np.ndarray, labels: np.ndarray) ->
 def test_approximate_structures_find_the_true_neighbours(spec: str, floor: float) -> None:
     xb = clustered_rows(3000)
     labels = np.arange(3000, dtype=np.int64) * 7 + 1
-    index = FaissVectorIndex.build(DIM, spec, [(labels, xb)], nprobe=8)
+    index = FaissVectorIndex.build(DIM, spec, lambda: [(labels, xb)], nprobe=8)
     assert index.spec == spec and len(index) == 3000
     assert recall_at_10(index, xb, labels) >= floor  # measured: 1.0, 0.99, 0.99, 0.83
 
@@ -47,7 +49,7 @@ def test_approximate_structures_find_the_true_neighbours(spec: str, floor: float
 def test_lazily_deleted_labels_never_come_back(spec: str) -> None:
     xb = clustered_rows(1000)
     labels = np.arange(1000, dtype=np.int64)
-    index = FaissVectorIndex.build(DIM, spec, [(labels, xb)])
+    index = FaissVectorIndex.build(DIM, spec, lambda: [(labels, xb)])
     gone = labels[:300]
     assert index.remove(np.concatenate([gone, [5000]])) == 300
     assert index.remove(gone[:10]) == 0  # removing twice counts nothing
@@ -61,7 +63,7 @@ def test_lazily_deleted_labels_never_come_back(spec: str) -> None:
 
 def test_a_serialized_lazy_index_is_reconciled_with_the_live_labels() -> None:
     xb = clustered_rows(500)
-    index = FaissVectorIndex.build(DIM, "HNSW16", [(np.arange(500), xb)])
+    index = FaissVectorIndex.build(DIM, "HNSW16", lambda: [(np.arange(500), xb)])
     index.remove(np.arange(100))
     copy = FaissVectorIndex.deserialize(index.serialize(), DIM, "HNSW16")
     assert copy.stored == 500 and len(copy) == 500
@@ -75,9 +77,42 @@ def test_training_needs_enough_vectors() -> None:
     assert min_training_vectors("HNSW32", DIM) == 0
     assert min_training_vectors("IVF64,Flat", DIM) == 39 * 64
     with pytest.raises(ValueError, match="needs more vectors"):
-        FaissVectorIndex.build(DIM, "IVF64,Flat", [(np.arange(100), clustered_rows(100))])
+        FaissVectorIndex.build(DIM, "IVF64,Flat", lambda: [(np.arange(100), clustered_rows(100))])
     with pytest.raises(ValueError, match="not a FAISS index description"):
         FaissVectorIndex(DIM, spec="Bogus99")
+
+
+def test_the_training_sample_is_drawn_from_every_chunk_alike() -> None:
+    rows = np.repeat(np.arange(20_000, dtype=np.float32)[:, None], DIM, axis=1)
+    chunks = [(np.arange(s, s + 500), rows[s : s + 500]) for s in range(0, 20_000, 500)]
+    sample, seen = training_sample(chunks, 2000, DIM)
+    assert seen == 20_000 and sample.shape == (2000, DIM)
+    drawn = sample[:, 0]
+    assert len(np.unique(drawn)) == 2000  # no row twice
+    assert 0.2 < np.mean(drawn >= 15_000) < 0.3  # the last quarter as likely as any other
+    assert 9_000 < drawn.mean() < 11_000
+    small, seen = training_sample(chunks[:2], 2000, DIM)
+    assert seen == 1000 and len(small) == 1000  # fewer rows than the sample: all of them
+
+
+def test_a_trained_build_reads_its_chunks_twice_and_never_holds_them_all() -> None:
+    reads = []
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        reads.append(1)
+        for start in range(0, 200_000, 10_000):
+            yield np.arange(start, start + 10_000), clustered_rows(10_000, seed=start)
+
+    tracemalloc.start()
+    try:
+        index = FaissVectorIndex.build(DIM, "IVF64,SQ8", chunks, train_size=5_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(reads) == 2 and len(index) == 200_000
+    assert peak < 200_000 * DIM * 4 / 2  # measured 8.6 MB (chunks being made); all: 25.6 MB
+    first = clustered_rows(10_000, seed=0)[:100]
+    assert np.mean(index.search(first, 1)[1][:, 0] == np.arange(100)) >= 0.9  # each finds itself
 
 
 def test_auto_plan_follows_size_and_memory() -> None:
