@@ -1,14 +1,18 @@
 """The whole service as it grows: import, start-up, searches, memory and disk at N items.
 
-Synthetic 512-d unit vectors with a photo library's metadata (an album, a camera, a capture
+Synthetic 512-d unit vectors drawn around 2,000 centres (embeddings cluster; as in
+bench.vector_search) with a photo library's metadata (an album, a camera, a place, a capture
 date, a rating, and one item in 10,000 marked `rare`) are written as `vectors.npy` +
 `metadata.parquet` and imported with `xmr import-embeddings`' own code into a fresh data
 directory (ViT-B-32's identity, random weights: the same cost). Then the real server is started
 on it (`python -m app`, the runtime `auto` picks) and measured through HTTP: start-up from its
 snapshots, text search p50 against the raw text encode in this process (the baseline, same
-run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, its memory, and after
+run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, a keyword search for a
+place (1 in 5,000), the recall@10 of the index structure against an exact search of the
+folder's vectors (50 stored items searched with their own vectors), its memory, and after
 1,000 more writes and a kill -9, the start-up that replays them. Bytes on disk per item come
-from the data directory.
+from the data directory; the snapshot's size and how long it held the write lock from the
+store.
 
     python -m bench.scale --items 100000 --json-out bench/scale-cpu-100k.json
     python -m bench.scale --items 100000 --filter-fields rare,rating \
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -36,36 +41,79 @@ import httpx
 import numpy as np
 
 from bench.report import benchmark_parser, emit
+from bench.vector_search import DIM, clustered, unit
 
 QUERIES = 40
 CHUNK = 100_000
+RECALL_SAMPLE = 50
 
 
 def write_folder(folder: Path, items: int, dim: int) -> None:
-    """vectors.npy (float16, as clip-retrieval saves them) and metadata.parquet."""
+    """vectors.npy (float16, as clip-retrieval saves them) and metadata.parquet, a chunk at a
+    time (10M rows of Python strings at once would not fit)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if dim != DIM:
+        raise ValueError(f"the synthetic vectors are {DIM}-d, the model's are {dim}-d")
     rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(2000, dim)).astype(np.float32))
     vectors = np.lib.format.open_memmap(
         folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(items, dim)
     )
+    writer: pq.ParquetWriter | None = None
     for start in range(0, items, CHUNK):
-        block = rng.standard_normal((min(CHUNK, items - start), dim)).astype(np.float32)
-        vectors[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        n = np.arange(start, min(items, start + CHUNK))
+        vectors[start : start + len(n)] = clustered(len(n), centres, rng)
+        table = pa.table(
+            {
+                "id": [f"photo-{i}" for i in n],
+                "album": [f"album-{i % 200}" for i in n],
+                "camera": [["Canon EOS R5", "iPhone 15 Pro", "NIKON Z 6"][i % 3] for i in n],
+                "place": [f"town{i % 5000}" for i in n],
+                "taken_at": [
+                    f"20{10 + i % 15}-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in n
+                ],
+                "rating": (n % 5).tolist(),
+                "rare": (n % 10_000 == 7).tolist(),
+            }
+        )
+        writer = writer or pq.ParquetWriter(folder / "metadata.parquet", table.schema)
+        writer.write_table(table)
     vectors.flush()
-    n = np.arange(items)
-    table = pa.table(
-        {
-            "id": [f"photo-{i}" for i in n],
-            "album": [f"album-{i % 200}" for i in n],
-            "camera": [["Canon EOS R5", "iPhone 15 Pro", "NIKON Z 6"][i % 3] for i in n],
-            "taken_at": [f"20{10 + i % 15}-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00" for i in n],
-            "rating": (n % 5).tolist(),
-            "rare": (n % 10_000 == 7).tolist(),
-        }
-    )
-    pq.write_table(table, folder / "metadata.parquet", row_group_size=CHUNK)
+    if writer is not None:
+        writer.close()
+
+
+def exact_neighbours(path: Path, rows: np.ndarray, k: int) -> np.ndarray:
+    """The true k nearest rows of `path`'s vectors to each of `rows` (cosine), a chunk at a time."""
+    xb = np.load(path, mmap_mode="r")
+    xq = unit(np.asarray(xb[rows], dtype=np.float32))
+    best = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    ids = np.zeros((len(rows), k), dtype=np.int64)
+    for start in range(0, len(xb), CHUNK):
+        scores = xq @ unit(np.asarray(xb[start : start + CHUNK], dtype=np.float32)).T
+        merged = np.concatenate([best, scores], axis=1)
+        merged_ids = np.concatenate(
+            [ids, np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)], axis=1
+        )
+        top = np.argsort(-merged, axis=1)[:, :k]
+        best = np.take_along_axis(merged, top, axis=1)
+        ids = np.take_along_axis(merged_ids, top, axis=1)
+    return ids
+
+
+def recall_at_10(http: httpx.Client, truth: list[list[int]], rows: np.ndarray) -> float:
+    """Search with each sampled item's own stored vector through the service (which leaves the
+    item itself out); the share of the true ten found."""
+    found = []
+    for row, true in zip(rows, truth, strict=True):
+        body = {"query": [{"item": f"photo-{row}"}], "target": "images", "k": 10}
+        response = http.post("/v1/search", json=body)
+        response.raise_for_status()
+        ids = {hit["id"] for hit in response.json()["results"]}
+        found.append(len(ids & {f"photo-{i}" for i in true}) / 10)
+    return float(np.mean(found))
 
 
 def free_port() -> int:
@@ -109,11 +157,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def p50_ms(http: httpx.Client, params: dict[str, Any]) -> tuple[float, int]:
+def p50_ms(http: httpx.Client, params: dict[str, Any], query: str = "a photo") -> tuple[float, int]:
     times, found = [], 0
     for n in range(QUERIES):
         started = time.perf_counter()
-        response = http.get("/v1/search/text", params={**params, "q": f"a photo {n}"})
+        response = http.get("/v1/search/text", params={"q": f"{query} {n}", **params})
         times.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
         found = len(response.json()["results"])
@@ -153,9 +201,22 @@ def main() -> int:
         started = time.perf_counter()
         store.wait_for_builds(3600)  # the structure `auto` plans for this size, built whole
         report["index_build_after_import_s"] = round(time.perf_counter() - started, 1)
+        report["import_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
         started = time.perf_counter()
-        store.close(save=True)
+        store.snapshot()
         report["snapshot_s"] = round(time.perf_counter() - started, 2)
+        timing = store.last_snapshot
+        assert timing is not None
+        report["snapshot_write_lock_s"] = timing.write_lock_s
+        report["snapshot_mb"] = round(timing.bytes / 2**20, 1)
+        store.close(save=True)
+        sample = np.random.default_rng(1).choice(args.items, RECALL_SAMPLE, replace=False)
+        nearest = exact_neighbours(root / "folder" / "vectors.npy", sample, 11)
+        truth = [
+            [int(i) for i in row if i != own][:10] for row, own in zip(nearest, sample, strict=True)
+        ]
         report["disk_mb_per_million"] = round(disk_mb(data_dir) / args.items * 1e6, 1)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {
@@ -190,6 +251,10 @@ def main() -> int:
                 report["selective_filter_p50_ms"] = round(rare, 2)
                 report["selective_filter_found"] = rare_found
                 report["broad_filter_p50_ms"] = round(broad, 2)
+                keyword, keyword_found = p50_ms(http, {"k": 10, "mode": "keyword", "q": "town123"})
+                report["keyword_search_p50_ms"] = round(keyword, 2)
+                report["keyword_search_found"] = keyword_found
+                report["recall_at_10"] = round(recall_at_10(http, truth, sample), 3)
                 report["rss_mb"] = round(rss_mb(process.pid), 1)
                 for start in range(0, 1000, 100):
                     items = [

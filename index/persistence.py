@@ -3,7 +3,10 @@ forget. The records stay the source of truth; a snapshot only shortens the next 
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from index.backends import VectorBackend
@@ -13,6 +16,18 @@ from index.records import VectorLog
 from index.serving import ServingIndexes
 from index.snapshots import save_snapshot
 from index.types import KINDS, Kind
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotTiming:
+    """One snapshot: how long writes waited for it, how long the files took, their bytes."""
+
+    seq: int
+    write_lock_s: float  # the indexes are serialized under the write lock
+    write_s: float  # written, synced and renamed into place outside it
+    bytes: int
 
 
 class Snapshots:
@@ -34,6 +49,7 @@ class Snapshots:
         self._log = log
         self._model_id, self._dim = model
         self._lock = threading.Lock()  # one snapshot at a time: files are written in seq order
+        self.last: SnapshotTiming | None = None
 
     def is_dirty(self) -> bool:
         with self._serving.lock:
@@ -50,6 +66,7 @@ class Snapshots:
         """
         serving = self._serving
         with self._lock:
+            started = time.perf_counter()
             with serving.lock:
                 seq = serving.applied_seq
                 indexes = serving.current()
@@ -63,6 +80,7 @@ class Snapshots:
                 payloads = {kind: self._backend.serialize(indexes[kind]) for kind in stale}
                 sizes = {kind: indexes[kind].stored for kind in stale}
                 specs = {kind: indexes[kind].spec for kind in stale}
+            locked = time.perf_counter()
             saved: list[Kind] = []
             for kind in stale:
                 try:
@@ -84,6 +102,7 @@ class Snapshots:
                 saved.append(kind)
             if not saved:
                 return False
+            self._record(seq, locked - started, time.perf_counter() - locked, payloads)
             with serving.lock:
                 for kind in saved:
                     if serving[kind] is indexes[kind]:
@@ -93,3 +112,14 @@ class Snapshots:
                 prune_to = min([*serving.saved_seq.values(), *keep_from])
             self._log.prune_tombstones(prune_to)
             return True
+
+    def _record(self, seq: int, lock_s: float, write_s: float, payloads: dict[Kind, bytes]) -> None:
+        size = sum(len(payload) for payload in payloads.values())
+        self.last = SnapshotTiming(seq, round(lock_s, 4), round(write_s, 4), size)
+        logger.info(
+            "saved the indexes at record %d: %.1f MB, writes waited %.3f s, written in %.2f s",
+            seq,
+            size / 2**20,
+            lock_s,
+            write_s,
+        )

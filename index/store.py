@@ -24,7 +24,7 @@ from index.errors import DuplicateIdError, ItemNotFoundError, StorageError, exce
 from index.files import remove_stale_temporaries
 from index.filters import MetadataFilter
 from index.follow import LogFollower
-from index.persistence import Snapshots
+from index.persistence import Snapshots, SnapshotTiming
 from index.planner import IndexOptions
 from index.rebuild import Rebuilder
 from index.records import RecordStore, VectorLog, open_records, store_key
@@ -272,6 +272,11 @@ class ItemStore:
     def snapshot(self) -> bool:
         """Save the indexes if the records moved on; True if anything was saved."""
         return self._snapshots.save()
+
+    @property
+    def last_snapshot(self) -> SnapshotTiming | None:
+        """The latest snapshot this store saved: the write lock's share and the bytes."""
+        return self._snapshots.last
 
     def catch_up(self) -> None:
         """Bring the indexes up to the writes other processes made (a shared store)."""

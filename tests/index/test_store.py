@@ -150,6 +150,20 @@ def test_snapshot_files_do_not_accumulate(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_snapshot_says_what_it_wrote_and_how_long_writes_waited(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path / "data", "m/1", DIM)
+    assert store.last_snapshot is None
+    store.upsert([text("a", 0), image("b", 1)])
+    assert store.snapshot()
+    timing = store.last_snapshot
+    assert timing is not None and timing.seq == 1  # one upsert: one record sequence
+    files = (tmp_path / "data" / "index").glob("*.faiss")
+    assert timing.bytes == sum(p.stat().st_size for p in files)
+    assert 0 <= timing.write_lock_s < 1 and timing.write_s >= 0
+    assert not store.snapshot() and store.last_snapshot is timing  # nothing new: nothing saved
+    store.close()
+
+
 def test_other_model_is_refused(tmp_path: Path) -> None:
     ItemStore(tmp_path / "data", "m/1", DIM).close()
     with pytest.raises(ModelMismatchError, match="m/1"):
