@@ -1,10 +1,13 @@
 """Request fields as domain values: JSON form fields (refusing NaN), lists with one entry per
-uploaded file, and metadata filters."""
+uploaded file, uploaded vector arrays, and metadata filters."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from app.services.errors import InvalidInputError
 from index import InvalidFilterError, MetadataFilter, parse_filter
@@ -23,6 +26,22 @@ def parse_json_list(raw: str | None, field: str, expected: int) -> list[Any] | N
     if len(value) != expected:
         raise InvalidInputError(f"{field} has {len(value)} entries for {expected} files")
     return value
+
+
+def read_npy(file: BinaryIO) -> np.ndarray:
+    """An uploaded .npy array (never a pickle)."""
+    try:
+        return np.asarray(np.load(file, allow_pickle=False))
+    except (ValueError, OSError, EOFError) as e:
+        raise InvalidInputError(f"'vectors' is not an .npy array: {e}") from e
+
+
+def matrix_of(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """JSON vectors as one float32 matrix; they must all have the same length."""
+    lengths = {len(row) for row in rows}
+    if len(lengths) > 1:
+        raise InvalidInputError(f"the vectors differ in length ({sorted(lengths)}): one model's")
+    return np.asarray(rows, dtype=np.float32)
 
 
 def where_of(value: dict[str, Any] | None) -> MetadataFilter | None:

@@ -167,6 +167,19 @@ class IndexInfo:
     building: str | None
 
 
+def unit_rows(vectors: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """Float32 unit rows (cosine is the contract), and the rows that cannot be: why, by row.
+
+    For vectors made elsewhere (an import); a row that fails is left as zeros."""
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(finite[:, None], vectors, 0.0), axis=1)
+    bad = {int(r): "the vector holds NaN or infinity" for r in np.flatnonzero(~finite)}
+    bad |= {int(r): "the vector is all zeros" for r in np.flatnonzero(finite & (norms == 0))}
+    safe = np.where(norms > 0, norms, 1.0)
+    unit = np.where(finite[:, None], vectors, 0.0) / safe[:, None]
+    return unit.astype(np.float32), bad
+
+
 def check_vectors(xb: np.ndarray, d: int) -> np.ndarray:
     """Return `xb` as a C-contiguous float32 (n, d) array, or raise TypeError/ValueError."""
     if not isinstance(xb, np.ndarray):

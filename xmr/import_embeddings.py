@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from index import NewItem
+from index.types import unit_rows
 from index.store import ItemStore
 from xmr.embedding_files import EmbeddingChunk, Layout, read_embeddings
 
@@ -94,9 +95,9 @@ def items_of(
     part: EmbeddingChunk, failed: list[tuple[str, str]]
 ) -> tuple[list[NewItem], list[NewItem]]:
     """The chunk's image items (and caption items), its bad rows added to `failed`."""
-    vectors, bad = normalized(part.vectors)
+    vectors, bad = unit_rows(part.vectors)
     caption_vectors, bad_captions = (
-        normalized(part.caption_vectors) if part.caption_vectors is not None else (None, set())
+        unit_rows(part.caption_vectors) if part.caption_vectors is not None else (None, set())
     )
     images: list[NewItem] = []
     texts: list[NewItem] = []
@@ -118,17 +119,6 @@ def items_of(
                 )
             )
     return images, texts
-
-
-def normalized(vectors: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
-    """Unit rows (cosine is the contract), and the rows that cannot be: why, by row."""
-    finite = np.isfinite(vectors).all(axis=1)
-    norms = np.linalg.norm(np.where(finite[:, None], vectors, 0.0), axis=1)
-    bad = {int(r): "the vector holds NaN or infinity" for r in np.flatnonzero(~finite)}
-    bad |= {int(r): "the vector is all zeros" for r in np.flatnonzero(finite & (norms == 0))}
-    safe = np.where(norms > 0, norms, 1.0)
-    unit = np.where(finite[:, None], vectors, 0.0) / safe[:, None]
-    return unit.astype(np.float32), bad
 
 
 def _check_dimension(part: EmbeddingChunk, dim: int) -> None:
@@ -160,7 +150,7 @@ def verify_sample(
         except (InvalidInputError, ImageDecodeError):
             continue
         ours = encoder.encode_prepared([encoder.prepare_image(image)])[0]
-        unit, bad = normalized(vector[None, :].astype(np.float32))
+        unit, bad = unit_rows(vector[None, :].astype(np.float32))
         if bad or unit.shape[1] != ours.shape[0]:
             continue
         cosines.append(float(unit[0] @ ours))

@@ -4,7 +4,8 @@ Each batch holds its collection's generation from reading to storing, so a switc
 waits for it and never splits it; a batch is recorded as done only once its items are durably
 stored. With a Ray cluster (XMR_RAY_ADDRESS) a batch's images are decoded and encoded there,
 sent as soon as the batch is read (while the one before is stored); the vectors come back and
-are stored here, through the same write path as every other write.
+are stored here, through the same write path as every other write. A batch of vectors made
+elsewhere (`POST .../vectors`) reads them from its staging and stores them as they are.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class LoadedBatch:
     positions: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     remote: asyncio.Task[tuple[np.ndarray, list[str], list[Photo | None]]] | None = None
+    precomputed: list[tuple[int, NewItem]] = field(default_factory=list)  # (position, item)
 
 
 @dataclass
@@ -215,6 +217,65 @@ class BatchStages:
         await loaded.pin.release()
 
 
+class VectorStages(BatchStages):
+    """The stages of a batch of vectors made elsewhere: read from staging, nothing to encode."""
+
+    async def load(self, batch: Sequence[JobItem]) -> LoadedBatch:
+        pin = await self._collection.pin(write=True)
+        loaded = LoadedBatch(pin)
+        refusal = self._refusal(pin)
+        if refusal is not None:
+            loaded.failed = {item.position: refusal for item in batch}
+            return loaded
+        try:
+            for item in batch:
+                try:
+                    vector = await run_in(self._job.pool, self._vector, item, pin.generation.dim)
+                except InvalidInputError as e:
+                    loaded.failed[item.position] = str(e)
+                    continue
+                loaded.precomputed.append((item.position, _precomputed_item(item, vector)))
+        except BaseException:
+            await pin.release()
+            raise
+        return loaded
+
+    def _refusal(self, pin: Pin) -> str | None:
+        """Why the collection cannot take these vectors now, or None."""
+        made_for = self._job.params.get("precomputed_for")
+        if pin.generation.model_id != made_for:
+            return (
+                f"the vectors were sent for {made_for}, but the collection's model is now "
+                f"{pin.generation.model_id}: embed them with it and send them again"
+            )
+        if pin.collection.state.next is not None:
+            return (
+                "the collection is being re-embedded with another model: vectors of the old "
+                "one cannot join it; send them again when it is done"
+            )
+        return None
+
+    def _vector(self, item: JobItem, dim: int) -> np.ndarray:
+        vector = np.frombuffer(self._sources.read(item), dtype=np.float32)
+        if vector.shape != (dim,):
+            raise InvalidInputError(f"the staged vector has {vector.size} values, not {dim}")
+        return vector
+
+    async def encode(self, batch: Sequence[JobItem], loaded: LoadedBatch) -> EncodedBatch:
+        encoded = EncodedBatch(loaded.pin, failed=dict(loaded.failed))
+        encoded.positions = [position for position, _ in loaded.precomputed]
+        encoded.items = [item for _, item in loaded.precomputed]
+        encoded.done = [item.position for item in batch if item.position not in encoded.failed]
+        return encoded
+
+
+def _precomputed_item(item: JobItem, vector: np.ndarray) -> NewItem:
+    """An item as sent: a text keeps its text; an image has no bytes (xmr never saw it)."""
+    if item.kind == "text":
+        return NewItem.text_item(item.item_id, vector, item.text or "", item.metadata)
+    return NewItem(item.item_id, "image", vector, item.metadata)
+
+
 class BatchJob:
     """The handler of `batch` jobs."""
 
@@ -232,7 +293,10 @@ class BatchJob:
 
     async def run(self, job: JobContext) -> None:
         collection = self._collections.get(job.view.collection)
-        stages = BatchStages(job, collection, self._sources, self._batch_size, self._remote)
+        precomputed = job.params.get("precomputed_for") is not None
+        stages = (VectorStages if precomputed else BatchStages)(
+            job, collection, self._sources, self._batch_size, self._remote
+        )
         await job.set_status("running")
         left = await run_pipeline(await stages.first(), stages, job.should_stop)
         if left or job.cancelled():  # a cancel during the last batch keeps its status

@@ -15,15 +15,30 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.jobs.context import JobContext, JobHandler, JobStopped, job_error_text
-from app.jobs.intake import BatchEntry, stage_batch
-from app.jobs.ledger import FINISHED, QUEUED_KINDS, JobKind, JobLedger, JobStatus, JobView
-from app.jobs.staging import Staging
-from app.services.errors import InvalidInputError, JobNotFoundError, JobStateError
+from app.jobs.intake import BatchEntry, VectorEntry, stage_batch, stage_vectors
+from app.jobs.ledger import (
+    FINISHED,
+    QUEUED_KINDS,
+    JobItem,
+    JobKind,
+    JobLedger,
+    JobStatus,
+    JobView,
+)
+from app.jobs.staging import Staging, StagingWriter
+from app.services.errors import (
+    CollectionStateError,
+    InvalidInputError,
+    JobNotFoundError,
+    JobStateError,
+)
 from app.services.items import new_item_id
 from app.services.registry import CollectionRegistry
 from app.services.threads import run_in
@@ -112,17 +127,47 @@ class JobRunner:
         if not entries:
             raise InvalidInputError("a batch needs at least one item")
         self._collections.get(collection)
-        job_id = new_item_id()
         params = None if dedup_threshold is None else {"dedup_threshold": dedup_threshold}
-        try:
-            items = await run_in(
-                self._pool,
-                stage_batch,
-                self._staging.writer(job_id),
-                entries,
-                self._import_root,
-                self._max_metadata_bytes,
+        return await self._queue(
+            collection,
+            params,
+            lambda staging: stage_batch(
+                staging, entries, self._import_root, self._max_metadata_bytes
+            ),
+        )
+
+    async def submit_vectors(
+        self, vectors: np.ndarray, entries: Sequence[VectorEntry], collection: str = "default"
+    ) -> str:
+        """Check, stage and queue vectors made elsewhere as a batch job; its id. They are stored
+        as the collection's model's (a model switch before the job runs fails its items)."""
+        if not entries:
+            raise InvalidInputError("send at least one vector")
+        state = self._collections.get(collection).state
+        if state.next is not None:
+            raise CollectionStateError(
+                f"collection {collection} is being re-embedded with another model: send vectors "
+                "of its model when that is done"
             )
+        generation = state.current
+        params = {"precomputed_for": generation.model_id}
+        return await self._queue(
+            collection,
+            params,
+            lambda staging: stage_vectors(
+                staging, vectors, entries, generation.dim, self._max_metadata_bytes
+            ),
+        )
+
+    async def _queue(
+        self,
+        collection: str,
+        params: dict[str, Any] | None,
+        stage: Callable[[StagingWriter], list[JobItem]],
+    ) -> str:
+        job_id = new_item_id()
+        try:
+            items = await run_in(self._pool, stage, self._staging.writer(job_id))
             await run_in(
                 self._pool, lambda: self._ledger.create(job_id, items, collection, "batch", params)
             )

@@ -1,15 +1,16 @@
-"""Batch indexing jobs: submit many items, follow their progress, resume after a restart."""
+"""Batch indexing jobs: submit many items (or vectors made elsewhere), follow their progress,
+resume after a restart."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
 from app.deps import JobsDep, collection_name
-from app.jobs.intake import BatchEntry
-from app.parsing import parse_ids, parse_metadata
+from app.jobs.intake import BatchEntry, VectorEntry
+from app.parsing import matrix_of, parse_ids, parse_metadata, read_npy
 from app.responses import job_response
 from app.routers.common import body_format, validated
-from app.schemas import BatchRequest, JobAccepted, JobResponse
+from app.schemas import BatchRequest, JobAccepted, JobResponse, VectorItemsForm, VectorsRequest
 from app.services.errors import InvalidInputError
 
 router = APIRouter(tags=["batch"])  # /batch under /v1 and each collection
@@ -67,6 +68,64 @@ async def submit_batch(request: Request, jobs: JobsDep) -> JobAccepted:
         entries = [BatchEntry(**item.model_dump()) for item in body.items]
         job_id = await jobs.submit(entries, collection, body.dedup_threshold)
     return JobAccepted(job_id=job_id)
+
+
+_VECTORS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": VectorsRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["vectors", "items"],
+                    "properties": {
+                        "vectors": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "an .npy array of float16/32/64, one row an item",
+                        },
+                        "items": {
+                            "type": "string",
+                            "description": "JSON list, one {id, kind?, text?, metadata?} a row",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "/vectors",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    openapi_extra=_VECTORS_BODY,
+    summary="Store vectors made elsewhere (e.g. clip-retrieval's) in the background, no encoding",
+)
+async def submit_vectors(request: Request, jobs: JobsDep) -> JobAccepted:
+    """Vectors of the collection's model, made elsewhere: checked (its dimension, finite, not
+    zero), normalized, and stored by id as a batch job (202; resumable; an id sent again
+    replaces its item). Images arrive without bytes: another model cannot embed them again."""
+    collection = collection_name(request)
+    refusal = "send application/json items with vectors, or a multipart .npy 'vectors' + 'items'"
+    if body_format(request, refusal) == "multipart":
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("vectors")
+            if upload is None or isinstance(upload, str):
+                raise InvalidInputError("a multipart request needs a 'vectors' file: an .npy array")
+            vectors = read_npy(upload.file)
+            raw = _text_field(form.get("items"))
+            if raw is None:
+                raise InvalidInputError("a multipart request needs 'items': a JSON list")
+            fields = validated(VectorItemsForm, raw).root
+    else:
+        body = validated(VectorsRequest, await request.body())
+        fields = list(body.items)
+        vectors = matrix_of([item.vector for item in body.items])
+    entries = [VectorEntry(f.id, f.kind, f.text, f.metadata) for f in fields]
+    return JobAccepted(job_id=await jobs.submit_vectors(vectors, entries, collection))
 
 
 def _text_field(value: object) -> str | None:

@@ -40,6 +40,10 @@ from app.schemas.jobs import (
     JobDuplicate,
     JobItemError,
     JobResponse,
+    VectorFields,
+    VectorItem,
+    VectorItemsForm,
+    VectorsRequest,
 )
 from app.schemas.search import (
     ALPHA_HELP,
@@ -69,6 +73,10 @@ __all__ = [
     "ALPHA_HELP",
     "BatchItem",
     "BatchRequest",
+    "VectorFields",
+    "VectorItem",
+    "VectorItemsForm",
+    "VectorsRequest",
     "COLLECTION_NAME_PATTERN",
     "ClassifyItemsRequest",
     "ClassifyResponse",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 from app.jobs.ledger import JobKind, JobStatus
 from app.schemas.fields import MAX_TEXT_CHARS, JSONObject, Metadata
@@ -26,6 +28,48 @@ class BatchItem(BaseModel):
         if self.text is not None and not self.text.strip():
             raise ValueError("text must not be empty or only whitespace")
         return self
+
+
+MAX_VECTORS = 100_000  # a request's rows; bigger imports are several requests
+
+
+class VectorFields(BaseModel):
+    """An item whose vector was made elsewhere: an image (no bytes kept) or a text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., min_length=1, max_length=256)
+    kind: Literal["image", "text"] = "image"
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="a text item's text")
+    metadata: Metadata = None
+
+
+class VectorItem(VectorFields):
+    vector: list[float] = Field(..., min_length=1, max_length=8192)
+
+
+class VectorItemsForm(RootModel[list[VectorFields]]):
+    """The multipart form's `items`: one entry per row of its `vectors` array."""
+
+    root: list[VectorFields] = Field(..., min_length=1, max_length=MAX_VECTORS)
+
+
+class VectorsRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"id": "2019/beach.jpg", "vector": [0.12, -0.03, 0.4]},
+                        {"id": "note-1", "kind": "text", "text": "a beach", "vector": [0.1, 0, 1]},
+                    ]
+                }
+            ]
+        },
+    )
+
+    items: list[VectorItem] = Field(..., min_length=1, max_length=MAX_VECTORS)
 
 
 class BatchRequest(BaseModel):
