@@ -64,7 +64,9 @@ def client(settings: Settings, tiny_encoder: OpenClipEncoder) -> Iterator[TestCl
         yield test_client
 
 
-COLLECTION_ROUTE = re.compile(r"^/v1/(images|texts|batch|vectors|search|embed|items|classify)(?=[/?]|$)")
+COLLECTION_ROUTE = re.compile(
+    r"^/v1/(images|texts|batch|vectors|search|embed|items|classify)(?=[/?]|$)"
+)
 
 
 class DefaultCollectionClient(TestClient):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -10,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy as np
 
 
 class XmrError(Exception):
@@ -251,6 +253,21 @@ class XmrClient:
         response = self._http.delete(f"{self._data}/items/{quote(item_id, safe='')}")
         if response.status_code != 204:
             self._json(response)
+
+    def embed_images(self, images: Sequence[ImageArg]) -> list[list[float]]:
+        files, _ = _multipart(images, None, None)
+        return self._json(self._http.post(f"{self._data}/embed/image", files=files))["embeddings"]
+
+    def submit_vectors(self, vectors: np.ndarray, items: Sequence[dict[str, Any]]) -> str:
+        """Vectors made elsewhere, one row an item ({id, kind?, text?, metadata?}), as one
+        background job of the server; returns its job id."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(vectors))
+        files = {"vectors": ("vectors.npy", buffer.getvalue(), "application/octet-stream")}
+        data = {"items": json.dumps(list(items))}
+        return self._json(self._http.post(f"{self._data}/vectors", files=files, data=data))[
+            "job_id"
+        ]
 
     def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
         return self._json(self._http.post(f"{self._data}/embed/text", json={"texts": list(texts)}))[

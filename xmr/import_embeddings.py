@@ -1,6 +1,6 @@
 """`xmr import-embeddings`: vectors made elsewhere (clip-retrieval's output, or npy + parquet)
-into a collection of a stopped server's data directory, without sending a single original
-through the encoder.
+into a collection, without sending a single original through the encoder: through a running
+server's `POST .../vectors` (a job a chunk), or into a stopped server's data directory.
 
 Each row becomes an image item named by its path or URL, with the row's other columns as its
 metadata and no stored bytes (xmr did not see the image: such items cannot be embedded again by
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from index import NewItem
-from index.types import unit_rows
 from index.store import ItemStore
+from index.types import unit_rows
+from xmr.client import XmrClient, XmrError
 from xmr.embedding_files import EmbeddingChunk, Layout, read_embeddings
 
 DEFAULT_MIN_COSINE = 0.98  # the same model in fp16 elsewhere scores above 0.99
@@ -69,19 +70,11 @@ def import_embeddings(
     """Write the folder's rows into `store`, whose model is `encoder`'s."""
     started = time.perf_counter()
     report = ImportReport()
-    chunks = read_embeddings(folder, layout, id_column, chunk)
     if verify:
-        report.verification = verify_sample(
-            read_embeddings(folder, layout, id_column, chunk), encoder, verify, import_root
-        )
-        if report.verification.lowest < min_cosine:
-            raise ImportRefusedError(
-                f"the folder's vectors are not this collection's model's: their cosine to "
-                f"{encoder.model_id}'s own embedding of the same images is as low as "
-                f"{report.verification.lowest:.4f} (median {report.verification.median:.4f}, "
-                f"{report.verification.checked} images; at least {min_cosine} is needed)"
-            )
-    for part in chunks:
+        embed = local_embedder(encoder)
+        check = read_embeddings(folder, layout, id_column, chunk)
+        report.verification = _verified(check, embed, verify, import_root, min_cosine, encoder)
+    for part in read_embeddings(folder, layout, id_column, chunk):
         _check_dimension(part, store.dim)
         images, texts = items_of(part, report.failed)
         store.upsert(images + texts)
@@ -89,6 +82,98 @@ def import_embeddings(
         report.texts += len(texts)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def import_through_server(
+    folder: Path,
+    client: XmrClient,
+    layout: Layout | None = None,
+    id_column: str | None = None,
+    verify: int = 0,
+    import_root: Path | None = None,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+    chunk: int = 10_000,
+) -> ImportReport:
+    """Send the folder's rows to a running server's `POST .../vectors`, a job a chunk (the next
+    chunk is read and sent while the server stores the one before)."""
+    started = time.perf_counter()
+    report = ImportReport()
+    if verify:
+        embed = _server_embedder(client)
+        check = read_embeddings(folder, layout, id_column, chunk)
+        model = "the collection's model"
+        report.verification = _verified(check, embed, verify, import_root, min_cosine, model)
+    waiting: tuple[str, int, int] | None = None  # (job id, images, texts)
+    for part in read_embeddings(folder, layout, id_column, chunk):
+        images, texts = items_of(part, report.failed)
+        job_id = client.submit_vectors(*_request_of(images + texts))
+        if waiting is not None:
+            _finish(client, waiting, report)
+        waiting = (job_id, len(images), len(texts))
+    if waiting is not None:
+        _finish(client, waiting, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _verified(
+    chunks: Iterator[EmbeddingChunk],
+    embed: Callable[[bytes], np.ndarray],
+    count: int,
+    import_root: Path | None,
+    min_cosine: float,
+    model: Any,
+) -> Verification:
+    """The sample's cosines, or ImportRefusedError when they say another model made them."""
+    verification = verify_sample(chunks, embed, count, import_root)
+    if verification.lowest < min_cosine:
+        name = getattr(model, "model_id", model)
+        raise ImportRefusedError(
+            f"the folder's vectors are not this collection's model's: their cosine to "
+            f"{name}'s own embedding of the same images is as low as "
+            f"{verification.lowest:.4f} (median {verification.median:.4f}, "
+            f"{verification.checked} images; at least {min_cosine} is needed)"
+        )
+    return verification
+
+
+def _server_embedder(client: XmrClient) -> Callable[[bytes], np.ndarray]:
+    def embed(data: bytes) -> np.ndarray:
+        try:
+            return np.asarray(client.embed_images([data])[0], dtype=np.float32)
+        except XmrError as e:
+            if e.status in (413, 415, 422):  # not an image the server can read: skipped
+                from models import ImageDecodeError
+
+                raise ImageDecodeError(e.detail) from e
+            raise
+
+    return embed
+
+
+def _request_of(items: list[NewItem]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The rows and fields of a `POST .../vectors` request."""
+    fields: list[dict[str, Any]] = []
+    for item in items:
+        entry: dict[str, Any] = {"id": item.id, "kind": item.kind}
+        if item.text is not None:
+            entry["text"] = item.text
+        if item.metadata:
+            entry["metadata"] = item.metadata
+        fields.append(entry)
+    return np.stack([item.vector for item in items]), fields
+
+
+def _finish(client: XmrClient, job: tuple[str, int, int], report: ImportReport) -> None:
+    job_id, images, texts = job
+    state = client.wait_for_job(job_id)
+    if state["status"] != "done":
+        raise ImportRefusedError(f"job {job_id} ended {state['status']}: {state.get('error')}")
+    for error in state.get("errors", []):
+        report.failed.append((error["id"], error["error"]))
+    failed = {error["id"] for error in state.get("errors", [])}
+    report.images += images - sum(1 for i in failed if not i.endswith(CAPTION_SUFFIX))
+    report.texts += texts - sum(1 for i in failed if i.endswith(CAPTION_SUFFIX))
 
 
 def items_of(
@@ -130,13 +215,27 @@ def _check_dimension(part: EmbeddingChunk, dim: int) -> None:
             )
 
 
+def local_embedder(encoder: Any) -> Callable[[bytes], np.ndarray]:
+    """Embed an original's bytes with `encoder` in this process."""
+    from models import decode_image
+
+    def embed(data: bytes) -> np.ndarray:
+        image = decode_image(data)
+        return np.asarray(encoder.encode_prepared([encoder.prepare_image(image)])[0])
+
+    return embed
+
+
 def verify_sample(
-    chunks: Iterator[EmbeddingChunk], encoder: Any, count: int, import_root: Path | None
+    chunks: Iterator[EmbeddingChunk],
+    embed: Callable[[bytes], np.ndarray],
+    count: int,
+    import_root: Path | None,
 ) -> Verification:
     """Re-embed up to `count` images whose files are under `import_root`; compare."""
     from app.jobs.import_files import read_import_file
     from app.services.errors import InvalidInputError
-    from models import ImageDecodeError, decode_image
+    from models import ImageDecodeError
 
     if import_root is None:
         raise ImportRefusedError("--verify reads the originals under XMR_IMPORT_ROOT: set it")
@@ -146,10 +245,9 @@ def verify_sample(
         if relative is None:
             continue
         try:
-            image = decode_image(read_import_file(import_root, relative, 256 * 2**20))
+            ours = embed(read_import_file(import_root, relative, 256 * 2**20))
         except (InvalidInputError, ImageDecodeError):
             continue
-        ours = encoder.encode_prepared([encoder.prepare_image(image)])[0]
         unit, bad = unit_rows(vector[None, :].astype(np.float32))
         if bad or unit.shape[1] != ours.shape[0]:
             continue

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +23,7 @@ from app.config import Settings
 from app.main import create_app
 from index.store import ItemStore
 from models import OpenClipEncoder, decode_image
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, serve_in_thread
 from tests.xmr.commands import REPO, run_xmr
 from xmr.import_embeddings import import_embeddings
 from xmr.shapes import random_scene, render
@@ -156,6 +157,43 @@ def test_a_folder_made_by_another_model_fails_verify_and_nothing_is_imported(
     pq.write_table(pa.table({"id": ["a", "b", "c"]}), wrong_dim / "metadata.parquet")
     refused = xmr("import-embeddings", str(wrong_dim), **server_env(tmp_path))
     assert refused.returncode == 2 and "512 dimensions" in refused.stderr
+
+
+def test_through_a_running_server_each_image_finds_itself_and_twice_stores_once(
+    tmp_path: Path, tiny_encoder: OpenClipEncoder
+) -> None:
+    images = photos(tmp_path, 12)
+    folder = tmp_path / "embeddings"
+    clip_retrieval_folder(folder, images, tiny_encoder)
+    env = {"XMR_IMPORT_ROOT": str(tmp_path)}  # where --verify reads the originals
+    settings = settings_for(tmp_path).model_copy(update={"allowed_hosts": "127.0.0.1"})
+    with serve_in_thread(create_app(settings, encoder=tiny_encoder)) as url:
+        args = ("import-embeddings", str(folder), "--server", url, "--chunk", "5")
+        first = xmr(*args, "--verify", "4", **env)
+        assert first.returncode == 0, first.stderr
+        assert "verified 4 images against the collection's model" in first.stdout
+        assert "imported 12 images and 12 captions, 0 failed" in first.stdout
+        again = xmr(*args, **env)
+        assert again.returncode == 0, again.stderr
+        with httpx.Client(base_url=url, timeout=60) as http:
+            info = http.get("/v1/info").json()
+            assert (info["images"], info["texts"]) == (12, 12)  # sent twice, stored once
+            for path, data in images.items():
+                hits = http.post(
+                    "/v1/search/image", files={"file": ("q.png", data)}, data={"target": "images"}
+                ).json()["results"]
+                assert hits[0]["id"] == path and hits[0]["score"] > 0.999
+        rng = np.random.default_rng(0)
+        for shard in (folder / "img_emb").glob("*.npy"):  # now another model's vectors
+            np.save(shard, rng.standard_normal(np.load(shard).shape).astype(np.float16))
+        refused = xmr(*args, "--verify", "4", **env)
+        assert refused.returncode == 2 and "are not this collection's model's" in refused.stderr
+        wide = tmp_path / "wide"
+        wide.mkdir()
+        np.save(wide / "vectors.npy", rng.standard_normal((3, 512)).astype(np.float32))
+        pq.write_table(pa.table({"id": ["a", "b", "c"]}), wide / "metadata.parquet")
+        wrong = xmr("import-embeddings", str(wide), "--server", url, **env)
+        assert wrong.returncode == 2 and "512 dimensions" in wrong.stderr, wrong.stderr
 
 
 def test_plain_npy_and_parquet_with_bad_rows_named(

@@ -1,15 +1,19 @@
-"""Commands that work in this process: serving, and moving a stopped server's data directory
-to another vector backend."""
+"""Commands that work on a data directory in this process: serving, moving a stopped server's
+data to another vector backend, importing embeddings (into it, or through a running server)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
-from xmr.cli.app import CliError, app, err, out
+from xmr.cli.app import CliError, KeyOption, app, err, out
+
+if TYPE_CHECKING:
+    from xmr.embedding_files import Layout
+    from xmr.import_embeddings import ImportReport
 
 
 @app.command()
@@ -134,12 +138,21 @@ def import_embeddings(
     min_cosine: Annotated[
         float, typer.Option(help="with --verify: the lowest cosine that passes")
     ] = 0.98,
+    server: Annotated[
+        str | None,
+        typer.Option(help="a running server (e.g. http://127.0.0.1:8000): import through it"),
+    ] = None,
+    api_key: KeyOption = None,
+    chunk: Annotated[
+        int, typer.Option(min=1, max=100_000, help="with --server: rows a request (one job)")
+    ] = 10_000,
 ) -> None:
     """Import embeddings made elsewhere (clip-retrieval's img_emb/, text_emb/, metadata/ or
     vectors.npy + metadata.parquet) into a collection, without embedding the images again.
 
-    Into a stopped server's data directory. Running it twice stores each item once; an import
-    cut short is finished by running it again.
+    Through a running server with --server (a background job a chunk), else into a stopped
+    server's data directory. Running it twice stores each item once; an import cut short is
+    finished by running it again.
     """
     from index import StorageError
     from xmr.embedding_files import EmbeddingFilesError
@@ -151,9 +164,14 @@ def import_embeddings(
     if not folder.is_dir():
         raise CliError(f"{folder} is not a folder", 2)
     try:
-        report = import_embeddings_offline(
-            folder, collection, data_dir, layout, id_column, verify, min_cosine
-        )
+        if server is not None:
+            report = import_through(
+                server, api_key, folder, collection, layout, id_column, verify, min_cosine, chunk
+            )
+        else:
+            report = import_embeddings_offline(
+                folder, collection, data_dir, layout, id_column, verify, min_cosine
+            )
     except (EmbeddingFilesError, ImportRefusedError, StorageError) as e:
         raise CliError(str(e), 2) from e
     if report.verification is not None:
@@ -170,3 +188,37 @@ def import_embeddings(
         err.print(f"  {item_id}: {reason}", markup=False)
     if report.failed:
         raise CliError(f"{len(report.failed)} rows could not be imported", 1)
+
+
+def import_through(
+    server: str,
+    api_key: str | None,
+    folder: Path,
+    collection: str,
+    layout: str | None,
+    id_column: str | None,
+    verify: int,
+    min_cosine: float,
+    chunk: int,
+) -> ImportReport:
+    """`import-embeddings --server`: through the server's `POST .../vectors`; --verify reads
+    the originals under XMR_IMPORT_ROOT here and embeds them through the server."""
+    from xmr.client import XmrClient, XmrError
+    from xmr.import_embeddings import import_through_server
+
+    root = os.environ.get("XMR_IMPORT_ROOT")
+    with XmrClient(server, api_key, timeout=600, collection=collection) as client:
+        client.wait_ready(10)
+        try:
+            return import_through_server(
+                folder,
+                client,
+                cast("Layout | None", layout),
+                id_column,
+                verify,
+                Path(root) if root else None,
+                min_cosine,
+                chunk,
+            )
+        except XmrError as e:
+            raise CliError(f"the server refused the import: {e.detail}", 2) from e
