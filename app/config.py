@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(
         50.0, gt=0, description="largest request body, and largest file a batch job reads"
     )
-    max_batch_upload_mb: float = Field(2048.0, gt=0, description="largest body of POST /v1/batch")
+    max_batch_upload_mb: float = Field(
+        2048.0, gt=0, description="largest body of POST /v1/batch and /v1/vectors"
+    )
     max_image_pixels: int = Field(50_000_000, gt=0)
     max_decoded_image_mb: float = Field(
         256.0,

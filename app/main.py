@@ -94,7 +94,9 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         BodySizeLimitMiddleware,
         default_limit=megabytes(settings.max_upload_mb),
-        limits_by_path={r"/v1/(collections/[^/]+/)?batch": megabytes(settings.max_batch_upload_mb)},
+        limits_by_path={
+            r"/v1/(collections/[^/]+/)?(batch|vectors)": megabytes(settings.max_batch_upload_mb)
+        },
         idle_timeout_s=settings.body_timeout_s,
     )
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
