@@ -206,6 +206,11 @@ class Settings(BaseSettings):
         description="metadata fields to index for fast equality filters, comma-separated "
         "(album,exif.camera): each is a database index, built at start-up where missing",
     )
+    record_vectors: Literal["float32", "float16"] = Field(
+        "float32",
+        description="how the vector kept beside each record is stored: float16 halves it (the "
+        "cosine to float32 stays above 0.99999); the index in memory is float32 either way",
+    )
     hnsw_ef_search: int = Field(128, ge=1, le=65_536)
     ivf_nprobe: int = Field(32, ge=1, le=65_536)
     snapshot_interval_s: float = Field(
@@ -260,6 +265,7 @@ class Settings(BaseSettings):
             blob_url=self.blob_url,
             s3_endpoint_url=self.s3_endpoint_url,
             filter_fields=tuple(_split(self.filter_fields)),
+            record_vectors=self.record_vectors,
         )
 
 

@@ -178,6 +178,9 @@ def main() -> int:
     parser.add_argument(
         "--filter-fields", default="", help="XMR_FILTER_FIELDS for the server, e.g. rare"
     )
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="where the folder and data go (a big disk)"
+    )
     args = parser.parse_args()
     from index.store import ItemStore
     from models.open_clip_encoder import OpenClipEncoder
@@ -189,7 +192,7 @@ def main() -> int:
         "model": args.model,
         "filter_fields": args.filter_fields,
     }
-    with tempfile.TemporaryDirectory(prefix="xmr-scale-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="xmr-scale-", dir=args.work_dir) as scratch:
         root = Path(scratch)
         (root / "folder").mkdir()
         write_folder(root / "folder", args.items, encoder.dim)

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from index.types import VectorDtype
+
 AUTO = "auto"
 EXACT_SPEC = "Flat"
 DEFAULT_EF_SEARCH = 128
@@ -38,6 +40,7 @@ class IndexOptions:
     blob_url: str | None = None  # XMR_BLOB_URL: s3://bucket/prefix, a prefix per store under it
     s3_endpoint_url: str | None = None  # XMR_S3_ENDPOINT_URL: an S3-compatible store, not AWS
     filter_fields: tuple[str, ...] = ()  # XMR_FILTER_FIELDS: metadata fields with an index
+    record_vectors: VectorDtype = "float32"  # XMR_RECORD_VECTORS: the copy beside each record
 
 
 def ivf_lists(n: int) -> int:

@@ -693,7 +693,7 @@ def _item_row(
         item.content_type,
         None if blob is None else blob.sha256,
         model_id,
-        np.ascontiguousarray(write.vector, dtype=np.float32).tobytes(),
+        write.vector_bytes(),
         seq,
         item.created_at or created.get(item.id) or now,
         now,

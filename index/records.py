@@ -244,10 +244,32 @@ def stored_model(
 
 
 def labelled_vectors(rows: Sequence[tuple[Any, Any]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, vectors) from rows of (label, float32 bytes), in their order."""
+    """(labels, float32 vectors) from rows of (label, float32 or float16 bytes), in their order.
+
+    A row's length says how it was stored (XMR_RECORD_VECTORS may have changed in between)."""
     labels = np.array([row[0] for row in rows], dtype=np.int64)
-    vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float32)
+    joined = b"".join(bytes(row[1]) for row in rows)
+    if len(joined) == len(rows) * dim * 4:
+        vectors = np.frombuffer(joined, dtype=np.float32)
+    elif len(joined) == len(rows) * dim * 2:
+        vectors = _from_float16(np.frombuffer(joined, dtype=np.float16).reshape(len(rows), dim))
+    else:  # both kinds: row by row
+        vectors = np.concatenate([_row_vector(bytes(row[1]), dim) for row in rows])
     return labels, vectors.reshape(len(rows), dim)
+
+
+def _row_vector(data: bytes, dim: int) -> np.ndarray:
+    if len(data) == dim * 2:
+        return _from_float16(np.frombuffer(data, dtype=np.float16).reshape(1, dim))
+    return np.frombuffer(data, dtype=np.float32).reshape(1, dim)
+
+
+def _from_float16(rows: np.ndarray) -> np.ndarray:
+    """Float16 rows as unit float32 again: rounding moved each norm by up to 5e-4, which would
+    scale the row's scores by as much; normalized, only its direction moved (cosine > 0.9999998)."""
+    vectors = rows.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
 
 
 def vectors_in_pages(

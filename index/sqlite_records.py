@@ -125,7 +125,7 @@ class SqliteRecordStore:
                         item.content_type,
                         None if blob is None else blob.sha256,
                         model_id,
-                        np.ascontiguousarray(write.vector, dtype=np.float32).tobytes(),
+                        write.vector_bytes(),
                         result.seq,
                         created_at,
                         now,

@@ -175,7 +175,7 @@ class ItemStore:
             blob = self._blobs.put(item.content, item.content_type or "")
             if item.thumbnail is not None:
                 self._blobs.put_beside(thumbnail_path(blob.path), item.thumbnail, THUMBNAIL_TYPE)
-        return RecordWrite(item, vector[0], blob)
+        return RecordWrite(item, vector[0], blob, self.options.record_vectors)
 
     def _follow(self, result: WriteResult) -> None:
         """The indexes follow a committed write; its released blobs go. Write lock held.

@@ -16,6 +16,7 @@ from index.filters import MetadataFilter
 from index.fusion import Fusion
 
 Kind = Literal["image", "text"]
+VectorDtype = Literal["float32", "float16"]  # how a record's vector is stored beside it
 
 # (labels, vectors) chunks, read afresh on each call: an index build reads them twice (a
 # training sample, then every vector), so it never holds all of them at once
@@ -123,6 +124,11 @@ class RecordWrite:
     item: NewItem
     vector: np.ndarray
     blob: StoredBlob | None = None
+    stored_as: VectorDtype = "float32"
+
+    def vector_bytes(self) -> bytes:
+        """The vector as the record keeps it (read back by `records.labelled_vectors`)."""
+        return np.ascontiguousarray(self.vector, dtype=self.stored_as).tobytes()
 
 
 @dataclass

@@ -76,6 +76,25 @@ def test_writes_are_sequenced_and_replayable(records: Records) -> None:
     assert left == ([old_a] if records.shared else [])
 
 
+def test_float16_and_float32_vectors_read_back_alike_even_mixed(records: Records) -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((6, DIM)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    writes = [
+        RecordWrite(NewItem.text_item(f"t{n}", row, f"t{n}"), row, None, dtype)
+        for n, (row, dtype) in enumerate(zip(rows, ["float16", "float32"] * 3, strict=True))
+    ]
+    records.items.upsert(writes[:2], "m/1")  # each chunk read back holds both kinds
+    records.items.upsert(writes[2:], "m/1")
+    _, vectors = next(iter(records.log.vectors_after("text", 0, DIM)))
+    assert vectors.dtype == np.float32 and vectors.shape == (6, DIM)
+    np.testing.assert_array_equal(vectors[1::2], rows[1::2])  # float32 as written
+    halves = rows[::2].astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(vectors[::2], halves / np.linalg.norm(halves, axis=1)[:, None])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)  # unit again
+    assert (np.sum(vectors * rows, axis=1) > 0.9999995).all()
+
+
 def test_a_shared_log_forgets_deletions_after_its_retention(postgres_url: str) -> None:
     from index.postgres_records import TOMBSTONE_RETENTION_S, open_postgres_records
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index import ItemNotFoundError, ModelMismatchError, NewItem
+from index import IndexOptions, ItemNotFoundError, ModelMismatchError, NewItem
 from index.errors import DuplicateIdError, StorageError
 from index.store import ItemStore
 
@@ -162,6 +163,30 @@ def test_a_snapshot_says_what_it_wrote_and_how_long_writes_waited(tmp_path: Path
     assert 0 <= timing.write_lock_s < 1 and timing.write_s >= 0
     assert not store.snapshot() and store.last_snapshot is timing  # nothing new: nothing saved
     store.close()
+
+
+def test_float16_record_vectors_halve_the_copy_and_rebuild_the_same_ranking(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((300, 512)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    items = [NewItem(f"i{n}", "text", row, text=f"t{n}") for n, row in enumerate(rows)]
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        data = tmp_path / dtype
+        store = ItemStore(data, "m/1", 512, IndexOptions(record_vectors=dtype))  # type: ignore[arg-type]
+        store.upsert(items)
+        _, kept = store.stored_vector("i7")
+        assert float(kept[0] @ rows[7]) > 0.99999
+        store.close(save=False)  # no snapshot: the next start rebuilds from the records
+        with sqlite3.connect(data / "records.sqlite3") as db:
+            sizes[dtype] = db.execute("SELECT length(vector) FROM items LIMIT 1").fetchone()[0]
+        reopened = ItemStore(data, "m/1", 512)
+        found = reopened.searches.vector("text", rows[:20], 5)
+        assert [hits[0].record.id for hits in found] == [f"i{n}" for n in range(20)]
+        reopened.close()
+    assert sizes == {"float32": 2048, "float16": 1024}
 
 
 def test_other_model_is_refused(tmp_path: Path) -> None:
