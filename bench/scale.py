@@ -9,8 +9,10 @@ on it (`python -m app`, the runtime `auto` picks) and measured through HTTP: sta
 snapshots, text search p50 against the raw text encode in this process (the baseline, same
 run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, a keyword search for a
 place (1 in 5,000), the recall@10 of the index structure against an exact search of the
-folder's vectors (50 stored items searched with their own vectors), its memory, and after
-1,000 more writes and a kill -9, the start-up that replays them. Bytes on disk per item come
+folder's vectors (50 stored items searched with their own vectors), its memory, the rate of
+100,000 more items imported through the running server (`xmr import-embeddings --server`'s
+code: POST /v1/vectors), and after 1,000 more writes and a kill -9, the start-up that
+replays them. Bytes on disk per item come
 from the data directory; the snapshot's size and how long it held the write lock from the
 store.
 
@@ -46,9 +48,10 @@ from bench.vector_search import DIM, clustered, unit
 QUERIES = 40
 CHUNK = 100_000
 RECALL_SAMPLE = 50
+SERVER_IMPORT = 100_000  # new items sent through POST /v1/vectors while the server runs
 
 
-def write_folder(folder: Path, items: int, dim: int) -> None:
+def write_folder(folder: Path, items: int, dim: int, prefix: str = "photo", seed: int = 0) -> None:
     """vectors.npy (float16, as clip-retrieval saves them) and metadata.parquet, a chunk at a
     time (10M rows of Python strings at once would not fit)."""
     import pyarrow as pa
@@ -56,8 +59,8 @@ def write_folder(folder: Path, items: int, dim: int) -> None:
 
     if dim != DIM:
         raise ValueError(f"the synthetic vectors are {DIM}-d, the model's are {dim}-d")
-    rng = np.random.default_rng(0)
-    centres = unit(rng.normal(size=(2000, dim)).astype(np.float32))
+    rng = np.random.default_rng(seed)
+    centres = unit(np.random.default_rng(0).normal(size=(2000, dim)).astype(np.float32))
     vectors = np.lib.format.open_memmap(
         folder / "vectors.npy", mode="w+", dtype=np.float16, shape=(items, dim)
     )
@@ -67,7 +70,7 @@ def write_folder(folder: Path, items: int, dim: int) -> None:
         vectors[start : start + len(n)] = clustered(len(n), centres, rng)
         table = pa.table(
             {
-                "id": [f"photo-{i}" for i in n],
+                "id": [f"{prefix}-{i}" for i in n],
                 "album": [f"album-{i % 200}" for i in n],
                 "camera": [["Canon EOS R5", "iPhone 15 Pro", "NIKON Z 6"][i % 3] for i in n],
                 "place": [f"town{i % 5000}" for i in n],
@@ -83,6 +86,22 @@ def write_folder(folder: Path, items: int, dim: int) -> None:
     vectors.flush()
     if writer is not None:
         writer.close()
+
+
+def import_through(base: str, folder: Path, items: int, dim: int) -> int:
+    """Items/s of `xmr import-embeddings --server` into the running server (new items)."""
+    from xmr.client import XmrClient
+    from xmr.import_embeddings import import_through_server
+
+    folder.mkdir()
+    write_folder(folder, items, dim, prefix="more", seed=1)
+    with XmrClient(base, timeout=600) as client:
+        started = time.perf_counter()
+        report = import_through_server(folder, client)
+        elapsed = time.perf_counter() - started
+    if report.failed or report.images != items:
+        raise RuntimeError(f"the import through the server lost items: {report.failed[:3]}")
+    return round(items / elapsed)
 
 
 def exact_neighbours(path: Path, rows: np.ndarray, k: int) -> np.ndarray:
@@ -179,9 +198,16 @@ def main() -> int:
         "--filter-fields", default="", help="XMR_FILTER_FIELDS for the server, e.g. rare"
     )
     parser.add_argument(
+        "--record-vectors",
+        choices=["float32", "float16"],
+        default="float32",
+        help="XMR_RECORD_VECTORS: how the copy beside each record is stored",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=None, help="where the folder and data go (a big disk)"
     )
     args = parser.parse_args()
+    from index import IndexOptions
     from index.store import ItemStore
     from models.open_clip_encoder import OpenClipEncoder
     from xmr.import_embeddings import import_embeddings
@@ -191,13 +217,15 @@ def main() -> int:
         "items": args.items,
         "model": args.model,
         "filter_fields": args.filter_fields,
+        "record_vectors": args.record_vectors,
     }
     with tempfile.TemporaryDirectory(prefix="xmr-scale-", dir=args.work_dir) as scratch:
         root = Path(scratch)
         (root / "folder").mkdir()
         write_folder(root / "folder", args.items, encoder.dim)
         data_dir = root / "data"
-        store = ItemStore(data_dir, encoder.model_id, encoder.dim)
+        options = IndexOptions(record_vectors=args.record_vectors)
+        store = ItemStore(data_dir, encoder.model_id, encoder.dim, options)
         started = time.perf_counter()
         imported = import_embeddings(root / "folder", store, encoder, chunk=10_000)
         report["import_items_per_s"] = round(imported.images / (time.perf_counter() - started))
@@ -230,6 +258,7 @@ def main() -> int:
             "XMR_LOG_LEVEL": "warning",
             "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
             "XMR_FILTER_FIELDS": args.filter_fields,
+            "XMR_RECORD_VECTORS": args.record_vectors,
         }
         process, startup = start_server(env, port)
         report["startup_from_snapshots_s"] = round(startup, 2)
@@ -259,6 +288,9 @@ def main() -> int:
                 report["keyword_search_found"] = keyword_found
                 report["recall_at_10"] = round(recall_at_10(http, truth, sample), 3)
                 report["rss_mb"] = round(rss_mb(process.pid), 1)
+                report["import_through_server_items_per_s"] = import_through(
+                    base, root / "more", min(args.items, SERVER_IMPORT), encoder.dim
+                )
                 for start in range(0, 1000, 100):
                     items = [
                         {"id": f"late-{i}", "text": f"a late note {i}"}

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ from app.services.threads import run_in
 from index import NewItem
 from models.photos import Photo
 from models.ray_embedder import RayImageEmbedder, RemoteModel
+
+# rows of a vectors job stored in one write: nothing to encode, so a write is the unit of cost
+VECTOR_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -228,16 +231,15 @@ class VectorStages(BatchStages):
             loaded.failed = {item.position: refusal for item in batch}
             return loaded
         try:
-            for item in batch:
-                try:
-                    vector = await run_in(self._job.pool, self._vector, item, pin.generation.dim)
-                except InvalidInputError as e:
-                    loaded.failed[item.position] = str(e)
-                    continue
-                loaded.precomputed.append((item.position, _precomputed_item(item, vector)))
+            vectors = await run_in(self._job.pool, self._vectors, batch, pin.generation.dim)
         except BaseException:
             await pin.release()
             raise
+        for item, vector in zip(batch, vectors, strict=True):
+            if isinstance(vector, str):
+                loaded.failed[item.position] = vector
+            else:
+                loaded.precomputed.append((item.position, _precomputed_item(item, vector)))
         return loaded
 
     def _refusal(self, pin: Pin) -> str | None:
@@ -254,6 +256,23 @@ class VectorStages(BatchStages):
                 "one cannot join it; send them again when it is done"
             )
         return None
+
+    def _vectors(self, batch: Sequence[JobItem], dim: int) -> list[np.ndarray | str]:
+        """Each item's staged vector, or why it cannot be read; the rows of one request lie
+        side by side in its staging file, so a batch is one read."""
+        first, last = batch[0], batch[-1]
+        span = (last.offset or 0) + (last.length or 0) - (first.offset or 0)
+        contiguous = all(item.source == first.source for item in batch) and span == len(batch) * (
+            dim * 4
+        )
+        try:
+            if contiguous:
+                block = self._sources.read(replace(first, length=span))
+                rows = np.frombuffer(block, dtype=np.float32).reshape(len(batch), dim)
+                return list(rows)
+            return [self._vector(item, dim) for item in batch]
+        except InvalidInputError as e:
+            return [str(e)] * len(batch)
 
     def _vector(self, item: JobItem, dim: int) -> np.ndarray:
         vector = np.frombuffer(self._sources.read(item), dtype=np.float32)
@@ -293,10 +312,10 @@ class BatchJob:
 
     async def run(self, job: JobContext) -> None:
         collection = self._collections.get(job.view.collection)
-        precomputed = job.params.get("precomputed_for") is not None
-        stages = (VectorStages if precomputed else BatchStages)(
-            job, collection, self._sources, self._batch_size, self._remote
-        )
+        if job.params.get("precomputed_for") is not None:
+            stages: BatchStages = VectorStages(job, collection, self._sources, VECTOR_BATCH)
+        else:
+            stages = BatchStages(job, collection, self._sources, self._batch_size, self._remote)
         await job.set_status("running")
         left = await run_pipeline(await stages.first(), stages, job.should_stop)
         if left or job.cancelled():  # a cancel during the last batch keeps its status

@@ -17,6 +17,7 @@ router = APIRouter(tags=["batch"])  # /batch under /v1 and each collection
 jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])  # job ids are global
 
 MAX_BATCH_FILES = 100_000
+ITEMS_PART_BYTES = 256 * 2**20  # a vectors request's `items` field: 100,000 rows of metadata
 
 _BATCH_BODY = {
     "requestBody": {
@@ -111,7 +112,7 @@ async def submit_vectors(request: Request, jobs: JobsDep) -> JobAccepted:
     collection = collection_name(request)
     refusal = "send application/json items with vectors, or a multipart .npy 'vectors' + 'items'"
     if body_format(request, refusal) == "multipart":
-        async with request.form(max_files=1, max_fields=10) as form:
+        async with request.form(max_files=1, max_fields=10, max_part_size=ITEMS_PART_BYTES) as form:
             upload = form.get("vectors")
             if upload is None or isinstance(upload, str):
                 raise InvalidInputError("a multipart request needs a 'vectors' file: an .npy array")

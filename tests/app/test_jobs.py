@@ -92,3 +92,38 @@ def test_a_job_whose_storage_is_away_waits_for_it_instead_of_failing(
         final = wait_for_job(client, job_id, timeout_s=60)
         assert (final["status"], final["done"], final["failed"]) == ("done", 40, 0)
         assert outage["left"] == 0 and client.get("/v1/info").json()["texts"] == 40
+
+
+def test_an_interrupted_vectors_job_resumes_where_it_stopped(
+    settings: Settings, tiny_encoder: OpenClipEncoder, monkeypatch: Any
+) -> None:
+    import asyncio
+
+    from app.jobs import batch
+    from app.services.items import ItemService
+
+    store_items = ItemService.store_items
+
+    async def slowly(self: ItemService, items: Sequence[Any]) -> list[str]:
+        await asyncio.sleep(0.1)  # so that the shutdown lands in the middle of the job
+        return await store_items(self, items)
+
+    monkeypatch.setattr(batch, "VECTOR_BATCH", 50)
+    monkeypatch.setattr(ItemService, "store_items", slowly)
+    rows = np.random.default_rng(0).standard_normal((1000, tiny_encoder.dim))
+    items = [{"id": f"v{n}", "vector": row.tolist()} for n, row in enumerate(rows)]
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        job_id = client.post("/v1/vectors", json={"items": items}).json()["job_id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/v1/jobs/{job_id}").json()["done"] < 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    monkeypatch.setattr(ItemService, "store_items", store_items)
+    with TestClient(create_app(settings, encoder=tiny_encoder)) as client:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "interrupted" and 200 <= job["done"] < 1000
+        assert client.get("/v1/info").json()["images"] == job["done"]
+        assert client.post(f"/v1/jobs/{job_id}/resume").status_code == 202
+        final = wait_for_job(client, job_id)
+        assert (final["status"], final["done"], final["failed"]) == ("done", 1000, 0)
+        assert client.get("/v1/info").json()["images"] == 1000  # each once

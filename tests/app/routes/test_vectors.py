@@ -68,6 +68,22 @@ def test_an_npy_array_of_float16_with_text_items_and_sending_twice_stores_each_o
     assert hits[0]["id"] == "t1" and hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
 
 
+def test_a_request_of_thousands_of_rows_with_metadata_is_one_job(
+    client: TestClient, tiny_encoder: OpenClipEncoder
+) -> None:
+    rows = 3000
+    vectors = np.random.default_rng(0).standard_normal((rows, tiny_encoder.dim)).astype(np.float16)
+    fields = [{"id": f"r{n}", "metadata": {"note": "x" * 400, "n": n}} for n in range(rows)]
+    assert len(json.dumps(fields)) > 2**20  # past a form field's default 1 MB
+    response = client.post(
+        "/v1/vectors",
+        files={"vectors": ("v.npy", npy(vectors), "application/octet-stream")},
+        data={"items": json.dumps(fields)},
+    )
+    assert stored(client, response)["done"] == rows
+    assert client.get("/v1/items/r2999").json()["metadata"]["n"] == 2999
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
