@@ -10,6 +10,7 @@ loads neither.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -98,7 +99,10 @@ class VectorBackend(Protocol):
 
     def build(self, spec: str, chunks: VectorChunks) -> VectorIndex: ...
 
-    def serialize(self, index: VectorIndex) -> bytes: ...
+    def freeze(self, index: VectorIndex) -> Callable[[], bytes]:
+        """A snapshot of `index` taken now (fast: the caller holds the write lock), whose bytes
+        are made when it is called (slow: with no lock held)."""
+        ...
 
 
 def open_backend(

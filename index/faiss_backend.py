@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from index.backends import UNSAVED, VectorIndex
@@ -82,10 +83,10 @@ class FaissBackend:
             self.dim, spec, chunks, ef_search=self.options.ef_search, nprobe=self.options.nprobe
         )
 
-    def serialize(self, index: VectorIndex) -> bytes:
+    def freeze(self, index: VectorIndex) -> Callable[[], bytes]:
         if not isinstance(index, FaissVectorIndex):
             raise TypeError(f"a FAISS snapshot of a {type(index).__name__}")
-        return index.serialize()
+        return index.freeze()
 
 
 def _disagrees(size: int, kind: Kind, log: VectorLog, up_to_seq: int) -> bool:

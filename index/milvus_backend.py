@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ class MilvusBackend:
     def build(self, spec: str, chunks: VectorChunks) -> VectorIndex:
         raise NotImplementedError("Milvus indexes are not rebuilt by xmr")
 
-    def serialize(self, index: VectorIndex) -> bytes:
+    def freeze(self, index: VectorIndex) -> Callable[[], bytes]:
         raise NotImplementedError("Milvus keeps its own data")
 
 

@@ -25,8 +25,8 @@ class SnapshotTiming:
     """One snapshot: how long writes waited for it, how long the files took, their bytes."""
 
     seq: int
-    write_lock_s: float  # the indexes are serialized under the write lock
-    write_s: float  # written, synced and renamed into place outside it
+    write_lock_s: float  # the indexes are copied under the write lock
+    write_s: float  # serialized, written, synced and renamed into place outside it
     bytes: int
 
 
@@ -60,9 +60,10 @@ class Snapshots:
         """Write both indexes if the records moved on; True if anything was saved.
 
         The indexes are saved at the sequence they reflect (in a shared database the log may be
-        further on). They are serialized under the write lock and written to disk outside it; what
-        was saved is recorded under it again, for the index that was saved only: a background
-        build may have swapped in a new one meanwhile, which still needs saving.
+        further on). They are copied under the write lock, serialized and written to disk outside
+        it (writes and searches wait for the copy only); what was saved is recorded under it
+        again, for the index that was saved only: a background build may have swapped in a new
+        one meanwhile, which still needs saving.
         """
         serving = self._serving
         with self._lock:
@@ -77,10 +78,11 @@ class Snapshots:
                     for kind in KINDS
                     if self._backend.keeps_snapshots and serving.saved_seq[kind] < seq
                 ]
-                payloads = {kind: self._backend.serialize(indexes[kind]) for kind in stale}
+                frozen = {kind: self._backend.freeze(indexes[kind]) for kind in stale}
                 sizes = {kind: indexes[kind].stored for kind in stale}
                 specs = {kind: indexes[kind].spec for kind in stale}
             locked = time.perf_counter()
+            payloads = {kind: frozen.pop(kind)() for kind in stale}  # bytes made unlocked
             saved: list[Kind] = []
             for kind in stale:
                 try:

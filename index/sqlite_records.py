@@ -15,7 +15,7 @@ from index import sqlite_keywords as keywords
 from index.errors import GenerationRetiredError, ItemNotFoundError, ModelMismatchError
 from index.filters import MetadataFilter, field_index_name
 from index.metadata import load_stored_metadata
-from index.records import Records, labelled_vectors, vectors_in_pages
+from index.records import Records, labelled_vectors
 from index.sqlite import SqliteDatabase, field_value_sql, where_sql
 from index.sqlite_keywords import SqliteKeywordIndex, build_keywords
 from index.types import KINDS, Kind, Record, RecordWrite, StoredBlob, WriteResult
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_kind_seq ON items (kind, seq);
 CREATE INDEX IF NOT EXISTS items_sha ON items (content_sha256);
+CREATE INDEX IF NOT EXISTS items_content ON items (content_path) WHERE content_path IS NOT NULL;
 CREATE TABLE IF NOT EXISTS tombstones (
     label INTEGER NOT NULL,
     kind TEXT NOT NULL,
@@ -321,15 +322,24 @@ class SqliteVectorLog:
         self, kind: Kind, seq: int, dim: int, chunk: int = 10_000, up_to_seq: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         upper = up_to_seq if up_to_seq is not None else 2**62
-        return vectors_in_pages(
-            lambda after: self._db.rows(
-                "SELECT label, vector FROM items "
-                "WHERE kind = ? AND seq > ? AND seq <= ? AND label > ? "
-                "ORDER BY label LIMIT ?",
-                (kind, seq, upper, after, chunk),
-            ),
-            dim,
-        )
+        return self._pages(kind, seq, upper, dim, chunk)
+
+    def _pages(
+        self, kind: Kind, seq: int, upper: int, dim: int, chunk: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Keyset pages on (seq, label), the order of the (kind, seq) index, so each page is
+        read straight from where the last one ended. Labels only grow (AUTOINCREMENT) and one
+        process writes, so that is label order. (Paging on the label alone made SQLite read every
+        remaining row of the kind and sort it for each page: quadratic, 4 minutes at 1M.)"""
+        position = (seq, 2**62)  # (seq, label) past this: seq > `seq`
+        while rows := self._db.rows(
+            "SELECT label, vector, seq FROM items "
+            "WHERE kind = ? AND (seq, label) > (?, ?) AND seq <= ? "
+            "ORDER BY seq, label LIMIT ?",
+            (kind, *position, upper, chunk),
+        ):
+            yield labelled_vectors(rows, dim)
+            position = (int(rows[-1][2]), int(rows[-1][0]))
 
     def vectors_of(self, labels: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
         wanted = np.unique(np.asarray(labels, dtype=np.int64))
