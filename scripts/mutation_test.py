@@ -44,6 +44,51 @@ SHARED = "tests/reliability/test_shared_process.py::"
 PHOTOS = "tests/app/test_photos.py::"
 
 BREAKS: tuple[Break, ...] = (
+    Break(
+        "the log is read in pages that start where the last one ended (no sort per page)",
+        "index/sqlite_records.py",
+        '"ORDER BY seq, label LIMIT ?",',
+        '"ORDER BY label LIMIT ?",',
+        (STORE + "test_reading_the_log_page_by_page_costs_what_one_read_costs",),
+    ),
+    Break(
+        "a snapshot holds the write lock while it copies the index, not while it serializes",
+        "index/vectors.py",
+        "            copy = faiss.clone_index(self._index)\n"
+        "        return lambda: faiss.serialize_index(copy).tobytes()",
+        "            payload = faiss.serialize_index(self._index).tobytes()\n"
+        "        return lambda: payload",
+        (STORE + "test_a_snapshot_holds_the_write_lock_for_a_copy_only",),
+    ),
+    Break(
+        "an index build trains on a sample drawn from every chunk alike",
+        "index/vectors.py",
+        "            drawn = rng.random(len(rest)) * position < size",
+        "            drawn = np.zeros(len(rest), dtype=bool)",
+        (
+            "tests/index/test_approximate.py::test_the_training_sample_is_drawn_from_every_chunk_alike",
+        ),
+    ),
+    Break(
+        "vectors sent to POST /v1/vectors are normalized on the way in",
+        "app/jobs/intake.py",
+        "        block = staging.add(unit.tobytes())",
+        "        block = staging.add(np.asarray(vectors, dtype=np.float32).tobytes())",
+        (
+            "tests/app/routes/test_vectors.py::"
+            "test_json_vectors_are_stored_normalized_and_each_is_found_by_its_own_text",
+        ),
+    ),
+    Break(
+        "float16 record vectors are read back normalized",
+        "index/records.py",
+        "    return vectors / np.where(norms > 0, norms, 1.0)",
+        "    return vectors",
+        (
+            "tests/index/test_contracts.py::"
+            "test_float16_and_float32_vectors_read_back_alike_even_mixed",
+        ),
+    ),
     # -- durability ---------------------------------------------------------------------------
     Break(
         "xmr migrate verifies the target's top-10 against the source's",

@@ -373,3 +373,18 @@ def test_reading_the_log_page_by_page_costs_what_one_read_costs(tmp_path: Path) 
     replay = list(store.log.vectors_after("text", 9, DIM, 500, up_to_seq=10))
     assert sum(len(b[0]) for b in replay) == 2_000  # the last write only
     store.close()
+
+
+def test_a_snapshot_holds_the_write_lock_for_a_copy_only(tmp_path: Path) -> None:
+    """Writes and searches wait while the index is copied, not while it is serialized and
+    written (at 1M vectors: 0.4 s against 4.2 s)."""
+    store = ItemStore(tmp_path / "data", "m/1", 64)
+    rows = np.random.default_rng(0).standard_normal((150_000, 64)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    for start in range(0, len(rows), 50_000):
+        store.upsert([NewItem(f"i{n}", "image", rows[n]) for n in range(start, start + 50_000)])
+    store.snapshot()
+    timing = store.last_snapshot
+    assert timing is not None and timing.bytes > 150_000 * 64 * 4
+    assert timing.write_lock_s < timing.write_s / 3, timing  # measured: 0.026 s, 0.29 s
+    store.close(save=False)
