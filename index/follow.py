@@ -74,7 +74,7 @@ class LogFollower:
             changed = serving.apply(result)
             serving.applied_seq = max(serving.applied_seq, result.seq)
         else:
-            changed = self._replay_to(result.seq)
+            changed = self.replay_to(result.seq)
         for kind in changed:
             self._on_change(kind)
 
@@ -136,10 +136,10 @@ class LogFollower:
         with self._serving.lock:
             if self._serving.closing:
                 return
-            for kind in self._replay_to(target):
+            for kind in self.replay_to(target):
                 self._on_change(kind)
 
-    def _replay_to(self, target: int) -> list[Kind]:
+    def replay_to(self, target: int) -> list[Kind]:
         """Apply the log's writes after the applied sequence up to `target`. Write lock held."""
         serving = self._serving
         applied = serving.applied_seq

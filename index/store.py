@@ -11,6 +11,8 @@ near-duplicates `store.duplicates` (index/duplicates.py), other reads `store.rec
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 
 from index.backends import open_backend
 from index.blobs import THUMBNAIL_TYPE, open_blobs, thumbnail_path, with_thumbnails
+from index.bulk import BulkLoad
 from index.duplicates import Duplicate, DuplicateScan
 from index.errors import DuplicateIdError, ItemNotFoundError, StorageError, excerpt
 from index.files import remove_stale_temporaries
@@ -113,6 +116,7 @@ class ItemStore:
         with self._serving.lock:
             for kind in KINDS:
                 self._rebuilder.maybe_start(kind)
+        self._bulk: BulkLoad | None = None  # inside bulk_load: writes wait for its end
         self._follower.start()
 
     @property
@@ -184,7 +188,10 @@ class ItemStore:
         record not committed yet): released blobs are left to the start-up sweep, which removes
         only those unreferenced for SHARED_BLOB_GRACE_S.
         """
-        self._follower.follow(result)
+        if self._bulk is not None:
+            self._bulk.note(result)
+        else:
+            self._follower.follow(result)
         if not self.shared:
             for blob in result.released_blobs:
                 self._blobs.remove(blob.path)
@@ -262,6 +269,32 @@ class ItemStore:
         }
 
     # -- structure and lifetime -----------------------------------------------------------
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Writes in this block reach the records only; at its end each index they changed is
+        built once from the records, in the structure its size calls for, on every core, and
+        saved (index/bulk.py). For a store nothing searches meanwhile: an import into a stopped
+        server's data directory. If the block fails, the indexes replay what was written.
+        A backend that keeps its own data (Milvus) takes each write as usual."""
+        if not self._backend.keeps_snapshots:
+            yield
+            return
+        self._rebuilder.wait(3600)
+        bulk = BulkLoad(self._serving, self._backend, self.log, self.dim)
+        with self._serving.lock:
+            self._bulk = bulk
+        try:
+            yield
+        except BaseException:
+            with self._serving.lock:
+                self._bulk = None
+                self._follower.replay_to(self.log.current_seq())
+            raise
+        with self._serving.lock:
+            self._bulk = None
+            bulk.finish(os.cpu_count() or 1)
+        self.snapshot()
+
     def wait_for_builds(self, timeout_s: float = 600.0) -> None:
         """Block until no background index build is running (one may start the next)."""
         self._rebuilder.wait(timeout_s)

@@ -74,12 +74,13 @@ def import_embeddings(
         embed = local_embedder(encoder)
         check = read_embeddings(folder, layout, id_column, chunk)
         report.verification = _verified(check, embed, verify, import_root, min_cosine, encoder)
-    for part in read_embeddings(folder, layout, id_column, chunk):
-        _check_dimension(part, store.dim)
-        images, texts = items_of(part, report.failed)
-        store.upsert(images + texts)
-        report.images += len(images)
-        report.texts += len(texts)
+    with store.bulk_load():  # the indexes are built once, at the end, on every core
+        for part in read_embeddings(folder, layout, id_column, chunk):
+            _check_dimension(part, store.dim)
+            images, texts = items_of(part, report.failed)
+            store.upsert(images + texts)
+            report.images += len(images)
+            report.texts += len(texts)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import IndexOptions, NewItem
+from index import IndexInfo, IndexOptions, NewItem
 from index.planner import planned_spec, sq8_bytes
 from index.store import ItemStore
 from index.vectors import FaissVectorIndex, min_training_vectors, training_sample
@@ -136,6 +136,40 @@ def items(start: int, rows: np.ndarray) -> list[NewItem]:
     return [
         NewItem(id=f"t{start + i}", kind="text", vector=v, text="x") for i, v in enumerate(rows)
     ]
+
+
+def test_a_bulk_load_builds_each_index_once_at_the_end_and_saves_it(tmp_path: Path) -> None:
+    options = IndexOptions(approx_threshold=2000)
+    store = ItemStore(tmp_path / "data", "m/1", DIM, options)
+    xb = clustered_rows(6000)
+    store.upsert(items(0, xb[:100]))
+    with store.bulk_load():
+        for start in range(0, 6000, 1000):  # passes the threshold: no build starts meanwhile
+            store.upsert(items(start, xb[start : start + 1000]))
+            assert store.index_info()["text"] == IndexInfo("Flat", 100, None)
+        store.delete("t5")
+    info = store.index_info()["text"]
+    assert (info.spec, info.size, info.building) == (planned_spec(options, 5999, DIM), 5999, None)
+    assert store.last_snapshot is not None and store.last_snapshot.seq == store.log.current_seq()
+    hits = store.searches.vector("text", xb[4000:4010], 1)
+    assert [h[0].record.id for h in hits] == [f"t{i}" for i in range(4000, 4010)]
+    store.close()
+    reopened = ItemStore(tmp_path / "data", "m/1", DIM, options)  # from the snapshot as saved
+    assert reopened.index_info()["text"] == IndexInfo(info.spec, 5999, None)
+    reopened.close()
+
+
+def test_a_failed_bulk_load_leaves_every_committed_write_searchable(tmp_path: Path) -> None:
+    store = ItemStore(tmp_path / "data", "m/1", DIM, IndexOptions(approx_threshold=10**6))
+    xb = clustered_rows(300)
+    with pytest.raises(RuntimeError, match="cut short"), store.bulk_load():
+        store.upsert(items(0, xb[:200]))
+        raise RuntimeError("cut short")
+    assert store.index_info()["text"].size == 200  # replayed from the records
+    store.upsert(items(200, xb[200:]))  # and writes go on as usual
+    hits = store.searches.vector("text", xb[150:160], 1)
+    assert [h[0].record.id for h in hits] == [f"t{i}" for i in range(150, 160)]
+    store.close()
 
 
 def test_store_goes_approximate_in_the_background_and_keeps_every_write(tmp_path: Path) -> None:
