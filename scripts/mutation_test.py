@@ -45,6 +45,16 @@ PHOTOS = "tests/app/test_photos.py::"
 
 BREAKS: tuple[Break, ...] = (
     Break(
+        "a bulk load builds each index it changed once, at its end, as its size calls for",
+        "index/store.py",
+        "            bulk.finish(os.cpu_count() or 1)",
+        "            self._follower.replay_to(self.log.current_seq())",
+        (
+            "tests/index/test_approximate.py::"
+            "test_a_bulk_load_builds_each_index_once_at_the_end_and_saves_it",
+        ),
+    ),
+    Break(
         "the log is read in pages that start where the last one ended (no sort per page)",
         "index/sqlite_records.py",
         '"ORDER BY seq, label LIMIT ?",',
