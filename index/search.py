@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from index.backends import VectorIndex
 from index.filters import MetadataFilter
 from index.fusion import fuse
 from index.keywords import KeywordQuery
 from index.records import KeywordIndex, RecordStore, VectorLog
+from index.refine import refine_depth, rescored
 from index.serving import ServingIndexes
 from index.types import Hit, HybridScope, Kind, Record, check_vectors, no_hits
 
@@ -83,13 +85,27 @@ class StoreSearch:
     def ranked(
         self, kind: Kind, queries: np.ndarray, k: int, where: MetadataFilter | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, labels) of the best `k` per query; label -1 where there are fewer."""
+        """(scores, labels) of the best `k` per query; label -1 where there are fewer.
+
+        A product-quantized index is asked for more candidates, which are then ordered by
+        their exact cosine (index/refine.py)."""
+        index = self._serving[kind]
+        depth = refine_depth(index.spec, k)
         if where is None:
-            return self._serving[kind].search(queries, k)
-        allowed = self._records.labels_matching(kind, where)
-        if allowed.size == 0:
-            return no_hits(len(queries), k)
-        return self._search_filtered(kind, queries, k, allowed)
+            scores, labels = index.search(queries, depth)
+        else:
+            allowed = self._records.labels_matching(kind, where)
+            if allowed.size == 0:
+                return no_hits(len(queries), k)
+            if index.exact:
+                return index.search(queries, k, allowed)
+            if allowed.size <= EXACT_FILTER_LIMIT:
+                return self._search_exactly(queries, k, allowed)
+            scores, labels = self._search_widened(index, queries, depth, allowed)
+        if depth == k:
+            return scores, labels
+        stored_labels, stored = self._log.vectors_of(np.unique(labels[labels >= 0]), self._dim)
+        return rescored(check_vectors(queries, self._dim), labels, stored_labels, stored, k)
 
     def keyword(
         self,
@@ -151,20 +167,15 @@ class StoreSearch:
         present = [(label, score) for label, score in window if label in records]
         return present[offset : offset + k], records
 
-    def _search_filtered(
-        self, kind: Kind, queries: np.ndarray, k: int, allowed: np.ndarray
+    def _search_widened(
+        self, index: VectorIndex, queries: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k among `allowed`: complete whenever k of them exist, on every index structure.
-
-        Exact indexes filter inside their search. On approximate ones a selective filter is
-        searched by brute force over its vectors; a broad one widens the search by how much of
-        the index it excludes, and searches everything if that still leaves slots empty.
+        """Top-k among `allowed` (more than EXACT_FILTER_LIMIT of them) in an approximate index:
+        complete whenever k of them exist. Exact indexes filter inside their search, and a
+        selective filter is searched by brute force over its vectors (`ranked`); a broad one
+        widens the search by how much of the index it excludes, and searches everything if that
+        still leaves slots empty.
         """
-        index = self._serving[kind]
-        if index.exact:
-            return index.search(queries, k, allowed)
-        if allowed.size <= EXACT_FILTER_LIMIT:
-            return self._search_exactly(queries, k, allowed)
         widen = max(1.0, len(index) / allowed.size)
         scores, labels = index.search(queries, k, allowed, widen=widen)
         expected = min(k, allowed.size)

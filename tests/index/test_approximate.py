@@ -237,7 +237,7 @@ def test_too_many_lazy_deletions_trigger_a_rebuild(tmp_path: Path) -> None:
     store.close()
 
 
-@pytest.mark.parametrize("spec", ["IVF32,SQ8", "HNSW16", "Flat"])
+@pytest.mark.parametrize("spec", ["IVF32,SQ8", "IVF32,PQ8", "HNSW16", "Flat"])
 @pytest.mark.parametrize("exact_limit", [20_000, 50])
 def test_filters_find_every_matching_item_on_every_structure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, exact_limit: int
@@ -329,3 +329,31 @@ def test_snapshots_and_background_builds_can_run_at_the_same_time(tmp_path: Path
     hits = reopened.searches.vector("text", xb[2001:2002], 1)
     assert hits[0][0].record.id == "t2001"
     reopened.close()
+
+
+@pytest.mark.parametrize("spec", ["IVF16,PQ8", "IVF16,PQ16x4"])
+def test_a_product_quantized_index_is_reranked_by_exact_cosine(tmp_path: Path, spec: str) -> None:
+    """PQ codes order close neighbours loosely; the store re-ranks their candidates with the
+    vectors the records keep, so a search finds the true ten and reports true cosines."""
+    store = ItemStore(tmp_path / "data", "m/1", DIM, IndexOptions(spec=spec, nprobe=16))
+    xb = clustered_rows(3000)
+    store.upsert(items(0, xb))
+    store.wait_for_builds(60)
+    assert store.index_info()["text"].spec == spec
+    xq = clustered_rows(50, seed=9)
+    truth = np.argsort(-(xq @ xb.T), axis=1)[:, :10]
+    codes_alone = FaissVectorIndex.build(DIM, spec, lambda: [(np.arange(3000), xb)], nprobe=16)
+    bare = codes_alone.search(xq, 10)[1]
+    hits = store.searches.vector("text", xq, 10)
+    found = [[int(h.record.id[1:]) for h in row] for row in hits]
+
+    def recall(rows: list[list[int]] | np.ndarray) -> float:
+        pairs = zip(rows, truth.tolist(), strict=True)
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]))
+
+    assert recall(found) >= 0.95 > recall(bare)  # measured 0.996, 0.98; codes alone 0.60, 0.53
+    for query, row in zip(xq, hits, strict=True):
+        exact = [float(xb[int(h.record.id[1:])] @ query) for h in row]
+        assert [h.score for h in row] == pytest.approx(exact, abs=1e-5)
+        assert exact == sorted(exact, reverse=True)
+    store.close()
