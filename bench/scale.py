@@ -191,6 +191,15 @@ def disk_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
+class Figures(dict[str, Any]):
+    """The report, each figure also printed as it is measured (a long run that fails part way
+    still leaves what it measured in its log)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        print(json.dumps({key: value}), flush=True)
+
+
 def main() -> int:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--items", type=int, default=100_000)
@@ -213,16 +222,18 @@ def main() -> int:
     from xmr.import_embeddings import import_embeddings
 
     encoder = OpenClipEncoder.load(args.model, args.pretrained or "")
-    report: dict[str, Any] = {
-        "items": args.items,
-        "model": args.model,
-        "filter_fields": args.filter_fields,
-        "record_vectors": args.record_vectors,
-    }
+    report = Figures(
+        items=args.items,
+        model=args.model,
+        filter_fields=args.filter_fields,
+        record_vectors=args.record_vectors,
+    )
     with tempfile.TemporaryDirectory(prefix="xmr-scale-", dir=args.work_dir) as scratch:
         root = Path(scratch)
         (root / "folder").mkdir()
+        started = time.perf_counter()
         write_folder(root / "folder", args.items, encoder.dim)
+        report["write_folder_s"] = round(time.perf_counter() - started, 1)
         data_dir = root / "data"
         options = IndexOptions(record_vectors=args.record_vectors)
         store = ItemStore(data_dir, encoder.model_id, encoder.dim, options)
