@@ -55,6 +55,16 @@ BREAKS: tuple[Break, ...] = (
         ),
     ),
     Break(
+        "a product-quantized index's candidates are re-ranked by their exact cosine",
+        "index/refine.py",
+        "    return max(k, min(k * REFINE_FACTOR, MAX_REFINED))",
+        "    return k",
+        (
+            "tests/index/test_approximate.py::"
+            "test_a_product_quantized_index_is_reranked_by_exact_cosine",
+        ),
+    ),
+    Break(
         "the log is read in pages that start where the last one ended (no sort per page)",
         "index/sqlite_records.py",
         '"ORDER BY seq, label LIMIT ?",',
@@ -455,8 +465,8 @@ BREAKS: tuple[Break, ...] = (
     Break(
         "a filter on an approximate index finds every matching item",
         "index/search.py",
-        "        if index.exact:\n            return index.search(queries, k, allowed)",
-        "        if True:\n            return index.search(queries, k, allowed)",
+        "            if index.exact:\n                return index.search(queries, k, allowed)",
+        "            if True:\n                return index.search(queries, k, allowed)",
         (
             "tests/index/test_approximate.py::test_filters_find_every_matching_item_on_every_structure",
         ),
