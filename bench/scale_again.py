@@ -1,0 +1,88 @@
+"""The real server started again on a data directory `bench.scale` imported (kept by hard links
+before the bench removed it): filters with field indexes, and recall@10 at several nprobe.
+
+    python -m bench.scale_again DATA_DIR FOLDER --filter-fields rare,rating \\
+        --record-vectors float16 --nprobe 32,128,512 --json-out FILE
+
+FOLDER is the folder that was imported (its `vectors.npy` gives the exact answer). The first
+start builds the indexes of `--filter-fields` (its time includes them); it measures a text
+search, the selective and the broad filter of bench.scale, recall@10 and the server's RSS, then
+starts the server again for each further nprobe and measures the text search and the recall.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.report import benchmark_parser, emit
+from bench.scale import (
+    RECALL_SAMPLE,
+    exact_neighbours,
+    free_port,
+    p50_ms,
+    recall_at_10,
+    rss_mb,
+    start_server,
+)
+
+
+def main() -> int:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--filter-fields", default="rare,rating")
+    parser.add_argument("--record-vectors", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--nprobe", default="32", help="comma-separated: one start for each")
+    args = parser.parse_args()
+    items = len(np.load(args.folder / "vectors.npy", mmap_mode="r"))
+    sample = np.random.default_rng(1).choice(items, RECALL_SAMPLE, replace=False)
+    nearest = exact_neighbours(args.folder / "vectors.npy", sample, 11)
+    pairs = zip(nearest, sample, strict=True)
+    truth = [[int(i) for i in row if i != own][:10] for row, own in pairs]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {
+        "XMR_MODEL": args.model,
+        "XMR_PRETRAINED": args.pretrained or "",
+        "XMR_DATA_DIR": str(args.data_dir),
+        "XMR_PORT": str(port),
+        "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": "0",
+        "XMR_FILTER_FIELDS": args.filter_fields,
+        "XMR_RECORD_VECTORS": args.record_vectors,
+    }
+    report: dict[str, Any] = {"items": items}
+    for n, nprobe in enumerate(int(x) for x in args.nprobe.split(",")):
+        process, started_s = start_server(env | {"XMR_IVF_NPROBE": str(nprobe)}, port)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+                figures: dict[str, Any] = {"start_s": round(started_s, 2)}
+                figures["text_search_p50_ms"] = round(p50_ms(http, {"k": 10})[0], 2)
+                if n == 0:
+                    rare = json.dumps({"rare": True})
+                    broad = json.dumps({"rating": {"in": [1, 2, 3]}})
+                    selective, found = p50_ms(http, {"k": 10, "filter": rare})
+                    figures["selective_filter_p50_ms"] = round(selective, 2)
+                    figures["selective_filter_found"] = found
+                    figures["broad_filter_p50_ms"] = round(
+                        p50_ms(http, {"k": 10, "filter": broad})[0], 2
+                    )
+                figures["recall_at_10"] = round(recall_at_10(http, truth, sample), 3)
+                figures["rss_mb"] = round(rss_mb(process.pid), 1)
+                report[f"nprobe {nprobe}"] = figures
+                print(json.dumps({f"nprobe {nprobe}": figures}), flush=True)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+    return emit(report, args.json_out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
