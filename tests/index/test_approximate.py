@@ -331,11 +331,17 @@ def test_snapshots_and_background_builds_can_run_at_the_same_time(tmp_path: Path
     reopened.close()
 
 
+@pytest.mark.parametrize("records", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("spec", ["IVF16,PQ8", "IVF16,PQ16x4"])
-def test_a_product_quantized_index_is_reranked_by_exact_cosine(tmp_path: Path, spec: str) -> None:
+def test_a_product_quantized_index_is_reranked_by_exact_cosine(
+    tmp_path: Path, request: pytest.FixtureRequest, spec: str, records: str
+) -> None:
     """PQ codes order close neighbours loosely; the store re-ranks their candidates with the
-    vectors the records keep, so a search finds the true ten and reports true cosines."""
-    store = ItemStore(tmp_path / "data", "m/1", DIM, IndexOptions(spec=spec, nprobe=16))
+    vectors the records keep (SQLite or PostgreSQL), so a search finds the true ten and
+    reports true cosines."""
+    url = request.getfixturevalue("postgres_database") if records == "postgresql" else None
+    options = IndexOptions(spec=spec, nprobe=16, database_url=url)
+    store = ItemStore(tmp_path / "data", "m/1", DIM, options)
     xb = clustered_rows(3000)
     store.upsert(items(0, xb))
     store.wait_for_builds(60)
