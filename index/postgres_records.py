@@ -412,10 +412,21 @@ class PostgresRecordStore:
         )
         return [_record(row) for row in rows]
 
-    def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray:
+    def labels_matching(
+        self, kind: Kind, where: MetadataFilter, limit: int | None = None
+    ) -> np.ndarray:
         clause, params = where_sql(where)
         rows = self._db.rows(
-            f"SELECT label FROM {{s}}.items WHERE kind = %s AND ({clause})", [kind, *params]
+            f"SELECT label FROM {{s}}.items WHERE kind = %s AND ({clause}) LIMIT %s",
+            [kind, *params, limit],
+        )
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def matching_among(self, kind: Kind, where: MetadataFilter, labels: np.ndarray) -> np.ndarray:
+        clause, params = where_sql(where)
+        rows = self._db.rows(
+            f"SELECT label FROM {{s}}.items WHERE kind = %s AND ({clause}) AND label = ANY(%s)",
+            [kind, *params, [int(x) for x in labels]],
         )
         return np.array([row[0] for row in rows], dtype=np.int64)
 

@@ -67,7 +67,15 @@ class RecordStore(Protocol):
         one `kind` and matching `where` if given."""
         ...
 
-    def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray: ...
+    def labels_matching(
+        self, kind: Kind, where: MetadataFilter, limit: int | None = None
+    ) -> np.ndarray:
+        """Labels of the items of `kind` that match `where`; any `limit` of them when given."""
+        ...
+
+    def matching_among(self, kind: Kind, where: MetadataFilter, labels: np.ndarray) -> np.ndarray:
+        """Those of `labels` whose items are of `kind` and match `where` (any order)."""
+        ...
 
     def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
         """How many items of `kind` (matching `where`) have the top-level metadata key `field`."""

@@ -246,11 +246,25 @@ class SqliteRecordStore:
         )
         return [_record(row) for row in rows]
 
-    def labels_matching(self, kind: Kind, where: MetadataFilter) -> np.ndarray:
+    def labels_matching(
+        self, kind: Kind, where: MetadataFilter, limit: int | None = None
+    ) -> np.ndarray:
         clause, params = where_sql(where)
         rows = self._db.rows(
-            f"SELECT label FROM items WHERE kind = ? AND ({clause})", [kind, *params]
+            f"SELECT label FROM items WHERE kind = ? AND ({clause}) LIMIT ?",
+            [kind, *params, -1 if limit is None else limit],
         )
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def matching_among(self, kind: Kind, where: MetadataFilter, labels: np.ndarray) -> np.ndarray:
+        clause, params = where_sql(where)
+        # NOT INDEXED keeps the planner on the labels (rowids): an index on a filtered field
+        # would have it walk every item with that value instead
+        sql = (
+            f"SELECT label FROM items NOT INDEXED WHERE kind = ? AND ({clause}) "
+            "AND label IN ({marks})"
+        )
+        rows = self._db.rows_in(sql, _ints(labels), before=[kind, *params])
         return np.array([row[0] for row in rows], dtype=np.int64)
 
     def count_with_field(self, kind: Kind, field: str, where: MetadataFilter | None) -> int:
