@@ -20,6 +20,9 @@ store.
     python -m bench.scale --items 100000 --filter-fields rare,rating \
         --json-out bench/scale-cpu-100k-indexed.json
 
+--keep DIR moves the folder and the data directory to DIR/folder and DIR/data at the end, for
+`bench.scale_again DIR/data DIR/folder`.
+
 With --filter-fields the server indexes those fields (XMR_FILTER_FIELDS) at start-up, which
 its start-up time includes.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -215,6 +219,12 @@ def main() -> int:
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="where the folder and data go (a big disk)"
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="move the folder and the data directory here at the end (for bench.scale_again)",
+    )
     args = parser.parse_args()
     from index import IndexOptions
     from index.store import ItemStore
@@ -315,7 +325,12 @@ def main() -> int:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
-    return emit(report, args.json_out)
+        status = emit(report, args.json_out)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for part in ("folder", "data"):
+                shutil.move(root / part, args.keep / part)
+    return status
 
 
 if __name__ == "__main__":
