@@ -1,20 +1,19 @@
 """The whole service as it grows: import, start-up, searches, memory and disk at N items.
 
-Synthetic 512-d unit vectors drawn around 2,000 centres (embeddings cluster; as in
-bench.vector_search) with a photo library's metadata (an album, a camera, a place, a capture
-date, a rating, and one item in 10,000 marked `rare`) are written as `vectors.npy` +
-`metadata.parquet` and imported with `xmr import-embeddings`' own code into a fresh data
-directory (ViT-B-32's identity, random weights: the same cost). Then the real server is started
-on it (`python -m app`, the runtime `auto` picks) and measured through HTTP: start-up from its
-snapshots, text search p50 against the raw text encode in this process (the baseline, same
-run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, a keyword search for a
-place (1 in 5,000), the recall@10 of the index structure against an exact search of the
+Synthetic unit vectors of the model's dimension (512-d for ViT-B-32) drawn around 2,000 centres
+(embeddings cluster; as in bench.vector_search) with a photo library's metadata (an album, a
+camera, a place, a capture date, a rating, and one item in 10,000 marked `rare`) are written as
+`vectors.npy` + `metadata.parquet` and imported with `xmr import-embeddings`' own code into a
+fresh data directory (ViT-B-32's identity, random weights: the same cost). Then the real server
+is started on it (`python -m app`, the runtime `auto` picks) and measured through HTTP: start-up
+from its snapshots, text search p50 against the raw text encode in this process (the baseline,
+same run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, a keyword search for
+a place (1 in 5,000), the recall@10 of the index structure against an exact search of the
 folder's vectors (50 stored items searched with their own vectors), its memory, the rate of
 100,000 more items imported through the running server (`xmr import-embeddings --server`'s
-code: POST /v1/vectors), and after 1,000 more writes and a kill -9, the start-up that
-replays them. Bytes on disk per item come
-from the data directory; the snapshot's size and how long it held the write lock from the
-store.
+code: POST /v1/vectors), and after 1,000 more writes and a kill -9, the start-up that replays
+them. Bytes on disk per item come from the data directory; the snapshot's size and how long it
+held the write lock from the store.
 
     python -m bench.scale --items 100000 --json-out bench/scale-cpu-100k.json
     python -m bench.scale --items 100000 --filter-fields rare,rating \
@@ -47,7 +46,7 @@ import httpx
 import numpy as np
 
 from bench.report import benchmark_parser, emit
-from bench.vector_search import DIM, clustered, unit
+from bench.vector_search import clustered, unit
 
 QUERIES = 40
 CHUNK = 100_000
@@ -61,8 +60,6 @@ def write_folder(folder: Path, items: int, dim: int, prefix: str = "photo", seed
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if dim != DIM:
-        raise ValueError(f"the synthetic vectors are {DIM}-d, the model's are {dim}-d")
     rng = np.random.default_rng(seed)
     centres = unit(np.random.default_rng(0).normal(size=(2000, dim)).astype(np.float32))
     vectors = np.lib.format.open_memmap(

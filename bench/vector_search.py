@@ -36,12 +36,14 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def clustered(n: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    out = np.empty((n, DIM), dtype=np.float32)
+    """`n` unit vectors around `centres` (of their dimension)."""
+    d = centres.shape[1]
+    out = np.empty((n, d), dtype=np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         picks = centres[rng.integers(0, len(centres), m)]
         out[start : start + m] = unit(
-            picks + rng.normal(0, 0.35, (m, DIM)).astype(np.float32) / np.sqrt(DIM) * 4
+            picks + rng.normal(0, 0.35, (m, d)).astype(np.float32) / np.sqrt(d) * 4
         )
     return out
 
