@@ -8,8 +8,9 @@ fresh data directory (ViT-B-32's identity, random weights: the same cost). Then 
 is started on it (`python -m app`, the runtime `auto` picks) and measured through HTTP: start-up
 from its snapshots, text search p50 against the raw text encode in this process (the baseline,
 same run), a selective (1 in 10,000) and a broad (3 in 5) metadata filter, a keyword search for
-a place (1 in 5,000), the recall@10 of the index structure against an exact search of the
-folder's vectors (50 stored items searched with their own vectors), its memory, the rate of
+a place (1 in 5,000) and the same words as a hybrid search (each side 1,000 deep), the
+recall@10 of the index structure against an exact search of the folder's vectors (50 stored
+items searched with their own vectors), its memory, the rate of
 100,000 more items imported through the running server (`xmr import-embeddings --server`'s
 code: POST /v1/vectors), and after 1,000 more writes and a kill -9, the start-up that replays
 them. Bytes on disk per item come from the data directory; the snapshot's size and how long it
@@ -304,6 +305,9 @@ def main() -> int:
                 keyword, keyword_found = p50_ms(http, {"k": 10, "mode": "keyword", "q": "town123"})
                 report["keyword_search_p50_ms"] = round(keyword, 2)
                 report["keyword_search_found"] = keyword_found
+                hybrid, hybrid_found = p50_ms(http, {"k": 10, "mode": "hybrid"}, query="town123")
+                report["hybrid_search_p50_ms"] = round(hybrid, 2)
+                report["hybrid_search_found"] = hybrid_found
                 report["recall_at_10"] = round(recall_at_10(http, truth, sample), 3)
                 report["rss_mb"] = round(rss_mb(process.pid), 1)
                 report["import_through_server_items_per_s"] = import_through(

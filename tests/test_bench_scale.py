@@ -57,6 +57,7 @@ def test_the_scale_benchmark_runs_sized_down_and_reports_every_figure(tmp_path: 
         "selective_filter_p50_ms",
         "broad_filter_p50_ms",
         "keyword_search_p50_ms",
+        "hybrid_search_p50_ms",
         "rss_mb",
         "disk_mb_per_million",
         "snapshot_mb",
@@ -68,6 +69,7 @@ def test_the_scale_benchmark_runs_sized_down_and_reports_every_figure(tmp_path: 
     # what the searches found: the rare items (7 and 10,007), a town's four photos, exact recall
     assert report["selective_filter_found"] == 2
     assert report["keyword_search_found"] == ITEMS // 5000
+    assert report["hybrid_search_found"] == 10
     assert report["recall_at_10"] == 1.0
     # the folder and the data directory were kept for bench.scale_again
     assert (keep / "folder" / "vectors.npy").is_file() and (keep / "data").is_dir()
