@@ -305,7 +305,7 @@ def main() -> int:
                 keyword, keyword_found = p50_ms(http, {"k": 10, "mode": "keyword", "q": "town123"})
                 report["keyword_search_p50_ms"] = round(keyword, 2)
                 report["keyword_search_found"] = keyword_found
-                hybrid, hybrid_found = p50_ms(http, {"k": 10, "mode": "hybrid"}, query="town123")
+                hybrid, hybrid_found = p50_ms(http, {"k": 10, "mode": "hybrid", "q": "town123"})
                 report["hybrid_search_p50_ms"] = round(hybrid, 2)
                 report["hybrid_search_found"] = hybrid_found
                 report["recall_at_10"] = round(recall_at_10(http, truth, sample), 3)

@@ -6,7 +6,8 @@ before the bench removed it): filters with field indexes, and recall@10 at sever
 
 FOLDER is the folder that was imported (its `vectors.npy` gives the exact answer). The first
 start builds the indexes of `--filter-fields` (its time includes them); it measures a text
-search, the selective and the broad filter of bench.scale, recall@10 and the server's RSS, then
+search, the selective and the broad filter of bench.scale, keyword and hybrid searches (a
+place, and a place with a number), recall@10 and the server's RSS, then
 starts the server again for each further nprobe and measures the text search and the recall.
 """
 
@@ -74,6 +75,7 @@ def main() -> int:
                     figures["broad_filter_p50_ms"] = round(
                         p50_ms(http, {"k": 10, "filter": broad})[0], 2
                     )
+                    figures |= word_searches(http)
                 figures["recall_at_10"] = round(recall_at_10(http, truth, sample), 3)
                 figures["rss_mb"] = round(rss_mb(process.pid), 1)
                 report[f"nprobe {nprobe}"] = figures
@@ -82,6 +84,19 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
             process.wait(120)
     return emit(report, args.json_out)
+
+
+def word_searches(http: httpx.Client) -> dict[str, float]:
+    """Keyword and hybrid search for a place (1 in 5,000, as bench.scale), and with a number
+    after it ("town123 7"): a word that most metadata holds somewhere (albums, dates), so the
+    keyword side ranks every item that has it."""
+    figures = {}
+    for mode in ("keyword", "hybrid"):
+        place = p50_ms(http, {"k": 10, "mode": mode, "q": "town123"})[0]
+        common = p50_ms(http, {"k": 10, "mode": mode}, query="town123")[0]
+        figures[f"{mode}_search_p50_ms"] = round(place, 2)
+        figures[f"{mode}_search_with_a_number_p50_ms"] = round(common, 2)
+    return figures
 
 
 if __name__ == "__main__":
