@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from bench.report import benchmark_parser, emit
-from bench.scale import RECALL_SAMPLE, exact_neighbours
+from bench.scale import RECALL_SAMPLE, true_ten
 from bench.vector_search import unit
 
 
@@ -34,10 +34,7 @@ def main() -> int:
     ivf = faiss.extract_index_ivf(index)
     xb = np.load(args.folder / "vectors.npy", mmap_mode="r")
     sample = np.random.default_rng(1).choice(len(xb), RECALL_SAMPLE, replace=False)
-    nearest = exact_neighbours(args.folder / "vectors.npy", sample, 11)
-    truth = [
-        [int(i) for i in row if i != own][:10] for row, own in zip(nearest, sample, strict=True)
-    ]
+    truth = true_ten(args.folder / "vectors.npy", sample)
     xq = unit(np.asarray(xb[sample], dtype=np.float32))
     report: dict = {"spec": meta["spec"], "ntotal": meta["ntotal"], "recall_at_10": {}}
     for nprobe in (32, 128):

@@ -29,6 +29,7 @@ its start-up time includes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -122,6 +123,28 @@ def exact_neighbours(path: Path, rows: np.ndarray, k: int) -> np.ndarray:
         best = np.take_along_axis(merged, top, axis=1)
         ids = np.take_along_axis(merged_ids, top, axis=1)
     return ids
+
+
+def true_ten(path: Path, rows: np.ndarray) -> list[list[int]]:
+    """The true ten nearest rows of `path`'s vectors to each of `rows`, each row's own left out."""
+    nearest = exact_neighbours(path, rows, 11)
+    return [[int(i) for i in row if i != own][:10] for row, own in zip(nearest, rows, strict=True)]
+
+
+def server_env(
+    args: argparse.Namespace, data_dir: Path, port: int, filter_fields: str, record_vectors: str
+) -> dict[str, str]:
+    """The environment of a measured server: this one's, less any XMR_ setting, plus these."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {
+        "XMR_MODEL": args.model,
+        "XMR_PRETRAINED": args.pretrained or "",
+        "XMR_DATA_DIR": str(data_dir),
+        "XMR_PORT": str(port),
+        "XMR_LOG_LEVEL": "warning",
+        "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
+        "XMR_FILTER_FIELDS": filter_fields,
+        "XMR_RECORD_VECTORS": record_vectors,
+    }
 
 
 def recall_at_10(http: httpx.Client, truth: list[list[int]], rows: np.ndarray) -> float:
@@ -263,22 +286,10 @@ def main() -> int:
         report["snapshot_mb"] = round(timing.bytes / 2**20, 1)
         store.close(save=True)
         sample = np.random.default_rng(1).choice(args.items, RECALL_SAMPLE, replace=False)
-        nearest = exact_neighbours(root / "folder" / "vectors.npy", sample, 11)
-        truth = [
-            [int(i) for i in row if i != own][:10] for row, own in zip(nearest, sample, strict=True)
-        ]
+        truth = true_ten(root / "folder" / "vectors.npy", sample)
         report["disk_mb_per_million"] = round(disk_mb(data_dir) / args.items * 1e6, 1)
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {
-            "XMR_MODEL": args.model,
-            "XMR_PRETRAINED": args.pretrained or "",
-            "XMR_DATA_DIR": str(data_dir),
-            "XMR_PORT": str(port),
-            "XMR_LOG_LEVEL": "warning",
-            "XMR_QUERY_CACHE_MB": "0",  # figures without the query cache
-            "XMR_FILTER_FIELDS": args.filter_fields,
-            "XMR_RECORD_VECTORS": args.record_vectors,
-        }
+        env = server_env(args, data_dir, port, args.filter_fields, args.record_vectors)
         process, startup = start_server(env, port)
         report["startup_from_snapshots_s"] = round(startup, 2)
         try:

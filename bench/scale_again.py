@@ -14,7 +14,6 @@ starts the server again for each further nprobe and measures the text search and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -26,12 +25,13 @@ import numpy as np
 from bench.report import benchmark_parser, emit
 from bench.scale import (
     RECALL_SAMPLE,
-    exact_neighbours,
     free_port,
     p50_ms,
     recall_at_10,
     rss_mb,
+    server_env,
     start_server,
+    true_ten,
 )
 
 
@@ -45,20 +45,9 @@ def main() -> int:
     args = parser.parse_args()
     items = len(np.load(args.folder / "vectors.npy", mmap_mode="r"))
     sample = np.random.default_rng(1).choice(items, RECALL_SAMPLE, replace=False)
-    nearest = exact_neighbours(args.folder / "vectors.npy", sample, 11)
-    pairs = zip(nearest, sample, strict=True)
-    truth = [[int(i) for i in row if i != own][:10] for row, own in pairs]
+    truth = true_ten(args.folder / "vectors.npy", sample)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XMR_")} | {
-        "XMR_MODEL": args.model,
-        "XMR_PRETRAINED": args.pretrained or "",
-        "XMR_DATA_DIR": str(args.data_dir),
-        "XMR_PORT": str(port),
-        "XMR_LOG_LEVEL": "warning",
-        "XMR_QUERY_CACHE_MB": "0",
-        "XMR_FILTER_FIELDS": args.filter_fields,
-        "XMR_RECORD_VECTORS": args.record_vectors,
-    }
+    env = server_env(args, args.data_dir, port, args.filter_fields, args.record_vectors)
     report: dict[str, Any] = {"items": items}
     for n, nprobe in enumerate(int(x) for x in args.nprobe.split(",")):
         process, started_s = start_server(env | {"XMR_IVF_NPROBE": str(nprobe)}, port)
