@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as tensor_ops
 
 from models.images import decode_image
+from models.transforms import pil_to_uint8
 
 THUMBNAIL_SIDE = 384  # pixels on the longest side
 THUMBNAIL_QUALITY = 80  # JPEG; a 384 px photo is about 15-35 KB
@@ -85,11 +88,25 @@ def make_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
         factor = longest // side
         reduced = image.reduce(factor) if factor > 1 else image
         scale = side / longest
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        small = reduced.resize(size, Image.Resampling.BICUBIC)
+        small = shrink(
+            reduced, max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        )
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
     return buffer.getvalue()
+
+
+def shrink(image: Image.Image, width: int, height: int) -> Image.Image:
+    """`image` resized down to `width` x `height`, bicubic and antialiased as Pillow's resize
+    (within two levels in 255), by torchvision's vectorized uint8 kernel: 5x faster than
+    Pillow's on a 640x480 photo (BENCHMARKS.md, thumbnails)."""
+    pixels = tensor_ops.resize(
+        pil_to_uint8(image),
+        [height, width],
+        interpolation=InterpolationMode.BICUBIC,
+        antialias=True,
+    )
+    return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
 
 
 def photo_facts(source: bytes | Path) -> dict[str, Any]:

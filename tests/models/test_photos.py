@@ -6,10 +6,11 @@ import io
 import random
 import warnings
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from models.photos import THUMBNAIL_SIDE, make_thumbnail, photo_facts
+from models.photos import THUMBNAIL_SIDE, make_thumbnail, photo_facts, shrink
 from tests.photos import camera_exif, encoded
 
 
@@ -102,3 +103,19 @@ def test_thumbnails_fit_the_side_and_are_never_enlarged(
     thumbnail = Image.open(io.BytesIO(make_thumbnail(Image.new("RGB", size, "red"))))
     assert thumbnail.format == "JPEG" and thumbnail.size == expected
     assert max(expected) <= THUMBNAIL_SIDE or max(size) <= THUMBNAIL_SIDE
+
+
+@pytest.mark.parametrize(("size", "to"), [((640, 480), (384, 288)), ((501, 1003), (192, 384))])
+def test_thumbnails_are_shrunk_as_pillow_shrinks_them(
+    size: tuple[int, int], to: tuple[int, int]
+) -> None:
+    """The thumbnail's resize runs on torchvision's kernel for speed; what it draws is Pillow's
+    antialiased bicubic, to within a level or two of 255 (never a blur or an aliased shrink)."""
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    photo = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+    ours = np.asarray(shrink(photo, *to), dtype=np.int16)
+    pillows = np.asarray(photo.resize(to, Image.Resampling.BICUBIC), dtype=np.int16)
+    assert ours.shape == pillows.shape
+    assert np.abs(ours - pillows).max() <= 2
+    assert np.abs(ours - pillows).mean() < 0.3
