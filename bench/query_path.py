@@ -15,6 +15,12 @@ first): `search_text_cached`.
 Then, with the server stopped, the raw encode of the same texts on a thread set up like the
 server's inference thread (tokenizing included, as the server's encode does). The differences
 are the breakdown; `over_raw_ms` is the search's p50 less the raw encode's.
+The server's own metrics over the same requests give means inside the app (from the outermost
+middleware's start to its end) per route, and of the text model calls as the batcher times
+them (its hops to the inference thread and back included): what is left of a route's time
+beyond the model call is the event loop's share. Last, tokenizing one query on the inference
+thread with its caches warm (in a loop) and right after a model call: the same Python code, a
+few times slower once the model has run through the caches.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.services.threads import inference_pool
 from bench.report import benchmark_parser, emit
@@ -58,21 +66,67 @@ CACHED: dict[str, Request] = {
 }
 
 
-async def timed_rounds(base: str, per_round: int, cached: bool) -> dict[str, float]:
-    """p50 ms of each request kind, `ROUNDS` rounds of `per_round` each, kinds interleaved."""
+ROUTES = {"healthz": "/healthz", "embed_text": "/v1/embed/text", "search_text": "/v1/search/text"}
+
+
+def server_seconds(metrics: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the app's own timings in a /metrics scrape: each route's time inside the
+    outermost middleware, and the text model calls (the batcher's hop to the inference thread,
+    the encode, the hop back)."""
+    found: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            labels = sample.labels
+            if family.name == "xmr_http_request_duration_seconds" and labels.get("method") in (
+                "GET",
+                "POST",
+            ):
+                key = f"route {labels['route']}"
+            elif family.name == "xmr_encode_batch_duration_seconds":
+                key = f"model {labels['modality']}"
+            else:
+                continue
+            total, count = found.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                found[key] = (sample.value, count)
+            elif sample.name.endswith("_count"):
+                found[key] = (total, sample.value)
+    return found
+
+
+def mean_ms(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], key: str
+) -> float:
+    total = after[key][0] - before.get(key, (0.0, 0.0))[0]
+    count = after[key][1] - before.get(key, (0.0, 0.0))[1]
+    return round(total / count * 1000, 2)
+
+
+async def timed_rounds(base: str, per_round: int, cached: bool) -> dict[str, Any]:
+    """p50 ms of each request kind, `ROUNDS` rounds of `per_round` each, kinds interleaved;
+    and the means the server's own metrics give for the same requests."""
     kinds = REQUESTS | (CACHED if cached else {})
     times: dict[str, list[float]] = {name: [] for name in kinds}
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         for make in kinds.values():  # warm-up: every text length bucket is compiled
             for n in range(20):
                 (await make(http, n)).raise_for_status()
+        before = server_seconds((await http.get("/metrics")).text)
         for round_ in range(ROUNDS):
             for name, make in kinds.items():
                 for n in range(round_ * per_round, (round_ + 1) * per_round):
                     started = time.perf_counter()
                     (await make(http, n)).raise_for_status()
                     times[name].append((time.perf_counter() - started) * 1000)
-    return {name: round(statistics.median(values), 2) for name, values in times.items()}
+        after = server_seconds((await http.get("/metrics")).text)
+    figures: dict[str, Any] = {
+        name: round(statistics.median(values), 2) for name, values in times.items()
+    }
+    figures["server_means_ms"] = {
+        **{f"inside_app_{n}": mean_ms(before, after, f"route {r}") for n, r in ROUTES.items()},
+        "text_model_call": mean_ms(before, after, "model text"),
+    }
+    return figures
 
 
 def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
@@ -104,7 +158,7 @@ def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
         stop(process)
 
 
-def raw_encode_ms(args: Any, root: Path, repeats: int) -> float:
+def raw_encode(args: Any, root: Path, repeats: int) -> dict[str, float]:
     pool = inference_pool()
     try:
         options = LoadOptions(
@@ -112,9 +166,34 @@ def raw_encode_ms(args: Any, root: Path, repeats: int) -> float:
         )
         encoder = pool.submit(OpenClipEncoder.load, args.model, args.pretrained, options).result()
 
-        return pool.submit(text_query_p50_ms, encoder, repeats).result()
+        return {
+            "raw_encode": pool.submit(text_query_p50_ms, encoder, repeats).result(),
+            **tokenize_us(encoder, pool, repeats),
+        }
     finally:
         pool.shutdown()
+
+
+def tokenize_us(encoder: OpenClipEncoder, pool: Executor, repeats: int) -> dict[str, float]:
+    """p50 of tokenizing one query on this thread: in a loop (caches warm), and right after a
+    model call on the inference thread (as a server tokenizes the next query): what any Python
+    on a request's path costs after the model has run."""
+
+    def tokenize(n: int) -> float:
+        started = time.perf_counter()
+        encoder.tokenize([query(n)])
+        return (time.perf_counter() - started) * 1e6
+
+    rows = list(encoder.tokenize([query(0)]))
+    warm = [tokenize(n) for n in range(repeats)]
+    after_model = []
+    for n in range(repeats):
+        pool.submit(encoder.encode_tokens, rows).result()
+        after_model.append(tokenize(n))
+    return {
+        "tokenize_warm_us": round(statistics.median(warm), 1),
+        "tokenize_after_a_model_call_us": round(statistics.median(after_model), 1),
+    }
 
 
 def main() -> int:
@@ -128,18 +207,26 @@ def main() -> int:
         root = Path(tmp)
         paths = write_images(root / "images", 64)
         http = through_http(args, root, paths)
-        raw = raw_encode_ms(args, root, args.requests)
+        raw = raw_encode(args, root, args.requests)
+    encode = raw["raw_encode"]
+    means = http.pop("server_means_ms")
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "cpu_flags": cpu_flags(),
         "model": f"{args.model}/{args.pretrained or 'random-init'}",
-        "p50_ms": {**http, "raw_encode": raw},
+        "p50_ms": {**http, "raw_encode": encode},
         "breakdown_ms": {
             "http_and_middleware": http["healthz"],
-            "route_tokenize_batcher_json": round(http["embed_text"] - http["healthz"] - raw, 2),
+            "route_tokenize_batcher_json": round(http["embed_text"] - http["healthz"] - encode, 2),
             "search_and_records": round(http["search_text"] - http["embed_text"], 2),
         },
-        "over_raw_ms": round(http["search_text"] - raw, 2),
+        "server_means_ms": means,
+        "inside_app_beyond_the_model_call_ms": {
+            kind: round(means[f"inside_app_{kind}"] - means["text_model_call"], 2)
+            for kind in ("embed_text", "search_text")
+        },
+        "tokenize_us": {k: v for k, v in raw.items() if k.startswith("tokenize")},
+        "over_raw_ms": round(http["search_text"] - encode, 2),
     }
     return emit(report, args.json_out)
 
