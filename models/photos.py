@@ -18,11 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as tensor_ops
 
 from models.images import decode_image
-from models.transforms import pil_to_uint8
 
 THUMBNAIL_SIDE = 384  # pixels on the longest side
 THUMBNAIL_QUALITY = 80  # JPEG; a 384 px photo is about 15-35 KB
@@ -100,6 +97,13 @@ def shrink(image: Image.Image, width: int, height: int) -> Image.Image:
     """`image` resized down to `width` x `height`, bicubic and antialiased as Pillow's resize
     (within two levels in 255), by torchvision's vectorized uint8 kernel: 5x faster than
     Pillow's on a 640x480 photo (BENCHMARKS.md, thumbnails)."""
+    # imported here: app/ reads photo facts through this module without loading PyTorch
+    # (tests/app/test_layering.py); thumbnails are made where the model runs anyway
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tensor_ops
+
+    from models.transforms import pil_to_uint8
+
     pixels = tensor_ops.resize(
         pil_to_uint8(image),
         [height, width],
