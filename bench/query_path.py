@@ -18,9 +18,10 @@ are the breakdown; `over_raw_ms` is the search's p50 less the raw encode's.
 The server's own metrics over the same requests give means inside the app (from the outermost
 middleware's start to its end) per route, and of the text model calls as the batcher times
 them (its hops to the inference thread and back included): what is left of a route's time
-beyond the model call is the event loop's share. Last, tokenizing one query on the inference
-thread with its caches warm (in a loop) and right after a model call: the same Python code, a
-few times slower once the model has run through the caches.
+beyond the model call is the event loop's share. Last, tokenizing one query on this process's
+main thread (as the server's event loop does) with its caches warm (in a loop) and right after a
+model call on the inference thread: the same Python code, a few times slower once the model has
+run through the caches.
 """
 
 from __future__ import annotations
@@ -175,9 +176,9 @@ def raw_encode(args: Any, root: Path, repeats: int) -> dict[str, float]:
 
 
 def tokenize_us(encoder: OpenClipEncoder, pool: Executor, repeats: int) -> dict[str, float]:
-    """p50 of tokenizing one query on this thread: in a loop (caches warm), and right after a
-    model call on the inference thread (as a server tokenizes the next query): what any Python
-    on a request's path costs after the model has run."""
+    """p50 of tokenizing one query on the calling thread: in a loop (caches warm), and right
+    after a model call on `pool`'s inference thread (as a server's event loop tokenizes the next
+    query): what any Python on a request's path costs after the model has run."""
 
     def tokenize(n: int) -> float:
         started = time.perf_counter()
