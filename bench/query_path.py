@@ -22,11 +22,20 @@ beyond the model call is the event loop's share. Last, tokenizing one query on t
 main thread (as the server's event loop does) with its caches warm (in a loop) and right after a
 model call on the inference thread: the same Python code, a few times slower once the model has
 run through the caches.
+
+With `--baseline-tree DIR` (a checkout of other code, e.g. `git worktree add /tmp/old HEAD~1`)
+a second server runs that code beside this one's, and the rounds alternate between the two: a
+before and after from one run, which on a machine whose speed drifts by half between runs is
+the only comparison worth reading. Its figures are under `baseline`. The servers take turns
+request by request, so each model call finds the caches full of the other server's weights:
+the model calls and the totals are slower than with one server, alike for both; read the
+difference between the two, not the figures against the raw encode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
@@ -34,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -103,60 +112,93 @@ def mean_ms(
     return round(total / count * 1000, 2)
 
 
-async def timed_rounds(base: str, per_round: int, cached: bool) -> dict[str, Any]:
-    """p50 ms of each request kind, `ROUNDS` rounds of `per_round` each, kinds interleaved;
-    and the means the server's own metrics give for the same requests."""
+async def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[str, Any]:
+    """Per server (name -> base URL): p50 ms of each request kind, `ROUNDS` rounds of
+    `per_round` each, the kinds interleaved by round and the servers request by request, so that
+    the machine's drift hits all alike; and the means each server's own metrics give for the same requests."""
     kinds = REQUESTS | (CACHED if cached else {})
-    times: dict[str, list[float]] = {name: [] for name in kinds}
-    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-        for make in kinds.values():  # warm-up: every text length bucket is compiled
-            for n in range(20):
-                (await make(http, n)).raise_for_status()
-        before = server_seconds((await http.get("/metrics")).text)
+    times: dict[str, dict[str, list[float]]] = {
+        server: {name: [] for name in kinds} for server in bases
+    }
+    clients = {
+        server: httpx.AsyncClient(base_url=base, timeout=60) for server, base in bases.items()
+    }
+    before: dict[str, dict[str, tuple[float, float]]] = {}
+    try:
+        for server, http in clients.items():
+            for make in kinds.values():  # warm-up: every text length bucket is compiled
+                for n in range(20):
+                    (await make(http, n)).raise_for_status()
+            before[server] = server_seconds((await http.get("/metrics")).text)
         for round_ in range(ROUNDS):
             for name, make in kinds.items():
                 for n in range(round_ * per_round, (round_ + 1) * per_round):
-                    started = time.perf_counter()
-                    (await make(http, n)).raise_for_status()
-                    times[name].append((time.perf_counter() - started) * 1000)
-        after = server_seconds((await http.get("/metrics")).text)
-    figures: dict[str, Any] = {
-        name: round(statistics.median(values), 2) for name, values in times.items()
-    }
-    figures["server_means_ms"] = {
-        **{f"inside_app_{n}": mean_ms(before, after, f"route {r}") for n, r in ROUTES.items()},
-        "text_model_call": mean_ms(before, after, "model text"),
-    }
-    return figures
+                    for server, http in clients.items():  # the servers take turns, a request each
+                        started = time.perf_counter()
+                        (await make(http, n)).raise_for_status()
+                        times[server][name].append((time.perf_counter() - started) * 1000)
+        figures: dict[str, Any] = {}
+        for server, http in clients.items():
+            after = server_seconds((await http.get("/metrics")).text)
+            ahead = before[server]
+            figures[server] = {
+                name: round(statistics.median(values), 2) for name, values in times[server].items()
+            }
+            figures[server]["server_means_ms"] = {
+                **{
+                    f"inside_app_{n}": mean_ms(ahead, after, f"route {r}")
+                    for n, r in ROUTES.items()
+                },
+                "text_model_call": mean_ms(ahead, after, "model text"),
+            }
+        return figures
+    finally:
+        for http in clients.values():
+            await http.aclose()
 
 
-def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(args: Any, root: Path, paths: list[Path], tree: Path) -> Iterator[str]:
+    """A server of the code in `tree` with `paths` indexed, on its own data folder: its base URL."""
     port = free_port()
+    data = root / f"data-{port}"
     env = os.environ | {
+        "PYTHONPATH": str(tree),
         "XMR_MODEL": args.model,
         "XMR_PRETRAINED": args.pretrained,
         "XMR_DEVICE": "cpu",
         "XMR_RUNTIME": args.runtime,
         "XMR_RUNTIME_CACHE_DIR": str(root / "runtime-cache"),
-        "XMR_DATA_DIR": str(root / "data"),
+        "XMR_DATA_DIR": str(data),
         "XMR_IMPORT_ROOT": str(paths[0].parent),
         "XMR_PORT": str(port),
         "XMR_LOG_LEVEL": "warning",
         "XMR_QUERY_CACHE_MB": str(args.query_cache_mb),
     }
-    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
+    process = subprocess.Popen([sys.executable, "-m", "app"], cwd=tree, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/readyz")
-        info = httpx.get(f"{base}/v1/info").json()
         with XmrClient(base) as client:
             job = client.submit_batch([{"image_path": p.name} for p in paths])
             client.wait_for_job(job, poll_s=0.2)
-        cached = args.query_cache_mb > 0
-        figures = asyncio.run(timed_rounds(base, args.requests // ROUNDS, cached))
-        return {"runtime": info["runtime"], "precision": info["precision"], **figures}
+        yield base
     finally:
         stop(process)
+
+
+def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
+    """This tree's server, and the baseline tree's beside it when one is given."""
+    trees = {"this": REPO} | ({"baseline": args.baseline_tree} if args.baseline_tree else {})
+    with contextlib.ExitStack() as stack:
+        bases = {
+            name: stack.enter_context(serving(args, root, paths, tree))
+            for name, tree in trees.items()
+        }
+        info = httpx.get(f"{bases['this']}/v1/info").json()
+        cached = args.query_cache_mb > 0
+        figures = asyncio.run(timed_rounds(bases, args.requests // ROUNDS, cached))
+    return {"runtime": info["runtime"], "precision": info["precision"], **figures}
 
 
 def raw_encode(args: Any, root: Path, repeats: int) -> dict[str, float]:
@@ -202,6 +244,13 @@ def main() -> int:
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--requests", type=int, default=500, help="per kind, over all rounds")
     parser.add_argument("--query-cache-mb", type=float, default=0.0)
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="a checkout of other code (git worktree add): its server is measured beside this "
+        "one's, rounds interleaved",
+    )
     args = parser.parse_args()
     use_threads(1)  # as the server's other threads: one multi-core torch pool, the model's
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,11 +259,27 @@ def main() -> int:
         http = through_http(args, root, paths)
         raw = raw_encode(args, root, args.requests)
     encode = raw["raw_encode"]
-    means = http.pop("server_means_ms")
-    report = {
+    report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "cpu_flags": cpu_flags(),
         "model": f"{args.model}/{args.pretrained or 'random-init'}",
+        "runtime": http["runtime"],
+        "precision": http["precision"],
+        **figures_against_raw(http["this"], encode),
+        "tokenize_us": {k: v for k, v in raw.items() if k.startswith("tokenize")},
+    }
+    if "baseline" in http:
+        report["baseline"] = {
+            "tree": str(args.baseline_tree),
+            **figures_against_raw(http["baseline"], encode),
+        }
+    return emit(report, args.json_out)
+
+
+def figures_against_raw(http: dict[str, Any], encode: float) -> dict[str, Any]:
+    """One server's p50s and means, set against the raw encode of the same run."""
+    means = http.pop("server_means_ms")
+    return {
         "p50_ms": {**http, "raw_encode": encode},
         "breakdown_ms": {
             "http_and_middleware": http["healthz"],
@@ -226,10 +291,8 @@ def main() -> int:
             kind: round(means[f"inside_app_{kind}"] - means["text_model_call"], 2)
             for kind in ("embed_text", "search_text")
         },
-        "tokenize_us": {k: v for k, v in raw.items() if k.startswith("tokenize")},
         "over_raw_ms": round(http["search_text"] - encode, 2),
     }
-    return emit(report, args.json_out)
 
 
 if __name__ == "__main__":
