@@ -114,8 +114,9 @@ def mean_ms(
 
 async def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[str, Any]:
     """Per server (name -> base URL): p50 ms of each request kind, `ROUNDS` rounds of
-    `per_round` each, the kinds interleaved by round and the servers request by request, so that
-    the machine's drift hits all alike; and the means each server's own metrics give for the same requests."""
+    `per_round` each, the kinds interleaved by round and the servers request by request, so
+    that the machine's drift hits all alike; and the means each server's own metrics give for
+    the same requests."""
     kinds = REQUESTS | (CACHED if cached else {})
     times: dict[str, dict[str, list[float]]] = {
         server: {name: [] for name in kinds} for server in bases
