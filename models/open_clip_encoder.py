@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import open_clip
 import torch
+from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from models.buckets import batch_bucket, batch_chunks, text_length_bucket
@@ -18,7 +19,7 @@ from models.memory import release_free_memory
 from models.options import LoadOptions
 from models.registry import WeightsSource, model_id_for, resolve_weights
 from models.runtimes.selection import TowerInputs, build_towers, runtime_plan
-from models.text import bound_word_cache, fit_to_context, longest_token
+from models.text import bound_word_cache, fit_to_context, longest_token, token_rows
 from models.tower_run import Tower, TowerRun
 from models.towers import (
     DTYPES,
@@ -95,6 +96,8 @@ class OpenClipEncoder:
         self._preprocess = preprocess
         self._split = split_transform(preprocess)
         self._tokenizer = tokenizer
+        byte_pair = isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
+        self._token_rows = token_rows(tokenizer, byte_pair)
         bound_word_cache(tokenizer)
         self._longest_token = longest_token(tokenizer)
         self._model_id = model_id
@@ -240,21 +243,21 @@ class OpenClipEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode_tokens(list(self.tokenize(texts)))
 
-    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        """The text stage, for any thread: (n, context_length) token ids, each text cut first
-        to what can reach the context (models.text)."""
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """The text stage, for any thread, torch-free: (n, context_length) int64 token ids,
+        each text cut first to what can reach the context (models.text)."""
         if any(not text.strip() for text in texts):
             raise EmptyTextError("a text to encode is empty or only whitespace")
         if not texts:
-            return torch.zeros((0, self.context_length), dtype=torch.long)
+            return np.zeros((0, self.context_length), dtype=np.int64)
         context, longest = self.context_length, self._longest_token
-        return self._tokenizer([fit_to_context(text, context, longest) for text in texts])
+        return self._token_rows([fit_to_context(text, context, longest) for text in texts])
 
-    def encode_tokens(self, rows: Sequence[torch.Tensor]) -> np.ndarray:
+    def encode_tokens(self, rows: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
         """Encode rows of `tokenize`'s output to a float32 (n, dim) array with unit-norm rows."""
         if not rows:
             return np.zeros((0, self._dim), dtype=np.float32)
-        tokens = torch.stack(list(rows))
+        tokens = torch.from_numpy(np.stack([np.asarray(row, dtype=np.int64) for row in rows]))
         length = text_length(tokens) if self.short_text else tokens.shape[1]
         if self.fixed_shapes:
             # padding rows and tokens is cheap next to a new shape's cache entry

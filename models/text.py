@@ -15,8 +15,10 @@ open_clip would (tests/models/test_text.py compares the ids on a varied corpus).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import regex
 
 LONGEST_RUN = 128  # characters of one letter or punctuation run handed to the BPE at once
@@ -74,3 +76,32 @@ def bound_word_cache(tokenizer: Any) -> None:
     cache = getattr(tokenizer, "cache", None)
     if isinstance(cache, dict) and not isinstance(cache, BoundedWordCache):
         tokenizer.cache = BoundedWordCache(cache)
+
+
+TokenRows = Callable[[Sequence[str]], np.ndarray]
+
+
+def token_rows(tokenizer: Any, byte_pair_encoder: bool) -> TokenRows:
+    """`tokenizer`'s ids for a list of texts, as an (n, context_length) int64 array.
+
+    open_clip's byte-pair tokenizer (`byte_pair_encoder`: a SimpleTokenizer without a reduction
+    strategy) builds its rows here from its own ids, without torch: its call makes a tensor per
+    text, and on the event loop, where queries are tokenized, each torch call costs tens of
+    microseconds once the model has run through the caches. Other tokenizers are called as
+    they are. The same ids either way (tests/models/test_text.py)."""
+    if not byte_pair_encoder:
+        return lambda texts: np.asarray(tokenizer(list(texts)), dtype=np.int64)
+    context_length = int(tokenizer.context_length)
+    start, end = int(tokenizer.sot_token_id), int(tokenizer.eot_token_id)
+
+    def rows(texts: Sequence[str]) -> np.ndarray:
+        found = np.zeros((len(texts), context_length), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = [start, *tokenizer.encode(text), end]
+            if len(ids) > context_length:  # cut, and end with the end token, as open_clip does
+                ids = ids[:context_length]
+                ids[-1] = end
+            found[row, : len(ids)] = ids
+        return found
+
+    return rows

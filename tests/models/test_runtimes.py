@@ -347,7 +347,7 @@ def test_openvino_compiles_only_the_towers_it_runs(
     folder = next(tmp_path.iterdir())
     text_only = selection.open_exported("openvino", folder, "fp32", True, which=("text",))
     assert set(text_only.runs) == {"text"}
-    tokens = torch_encoder.tokenize(["a red circle"])
+    tokens = torch.from_numpy(torch_encoder.tokenize(["a red circle"]))
     np.testing.assert_allclose(
         text_only.text(tokens), full.encode_texts(["a red circle"]), atol=1e-5
     )

@@ -8,12 +8,20 @@ import string
 import time
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
+import torch
 
 from models import OpenClipEncoder
 from models.options import LoadOptions
-from models.text import LONGEST_RUN, WORD_CACHE_ENTRIES, fit_to_context, longest_token
+from models.text import (
+    LONGEST_RUN,
+    WORD_CACHE_ENTRIES,
+    fit_to_context,
+    longest_token,
+    token_rows,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +64,31 @@ def test_ids_equal_open_clips_own_tokenizer_on_a_varied_corpus(
     got = tokenizer(cut)
     differing = [texts[i][:80] for i in range(len(texts)) if not (got[i] == expected[i]).all()]
     assert differing == []
+
+
+@pytest.mark.parametrize("model", ["ViT-B-32", "xmr-test-tiny"])
+def test_rows_built_without_torch_hold_open_clips_own_ids(model: str) -> None:
+    tokenizer = open_clip.get_tokenizer(model)
+    texts = corpus()
+    rows = token_rows(tokenizer, byte_pair_encoder=True)(texts)
+    expected = tokenizer(texts).numpy()
+    assert rows.dtype == np.int64 and rows.shape == expected.shape
+    assert any(r[-1] == tokenizer.eot_token_id for r in rows)  # texts cut at the context too
+    differing = [texts[i][:80] for i in range(len(texts)) if not (rows[i] == expected[i]).all()]
+    assert differing == []
+    # any other tokenizer is called as it is
+    assert (token_rows(tokenizer, byte_pair_encoder=False)(texts[:50]) == expected[:50]).all()
+
+
+def test_the_encoder_tokenizes_to_an_array(tiny_encoder: OpenClipEncoder) -> None:
+    texts = ["a red circle", "TWO   blue squares!", "a caption that goes on " * 100]
+    rows = tiny_encoder.tokenize(texts)
+    assert isinstance(rows, np.ndarray) and rows.dtype == np.int64
+    assert (rows == open_clip.get_tokenizer("xmr-test-tiny")(texts).numpy()).all()
+    np.testing.assert_allclose(
+        tiny_encoder.encode_tokens(list(rows)),
+        tiny_encoder.encode_tokens(list(torch.from_numpy(rows))),  # torch rows are taken too
+    )
 
 
 def test_a_text_of_few_long_runs_is_tokenized_in_milliseconds() -> None:
