@@ -26,7 +26,7 @@ from app.middleware import (
 )
 from app.observability.metrics import Metrics
 from app.observability.middleware import RequestObservabilityMiddleware
-from app.routers import api_router
+from app.routers import add_routes
 from app.routers.page import STATIC_DIR, SWAGGER_UI_DIR
 from models import Encoder
 
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     app.state.metrics = metrics
     app.state.ready = False
     install_error_handlers(app)
-    app.include_router(api_router)
+    add_routes(app.router)
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_middleware(app, settings)
