@@ -8,12 +8,16 @@ For each runtime and precision (bf16 variants only where the CPU has bf16 instru
 2. Through HTTP against a real server started with XMR_RUNTIME/XMR_PRECISION: text query p50
    at concurrency 1 and QPS at 32, image query p50, batch indexing images/s, and the server's
    RSS before and after a load test (32 clients mixing text and image queries and indexing).
+   Every server is up at once and they take turns, `--rounds` rounds (each figure the median
+   of its rounds): on a machine whose speed drifts by half within minutes, servers measured
+   one after the other were compared with the drift, not with each other.
 The export to ONNX is timed once, on an empty cache; every run then loads from that cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import os
@@ -24,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ from models.threads import use_threads
 from xmr.client import XmrClient
 
 LOAD_CLIENTS = 32
+RAW_BATCH_IMAGES = 128  # images of the raw batch rate's pass, in batches of 32
 
 
 def cpu_flags() -> list[str]:
@@ -83,21 +90,20 @@ def median_ms(fn: Any, repeats: int) -> float:
 def raw_figures(
     encoder: OpenClipEncoder, prepared: list[torch.Tensor], reference: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """The model alone; runs in the inference thread."""
+    """The model alone, one pass of each figure; runs in the inference thread."""
     texts = [query(n) for n in range(8)]
     batch = 32
     encoder.encode_prepared(prepared[:batch])  # warm-up
-    best = 0.0
-    for _ in range(2):  # the better of two passes, as bench.run does
-        started = time.perf_counter()
-        for start in range(0, len(prepared), batch):
-            encoder.encode_prepared(prepared[start : start + batch])
-        best = max(best, len(prepared) / (time.perf_counter() - started))
+    passed = prepared[:RAW_BATCH_IMAGES]
+    started = time.perf_counter()
+    for start in range(0, len(passed), batch):
+        encoder.encode_prepared(passed[start : start + batch])
+    rate = len(passed) / (time.perf_counter() - started)
     counter = iter(range(10**6))
     return {
         "text_query_ms": median_ms(lambda: encoder.encode_texts([query(next(counter))]), 40),
         "one_image_ms": median_ms(lambda: encoder.encode_prepared(prepared[:1]), 20),
-        "batch_images_per_s": round(best, 2),
+        "batch_images_per_s": round(rate, 2),
         "min_cosine_to_torch_fp32": round(
             min(
                 worst(encoder.encode_texts(texts), reference["texts"]),
@@ -138,6 +144,7 @@ def raw_all(args: Any, paths: list[Path], cache: Path) -> tuple[dict[str, Any], 
         pool.submit(load, "openvino", "fp32").result()  # exports into the empty cache
         export_s = time.perf_counter() - started
         results: dict[str, Any] = {}
+        encoders: dict[str, OpenClipEncoder] = {}
         for runtime, precision in variants():
             gc.collect()
             started = time.perf_counter()
@@ -149,8 +156,21 @@ def raw_all(args: Any, paths: list[Path], cache: Path) -> tuple[dict[str, Any], 
                 "load_s": round(time.perf_counter() - started, 2),
                 "runs": f"{encoder.runtime} {encoder.precision}",
             }
-            results[name] |= pool.submit(raw_figures, encoder, prepared, reference).result()
-            del encoder
+            encoders[name] = encoder
+        # all loaded, then in turns (the first changing each round), as the servers below
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in encoders}
+        names = list(encoders)
+        for round_ in range(args.rounds):
+            first = round_ % len(names)
+            for name in names[first:] + names[:first]:
+                figures = pool.submit(raw_figures, encoders[name], prepared, reference).result()
+                rounds[name].append(figures)
+        for name, taken in rounds.items():
+            results[name] |= {
+                key: round(statistics.median(figures[key] for figures in taken), 6)
+                for key in taken[0]
+            }
+        encoders.clear()
         return results, round(export_s, 1)
     finally:
         pool.shutdown()
@@ -232,9 +252,20 @@ async def load_test(base: str, images: list[bytes], seconds: float) -> dict[str,
     return {"requests": len(statuses), "errors": len(errors), "rejected_429": statuses.count(429)}
 
 
-def through_http(
+@dataclass
+class Server:
+    name: str
+    base: str
+    pid: int
+    ready_s: float
+    info: dict[str, Any]
+
+
+@contextlib.contextmanager
+def serving(
     args: Any, runtime: str, precision: str, paths: list[Path], root: Path, cache: Path
-) -> dict[str, Any]:
+) -> Iterator[Server]:
+    """A server run with XMR_RUNTIME/XMR_PRECISION, ready and warmed up by a first batch job."""
     port = free_port()
     env = os.environ | {
         "XMR_MODEL": args.model,
@@ -254,7 +285,6 @@ def through_http(
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
-    images = [jpeg(p) for p in paths[:16]]
     try:
         wait_http(f"{base}/readyz")
         ready_s = time.perf_counter() - started
@@ -264,28 +294,81 @@ def through_http(
         with XmrClient(base) as client:
             warm_up = client.submit_batch([{"image_path": p.name} for p in paths[:32]])
             client.wait_for_job(warm_up, poll_s=0.1)
-            index_rate = max(index_images_per_s(client, paths) for _ in range(2))
-        text_1 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 1))
-        text_32 = asyncio.run(search_load(base, "/v1/search/text", args.queries, 32))
-        image_p50 = asyncio.run(image_query_p50(base, images, 40))
-        embed_32 = asyncio.run(embed_request_images_per_s(base, [jpeg(p) for p in paths[:32]], 5))
-        rss_before = rss_mb(process.pid)
-        load = asyncio.run(load_test(base, images, args.load_seconds))
-        rss_after = rss_mb(process.pid)
-        return {
-            "towers": info["towers"],
-            "ready_s": round(ready_s, 1),
-            "text_query_p50_ms": text_1["p50_ms"],
-            "text_qps_at_32": text_32["qps"],
-            "image_query_p50_ms": image_p50,
-            "index_images_per_s": round(index_rate, 2),
-            "embed_request_32_images_per_s": embed_32,
-            "load_test": load,
-            "memory_before_load": rss_before,
-            "memory_after_load": rss_after,
-        }
+        yield Server(f"{runtime}-{precision}", base, process.pid, round(ready_s, 1), info)
     finally:
         stop(process)
+
+
+def one_round(server: Server, args: Any, paths: list[Path], rounds: int) -> dict[str, float]:
+    """Every figure but the load test, once, with a `rounds`-th of the queries."""
+    images = [jpeg(p) for p in paths[:16]]
+    queries = max(32, args.queries // rounds)
+    with XmrClient(server.base) as client:
+        index_rate = round(index_images_per_s(client, paths), 2)
+    text_1 = asyncio.run(search_load(server.base, "/v1/search/text", queries, 1))
+    text_32 = asyncio.run(search_load(server.base, "/v1/search/text", args.queries, 32))
+    batch = [jpeg(p) for p in paths[:32]]
+    return {
+        "text_query_p50_ms": text_1["p50_ms"],
+        "text_qps_at_32": text_32["qps"],
+        "image_query_p50_ms": asyncio.run(image_query_p50(server.base, images, queries)),
+        "index_images_per_s": index_rate,
+        "embed_request_32_images_per_s": asyncio.run(
+            embed_request_images_per_s(server.base, batch, max(2, 5 // rounds))
+        ),
+    }
+
+
+def through_http(
+    args: Any, names: list[tuple[str, str]], paths: list[Path], root: Path, cache: Path
+) -> dict[str, dict[str, Any]]:
+    """Every server up at once; `args.rounds` rounds in which each takes its turn (the first of
+    a round changing from round to round), and each figure the median of its rounds. The load
+    test likewise, a `rounds`-th of its seconds per turn, the RSS read before its first turn and
+    after its last."""
+    images = [jpeg(p) for p in paths[:16]]
+    rounds = args.rounds
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(serving(args, runtime, precision, paths, root, cache))
+            for runtime, precision in names
+        ]
+
+        def turns(round_: int) -> list[Server]:
+            first = round_ % len(servers)
+            return servers[first:] + servers[:first]
+
+        samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers}
+        for round_ in range(rounds):
+            for server in turns(round_):
+                for key, value in one_round(server, args, paths, rounds).items():
+                    samples[server.name].setdefault(key, []).append(value)
+        rss_before = {s.name: rss_mb(s.pid) for s in servers}
+        loads: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+        for round_ in range(rounds):
+            for server in turns(round_):
+                loads[server.name].append(
+                    asyncio.run(load_test(server.base, images, args.load_seconds / rounds))
+                )
+        rss_after = {s.name: rss_mb(s.pid) for s in servers}
+        return {
+            server.name: {
+                "towers": server.info["towers"],
+                "ready_s": server.ready_s,
+                **{
+                    key: round(statistics.median(values), 2)
+                    for key, values in samples[server.name].items()
+                },
+                "rounds": samples[server.name],
+                "load_test": {
+                    key: sum(turn[key] for turn in loads[server.name])
+                    for key in ("requests", "errors", "rejected_429")
+                },
+                "memory_before_load": rss_before[server.name],
+                "memory_after_load": rss_after[server.name],
+            }
+            for server in servers
+        }
 
 
 def main() -> int:
@@ -293,6 +376,12 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="turns each server takes, the servers up at once (1: one after another's figures)",
+    )
     parser.add_argument(
         "--servers",
         default="",
@@ -309,11 +398,12 @@ def main() -> int:
         cache = root / "runtime-cache"
         paths = write_images(root / "images", args.images)
         raw, export_s = raw_all(args, paths, cache)
-        http = {
-            f"{runtime}-{precision}": through_http(args, runtime, precision, paths, root, cache)
+        names = [
+            (runtime, precision)
             for runtime, precision in variants()
             if not wanted or f"{runtime}-{precision}" in wanted
-        }
+        ]
+        http = through_http(args, names, paths, root, cache)
     for name, figures in http.items():
         # against the fastest raw encode in the same precision: a CPU without bf16 has only fp32
         precision = name.rsplit("-", 1)[1]
