@@ -84,8 +84,8 @@ def add_routes(target: APIRouter, mountings: Sequence[Mounting] = API) -> None:
     path, in the order of `mountings`.
 
     Not with include_router: FastAPI (0.165) keeps an included router as a branch of its own and
-    walks each level of branches twice for every request; a text search spent about 0.18 ms
-    (warm caches; three times that after a model call) finding its route two levels down.
+    walks each level of branches twice for every request; a route behind 30 others took 0.31 ms
+    two includes down, 0.12 ms held by the app (`bench.routing`, warm caches).
     """
     for mounting in mountings:
         for router in mounting.routers:
