@@ -5,9 +5,11 @@ PID whatever the test's outcome."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,12 +138,14 @@ class HAProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = root / "haproxy.cfg"
+        self.socket = root / "haproxy.sock"
         servers = "\n".join(
             f"    server {r.name} 127.0.0.1:{r.port} check inter 300ms fall 1 rise 2"
             for r in replicas
         )
         self.config.write_text(
-            HAPROXY_CONFIG.format(port=self.port, servers=servers), encoding="utf-8"
+            HAPROXY_CONFIG.format(port=self.port, servers=servers, socket=self.socket),
+            encoding="utf-8",
         )
         self.process = subprocess.Popen(
             [binary, "-db", "-f", str(self.config)],
@@ -156,6 +160,31 @@ class HAProxy:
             time.sleep(0.1)
         raise TimeoutError("HAProxy did not pass requests within 10 s")
 
+    def wait_up(self, name: str, timeout_s: float = 30) -> None:
+        """Until HAProxy's own checks have `name` up again (as a rolling restart waits for its
+        balancer, not for a fixed time: on a busy 2-core machine 1.5 s was once not enough)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.server_status(name) == "UP":
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"HAProxy did not see {name} up within {timeout_s:g} s")
+
+    def server_status(self, name: str) -> str:
+        """`name`'s status in HAProxy's `show stat` (UP, DOWN, "UP 1/2" while rising...)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(5)
+            connection.connect(str(self.socket))
+            connection.sendall(b"show stat\n")
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        rows = csv.DictReader(answer.decode().lstrip("# ").splitlines())
+        for row in rows:
+            if row["pxname"] == "replicas" and row["svname"] == name:
+                return row["status"]
+        raise KeyError(name)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -165,12 +194,15 @@ class HAProxy:
 HAPROXY_CONFIG = """
 global
     maxconn 512
+    stats socket {socket} mode 600 level admin
 
 defaults
     mode http
     timeout connect 1s
     timeout client 120s
     timeout server 120s
+    # a replica's /readyz on a busy 2-core machine can take longer than the 300 ms interval
+    timeout check 2s
     retries 5
     option redispatch 1
     option http-buffer-request

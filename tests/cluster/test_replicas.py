@@ -148,7 +148,7 @@ def test_a_rolling_restart_behind_haproxy_fails_no_request_and_loses_no_write(
             assert replica.terminate() in (0, -signal.SIGTERM)  # uvicorn re-raises it
             replica.start()
             replica.wait_ready()
-            time.sleep(1.5)  # HAProxy's checks see it back before the next one goes
+            balancer.wait_up(replica.name)  # HAProxy sees it back before the next one goes
         time.sleep(1)
     finally:
         stop.set()
