@@ -299,15 +299,18 @@ def serving(
         stop(process)
 
 
-def one_round(server: Server, args: Any, paths: list[Path], rounds: int) -> dict[str, float]:
-    """Every figure but the load test, once, with a `rounds`-th of the queries."""
-    images = [jpeg(p) for p in paths[:16]]
+def one_round(
+    server: Server, args: Any, paths: list[Path], jpegs: list[bytes], rounds: int
+) -> dict[str, float]:
+    """Every figure but the load test, once, with a `rounds`-th of the queries; `jpegs` are
+    the first 32 images as JPEG."""
+    images = jpegs[:16]
     queries = max(32, args.queries // rounds)
     with XmrClient(server.base) as client:
         index_rate = round(index_images_per_s(client, paths), 2)
     text_1 = asyncio.run(search_load(server.base, "/v1/search/text", queries, 1))
     text_32 = asyncio.run(search_load(server.base, "/v1/search/text", args.queries, 32))
-    batch = [jpeg(p) for p in paths[:32]]
+    batch = jpegs[:32]
     return {
         "text_query_p50_ms": text_1["p50_ms"],
         "text_qps_at_32": text_32["qps"],
@@ -326,7 +329,8 @@ def through_http(
     a round changing from round to round), and each figure the median of its rounds. The load
     test likewise, a `rounds`-th of its seconds per turn, the RSS read before its first turn and
     after its last."""
-    images = [jpeg(p) for p in paths[:16]]
+    jpegs = [jpeg(p) for p in paths[:32]]
+    images = jpegs[:16]
     rounds = args.rounds
     with contextlib.ExitStack() as stack:
         servers = [
@@ -341,7 +345,7 @@ def through_http(
         samples: dict[str, dict[str, list[float]]] = {s.name: {} for s in servers}
         for round_ in range(rounds):
             for server in turns(round_):
-                for key, value in one_round(server, args, paths, rounds).items():
+                for key, value in one_round(server, args, paths, jpegs, rounds).items():
                     samples[server.name].setdefault(key, []).append(value)
         rss_before = {s.name: rss_mb(s.pid) for s in servers}
         loads: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
