@@ -3,8 +3,12 @@
     .venv/bin/python -m bench.query_path --json-out bench/query-path-cpu.json
 
 One server (XMR_RUNTIME as set, default auto) with 64 images indexed; each figure is the p50 of
-`--requests` sequential requests with the same client (httpx), interleaved in rounds so that
-drift hits all alike:
+`--requests` sequential requests per client, interleaved in rounds so that drift hits all
+alike. Two clients take turns, request by request: the standard library's http.client on one
+kept-alive connection (the headline figures: it costs little in Python itself, so they are
+mostly the server's) and httpx (under `httpx`, with what it costs over http.client on the
+same empty route: `its_own_cost_ms`, the client's share of any figure measured with it).
+The kinds:
 - GET /healthz: HTTP and the whole middleware stack, nothing else (the floor);
 - POST /v1/embed/text with one query: + the route, tokenizing, the batcher's hand-off to the
   inference thread, the encode and 512 floats of JSON;
@@ -35,8 +39,9 @@ difference between the two, not the figures against the raw encode.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import http.client
+import json
 import os
 import platform
 import statistics
@@ -46,8 +51,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import torch
@@ -64,17 +71,74 @@ from xmr.client import XmrClient
 
 ROUNDS = 5
 
-Request = Callable[[httpx.AsyncClient, int], Any]
-REQUESTS: dict[str, Request] = {
-    "healthz": lambda http, n: http.get("/healthz"),
-    "embed_text": lambda http, n: http.post("/v1/embed/text", json={"texts": [query(n)]}),
-    "search_text": lambda http, n: http.get("/v1/search/text", params={"q": query(n), "k": 10}),
+
+@dataclass(frozen=True)
+class Ask:
+    """One kind of request: its method and path, and the n-th request's query and JSON body."""
+
+    method: str
+    path: str
+    params: Callable[[int], dict[str, Any]] = lambda n: {}
+    body: Callable[[int], Any] | None = None
+
+
+REQUESTS: dict[str, Ask] = {
+    "healthz": Ask("GET", "/healthz"),
+    "embed_text": Ask("POST", "/v1/embed/text", body=lambda n: {"texts": [query(n)]}),
+    "search_text": Ask("GET", "/v1/search/text", params=lambda n: {"q": query(n), "k": 10}),
 }
-CACHED: dict[str, Request] = {
-    "search_text_cached": lambda http, n: http.get(
-        "/v1/search/text", params={"q": query(0), "k": 10}
-    ),
+CACHED: dict[str, Ask] = {
+    "search_text_cached": Ask("GET", "/v1/search/text", params=lambda n: {"q": query(0), "k": 10}),
 }
+
+
+class HttpxClient:
+    """httpx, as an application in Python would call the service."""
+
+    name = "httpx"
+
+    def __init__(self, base: str) -> None:
+        self._http = httpx.Client(base_url=base, timeout=60)
+
+    def send(self, ask: Ask, n: int) -> None:
+        body = ask.body(n) if ask.body else None
+        self._http.request(ask.method, ask.path, params=ask.params(n), json=body).raise_for_status()
+
+    def metrics(self) -> str:
+        return self._http.get("/metrics").text
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class StdlibClient:
+    """The standard library's http.client on one kept-alive connection: the same requests at a
+    small part of httpx's own cost in Python, so that what it measures is mostly the server."""
+
+    name = "http.client"
+
+    def __init__(self, base: str) -> None:
+        address = urlsplit(base)
+        self._connection = http.client.HTTPConnection(
+            address.hostname or "127.0.0.1", address.port, timeout=60
+        )
+
+    def send(self, ask: Ask, n: int) -> None:
+        params = ask.params(n)
+        target = f"{ask.path}?{urlencode(params)}" if params else ask.path
+        headers = {"content-type": "application/json"} if ask.body else {}
+        body = json.dumps(ask.body(n)).encode() if ask.body else None
+        self._connection.request(ask.method, target, body=body, headers=headers)
+        response = self._connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{ask.method} {target}: {response.status} {data[:200]!r}")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+CLIENTS = (StdlibClient, HttpxClient)
 
 
 ROUTES = {"healthz": "/healthz", "embed_text": "/v1/embed/text", "search_text": "/v1/search/text"}
@@ -113,38 +177,43 @@ def mean_ms(
     return round(total / count * 1000, 2)
 
 
-async def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[str, Any]:
-    """Per server (name -> base URL): p50 ms of each request kind, `ROUNDS` rounds of
-    `per_round` each, the kinds interleaved by round and the servers request by request, so
-    that the machine's drift hits all alike; and the means each server's own metrics give for
-    the same requests."""
+def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[str, Any]:
+    """Per server (name -> base URL) and client: p50 ms of each request kind, `ROUNDS` rounds
+    of `per_round` each, the kinds interleaved by round, the servers and clients request by
+    request, so that the machine's drift hits all alike; and the means each server's own
+    metrics give for the same requests."""
     kinds = REQUESTS | (CACHED if cached else {})
-    times: dict[str, dict[str, list[float]]] = {
-        server: {name: [] for name in kinds} for server in bases
+    clients: dict[str, list[StdlibClient | HttpxClient]] = {
+        server: [make(base) for make in CLIENTS] for server, base in bases.items()
     }
-    clients = {
-        server: httpx.AsyncClient(base_url=base, timeout=60) for server, base in bases.items()
+    times: dict[str, dict[str, dict[str, list[float]]]] = {
+        server: {client.name: {name: [] for name in kinds} for client in clients[server]}
+        for server in bases
     }
     before: dict[str, dict[str, tuple[float, float]]] = {}
     try:
-        for server, http in clients.items():
-            for make in kinds.values():  # warm-up: every text length bucket is compiled
+        for server, pair in clients.items():
+            for ask in kinds.values():  # warm-up: every text length bucket is compiled
                 for n in range(20):
-                    (await make(http, n)).raise_for_status()
-            before[server] = server_seconds((await http.get("/metrics")).text)
+                    for client in pair:
+                        client.send(ask, n)
+            before[server] = server_seconds(HttpxClient(bases[server]).metrics())
         for round_ in range(ROUNDS):
-            for name, make in kinds.items():
+            for name, ask in kinds.items():
                 for n in range(round_ * per_round, (round_ + 1) * per_round):
-                    for server, http in clients.items():  # the servers take turns, a request each
-                        started = time.perf_counter()
-                        (await make(http, n)).raise_for_status()
-                        times[server][name].append((time.perf_counter() - started) * 1000)
+                    for server, pair in clients.items():  # servers and clients take turns
+                        for client in pair:
+                            started = time.perf_counter()
+                            client.send(ask, n)
+                            elapsed = (time.perf_counter() - started) * 1000
+                            times[server][client.name][name].append(elapsed)
         figures: dict[str, Any] = {}
-        for server, http in clients.items():
-            after = server_seconds((await http.get("/metrics")).text)
+        for server, by_client in times.items():
+            after = server_seconds(HttpxClient(bases[server]).metrics())
             ahead = before[server]
             figures[server] = {
-                name: round(statistics.median(values), 2) for name, values in times[server].items()
+                client: {name: round(statistics.median(v), 2) for name, v in by_kind.items()}
+                for client, by_kind in by_client.items()
             }
             figures[server]["server_means_ms"] = {
                 **{
@@ -155,8 +224,9 @@ async def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> d
             }
         return figures
     finally:
-        for http in clients.values():
-            await http.aclose()
+        for pair in clients.values():
+            for client in pair:
+                client.close()
 
 
 @contextlib.contextmanager
@@ -199,7 +269,7 @@ def through_http(args: Any, root: Path, paths: list[Path]) -> dict[str, Any]:
         }
         info = httpx.get(f"{bases['this']}/v1/info").json()
         cached = args.query_cache_mb > 0
-        figures = asyncio.run(timed_rounds(bases, args.requests // ROUNDS, cached))
+        figures = timed_rounds(bases, args.requests // ROUNDS, cached)
     return {"runtime": info["runtime"], "precision": info["precision"], **figures}
 
 
@@ -301,22 +371,29 @@ def main() -> int:
 
 
 def figures_against_raw(http: dict[str, Any], encode: float, paced: float) -> dict[str, Any]:
-    """One server's p50s and means, set against the raw encode of the same run."""
-    means = http.pop("server_means_ms")
+    """One server's p50s (by the lean client; httpx's beside them) and means, set against the
+    raw encode of the same run."""
+    means = http["server_means_ms"]
+    lean, httpx_ = http[StdlibClient.name], http[HttpxClient.name]
     return {
-        "p50_ms": {**http, "raw_encode": encode, "raw_encode_paced": paced},
+        "p50_ms": {**lean, "raw_encode": encode, "raw_encode_paced": paced},
         "breakdown_ms": {
-            "http_and_middleware": http["healthz"],
-            "route_tokenize_batcher_json": round(http["embed_text"] - http["healthz"] - encode, 2),
-            "search_and_records": round(http["search_text"] - http["embed_text"], 2),
+            "http_and_middleware": lean["healthz"],
+            "route_tokenize_batcher_json": round(lean["embed_text"] - lean["healthz"] - encode, 2),
+            "search_and_records": round(lean["search_text"] - lean["embed_text"], 2),
         },
         "server_means_ms": means,
         "inside_app_beyond_the_model_call_ms": {
             kind: round(means[f"inside_app_{kind}"] - means["text_model_call"], 2)
             for kind in ("embed_text", "search_text")
         },
-        "over_raw_ms": round(http["search_text"] - encode, 2),
-        "over_paced_raw_ms": round(http["search_text"] - paced, 2),
+        "over_raw_ms": round(lean["search_text"] - encode, 2),
+        "over_paced_raw_ms": round(lean["search_text"] - paced, 2),
+        "httpx": {
+            "p50_ms": httpx_,
+            "over_raw_ms": round(httpx_["search_text"] - encode, 2),
+            "its_own_cost_ms": round(httpx_["healthz"] - lean["healthz"], 2),
+        },
     }
 
 
