@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -18,6 +17,7 @@ from app.jobs.runner import JobRunner
 from app.jobs.staging import open_staging
 from app.jobs.tagging import TaggingJob
 from app.observability.metrics import CollectionGauges, ServiceState
+from app.services.batcher import OnBatch
 from app.services.collections import Limits
 from app.services.encoding import EncodingService
 from app.services.model_policy import AllowedModels, allowed_models
@@ -52,7 +52,7 @@ class Services:
         cls,
         settings: Settings,
         encoder: Encoder | None = None,
-        on_batch: Callable[[str, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> Services:
         """Load the default model, open every collection, resume unfinished re-embeddings.
 
@@ -256,6 +256,6 @@ def encoding_service(
     settings: Settings,
     encoder: Encoder,
     pools: Pools,
-    on_batch: Callable[[str, int, float], None] | None,
+    on_batch: OnBatch | None,
 ) -> EncodingService:
     return EncodingService(encoder, settings.encoding_limits(), on_batch=on_batch, pools=pools)

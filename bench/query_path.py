@@ -22,11 +22,14 @@ and paced (`--raw-pause-ms` between calls, as a server's calls come). The differ
 are the breakdown; `over_raw_ms` is the search's p50 less the raw encode's.
 The server's own metrics over the same requests give means inside the app (from the outermost
 middleware's start to its end) per route, and of the text model calls as the batcher times
-them (its hops to the inference thread and back included): what is left of a route's time
-beyond the model call is the event loop's share. Last, tokenizing one query on this process's
-main thread (as the server's event loop does) with its caches warm (in a loop) and right after a
-model call on the inference thread: the same Python code, a few times slower once the model has
-run through the caches.
+them (its hops to the inference thread and back included) and of the encodes alone (timed on
+the inference thread): what is left of a route's time beyond the model call is the event
+loop's share; a p50 at the client less the encode alone is the query path's cost over the
+model measured in one server over the same requests (`over_the_model_in_the_server_ms`),
+which the machine's drift between the server's run and the raw encode's cannot bend. Last,
+tokenizing one query on this process's main thread (as the server's event loop does) with its
+caches warm (in a loop) and right after a model call on the inference thread: the same Python
+code, a few times slower once the model has run through the caches.
 
 With `--baseline-tree DIR` (a checkout of other code, e.g. `git worktree add /tmp/old HEAD~1`)
 a second server runs that code beside this one's, and the rounds alternate between the two: a
@@ -146,8 +149,8 @@ ROUTES = {"healthz": "/healthz", "embed_text": "/v1/embed/text", "search_text": 
 
 def server_seconds(metrics: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the app's own timings in a /metrics scrape: each route's time inside the
-    outermost middleware, and the text model calls (the batcher's hop to the inference thread,
-    the encode, the hop back)."""
+    outermost middleware, the text model calls (the batcher's hop to the inference thread, the
+    encode, the hop back) and the encodes alone (timed on the inference thread)."""
     found: dict[str, tuple[float, float]] = {}
     for family in text_string_to_metric_families(metrics):
         for sample in family.samples:
@@ -159,6 +162,8 @@ def server_seconds(metrics: str) -> dict[str, tuple[float, float]]:
                 key = f"route {labels['route']}"
             elif family.name == "xmr_encode_batch_duration_seconds":
                 key = f"model {labels['modality']}"
+            elif family.name == "xmr_encode_model_duration_seconds":
+                key = f"model alone {labels['modality']}"
             else:
                 continue
             total, count = found.get(key, (0.0, 0.0))
@@ -221,6 +226,12 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
                     for n, r in ROUTES.items()
                 },
                 "text_model_call": mean_ms(ahead, after, "model text"),
+                # not in the metrics of a baseline tree from before the model's own timing
+                **(
+                    {"text_model_alone": mean_ms(ahead, after, "model alone text")}
+                    if "model alone text" in after
+                    else {}
+                ),
             }
         return figures
     finally:
@@ -389,11 +400,25 @@ def figures_against_raw(http: dict[str, Any], encode: float, paced: float) -> di
         },
         "over_raw_ms": round(lean["search_text"] - encode, 2),
         "over_paced_raw_ms": round(lean["search_text"] - paced, 2),
+        **over_the_model_in_the_server(lean, means),
         "httpx": {
             "p50_ms": httpx_,
             "over_raw_ms": round(httpx_["search_text"] - encode, 2),
             "its_own_cost_ms": round(httpx_["healthz"] - lean["healthz"], 2),
         },
+    }
+
+
+def over_the_model_in_the_server(lean: dict[str, float], means: dict[str, float]) -> dict[str, Any]:
+    """Against the encode in the same server over the same requests: no drift between them."""
+    if "text_model_alone" not in means:
+        return {}
+    alone = means["text_model_alone"]
+    return {
+        "over_the_model_in_the_server_ms": {
+            kind: round(lean[kind] - alone, 2) for kind in ("embed_text", "search_text")
+        },
+        "hand_off_to_the_inference_thread_and_back_ms": round(means["text_model_call"] - alone, 2),
     }
 
 

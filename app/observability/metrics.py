@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.services.batcher import BatchTimes
 from app.services.query_cache import QueryCacheStats
 from index import IndexInfo, Kind
 from models.tower_run import TOWERS
@@ -51,15 +52,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.model_seconds = Histogram(
+            "xmr_encode_model_duration_seconds",
+            "Time of one model call on the inference thread alone, by modality (the batch "
+            "duration less the hand-off to that thread and back)",
+            ["modality"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._state: StateCollector | None = None
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.request_seconds.labels(method, route).observe(seconds)
 
-    def observe_batch(self, modality: str, size: int, seconds: float) -> None:
-        self.batch_size.labels(modality).observe(size)
-        self.batch_seconds.labels(modality).observe(seconds)
+    def observe_batch(self, batch: BatchTimes) -> None:
+        self.batch_size.labels(batch.modality).observe(batch.items)
+        self.batch_seconds.labels(batch.modality).observe(batch.seconds)
+        self.model_seconds.labels(batch.modality).observe(batch.model_seconds)
 
     def watch(self, state: Callable[[], ServiceState]) -> None:
         """Report the service's live state at every scrape (until `unwatch`)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -27,6 +28,20 @@ from app.services.errors import OverloadedError
 from app.services.threads import run_in
 
 In = TypeVar("In")
+
+
+@dataclass(frozen=True)
+class BatchTimes:
+    """One model call of a batcher: how many items, the seconds it took seen from the event
+    loop (the hand-off to the inference thread and back included) and on that thread alone."""
+
+    modality: str
+    items: int
+    seconds: float
+    model_seconds: float
+
+
+OnBatch = Callable[[BatchTimes], None]
 
 
 @dataclass
@@ -62,7 +77,7 @@ class Batcher(Generic[In]):
         executor: Executor,
         max_batch: int,
         max_queue: int,
-        on_batch: Callable[[str, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> None:
         self.name = name
         self._encode = encode
@@ -128,10 +143,11 @@ class Batcher(Generic[In]):
             while self._turns:
                 batch = self._take_batch()
                 started = loop.time()
-                await self._run(batch)
+                model_seconds = await self._run(batch)
                 if self._on_batch is not None and batch:
                     size = sum(s.stop - s.start for s in batch)
-                    self._on_batch(self.name, size, loop.time() - started)
+                    seconds = loop.time() - started
+                    self._on_batch(BatchTimes(self.name, size, seconds, model_seconds))
 
     def _take_batch(self) -> list[_Slice[In]]:
         """Up to `max_batch` items: the lanes waiting share it, a piece of each one's first
@@ -158,24 +174,26 @@ class Batcher(Generic[In]):
                 self._turns.append(lane)
         return batch
 
-    async def _run(self, batch: list[_Slice[In]]) -> None:
+    async def _run(self, batch: list[_Slice[In]]) -> float:
+        """Encode `batch` and hand each request its rows; the seconds the model calls took on
+        the inference thread (those that failed not counted)."""
         if not batch:
-            return
+            return 0.0
         items = [item for piece in batch for item in piece.items]
         try:
-            vectors = await run_in(self._executor, self._encode, items)
+            vectors, model_seconds = await run_in(self._executor, _timed, self._encode, items)
         except Exception as error:
             if len(batch) == 1:
                 self._fail(batch[0].request, error)
-                return
-            for piece in batch:  # one bad request must not fail its neighbours
-                await self._run([piece])
-            return
+                return 0.0
+            # one bad request must not fail its neighbours
+            return sum([await self._run([piece]) for piece in batch])
         start = 0
         for piece in batch:
             count = piece.stop - piece.start
             self._deliver(piece, vectors[start : start + count])
             start += count
+        return model_seconds
 
     def _deliver(self, piece: _Slice[In], rows: np.ndarray) -> None:
         request = piece.request
@@ -190,3 +208,10 @@ class Batcher(Generic[In]):
         """A request whose piece failed fails whole; what is left of it is not encoded."""
         if not request.future.done():
             request.future.set_exception(error)
+
+
+def _timed(encode: Callable[[list[In]], np.ndarray], items: list[In]) -> tuple[np.ndarray, float]:
+    """`encode(items)` and the seconds it took, timed on the thread that runs it."""
+    started = time.perf_counter()
+    vectors = encode(items)
+    return vectors, time.perf_counter() - started

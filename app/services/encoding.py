@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from app.services.batcher import Batcher
+from app.services.batcher import Batcher, OnBatch
 from app.services.query_cache import QueryCacheStats, QueryVectorCache, token_key
 from app.services.threads import (
     LARGE_DECODE_NICENESS,
@@ -77,7 +77,7 @@ class EncodingService:
         self,
         encoder: Encoder,
         limits: EncodingLimits,
-        on_batch: Callable[[str, int, float], None] | None = None,
+        on_batch: OnBatch | None = None,
         inference: ThreadPoolExecutor | None = None,
         pools: Pools | None = None,
     ) -> None:

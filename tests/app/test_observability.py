@@ -49,7 +49,13 @@ def test_metrics_count_requests_batches_and_index_sizes(client: TestClient) -> N
     assert metric_value(text, "xmr_encode_batch_size_sum", modality="image") == 2
     # three texts indexed, one query: its two repeats came from the query cache
     assert metric_value(text, "xmr_encode_batch_size_sum", modality="text") == 3 + 1
-    assert metric_value(text, "xmr_encode_batch_duration_seconds_count", modality="text") >= 2
+    batches = metric_value(text, "xmr_encode_batch_duration_seconds_count", modality="text")
+    assert batches >= 2
+    # the model's own time of the same calls, on the inference thread: within their whole time
+    assert metric_value(text, "xmr_encode_model_duration_seconds_count", modality="text") == batches
+    model_sum = metric_value(text, "xmr_encode_model_duration_seconds_sum", modality="text")
+    whole_sum = metric_value(text, "xmr_encode_batch_duration_seconds_sum", modality="text")
+    assert 0 < model_sum <= whole_sum
     model_id = f"{TINY_MODEL}/random-init"
     assert metric_value(text, "xmr_encode_queue_depth", model_id=model_id, modality="text") == 0
     assert metric_value(text, "xmr_query_cache_lookups_total", model_id=model_id, result="hit") == 2

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.services.batcher import Batcher
+from app.services.batcher import Batcher, BatchTimes, OnBatch
 from app.services.errors import OverloadedError
 
 
@@ -32,9 +32,18 @@ class SlowModel:
         return np.array([[len(t), call] for t in texts], dtype=np.float32)
 
 
-def run(coro_factory, model: SlowModel, max_batch: int = 64, max_queue: int = 1000):  # type: ignore[no-untyped-def]
+def run(  # type: ignore[no-untyped-def]
+    coro_factory,
+    model: SlowModel,
+    max_batch: int = 64,
+    max_queue: int = 1000,
+    executor: ThreadPoolExecutor | None = None,
+    on_batch: OnBatch | None = None,
+):
     async def main():  # type: ignore[no-untyped-def]
-        batcher: Batcher[str] = Batcher("text", model, ThreadPoolExecutor(1), max_batch, max_queue)
+        batcher: Batcher[str] = Batcher(
+            "text", model, executor or ThreadPoolExecutor(1), max_batch, max_queue, on_batch
+        )
         batcher.start()
         try:
             return await coro_factory(batcher)
@@ -102,6 +111,31 @@ def test_one_failing_request_does_not_fail_its_neighbours() -> None:
     _, ok1, boom, ok2 = run(scenario, model)
     assert isinstance(boom, ValueError)
     assert isinstance(ok1, np.ndarray) and isinstance(ok2, np.ndarray)
+
+
+def test_each_model_call_reports_the_model_s_own_time_apart_from_the_hand_off() -> None:
+    """The model's time is taken on the inference thread: a call that waited there behind other
+    work reports that wait in its whole time only. A failed call counts no model time; its
+    requests encoded again one by one count theirs."""
+    model = SlowModel(0.05)
+    inference = ThreadPoolExecutor(1)
+    reports: list[BatchTimes] = []
+
+    async def scenario(batcher: Batcher[str]) -> None:
+        inference.submit(time.sleep, 0.2)  # other work holds the inference thread
+        await batcher.submit(["first"])
+        blocker = asyncio.ensure_future(batcher.submit(["second"]))
+        await asyncio.sleep(0.005)
+        rest = [batcher.submit(["ok-1"]), batcher.submit(["boom"]), batcher.submit(["ok-2"])]
+        await blocker
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    run(scenario, model, executor=inference, on_batch=reports.append)
+    assert [(r.modality, r.items) for r in reports] == [("text", 1), ("text", 1), ("text", 3)]
+    waited, alone, split = reports
+    assert 0.05 <= waited.model_seconds < 0.15 and waited.seconds >= 0.2 + 0.05
+    assert 0.05 <= alone.model_seconds <= alone.seconds
+    assert 2 * 0.05 <= split.model_seconds < 3 * 0.05 and split.model_seconds <= split.seconds
 
 
 class GatedModel(SlowModel):

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from app.services.batcher import BatchTimes
 from app.services.encoding import EncodingLimits, EncodingService
 from app.services.query_cache import ENTRY_OVERHEAD_BYTES, QueryVectorCache, token_key
 from models import OpenClipEncoder
@@ -63,9 +64,9 @@ def run_queries(
     how many texts the model encoded."""
     encoded = 0
 
-    def count(modality: str, size: int, seconds: float) -> None:
+    def count(batch: BatchTimes) -> None:
         nonlocal encoded
-        encoded += size
+        encoded += batch.items
 
     async def main() -> list[np.ndarray]:
         limits = EncodingLimits(max_image_pixels=10**7, query_cache_bytes=cache_bytes)
