@@ -134,7 +134,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_origins=origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", "Server-Timing"],
         )
     hosts = settings.trusted_hosts()
     if hosts == ["*"] and not api_key:

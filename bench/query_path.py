@@ -24,9 +24,11 @@ The server's own metrics over the same requests give means inside the app (from 
 middleware's start to its end) per route, and of the text model calls as the batcher times
 them (its hops to the inference thread and back included) and of the encodes alone (timed on
 the inference thread): what is left of a route's time beyond the model call is the event
-loop's share; a p50 at the client less the encode alone is the query path's cost over the
-model measured in one server over the same requests (`over_the_model_in_the_server_ms`),
-which the machine's drift between the server's run and the raw encode's cannot bend. Last,
+loop's share. Each response's Server-Timing header says how long the model took for it: the
+p50 of each request's time at the client less its model time is the query path's cost over the
+model in one server (`over_the_model_in_the_server_ms`; tokenizing is in it, as in the raw
+encode), which the machine's drift between the server's run and the raw encode's cannot
+bend. Last,
 tokenizing one query on this process's main thread (as the server's event loop does) with its
 caches warm (in a loop) and right after a model call on the inference thread: the same Python
 code, a few times slower once the model has run through the caches.
@@ -103,9 +105,11 @@ class HttpxClient:
     def __init__(self, base: str) -> None:
         self._http = httpx.Client(base_url=base, timeout=60)
 
-    def send(self, ask: Ask, n: int) -> None:
+    def send(self, ask: Ask, n: int) -> float | None:
         body = ask.body(n) if ask.body else None
-        self._http.request(ask.method, ask.path, params=ask.params(n), json=body).raise_for_status()
+        response = self._http.request(ask.method, ask.path, params=ask.params(n), json=body)
+        response.raise_for_status()
+        return model_ms(response.headers.get("server-timing"))
 
     def metrics(self) -> str:
         return self._http.get("/metrics").text
@@ -126,7 +130,7 @@ class StdlibClient:
             address.hostname or "127.0.0.1", address.port, timeout=60
         )
 
-    def send(self, ask: Ask, n: int) -> None:
+    def send(self, ask: Ask, n: int) -> float | None:
         params = ask.params(n)
         target = f"{ask.path}?{urlencode(params)}" if params else ask.path
         headers = {"content-type": "application/json"} if ask.body else {}
@@ -136,12 +140,22 @@ class StdlibClient:
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"{ask.method} {target}: {response.status} {data[:200]!r}")
+        return model_ms(response.getheader("server-timing"))
 
     def close(self) -> None:
         self._connection.close()
 
 
 CLIENTS = (StdlibClient, HttpxClient)
+
+
+def model_ms(server_timing: str | None) -> float | None:
+    """The model's milliseconds in a response's Server-Timing header (None without one)."""
+    for entry in (server_timing or "").split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        if name == "model":
+            return float(duration)
+    return None
 
 
 ROUTES = {"healthz": "/healthz", "embed_text": "/v1/embed/text", "search_text": "/v1/search/text"}
@@ -195,6 +209,11 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
         server: {client.name: {name: [] for name in kinds} for client in clients[server]}
         for server in bases
     }
+    # the same requests' time beyond the model's (Server-Timing), where a server reports it
+    beyond: dict[str, dict[str, dict[str, list[float]]]] = {
+        server: {client.name: {name: [] for name in kinds} for client in clients[server]}
+        for server in bases
+    }
     before: dict[str, dict[str, tuple[float, float]]] = {}
     try:
         for server, pair in clients.items():
@@ -209,9 +228,11 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
                     for server, pair in clients.items():  # servers and clients take turns
                         for client in pair:
                             started = time.perf_counter()
-                            client.send(ask, n)
+                            model = client.send(ask, n)
                             elapsed = (time.perf_counter() - started) * 1000
                             times[server][client.name][name].append(elapsed)
+                            if model is not None:
+                                beyond[server][client.name][name].append(elapsed - model)
         figures: dict[str, Any] = {}
         for server, by_client in times.items():
             after = server_seconds(HttpxClient(bases[server]).metrics())
@@ -219,6 +240,14 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
             figures[server] = {
                 client: {name: round(statistics.median(v), 2) for name, v in by_kind.items()}
                 for client, by_kind in by_client.items()
+            }
+            figures[server]["over_the_model"] = {
+                client: {
+                    name: round(statistics.median(v), 2)
+                    for name, v in by_kind.items()
+                    if v and len(v) == len(times[server][client][name])
+                }
+                for client, by_kind in beyond[server].items()
             }
             figures[server]["server_means_ms"] = {
                 **{
@@ -400,25 +429,28 @@ def figures_against_raw(http: dict[str, Any], encode: float, paced: float) -> di
         },
         "over_raw_ms": round(lean["search_text"] - encode, 2),
         "over_paced_raw_ms": round(lean["search_text"] - paced, 2),
-        **over_the_model_in_the_server(lean, means),
+        **over_the_model_in_the_server(http, means),
         "httpx": {
             "p50_ms": httpx_,
             "over_raw_ms": round(httpx_["search_text"] - encode, 2),
             "its_own_cost_ms": round(httpx_["healthz"] - lean["healthz"], 2),
+            "over_the_model_ms": http["over_the_model"][HttpxClient.name],
         },
     }
 
 
-def over_the_model_in_the_server(lean: dict[str, float], means: dict[str, float]) -> dict[str, Any]:
-    """Against the encode in the same server over the same requests: no drift between them."""
-    if "text_model_alone" not in means:
+def over_the_model_in_the_server(http: dict[str, Any], means: dict[str, float]) -> dict[str, Any]:
+    """Against the model's time in the same server for the same requests (Server-Timing), and
+    the hand-off to the inference thread and back (the server's metrics): no drift between a
+    figure and what it is set against. Empty for a server without them (an older tree)."""
+    lean = http["over_the_model"][StdlibClient.name]
+    if not lean or "text_model_alone" not in means:
         return {}
-    alone = means["text_model_alone"]
     return {
-        "over_the_model_in_the_server_ms": {
-            kind: round(lean[kind] - alone, 2) for kind in ("embed_text", "search_text")
-        },
-        "hand_off_to_the_inference_thread_and_back_ms": round(means["text_model_call"] - alone, 2),
+        "over_the_model_in_the_server_ms": lean,
+        "hand_off_to_the_inference_thread_and_back_ms": round(
+            means["text_model_call"] - means["text_model_alone"], 2
+        ),
     }
 
 

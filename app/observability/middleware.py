@@ -1,4 +1,5 @@
-"""Per-request bookkeeping: request id, one access-log line, and the HTTP metrics."""
+"""Per-request bookkeeping: request id, Server-Timing, one access-log line, and the HTTP
+metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.logs import loggable, request_id_from, request_id_var
 from app.observability.metrics import Metrics
+from app.services.batcher import ModelTime, model_time_var
 
 access_log = logging.getLogger("xmr.access")
 
@@ -30,6 +32,8 @@ class RequestObservabilityMiddleware:
             return
         request_id = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
         token = request_id_var.set(request_id)
+        model_time = ModelTime()
+        model_token = model_time_var.set(model_time)
         started = time.perf_counter()
         status = 500
 
@@ -39,6 +43,8 @@ class RequestObservabilityMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                timing = server_timing(time.perf_counter() - started, model_time.seconds)
+                headers.append((b"server-timing", timing.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -63,4 +69,14 @@ class RequestObservabilityMiddleware:
                     "duration_ms": round(seconds * 1000, 2),
                 },
             )
+            model_time_var.reset(model_token)
             request_id_var.reset(token)
+
+
+def server_timing(app_seconds: float, model_seconds: float) -> str:
+    """A Server-Timing header (W3C): the time in the app until the response started, and the
+    model's share of it where the request had items encoded (a query cache hit has none)."""
+    timing = f"app;dur={app_seconds * 1000:.2f}"
+    if model_seconds > 0:
+        timing = f"model;dur={model_seconds * 1000:.2f}, {timing}"
+    return timing

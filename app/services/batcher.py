@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -45,11 +46,24 @@ OnBatch = Callable[[BatchTimes], None]
 
 
 @dataclass
+class ModelTime:
+    """The seconds the model spent on batches that carried a caller's items."""
+
+    seconds: float = 0.0
+
+
+# Set per HTTP request (app.observability.middleware), which reports it as Server-Timing; every
+# batcher call made in that request's context adds the model time of its batches.
+model_time_var: ContextVar[ModelTime | None] = ContextVar("xmr_model_time", default=None)
+
+
+@dataclass
 class _Request(Generic[In]):
     items: Sequence[In]
     future: asyncio.Future[np.ndarray] = field(repr=False)
     taken: int = 0  # items handed to batches so far
     parts: list[np.ndarray] = field(default_factory=list)  # their rows, in order
+    model_seconds: float = 0.0  # of the batches that carried some of its items
 
     @property
     def left(self) -> int:
@@ -130,10 +144,16 @@ class Batcher(Generic[In]):
         waiting = self._lanes.setdefault(lane, deque())
         if not waiting:
             self._turns.append(lane)
-        waiting.append(_Request(items, future))
+        request = _Request(items, future)
+        waiting.append(request)
         self._queued_items += len(items)
         self._wakeup.set()
-        return await future
+        try:
+            return await future
+        finally:
+            model_time = model_time_var.get()
+            if model_time is not None:
+                model_time.seconds += request.model_seconds
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -191,6 +211,7 @@ class Batcher(Generic[In]):
         start = 0
         for piece in batch:
             count = piece.stop - piece.start
+            piece.request.model_seconds += model_seconds
             self._deliver(piece, vectors[start : start + count])
             start += count
         return model_seconds

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -82,6 +83,26 @@ def test_request_ids_are_echoed_or_made_up(client: TestClient) -> None:
     assert made.headers["x-request-id"] != "bad id; with spaces"
     assert len(made.headers["x-request-id"]) == 32
     assert client.get("/healthz").headers["x-request-id"] != made.headers["x-request-id"]
+
+
+def timings(response: httpx.Response) -> dict[str, float]:
+    """The durations of a Server-Timing header, by name."""
+    found = {}
+    for entry in response.headers["server-timing"].split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        found[name] = float(duration)
+    return found
+
+
+def test_server_timing_says_the_model_s_share_of_a_request(client: TestClient) -> None:
+    first = timings(client.post("/v1/embed/text", json={"texts": ["a red circle", "a square"]}))
+    assert 0 < first["model"] <= first["app"]
+    search = timings(client.get("/v1/search/text", params={"q": "a blue star", "k": 3}))
+    assert 0 < search["model"] <= search["app"]
+    # no model call: an empty route, and a query the query cache answers
+    assert set(timings(client.get("/healthz"))) == {"app"}
+    again = client.get("/v1/search/text", params={"q": "a blue star", "k": 3})
+    assert again.status_code == 200 and set(timings(again)) == {"app"}
 
 
 @pytest.fixture

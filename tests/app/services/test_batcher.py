@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.services.batcher import Batcher, BatchTimes, OnBatch
+from app.services.batcher import Batcher, BatchTimes, ModelTime, OnBatch, model_time_var
 from app.services.errors import OverloadedError
 
 
@@ -136,6 +136,31 @@ def test_each_model_call_reports_the_model_s_own_time_apart_from_the_hand_off() 
     assert 0.05 <= waited.model_seconds < 0.15 and waited.seconds >= 0.2 + 0.05
     assert 0.05 <= alone.model_seconds <= alone.seconds
     assert 2 * 0.05 <= split.model_seconds < 3 * 0.05 and split.model_seconds <= split.seconds
+
+
+def test_a_caller_s_model_time_is_that_of_every_batch_that_carried_its_items() -> None:
+    model = SlowModel(0.03)
+
+    async def timed(batcher: Batcher[str], items: list[str]) -> float:
+        model_time_var.set(ModelTime())  # each task has its own copy of the context
+        await batcher.submit(items)
+        taken = model_time_var.get()
+        assert taken is not None
+        return taken.seconds
+
+    async def scenario(batcher: Batcher[str]) -> tuple[float, float, bool]:
+        large = asyncio.ensure_future(timed(batcher, ["a"] * 5))
+        await asyncio.sleep(0.005)
+        small = asyncio.ensure_future(timed(batcher, ["b"]))
+        untimed = batcher.submit(["c"])  # no ModelTime in this context: nothing recorded
+        await untimed
+        return await large, await small, model_time_var.get() is None
+
+    large, small, untimed = run(scenario, model, max_batch=2)
+    # five items two at a time, the small request sharing one of the batches: 3 or 4 batches
+    assert 3 * 0.03 <= large < 6 * 0.03
+    assert 0.03 <= small < 3 * 0.03
+    assert untimed
 
 
 class GatedModel(SlowModel):
