@@ -780,6 +780,28 @@ BREAKS: tuple[Break, ...] = (
         (SHARED + "test_the_admin_key_guards_collections_and_tagging",),
     ),
     Break(
+        "the model's time of a call is taken on the inference thread, apart from the hand-off",
+        "app/services/batcher.py",
+        "self._on_batch(BatchTimes(self.name, size, seconds, model_seconds))",
+        "self._on_batch(BatchTimes(self.name, size, seconds, seconds))",
+        (
+            "tests/app/services/test_batcher.py::"
+            "test_each_model_call_reports_the_model_s_own_time_apart_from_the_hand_off",
+        ),
+    ),
+    Break(
+        "Server-Timing says the model's share of a request",
+        "app/services/batcher.py",
+        "            piece.request.model_seconds += model_seconds\n",
+        "",
+        (
+            "tests/app/test_observability.py::"
+            "test_server_timing_says_the_model_s_share_of_a_request",
+            "tests/app/services/test_batcher.py::"
+            "test_a_caller_s_model_time_is_that_of_every_batch_that_carried_its_items",
+        ),
+    ),
+    Break(
         "a large request is encoded a batch at a time, in turn with other lanes",
         "app/services/batcher.py",
         "count = min(self._max_batch - size, request.left, share)",
