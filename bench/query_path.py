@@ -28,10 +28,9 @@ loop's share. Each response's Server-Timing header says how long the model took 
 p50 of each request's time at the client less its model time is the query path's cost over the
 model in one server (`over_the_model_in_the_server_ms`; tokenizing is in it, as in the raw
 encode), which the machine's drift between the server's run and the raw encode's cannot
-bend. Last,
-tokenizing one query on this process's main thread (as the server's event loop does) with its
-caches warm (in a loop) and right after a model call on the inference thread: the same Python
-code, a few times slower once the model has run through the caches.
+bend. Last, tokenizing one query on this process's main thread (as the server's event loop
+does) with its caches warm (in a loop) and right after a model call on the inference thread:
+the same Python code, a few times slower once the model has run through the caches.
 
 With `--baseline-tree DIR` (a checkout of other code, e.g. `git worktree add /tmp/old HEAD~1`)
 a second server runs that code beside this one's, and the rounds alternate between the two: a
@@ -110,9 +109,6 @@ class HttpxClient:
         response = self._http.request(ask.method, ask.path, params=ask.params(n), json=body)
         response.raise_for_status()
         return model_ms(response.headers.get("server-timing"))
-
-    def metrics(self) -> str:
-        return self._http.get("/metrics").text
 
     def close(self) -> None:
         self._http.close()
@@ -196,6 +192,18 @@ def mean_ms(
     return round(total / count * 1000, 2)
 
 
+Samples = dict[str, dict[str, dict[str, list[float]]]]  # server -> client -> kind -> ms
+
+
+def empty_samples(
+    clients: dict[str, list[StdlibClient | HttpxClient]], kinds: dict[str, Ask]
+) -> Samples:
+    return {
+        server: {client.name: {name: [] for name in kinds} for client in pair}
+        for server, pair in clients.items()
+    }
+
+
 def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[str, Any]:
     """Per server (name -> base URL) and client: p50 ms of each request kind, `ROUNDS` rounds
     of `per_round` each, the kinds interleaved by round, the servers and clients request by
@@ -205,15 +213,9 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
     clients: dict[str, list[StdlibClient | HttpxClient]] = {
         server: [make(base) for make in CLIENTS] for server, base in bases.items()
     }
-    times: dict[str, dict[str, dict[str, list[float]]]] = {
-        server: {client.name: {name: [] for name in kinds} for client in clients[server]}
-        for server in bases
-    }
+    times = empty_samples(clients, kinds)
     # the same requests' time beyond the model's (Server-Timing), where a server reports it
-    beyond: dict[str, dict[str, dict[str, list[float]]]] = {
-        server: {client.name: {name: [] for name in kinds} for client in clients[server]}
-        for server in bases
-    }
+    beyond = empty_samples(clients, kinds)
     before: dict[str, dict[str, tuple[float, float]]] = {}
     try:
         for server, pair in clients.items():
@@ -221,7 +223,7 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
                 for n in range(20):
                     for client in pair:
                         client.send(ask, n)
-            before[server] = server_seconds(HttpxClient(bases[server]).metrics())
+            before[server] = server_seconds(httpx.get(f"{bases[server]}/metrics").text)
         for round_ in range(ROUNDS):
             for name, ask in kinds.items():
                 for n in range(round_ * per_round, (round_ + 1) * per_round):
@@ -235,7 +237,7 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
                                 beyond[server][client.name][name].append(elapsed - model)
         figures: dict[str, Any] = {}
         for server, by_client in times.items():
-            after = server_seconds(HttpxClient(bases[server]).metrics())
+            after = server_seconds(httpx.get(f"{bases[server]}/metrics").text)
             ahead = before[server]
             figures[server] = {
                 client: {name: round(statistics.median(v), 2) for name, v in by_kind.items()}
