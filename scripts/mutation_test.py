@@ -853,6 +853,16 @@ BREAKS: tuple[Break, ...] = (
         ),
     ),
     Break(
+        "a pool tries again within seconds once the database is back from a long outage",
+        "index/postgres_records.py",
+        "        reconnect_timeout=RECONNECT_WINDOW_S,\n",
+        "",
+        (
+            "tests/index/test_postgres_records.py::"
+            "test_the_pool_serves_again_within_seconds_of_the_database_returning_from_a_long_outage",
+        ),
+    ),
+    Break(
         "a retired generation refuses writes from every replica (the switch's fence)",
         "index/postgres_records.py",
         "        self._check_not_retired(conn)  # read after the lock: a retirement is seen\n",

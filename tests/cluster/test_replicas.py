@@ -196,9 +196,8 @@ def test_replicas_outlive_a_database_crash_with_503s_and_keep_every_acknowledged
         with a.client() as probe:
             assert not probe.ready()
         postgres.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not all(r.client().ready() for r in (a, b)):
-            time.sleep(0.2)
+        a.wait_ready(30)
+        b.wait_ready(30)
         time.sleep(2)
     finally:
         stop.set()

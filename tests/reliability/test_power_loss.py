@@ -54,7 +54,8 @@ def traced_calls(trace: Path) -> list[tuple[str, str]]:
         if started is None:
             continue
         if text.endswith("<unfinished ...>"):
-            unfinished[pid] = (started.group(1), text.removesuffix("<unfinished ...>"))
+            # `fsync(5</a/b> <unfinished ...>` + `) = 0` is `fsync(5</a/b>) = 0`
+            unfinished[pid] = (started.group(1), text.removesuffix("<unfinished ...>").rstrip())
         else:
             calls.append((started.group(1), text))
     return calls
@@ -73,6 +74,19 @@ def last_before(calls: list[tuple[str, str]], names: set[str], pattern: str, end
     ]
     assert found, f"no {names} call matching {pattern!r} before position {end}"
     return found[-1]
+
+
+def test_a_call_split_by_another_thread_reads_as_one(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.txt"
+    trace.write_text(
+        "7 fsync(5</data/blobs/ab> <unfinished ...>\n"
+        '8 write(9<socket:[1]>, "HTTP/1.1 200 OK", 15) = 15\n'
+        "7 <... fsync resumed>) = 0\n"
+    )
+    assert traced_calls(trace) == [
+        ("write", 'write(9<socket:[1]>, "HTTP/1.1 200 OK", 15) = 15'),
+        ("fsync", "fsync(5</data/blobs/ab>) = 0"),
+    ]
 
 
 SYNC = {"fsync", "fdatasync"}
