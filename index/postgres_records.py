@@ -99,18 +99,19 @@ def schema_name(namespace: str) -> str:
 
 # How long a request waits for a pooled connection before the database counts as unavailable
 POOL_TIMEOUT_S = 5.0
-# How long one chain of reconnection attempts lasts. psycopg_pool doubles the wait between
-# attempts for `reconnect_timeout` (5 minutes by default), so after an outage of T seconds its
-# next attempt could come up to T seconds after the database is back, every request a 503
-# meanwhile. A short chain gives up soon, and the next request that has to wait starts a new one
-# that tries at once: the pool serves again within a couple of seconds of the database.
+# How long opening a pool waits for its first connection
+OPEN_TIMEOUT_S = 30.0
+# How long one chain of reconnection attempts lasts once the pool is open. psycopg_pool doubles
+# the wait between attempts for `reconnect_timeout` (5 minutes by default), so after an outage of
+# T seconds its next attempt could come up to T seconds after the database is back, every request
+# a 503 meanwhile. A short chain gives up soon, and the next request that has to wait starts a
+# new one that tries at once: the pool serves again within a couple of seconds of the database.
 RECONNECT_WINDOW_S = 5.0
 
 
 def connection_pool(url: str, **kwargs: Any) -> ConnectionPool:
     """A pool of autocommit connections that commit synchronously, each checked before use (so
-    that after a database restart no request gets a dead connection) and reconnecting soon after
-    an outage, not opened yet."""
+    that after a database restart no request gets a dead connection), not opened yet."""
     return ConnectionPool(
         url,
         min_size=1,
@@ -118,7 +119,9 @@ def connection_pool(url: str, **kwargs: Any) -> ConnectionPool:
         kwargs={"autocommit": True, "options": "-c synchronous_commit=on", **kwargs},
         check=ConnectionPool.check_connection,
         timeout=POOL_TIMEOUT_S,
-        reconnect_timeout=RECONNECT_WINDOW_S,
+        # the first connection is tried for as long as opening waits: no request would start
+        # a new chain of attempts for it
+        reconnect_timeout=OPEN_TIMEOUT_S,
         open=False,
     )
 
@@ -126,10 +129,12 @@ def connection_pool(url: str, **kwargs: Any) -> ConnectionPool:
 def open_schema_pool(
     url: str, schema: sql.Identifier, tables: str, extensions: Sequence[str] = (), **kwargs: Any
 ) -> ConnectionPool:
-    """An open pool (see connection_pool) over a database holding `schema` and its `tables`."""
+    """An open pool (see connection_pool) over a database holding `schema` and its `tables`,
+    reconnecting soon after an outage."""
     pool = connection_pool(url, **kwargs)
     try:
-        pool.open(wait=True, timeout=30)
+        pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
+        pool.reconnect_timeout = RECONNECT_WINDOW_S  # read by each chain of attempts as it starts
         create_schema(pool, schema, tables, extensions)
     except Exception:
         pool.close()

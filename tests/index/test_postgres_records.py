@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -40,5 +41,21 @@ def test_the_pool_serves_again_within_seconds_of_the_database_returning_from_a_l
         back = time.monotonic()
         assert db.rows("SELECT 1") == [(1,)]
         assert time.monotonic() - back < 3.0
+    finally:
+        db.close()
+
+
+def test_a_pool_opened_while_the_database_is_down_opens_when_it_is_back(
+    cluster: ThrowawayPostgres,
+) -> None:
+    cluster.kill()
+    restart = threading.Timer(OUTAGE_S, cluster.start)
+    restart.start()
+    try:
+        db = PostgresDatabase(cluster.url, "opened-during-an-outage")
+    finally:
+        restart.join()
+    try:
+        assert db.rows("SELECT 1") == [(1,)]
     finally:
         db.close()
