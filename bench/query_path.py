@@ -30,7 +30,9 @@ model in one server (`over_the_model_in_the_server_ms`; tokenizing is in it, as 
 encode), which the machine's drift between the server's run and the raw encode's cannot
 bend. Last, tokenizing one query on this process's main thread (as the server's event loop
 does) with its caches warm (in a loop) and right after a model call on the inference thread:
-the same Python code, a few times slower once the model has run through the caches.
+the same Python code, a few times slower once the model has run through the caches; and the
+token rows of one query with open_clip's clean (ftfy on every text) against the encoder's (ftfy
+skipped on printable ASCII), taking turns after model calls.
 
 With `--baseline-tree DIR` (a checkout of other code, e.g. `git worktree add /tmp/old HEAD~1`)
 a second server runs that code beside this one's, and the rounds alternate between the two: a
@@ -61,6 +63,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
+import open_clip
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -70,6 +73,7 @@ from bench.run import REPO, free_port, query, stop, text_query_p50_ms, wait_http
 from bench.runtimes import cpu_flags
 from models import OpenClipEncoder
 from models.options import LoadOptions
+from models.text import skip_ftfy_on_plain_text, token_rows
 from models.threads import use_threads
 from xmr.client import XmrClient
 
@@ -328,7 +332,7 @@ def raw_encode(args: Any, root: Path, repeats: int) -> dict[str, float]:
             "raw_encode_paced": pool.submit(
                 paced_p50_ms, encoder, repeats, args.raw_pause_ms / 1000
             ).result(),
-            **tokenize_us(encoder, pool, repeats),
+            **tokenize_us(encoder, pool, repeats, args.model),
         }
     finally:
         pool.shutdown()
@@ -347,25 +351,41 @@ def paced_p50_ms(encoder: OpenClipEncoder, repeats: int, pause_s: float) -> floa
     return round(statistics.median(times), 2)
 
 
-def tokenize_us(encoder: OpenClipEncoder, pool: Executor, repeats: int) -> dict[str, float]:
+def tokenize_us(
+    encoder: OpenClipEncoder, pool: Executor, repeats: int, model: str
+) -> dict[str, float]:
     """p50 of tokenizing one query on the calling thread: in a loop (caches warm), and right
     after a model call on `pool`'s inference thread (as a server's event loop tokenizes the next
-    query): what any Python on a request's path costs after the model has run."""
+    query): what any Python on a request's path costs after the model has run. Then the token
+    rows of one query made with open_clip's clean (ftfy on every text) and with the clean the
+    encoder uses (ftfy skipped on printable ASCII), taking turns, both after a model call."""
 
-    def tokenize(n: int) -> float:
+    def timed_us(tokenize: Callable[[list[str]], Any], n: int) -> float:
         started = time.perf_counter()
-        encoder.tokenize([query(n)])
+        tokenize([query(n)])
         return (time.perf_counter() - started) * 1e6
 
     rows = list(encoder.tokenize([query(0)]))
-    warm = [tokenize(n) for n in range(repeats)]
+    warm = [timed_us(encoder.tokenize, n) for n in range(repeats)]
     after_model = []
     for n in range(repeats):
         pool.submit(encoder.encode_tokens, rows).result()
-        after_model.append(tokenize(n))
+        after_model.append(timed_us(encoder.tokenize, n))
+    with_ftfy = open_clip.get_tokenizer(model)
+    without = open_clip.get_tokenizer(model)
+    skip_ftfy_on_plain_text(without)
+    cleans: dict[str, list[float]] = {"with_ftfy": [], "ftfy_skipped": []}
+    for n in range(repeats):
+        for name, tokenizer in (("with_ftfy", with_ftfy), ("ftfy_skipped", without)):
+            pool.submit(encoder.encode_tokens, rows).result()
+            cleans[name].append(timed_us(token_rows(tokenizer, byte_pair_encoder=True), n))
     return {
         "tokenize_warm_us": round(statistics.median(warm), 1),
         "tokenize_after_a_model_call_us": round(statistics.median(after_model), 1),
+        **{
+            f"token_rows_{name}_after_a_model_call_us": round(statistics.median(times), 1)
+            for name, times in cleans.items()
+        },
     }
 
 
@@ -402,7 +422,7 @@ def main() -> int:
         "runtime": http["runtime"],
         "precision": http["precision"],
         **figures_against_raw(http["this"], encode, raw["raw_encode_paced"]),
-        "tokenize_us": {k: v for k, v in raw.items() if k.startswith("tokenize")},
+        "tokenize_us": {k: v for k, v in raw.items() if k.startswith(("tokenize", "token_rows"))},
     }
     if "baseline" in http:
         report["baseline"] = {

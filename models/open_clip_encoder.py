@@ -19,7 +19,13 @@ from models.memory import release_free_memory
 from models.options import LoadOptions
 from models.registry import WeightsSource, model_id_for, resolve_weights
 from models.runtimes.selection import TowerInputs, build_towers, runtime_plan
-from models.text import bound_word_cache, fit_to_context, longest_token, token_rows
+from models.text import (
+    bound_word_cache,
+    fit_to_context,
+    longest_token,
+    skip_ftfy_on_plain_text,
+    token_rows,
+)
 from models.tower_run import Tower, TowerRun
 from models.towers import (
     DTYPES,
@@ -99,6 +105,7 @@ class OpenClipEncoder:
         byte_pair = isinstance(tokenizer, SimpleTokenizer) and tokenizer.reduction_fn is None
         self._token_rows = token_rows(tokenizer, byte_pair)
         bound_word_cache(tokenizer)
+        skip_ftfy_on_plain_text(tokenizer)
         self._longest_token = longest_token(tokenizer)
         self._model_id = model_id
         self._dim = _embedding_dim(model)

@@ -63,6 +63,28 @@ class BoundedWordCache(dict[str, Any]):
             del self[oldest]
 
 
+def skip_ftfy_on_plain_text(tokenizer: Any) -> None:
+    """Let open_clip's lower-casing clean (ftfy, HTML entities unescaped twice, runs of white
+    space made one, lower case) skip ftfy and the entities on printable ASCII without "&", where
+    neither changes anything: ftfy's pass is most of a short query's tokenizing, on the event
+    loop. Any other text, and any other clean, is left as open_clip has it."""
+    from open_clip import tokenizer as open_clip_tokenizer
+
+    clean = getattr(tokenizer, "clean_fn", None)
+    if clean is not getattr(open_clip_tokenizer, "_clean_lower", None) or clean is None:
+        return
+    tokenizer.clean_fn = _without_ftfy_on_plain_text(clean)
+
+
+def _without_ftfy_on_plain_text(clean: Callable[[str], str]) -> Callable[[str], str]:
+    def cleaned(text: str) -> str:
+        if text.isascii() and text.isprintable() and "&" not in text:
+            return " ".join(text.split()).lower()
+        return clean(text)
+
+    return cleaned
+
+
 def longest_token(tokenizer: Any) -> int:
     """The most characters one token of `tokenizer` covers (its vocabulary's longest entry)."""
     vocabulary = getattr(tokenizer, "encoder", None)

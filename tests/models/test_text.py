@@ -6,12 +6,16 @@ from __future__ import annotations
 import random
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from open_clip.tokenizer import _clean_lower
 
 from models import OpenClipEncoder
 from models.options import LoadOptions
@@ -20,6 +24,7 @@ from models.text import (
     WORD_CACHE_ENTRIES,
     fit_to_context,
     longest_token,
+    skip_ftfy_on_plain_text,
     token_rows,
 )
 
@@ -78,6 +83,42 @@ def test_rows_built_without_torch_hold_open_clips_own_ids(model: str) -> None:
     assert differing == []
     # any other tokenizer is called as it is
     assert (token_rows(tokenizer, byte_pair_encoder=False)(texts[:50]) == expected[:50]).all()
+
+
+PRINTABLE_ASCII = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+
+
+def _fast_clean() -> Callable[[str], str]:
+    tokenizer = open_clip.get_tokenizer("xmr-test-tiny")
+    skip_ftfy_on_plain_text(tokenizer)
+    return tokenizer.clean_fn  # type: ignore[no-any-return]
+
+
+FAST_CLEAN = _fast_clean()
+
+
+@settings(max_examples=2000, deadline=None)
+@example("Tom &amp; Jerry &lt;3 &#39;x&#39; &amp;amp;")
+@example("  Two   Spaces ,UPPER case  ")
+@example("caf\u00e9 \u201cquoted\u201d \ufb01ne")
+@given(st.text(alphabet=PRINTABLE_ASCII, max_size=200) | st.text(max_size=60))
+def test_the_clean_without_ftfy_on_plain_text_is_open_clips_clean(text: str) -> None:
+    assert FAST_CLEAN(text) == _clean_lower(text)
+
+
+def test_the_clean_without_ftfy_is_put_in_place_of_open_clips_own() -> None:
+    tokenizer = open_clip.get_tokenizer("xmr-test-tiny")
+    assert tokenizer.clean_fn is _clean_lower
+    skip_ftfy_on_plain_text(tokenizer)
+    assert tokenizer.clean_fn is not _clean_lower
+
+
+def test_the_encoder_s_ids_are_open_clips_on_the_corpus(tiny_encoder: OpenClipEncoder) -> None:
+    tokenizer = open_clip.get_tokenizer("xmr-test-tiny")  # open_clip's, ftfy on every text
+    texts = corpus()
+    longest = longest_token(tokenizer)
+    expected = tokenizer([fit_to_context(t, tokenizer.context_length, longest) for t in texts])
+    assert (tiny_encoder.tokenize(texts) == expected.numpy()).all()
 
 
 def test_the_encoder_tokenizes_to_an_array(tiny_encoder: OpenClipEncoder) -> None:
