@@ -18,6 +18,12 @@ from app.config import Settings
 from app.main import create_app
 from models import OpenClipEncoder
 from models.options import LoadOptions
+from tests.postgres import (
+    ThrowawayPostgres,
+    running_cluster,
+    throwaway_cluster,
+    why_unavailable,
+)
 
 TINY_MODEL = "xmr-test-tiny"  # models/configs/xmr-test-tiny.json, seeded random weights
 
@@ -228,13 +234,21 @@ def s3_url(s3_server: Any) -> str:
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the session (tests/postgres.py); skips, saying why,
     where none can run."""
-    from tests.postgres import throwaway_cluster, why_unavailable
-
     reason = why_unavailable()
     if reason is not None:
         pytest.skip(reason)
     with throwaway_cluster() as url:
         yield url
+
+
+@pytest.fixture
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL of the test's own, which it may kill -9 and start again."""
+    reason = why_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_MODEL
-from tests.postgres import ThrowawayPostgres, running_cluster, why_unavailable
+from tests.postgres import ThrowawayPostgres
 from xmr.client import XmrClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,16 +219,6 @@ backend replicas
     http-check expect status 200
 {servers}
 """
-
-
-@pytest.fixture
-def postgres() -> Iterator[ThrowawayPostgres]:
-    """A PostgreSQL of the test's own, which it may kill -9 and start again."""
-    reason = why_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    with running_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture

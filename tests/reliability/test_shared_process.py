@@ -658,8 +658,10 @@ def test_a_big_request_to_another_collection_does_not_hold_the_model(
             poster.join(120)
         assert posted == [201]
         assert prober.statuses_ok, prober.failures
-        # 63 model calls of 64 texts, 3 s and more in all: a search waits for one of them
-        assert max(prober.all_latencies) < 1.0, max(prober.all_latencies)
+        # 63 model calls of 64 texts, 3.2 s and more in all: a search waits for one of them, not
+        # for the lot (before lanes: 9.2 s). The margin is for this process's own pauses: the
+        # client's 36 MB of JSON is made here too, holding the GIL (one CI run saw 1.4 s)
+        assert max(prober.all_latencies) < 2.0, max(prober.all_latencies)
 
 
 def test_public_messages_hold_no_server_path() -> None:
