@@ -28,11 +28,16 @@ loop's share. Each response's Server-Timing header says how long the model took 
 p50 of each request's time at the client less its model time is the query path's cost over the
 model in one server (`over_the_model_in_the_server_ms`; tokenizing is in it, as in the raw
 encode), which the machine's drift between the server's run and the raw encode's cannot
-bend. Last, tokenizing one query on this process's main thread (as the server's event loop
-does) with its caches warm (in a loop) and right after a model call on the inference thread:
-the same Python code, a few times slower once the model has run through the caches; and the
-token rows of one query with open_clip's clean (ftfy on every text) against the encoder's (ftfy
-skipped on printable ASCII), taking turns after model calls.
+bend. The same header's index time splits each request further, by the lean client
+(`server_timing_shares_p50_ms`, per kind, the p50 of each part, so they need not add up to
+the total's p50): the model, the index (the search and the reads of its records on a store
+thread), the rest of the app (the service's own Python on the event loop and the hand-offs
+between threads) and what lies outside the app (HTTP, the network, the client). Last,
+tokenizing one query on this process's main thread (as the server's event loop does) with its
+caches warm (in a loop) and right after a model call on the inference thread: the same Python
+code, a few times slower once the model has run through the caches; and the token rows of one
+query with open_clip's clean (ftfy on every text) against the encoder's (ftfy skipped on
+printable ASCII), taking turns after model calls.
 
 With `--baseline-tree DIR` (a checkout of other code, e.g. `git worktree add /tmp/old HEAD~1`)
 a second server runs that code beside this one's, and the rounds alternate between the two: a
@@ -108,11 +113,11 @@ class HttpxClient:
     def __init__(self, base: str) -> None:
         self._http = httpx.Client(base_url=base, timeout=60)
 
-    def send(self, ask: Ask, n: int) -> float | None:
+    def send(self, ask: Ask, n: int) -> dict[str, float]:
         body = ask.body(n) if ask.body else None
         response = self._http.request(ask.method, ask.path, params=ask.params(n), json=body)
         response.raise_for_status()
-        return model_ms(response.headers.get("server-timing"))
+        return server_timings(response.headers.get("server-timing"))
 
     def close(self) -> None:
         self._http.close()
@@ -130,7 +135,7 @@ class StdlibClient:
             address.hostname or "127.0.0.1", address.port, timeout=60
         )
 
-    def send(self, ask: Ask, n: int) -> float | None:
+    def send(self, ask: Ask, n: int) -> dict[str, float]:
         params = ask.params(n)
         target = f"{ask.path}?{urlencode(params)}" if params else ask.path
         headers = {"content-type": "application/json"} if ask.body else {}
@@ -140,7 +145,7 @@ class StdlibClient:
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"{ask.method} {target}: {response.status} {data[:200]!r}")
-        return model_ms(response.getheader("server-timing"))
+        return server_timings(response.getheader("server-timing"))
 
     def close(self) -> None:
         self._connection.close()
@@ -149,13 +154,28 @@ class StdlibClient:
 CLIENTS = (StdlibClient, HttpxClient)
 
 
-def model_ms(server_timing: str | None) -> float | None:
-    """The model's milliseconds in a response's Server-Timing header (None without one)."""
-    for entry in (server_timing or "").split(","):
+def server_timings(header: str | None) -> dict[str, float]:
+    """The milliseconds of a response's Server-Timing header by name (model, index, app)."""
+    found = {}
+    for entry in (header or "").split(","):
         name, _, duration = entry.strip().partition(";dur=")
-        if name == "model":
-            return float(duration)
-    return None
+        if duration:
+            found[name] = float(duration)
+    return found
+
+
+def shares_ms(elapsed: float, timing: dict[str, float]) -> dict[str, float]:
+    """One request's time in parts: the model's and the index's (as the server timed them on
+    their threads), the rest of the app's (the service's own Python and its hand-offs between
+    threads), and what the client measured outside the app (HTTP, the network, the client)."""
+    model, index = timing.get("model", 0.0), timing.get("index", 0.0)
+    app = timing.get("app", elapsed)
+    return {
+        "model": model,
+        "index": index,
+        "app_beyond_model_and_index": app - model - index,
+        "outside_the_app": elapsed - app,
+    }
 
 
 ROUTES = {"healthz": "/healthz", "embed_text": "/v1/embed/text", "search_text": "/v1/search/text"}
@@ -220,6 +240,9 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
     times = empty_samples(clients, kinds)
     # the same requests' time beyond the model's (Server-Timing), where a server reports it
     beyond = empty_samples(clients, kinds)
+    shares: dict[str, dict[str, list[dict[str, float]]]] = {
+        server: {name: [] for name in kinds} for server in clients
+    }
     before: dict[str, dict[str, tuple[float, float]]] = {}
     try:
         for server, pair in clients.items():
@@ -234,11 +257,13 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
                     for server, pair in clients.items():  # servers and clients take turns
                         for client in pair:
                             started = time.perf_counter()
-                            model = client.send(ask, n)
+                            timing = client.send(ask, n)
                             elapsed = (time.perf_counter() - started) * 1000
                             times[server][client.name][name].append(elapsed)
-                            if model is not None:
-                                beyond[server][client.name][name].append(elapsed - model)
+                            if "model" in timing:
+                                beyond[server][client.name][name].append(elapsed - timing["model"])
+                            if client.name == StdlibClient.name and "app" in timing:
+                                shares[server][name].append(shares_ms(elapsed, timing))
         figures: dict[str, Any] = {}
         for server, by_client in times.items():
             after = server_seconds(httpx.get(f"{bases[server]}/metrics").text)
@@ -254,6 +279,14 @@ def timed_rounds(bases: dict[str, str], per_round: int, cached: bool) -> dict[st
                     if v and len(v) == len(times[server][client][name])
                 }
                 for client, by_kind in beyond[server].items()
+            }
+            figures[server]["server_timing_shares_p50_ms"] = {
+                name: {
+                    part: round(statistics.median(s[part] for s in samples), 3)
+                    for part in samples[0]
+                }
+                for name, samples in shares[server].items()
+                if samples
             }
             figures[server]["server_means_ms"] = {
                 **{
@@ -452,6 +485,7 @@ def figures_against_raw(http: dict[str, Any], encode: float, paced: float) -> di
         "over_raw_ms": round(lean["search_text"] - encode, 2),
         "over_paced_raw_ms": round(lean["search_text"] - paced, 2),
         **over_the_model_in_the_server(http, means),
+        "server_timing_shares_p50_ms": http["server_timing_shares_p50_ms"],
         "httpx": {
             "p50_ms": httpx_,
             "over_raw_ms": round(httpx_["search_text"] - encode, 2),

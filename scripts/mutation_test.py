@@ -802,6 +802,18 @@ BREAKS: tuple[Break, ...] = (
         ),
     ),
     Break(
+        "Server-Timing says the index's share of a search",
+        "app/services/search.py",
+        "        add_index_seconds(seconds)\n",
+        "",
+        (
+            "tests/app/test_observability.py::"
+            "test_server_timing_says_the_index_s_share_of_a_search",
+            "tests/app/test_observability.py::"
+            "test_server_timing_says_the_model_s_share_of_a_request",
+        ),
+    ),
+    Break(
         "a large request is encoded a batch at a time, in turn with other lanes",
         "app/services/batcher.py",
         "count = min(self._max_batch - size, request.left, share)",

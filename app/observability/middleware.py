@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.logs import loggable, request_id_from, request_id_var
 from app.observability.metrics import Metrics
-from app.services.batcher import ModelTime, model_time_var
+from app.services.timing import RequestTimes, request_times_var
 
 access_log = logging.getLogger("xmr.access")
 
@@ -32,8 +32,8 @@ class RequestObservabilityMiddleware:
             return
         request_id = request_id_from(dict(scope["headers"]).get(b"x-request-id"))
         token = request_id_var.set(request_id)
-        model_time = ModelTime()
-        model_token = model_time_var.set(model_time)
+        times = RequestTimes()
+        times_token = request_times_var.set(times)
         started = time.perf_counter()
         status = 500
 
@@ -43,7 +43,7 @@ class RequestObservabilityMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
-                timing = server_timing(time.perf_counter() - started, model_time.seconds)
+                timing = server_timing(time.perf_counter() - started, times)
                 headers.append((b"server-timing", timing.encode()))
                 message = {**message, "headers": headers}
             await send(message)
@@ -69,14 +69,14 @@ class RequestObservabilityMiddleware:
                     "duration_ms": round(seconds * 1000, 2),
                 },
             )
-            model_time_var.reset(model_token)
+            request_times_var.reset(times_token)
             request_id_var.reset(token)
 
 
-def server_timing(app_seconds: float, model_seconds: float) -> str:
+def server_timing(app_seconds: float, times: RequestTimes) -> str:
     """A Server-Timing header (W3C): the time in the app until the response started, and the
-    model's share of it where the request had items encoded (a query cache hit has none)."""
-    timing = f"app;dur={app_seconds * 1000:.2f}"
-    if model_seconds > 0:
-        timing = f"model;dur={model_seconds * 1000:.2f}, {timing}"
-    return timing
+    model's and the index's shares of it where the request used them (a query cache hit has
+    no model time, an embedding no index time)."""
+    shares = [("model", times.model), ("index", times.index)]
+    timing = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in shares if seconds > 0]
+    return ", ".join([*timing, f"app;dur={app_seconds * 1000:.2f}"])

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -27,6 +25,7 @@ import numpy as np
 
 from app.services.errors import OverloadedError
 from app.services.threads import run_in
+from app.services.timing import add_model_seconds, timed
 
 In = TypeVar("In")
 
@@ -43,18 +42,6 @@ class BatchTimes:
 
 
 OnBatch = Callable[[BatchTimes], None]
-
-
-@dataclass
-class ModelTime:
-    """The seconds the model spent on batches that carried a caller's items."""
-
-    seconds: float = 0.0
-
-
-# Set per HTTP request (app.observability.middleware), which reports it as Server-Timing; every
-# batcher call made in that request's context adds the model time of its batches.
-model_time_var: ContextVar[ModelTime | None] = ContextVar("xmr_model_time", default=None)
 
 
 @dataclass
@@ -151,9 +138,7 @@ class Batcher(Generic[In]):
         try:
             return await future
         finally:
-            model_time = model_time_var.get()
-            if model_time is not None:
-                model_time.seconds += request.model_seconds
+            add_model_seconds(request.model_seconds)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -201,7 +186,7 @@ class Batcher(Generic[In]):
             return 0.0
         items = [item for piece in batch for item in piece.items]
         try:
-            vectors, model_seconds = await run_in(self._executor, _timed, self._encode, items)
+            vectors, model_seconds = await run_in(self._executor, timed, self._encode, items)
         except Exception as error:
             if len(batch) == 1:
                 self._fail(batch[0].request, error)
@@ -229,10 +214,3 @@ class Batcher(Generic[In]):
         """A request whose piece failed fails whole; what is left of it is not encoded."""
         if not request.future.done():
             request.future.set_exception(error)
-
-
-def _timed(encode: Callable[[list[In]], np.ndarray], items: list[In]) -> tuple[np.ndarray, float]:
-    """`encode(items)` and the seconds it took, timed on the thread that runs it."""
-    started = time.perf_counter()
-    vectors = encode(items)
-    return vectors, time.perf_counter() - started

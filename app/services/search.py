@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from app.services.duplicates import DuplicatesPage, DuplicatesQuery, find_duplic
 from app.services.encoding import EncodingService
 from app.services.errors import InvalidInputError
 from app.services.threads import run_in
+from app.services.timing import add_index_seconds, timed
 from index import Hit, HybridScope, Kind, MetadataFilter
 from index.fusion import Fusion
 from index.keywords import KeywordQuery
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from index.store import ItemStore
 
 Mode = Literal["vector", "keyword", "hybrid"]
+T = TypeVar("T")
 
 MAX_OFFSET = 10_000
 ZERO_QUERY_NORM = 1e-6  # a weighted sum shorter than this has no direction to search in
@@ -206,8 +208,7 @@ class SearchService:
         return (total / norm).astype(np.float32).reshape(1, -1)
 
     async def _search(self, vectors: np.ndarray, scope: SearchScope) -> list[list[Hit]]:
-        hits = await run_in(
-            self._store_pool,
+        hits = await self._in_index(
             self.store.searches.vector,
             scope.target,
             vectors,
@@ -220,8 +221,7 @@ class SearchService:
         return rows
 
     async def _keyword(self, words: KeywordQuery, scope: SearchScope) -> list[Hit]:
-        hits = await run_in(
-            self._store_pool,
+        hits = await self._in_index(
             self.store.searches.keyword,
             scope.target,
             words,
@@ -235,8 +235,7 @@ class SearchService:
     async def _hybrid(
         self, vector: np.ndarray, words: KeywordQuery, scope: SearchScope
     ) -> list[Hit]:
-        hits = await run_in(
-            self._store_pool,
+        hits = await self._in_index(
             self.store.searches.hybrid,
             scope.target,
             vector,
@@ -245,6 +244,12 @@ class SearchService:
         )
         self._check_response_size([hits])
         return _above_cutoff(hits, scope)
+
+    async def _in_index(self, search: Callable[..., T], *args: object) -> T:
+        """`search(*args)` in the store pool, its seconds added to the request's index time."""
+        result, seconds = await run_in(self._store_pool, timed, search, *args)
+        add_index_seconds(seconds)
+        return result
 
     def _check(self, scope: SearchScope, queries: int = 1) -> None:
         if not 1 <= scope.k <= self.max_k:

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from app.services.batcher import Batcher, BatchTimes, ModelTime, OnBatch, model_time_var
+from app.services.batcher import Batcher, BatchTimes, OnBatch
 from app.services.errors import OverloadedError
+from app.services.timing import RequestTimes, request_times_var
 
 
 class SlowModel:
@@ -142,19 +143,19 @@ def test_a_caller_s_model_time_is_that_of_every_batch_that_carried_its_items() -
     model = SlowModel(0.03)
 
     async def timed(batcher: Batcher[str], items: list[str]) -> float:
-        model_time_var.set(ModelTime())  # each task has its own copy of the context
+        request_times_var.set(RequestTimes())  # each task has its own copy of the context
         await batcher.submit(items)
-        taken = model_time_var.get()
-        assert taken is not None
-        return taken.seconds
+        taken = request_times_var.get()
+        assert taken is not None and taken.index == 0
+        return taken.model
 
     async def scenario(batcher: Batcher[str]) -> tuple[float, float, bool]:
         large = asyncio.ensure_future(timed(batcher, ["a"] * 5))
         await asyncio.sleep(0.005)
         small = asyncio.ensure_future(timed(batcher, ["b"]))
-        untimed = batcher.submit(["c"])  # no ModelTime in this context: nothing recorded
+        untimed = batcher.submit(["c"])  # no RequestTimes in this context: nothing recorded
         await untimed
-        return await large, await small, model_time_var.get() is None
+        return await large, await small, request_times_var.get() is None
 
     large, small, untimed = run(scenario, model, max_batch=2)
     # five items two at a time, the small request sharing one of the batches: 3 or 4 batches
