@@ -361,6 +361,27 @@ BREAKS: tuple[Break, ...] = (
         (HOSTILE + "test_a_record_stored_by_an_older_release_cannot_break_search",),
     ),
     Break(
+        "stored metadata with a number that is not finite is not returned",
+        "index/metadata.py",
+        "_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)",
+        "_DECODER = json.JSONDecoder()",
+        (
+            "tests/index/test_metadata.py::"
+            "test_stored_metadata_is_refused_exactly_where_the_full_walk_refuses_it",
+        ),
+    ),
+    Break(
+        "stored metadata nested too deep is not returned",
+        "index/metadata.py",
+        '        if text.count("{") + text.count("[") > MAX_METADATA_DEPTH:',
+        "        if False:",
+        (
+            "tests/index/test_metadata.py::"
+            "test_stored_metadata_is_refused_exactly_where_the_full_walk_refuses_it",
+            HOSTILE + "test_a_record_stored_by_an_older_release_cannot_break_search",
+        ),
+    ),
+    Break(
         "a response larger than XMR_MAX_RESPONSE_MB is refused",
         "app/services/search.py",
         "        if size > self.max_response_bytes:",
